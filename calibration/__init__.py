@@ -1,0 +1,1 @@
+"""lineguard calibration package."""
