@@ -86,7 +86,7 @@ class Drift:
                 else:
                     kwargs[key] = float(value)
             except ValueError as e:
-                raise ConfigError(f"linesim: {key} has a value that is not a number: {value!r}") from e
+                raise ConfigError(f"linesim: {key} is not a number: {value!r}") from e
         if "variant" in kwargs:
             _check(kwargs["variant"] in ("plate", "disc", "ribbed"), "variant",
                    "must be plate, disc or ribbed")

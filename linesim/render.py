@@ -62,7 +62,7 @@ def _brushed_texture(rng: np.random.Generator, h: int, w: int, angle_deg: float)
     k = np.zeros((15, 15), np.float32)
     k[7, :] = 1.0 / 15.0
     rot = cv2.getRotationMatrix2D((7.0, 7.0), angle_deg, 1.0)
-    k = cv2.warpAffine(k, rot, (15, 15))
+    k = np.asarray(cv2.warpAffine(k, rot, (15, 15)), np.float32)
     k /= max(float(k.sum()), 1e-6)
     streaks = cv2.filter2D(small, -1, k)
     streaks = cv2.resize(streaks, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -78,7 +78,8 @@ def _background(rng: np.random.Generator, h: int, w: int) -> F32:
     period = float(rng.uniform(40, 90))
     seams = 10.0 * (np.sin(rows * 2 * np.pi / period + rng.uniform(0, 6.28)) > 0.93)
     noise = rng.standard_normal((h, w)).astype(np.float32) * 4.0
-    return (base + seams + noise).astype(np.float32)
+    out: F32 = (base + seams + noise).astype(np.float32)
+    return out
 
 
 def _part_mask(rng: np.random.Generator, h: int, w: int, variant: Variant) -> F32:
@@ -245,20 +246,21 @@ def _apply_drift(
         for _ in range(n):
             r = int(rng.uniform(0.05, 0.15) * min(h, w) * (0.5 + drift.dirty_lens))
             cv2.circle(smudge, (int(rng.integers(w)), int(rng.integers(h))), r, 1.0, -1)
-        smudge = cv2.GaussianBlur(smudge, (0, 0), max(h, w) / 40)
+        smudge = np.asarray(cv2.GaussianBlur(smudge, (0, 0), max(h, w) / 40), np.float32)
         img = img * (1 - 0.7 * np.clip(smudge, 0, 1))[:, :, None]
     if drift.blur_sigma_px > 0:
-        img = cv2.GaussianBlur(img, (0, 0), drift.blur_sigma_px)
+        img = np.asarray(cv2.GaussianBlur(img, (0, 0), drift.blur_sigma_px), np.float32)
     if drift.shift_px != (0.0, 0.0) or drift.rotation_deg != 0.0:
         m = cv2.getRotationMatrix2D((w / 2, h / 2), drift.rotation_deg, 1.0)
         m[:, 2] += np.array(drift.shift_px, np.float64)
-        img = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_REPLICATE)
+        img = np.asarray(cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR,
+                                        borderMode=cv2.BORDER_REPLICATE), np.float32)
         moved: list[tuple[int, F32]] = []
         for cid, a in masks:
             before = float((a > 0.25).sum())
-            a2 = cv2.warpAffine(a, m, (w, h), flags=cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+            a2 = np.asarray(cv2.warpAffine(a, m, (w, h), flags=cv2.INTER_LINEAR,
+                                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0),
+                            np.float32)
             if before > 0 and float((a2 > 0.25).sum()) / before >= _MIN_VISIBLE_FRACTION:
                 moved.append((cid, a2))
         masks = moved

@@ -1,0 +1,58 @@
+"""`lineguard cloud`: the companion service's commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from models.errors import ModelError
+
+
+def _train(args: argparse.Namespace) -> int:
+    from cloud.train import TrainConfig, TrainingError, train_detector
+    from cloud.ultralytics_env import UltralyticsUnavailable
+
+    cfg = TrainConfig(
+        data_yaml=args.data, out_bundle=args.out, name=args.name, version=args.version,
+        label=args.label, model=args.model, epochs=args.epochs, imgsz=args.imgsz,
+        batch=args.batch, seed=args.seed, workers=args.workers, patience=args.patience,
+        torch_threads=args.threads, holdout_yaml=args.holdout, work_dir=args.work_dir,
+        parent_version=args.parent_version,
+    )
+    try:
+        bundle = train_detector(cfg, progress=lambda m: print(f"[train] {m}", flush=True))
+    except (TrainingError, UltralyticsUnavailable, ModelError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    m = bundle.manifest.metrics
+    print(f"bundle {bundle.root} version {bundle.manifest.version}"
+          + (f": holdout mAP50 {m.map50:.3f} mAP50-95 {m.map50_95:.3f}" if m else ""))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lineguard cloud", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    tr = sub.add_parser("train", help="train a detector (Ultralytics, offline) into a bundle")
+    tr.add_argument("--data", type=Path, required=True, help="YOLO data.yaml to train on")
+    tr.add_argument("--holdout", type=Path, help="data.yaml whose val split gives the metrics")
+    tr.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    tr.add_argument("--name", default="detector")
+    tr.add_argument("--version", type=int, default=1)
+    tr.add_argument("--label", default="")
+    tr.add_argument("--parent-version", type=int)
+    tr.add_argument("--model", default="yolo11n.yaml", help="model YAML or our own .pt weights")
+    tr.add_argument("--epochs", type=int, default=40)
+    tr.add_argument("--imgsz", type=int, default=320)
+    tr.add_argument("--batch", type=int, default=16)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--workers", type=int, default=0)
+    tr.add_argument("--patience", type=int, default=100)
+    tr.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    tr.add_argument("--work-dir", type=Path, default=Path("runs/train"))
+    args = parser.parse_args(argv)
+    if args.cmd == "train":
+        return _train(args)
+    parser.error(f"unknown command {args.cmd}")
+    return 2

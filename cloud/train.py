@@ -1,0 +1,178 @@
+"""Training a detector with Ultralytics, fully offline, into a lineguard bundle.
+
+Steps: train (from a model YAML or our own weights) -> export ONNX with a dynamic batch
+axis -> evaluate with `lineguard eval` (our preprocessing, ONNX Runtime and
+postprocessing) on a holdout -> build the bundle with its golden set, metrics and
+lineage. torch and ultralytics are imported lazily, inside `train_detector`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from cloud.ultralytics_env import import_ultralytics
+from models.bundle import Bundle
+from models.evaluate import YoloDataset, evaluate, load_data_yaml
+from models.golden import build_bundle
+from models.manifest import Lineage, PreprocessSpec
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training, export or bundle building failed; the message says which step."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train and how. `model` is an Ultralytics model YAML (e.g. yolo11n.yaml,
+    built from scratch) or a path to our own .pt weights to fine-tune."""
+
+    data_yaml: Path
+    out_bundle: Path
+    name: str
+    version: int
+    label: str
+    model: str = "yolo11n.yaml"
+    epochs: int = 40
+    imgsz: int = 320
+    batch: int = 16
+    seed: int = 0
+    workers: int = 0
+    patience: int = 100
+    torch_threads: int | None = None
+    holdout_yaml: Path | None = None
+    """Dataset whose val split measures the bundle's metrics; default: `data_yaml`'s."""
+    golden_count: int = 4
+    parent_version: int | None = None
+    work_dir: Path = Path("runs/train")
+
+
+def dataset_fingerprint(ds: YoloDataset) -> str:
+    """sha256 over every image and label file of the dataset (paths relative to its root,
+    in sorted order): the content identity a bundle's lineage refers to."""
+    h = hashlib.sha256()
+    for split in ("train", "val"):
+        for img in sorted(ds.images(split)):
+            h.update(str(img.relative_to(ds.root)).encode())
+            h.update(hashlib.sha256(img.read_bytes()).digest())
+            label = ds.label_path(img)
+            if label.exists():
+                h.update(label.read_bytes())
+    return h.hexdigest()
+
+
+def code_revision() -> str | None:
+    """The git commit of the code that trains, when run from a checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             check=True, timeout=10, cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _golden_images(ds: YoloDataset, count: int) -> list[npt.NDArray[np.uint8]]:
+    """The first `count` val images that have at least one labelled defect."""
+    images: list[npt.NDArray[np.uint8]] = []
+    for path in sorted(ds.images("val")):
+        label = ds.label_path(path)
+        if label.exists() and label.read_text().strip():
+            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if img is not None:
+                images.append(np.asarray(img, np.uint8))
+        if len(images) >= count:
+            break
+    if not images:
+        raise TrainingError(f"no labelled val image in {ds.root} for the golden set")
+    return images
+
+
+def train_detector(cfg: TrainConfig, progress: Callable[[str], None] | None = None) -> Bundle:
+    """Train, export, evaluate and bundle; returns the verified bundle. Raises
+    TrainingError (or UltralyticsUnavailable without the train extra)."""
+    say = progress or (lambda msg: logger.info("%s", msg))
+    ds = load_data_yaml(cfg.data_yaml)
+    holdout = load_data_yaml(cfg.holdout_yaml) if cfg.holdout_yaml else ds
+    if list(ds.names) != list(holdout.names):
+        raise TrainingError(f"holdout classes {holdout.names} differ from {ds.names}")
+    work = cfg.work_dir.resolve()
+    ultralytics = import_ultralytics(work / "yolo_config", cfg.torch_threads)
+
+    say(f"training {cfg.model} on {cfg.data_yaml} for {cfg.epochs} epochs at {cfg.imgsz}px")
+    model = ultralytics.YOLO(cfg.model, task="detect")
+    train_args: dict[str, object] = {
+        "data": str(cfg.data_yaml), "epochs": cfg.epochs, "imgsz": cfg.imgsz,
+        "batch": cfg.batch, "nbs": cfg.batch, "device": "cpu", "workers": cfg.workers,
+        "seed": cfg.seed, "deterministic": True, "plots": False, "amp": False,
+        "project": str(work), "name": cfg.name, "exist_ok": True, "patience": cfg.patience,
+        "verbose": True,
+    }
+    try:
+        model.train(**train_args)
+    except Exception as e:  # Ultralytics raises bare exceptions of many kinds
+        raise TrainingError(f"training failed: {e}") from e
+    best = work / cfg.name / "weights" / "best.pt"
+    if not best.is_file():
+        raise TrainingError(f"training produced no weights at {best}")
+
+    say(f"exporting {best} to ONNX with a dynamic batch axis")
+    try:
+        onnx_path = Path(ultralytics.YOLO(str(best)).export(
+            format="onnx", imgsz=cfg.imgsz, dynamic=True, simplify=False, device="cpu"))
+    except Exception as e:
+        raise TrainingError(f"ONNX export failed: {e}") from e
+
+    return _bundle(cfg, ds, holdout, onnx_path, best, train_args, say)
+
+
+def _bundle(
+    cfg: TrainConfig, ds: YoloDataset, holdout: YoloDataset, onnx_path: Path, weights: Path,
+    train_args: dict[str, object], say: Callable[[str], None],
+) -> Bundle:
+    lineage = Lineage(
+        dataset_fingerprint=dataset_fingerprint(ds),
+        code_revision=code_revision(),
+        training_config={k: v for k, v in train_args.items()
+                         if isinstance(v, str | int | float | bool) and k != "project"}
+        | {"model": cfg.model},
+        parent_version=cfg.parent_version,
+        created_at=datetime.now(UTC),
+    )
+    staging = cfg.work_dir.resolve() / f"{cfg.name}-bundle"
+    if staging.exists():
+        shutil.rmtree(staging)
+    say("building the bundle and its golden set")
+    bundle = build_bundle(
+        staging, onnx_path, name=cfg.name, version=cfg.version, label=cfg.label,
+        classes=list(ds.names), input_hw=(cfg.imgsz, cfg.imgsz), preprocess=PreprocessSpec(),
+        lineage=lineage, golden_images=_golden_images(holdout, cfg.golden_count),
+        extra_files={"weights.pt": weights},
+    )
+    say(f"evaluating on the holdout {holdout.root} (val split)")
+    metrics = evaluate(bundle, holdout, "val")
+    say(f"holdout mAP50 {metrics.map50:.3f}, mAP50-95 {metrics.map50_95:.3f}")
+    final = build_bundle(
+        cfg.out_bundle, onnx_path, name=cfg.name, version=cfg.version, label=cfg.label,
+        classes=list(ds.names), input_hw=(cfg.imgsz, cfg.imgsz), preprocess=PreprocessSpec(),
+        lineage=lineage, golden_images=_golden_images(holdout, cfg.golden_count),
+        metrics=metrics, extra_files={"weights.pt": weights},
+    )
+    shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def parse_names(values: Sequence[str]) -> list[str]:
+    """Class names from `a,b,c` or repeated arguments."""
+    return [n for v in values for n in v.split(",") if n]
