@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cloud.train import PICO_YAML
 from models.errors import ModelError
 
 
@@ -21,7 +22,8 @@ def _train(args: argparse.Namespace) -> int:
         parent_version=args.parent_version,
     )
     try:
-        bundle = train_detector(cfg, progress=lambda m: print(f"[train] {m}", flush=True))
+        bundle = train_detector(cfg, progress=lambda m: print(f"[train] {m}", flush=True),
+                                trained_weights=args.trained_weights)
     except (TrainingError, UltralyticsUnavailable, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -42,9 +44,12 @@ def main(argv: list[str]) -> int:
     tr.add_argument("--version", type=int, default=1)
     tr.add_argument("--label", default="")
     tr.add_argument("--parent-version", type=int)
-    tr.add_argument("--model", default="yolo11n.yaml", help="model YAML or our own .pt weights")
+    tr.add_argument("--model", default=str(PICO_YAML),
+                    help="model YAML (default: the demo's YOLO11 pico) or our own .pt weights")
+    tr.add_argument("--trained-weights", type=Path,
+                    help="best.pt of an earlier run with the same arguments: skip to export")
     tr.add_argument("--epochs", type=int, default=40)
-    tr.add_argument("--imgsz", type=int, default=320)
+    tr.add_argument("--imgsz", type=int, default=256)
     tr.add_argument("--batch", type=int, default=16)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--workers", type=int, default=0)

@@ -12,10 +12,11 @@ import hashlib
 import logging
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 
 import cv2
 import numpy as np
@@ -23,11 +24,16 @@ import numpy.typing as npt
 
 from cloud.ultralytics_env import import_ultralytics
 from models.bundle import Bundle
-from models.evaluate import YoloDataset, evaluate, load_data_yaml
+from models.evaluate import evaluate
 from models.golden import build_bundle
-from models.manifest import Lineage, PreprocessSpec
+from models.manifest import Lineage, Metrics, PreprocessSpec
+from models.yolo_dataset import YoloDataset, label_path_for, load_data_yaml
 
 logger = logging.getLogger(__name__)
+
+
+PICO_YAML = Path(__file__).resolve().parent / "model_cfg" / "lineguard-pico.yaml"
+"""YOLO11 at half yolo11n's width: the demo detector's architecture."""
 
 
 class TrainingError(RuntimeError):
@@ -44,9 +50,9 @@ class TrainConfig:
     name: str
     version: int
     label: str
-    model: str = "yolo11n.yaml"
+    model: str = str(PICO_YAML)
     epochs: int = 40
-    imgsz: int = 320
+    imgsz: int = 256
     batch: int = 16
     seed: int = 0
     workers: int = 0
@@ -67,7 +73,7 @@ def dataset_fingerprint(ds: YoloDataset) -> str:
         for img in sorted(ds.images(split)):
             h.update(str(img.relative_to(ds.root)).encode())
             h.update(hashlib.sha256(img.read_bytes()).digest())
-            label = ds.label_path(img)
+            label = label_path_for(img)
             if label.exists():
                 h.update(label.read_bytes())
     return h.hexdigest()
@@ -87,8 +93,7 @@ def _golden_images(ds: YoloDataset, count: int) -> list[npt.NDArray[np.uint8]]:
     """The first `count` val images that have at least one labelled defect."""
     images: list[npt.NDArray[np.uint8]] = []
     for path in sorted(ds.images("val")):
-        label = ds.label_path(path)
-        if label.exists() and label.read_text().strip():
+        if len(ds.labels_for(path)):
             img = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if img is not None:
                 images.append(np.asarray(img, np.uint8))
@@ -99,9 +104,27 @@ def _golden_images(ds: YoloDataset, count: int) -> list[npt.NDArray[np.uint8]]:
     return images
 
 
-def train_detector(cfg: TrainConfig, progress: Callable[[str], None] | None = None) -> Bundle:
-    """Train, export, evaluate and bundle; returns the verified bundle. Raises
-    TrainingError (or UltralyticsUnavailable without the train extra)."""
+def train_args(cfg: TrainConfig) -> dict[str, object]:
+    """The arguments handed to Ultralytics' `model.train` (recorded in the lineage)."""
+    return {
+        "data": str(cfg.data_yaml), "epochs": cfg.epochs, "imgsz": cfg.imgsz,
+        "batch": cfg.batch, "nbs": cfg.batch, "device": "cpu", "workers": cfg.workers,
+        "seed": cfg.seed, "deterministic": True, "plots": False, "amp": False,
+        "project": str(cfg.work_dir.resolve()), "name": cfg.name, "exist_ok": True,
+        "patience": cfg.patience, "verbose": True,
+    }
+
+
+def train_detector(
+    cfg: TrainConfig,
+    progress: Callable[[str], None] | None = None,
+    *,
+    trained_weights: Path | None = None,
+) -> Bundle:
+    """Train, export, evaluate and bundle; returns the verified bundle. With
+    `trained_weights` (the best.pt of an earlier run with the same `cfg`), training is
+    skipped and the run resumes at the export. Raises TrainingError (or
+    UltralyticsUnavailable without the train extra)."""
     say = progress or (lambda msg: logger.info("%s", msg))
     ds = load_data_yaml(cfg.data_yaml)
     holdout = load_data_yaml(cfg.holdout_yaml) if cfg.holdout_yaml else ds
@@ -109,23 +132,8 @@ def train_detector(cfg: TrainConfig, progress: Callable[[str], None] | None = No
         raise TrainingError(f"holdout classes {holdout.names} differ from {ds.names}")
     work = cfg.work_dir.resolve()
     ultralytics = import_ultralytics(work / "yolo_config", cfg.torch_threads)
-
-    say(f"training {cfg.model} on {cfg.data_yaml} for {cfg.epochs} epochs at {cfg.imgsz}px")
-    model = ultralytics.YOLO(cfg.model, task="detect")
-    train_args: dict[str, object] = {
-        "data": str(cfg.data_yaml), "epochs": cfg.epochs, "imgsz": cfg.imgsz,
-        "batch": cfg.batch, "nbs": cfg.batch, "device": "cpu", "workers": cfg.workers,
-        "seed": cfg.seed, "deterministic": True, "plots": False, "amp": False,
-        "project": str(work), "name": cfg.name, "exist_ok": True, "patience": cfg.patience,
-        "verbose": True,
-    }
-    try:
-        model.train(**train_args)
-    except Exception as e:  # Ultralytics raises bare exceptions of many kinds
-        raise TrainingError(f"training failed: {e}") from e
-    best = work / cfg.name / "weights" / "best.pt"
-    if not best.is_file():
-        raise TrainingError(f"training produced no weights at {best}")
+    args = train_args(cfg)
+    best = trained_weights or _train(ultralytics, cfg, args, say)
 
     say(f"exporting {best} to ONNX with a dynamic batch axis")
     try:
@@ -133,46 +141,56 @@ def train_detector(cfg: TrainConfig, progress: Callable[[str], None] | None = No
             format="onnx", imgsz=cfg.imgsz, dynamic=True, simplify=False, device="cpu"))
     except Exception as e:
         raise TrainingError(f"ONNX export failed: {e}") from e
+    return _bundle(cfg, ds, holdout, onnx_path, best, args, say)
 
-    return _bundle(cfg, ds, holdout, onnx_path, best, train_args, say)
+
+def _train(ultralytics: ModuleType, cfg: TrainConfig, args: dict[str, object],
+           say: Callable[[str], None]) -> Path:
+
+    say(f"training {cfg.model} on {cfg.data_yaml} for {cfg.epochs} epochs at {cfg.imgsz}px "
+        "(Ultralytics prints per-epoch progress)")
+    model = ultralytics.YOLO(cfg.model, task="detect")
+    try:
+        model.train(**args)
+    except Exception as e:  # Ultralytics raises bare exceptions of many kinds
+        raise TrainingError(f"training failed: {e}") from e
+    best = cfg.work_dir.resolve() / cfg.name / "weights" / "best.pt"
+    if not best.is_file():
+        raise TrainingError(f"training produced no weights at {best}")
+    return best
 
 
 def _bundle(
     cfg: TrainConfig, ds: YoloDataset, holdout: YoloDataset, onnx_path: Path, weights: Path,
-    train_args: dict[str, object], say: Callable[[str], None],
+    args: dict[str, object], say: Callable[[str], None],
 ) -> Bundle:
     lineage = Lineage(
         dataset_fingerprint=dataset_fingerprint(ds),
         code_revision=code_revision(),
-        training_config={k: v for k, v in train_args.items()
+        training_config={k: v for k, v in args.items()
                          if isinstance(v, str | int | float | bool) and k != "project"}
-        | {"model": cfg.model},
+        | {"model": Path(cfg.model).name},
         parent_version=cfg.parent_version,
         created_at=datetime.now(UTC),
     )
-    staging = cfg.work_dir.resolve() / f"{cfg.name}-bundle"
-    if staging.exists():
-        shutil.rmtree(staging)
+    golden = _golden_images(holdout, cfg.golden_count)
+
+    def build(out: Path, metrics: Metrics | None) -> Bundle:
+        if out.exists():
+            shutil.rmtree(out)
+        return build_bundle(
+            out, onnx_path, name=cfg.name, version=cfg.version, label=cfg.label,
+            classes=list(ds.names), input_hw=(cfg.imgsz, cfg.imgsz),
+            preprocess=PreprocessSpec(), lineage=lineage, golden_images=golden,
+            metrics=metrics,
+        )
+
     say("building the bundle and its golden set")
-    bundle = build_bundle(
-        staging, onnx_path, name=cfg.name, version=cfg.version, label=cfg.label,
-        classes=list(ds.names), input_hw=(cfg.imgsz, cfg.imgsz), preprocess=PreprocessSpec(),
-        lineage=lineage, golden_images=_golden_images(holdout, cfg.golden_count),
-        extra_files={"weights.pt": weights},
-    )
-    say(f"evaluating on the holdout {holdout.root} (val split)")
-    metrics = evaluate(bundle, holdout, "val")
+    staging = build(cfg.work_dir.resolve() / f"{cfg.name}-staging", None)
+    say(f"evaluating with lineguard eval on the holdout {holdout.label} (val split)")
+    metrics = evaluate(staging, holdout, "val")
     say(f"holdout mAP50 {metrics.map50:.3f}, mAP50-95 {metrics.map50_95:.3f}")
-    final = build_bundle(
-        cfg.out_bundle, onnx_path, name=cfg.name, version=cfg.version, label=cfg.label,
-        classes=list(ds.names), input_hw=(cfg.imgsz, cfg.imgsz), preprocess=PreprocessSpec(),
-        lineage=lineage, golden_images=_golden_images(holdout, cfg.golden_count),
-        metrics=metrics, extra_files={"weights.pt": weights},
-    )
-    shutil.rmtree(staging, ignore_errors=True)
+    final = build(cfg.out_bundle, metrics)
+    shutil.copyfile(weights, cfg.out_bundle.parent / f"{cfg.out_bundle.name}-weights.pt")
+    shutil.rmtree(staging.root, ignore_errors=True)
     return final
-
-
-def parse_names(values: Sequence[str]) -> list[str]:
-    """Class names from `a,b,c` or repeated arguments."""
-    return [n for v in values for n in v.split(",") if n]

@@ -54,5 +54,6 @@ def import_ultralytics(config_dir: Path, torch_threads: int | None = None) -> Mo
         raise UltralyticsUnavailable(
             "training needs the train extra: pip install -e '.[train]'"
         ) from e
-    torch_utils.NUM_THREADS = torch_threads or (os.cpu_count() or 1)
+    # Ultralytics trains with cores - 1 threads; on 2 cores that halves the speed.
+    torch_utils.NUM_THREADS = torch_threads or (os.cpu_count() or 1)  # type: ignore[attr-defined]
     return ultralytics

@@ -121,7 +121,7 @@ def _scratch(rng: np.random.Generator, h: int, w: int, c: tuple[int, int]) -> F3
         seg = length / 3
         pts.append(pts[-1] + seg * np.array([np.cos(theta), np.sin(theta)]))
     poly = np.round(np.array(pts)).astype(np.int32)
-    cv2.polylines(mask, [poly], False, 255, int(rng.integers(2, 4)), cv2.LINE_AA)
+    cv2.polylines(mask, [poly], False, 255, int(rng.integers(3, 6)), cv2.LINE_AA)
     return (mask.astype(np.float32) / 255.0).astype(np.float32)
 
 
@@ -131,7 +131,7 @@ def _pit(rng: np.random.Generator, h: int, w: int, c: tuple[int, int]) -> F32:
     spread = rng.uniform(4, 20)
     for _ in range(n):
         dx, dy = rng.normal(0, spread, 2)
-        r = int(rng.integers(3, 9))
+        r = int(rng.integers(4, 11))
         cv2.circle(mask, (round(c[0] + dx), round(c[1] + dy)), r, 255, -1, cv2.LINE_AA)
     return (mask.astype(np.float32) / 255.0).astype(np.float32)
 
@@ -146,10 +146,10 @@ def _crack(rng: np.random.Generator, h: int, w: int, c: tuple[int, int]) -> F32:
         pts = [p.copy()]
         for _ in range(steps):
             t += rng.uniform(-0.7, 0.7)
-            p = p + rng.uniform(4, 9) * np.array([np.cos(t), np.sin(t)])
+            p = p + rng.uniform(5, 10) * np.array([np.cos(t), np.sin(t)])
             pts.append(p.copy())
         poly = np.round(np.array(pts)).astype(np.int32)
-        cv2.polylines(mask, [poly], False, 255, int(rng.integers(1, 3)), cv2.LINE_AA)
+        cv2.polylines(mask, [poly], False, 255, int(rng.integers(2, 4)), cv2.LINE_AA)
     return (mask.astype(np.float32) / 255.0).astype(np.float32)
 
 

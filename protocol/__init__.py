@@ -1,1 +1,101 @@
-"""lineguard protocol package."""
+"""The wire contract between a line's appliance and the cloud: MQTT topics and payloads.
+
+Topics are `lineguard/<site>/<line>/<kind>` (see `protocol.topics`); payloads are JSON
+validated by versioned pydantic models (see `protocol.registry`); `decode` and `encode`
+(in `protocol.codec`) are the only ways bytes become messages and back. This package
+imports nothing else of lineguard. The contract for other teams is README.md here.
+"""
+
+from protocol.codec import MAX_PAYLOAD_BYTES, Outgoing, decode, encode, prepare, topic_of
+from protocol.commands import RollbackCommand, UpdateCommand
+from protocol.defect import DefectEvent, Detection
+from protocol.drift import BrightnessHistogram, ChannelStats, DriftSketch, SharpnessStats
+from protocol.envelope import Envelope
+from protocol.errors import (
+    InvalidTopic,
+    MalformedPayload,
+    PayloadTooLarge,
+    ProtocolError,
+    TopicMismatch,
+    UnknownSchema,
+)
+from protocol.fields import ModelRef, new_msg_id
+from protocol.metrics import DiskUsage, LatencyStats, MetricsMessage, OutboxStats, VerdictCounts
+from protocol.model_report import ModelReport, UpdateProgress
+from protocol.registry import MESSAGE_TYPES, SCHEMAS, Message, schema_of
+from protocol.status import StatusMessage, last_will
+from protocol.topics import (
+    COMMAND_KINDS,
+    TOPIC_POLICY,
+    TopicKind,
+    TopicPolicy,
+    command_filter,
+    defect_event_topic,
+    drift_topic,
+    fleet_filter,
+    metrics_topic,
+    model_topic,
+    parse_topic,
+    rollback_command_topic,
+    shared_fleet_filter,
+    status_topic,
+    topic_for,
+    update_command_topic,
+    validate_id,
+)
+
+__all__ = [
+    "COMMAND_KINDS",
+    "MAX_PAYLOAD_BYTES",
+    "MESSAGE_TYPES",
+    "SCHEMAS",
+    "TOPIC_POLICY",
+    "BrightnessHistogram",
+    "ChannelStats",
+    "DefectEvent",
+    "Detection",
+    "DiskUsage",
+    "DriftSketch",
+    "Envelope",
+    "InvalidTopic",
+    "LatencyStats",
+    "MalformedPayload",
+    "Message",
+    "MetricsMessage",
+    "ModelRef",
+    "ModelReport",
+    "OutboxStats",
+    "Outgoing",
+    "PayloadTooLarge",
+    "ProtocolError",
+    "RollbackCommand",
+    "SharpnessStats",
+    "StatusMessage",
+    "TopicKind",
+    "TopicMismatch",
+    "TopicPolicy",
+    "UnknownSchema",
+    "UpdateCommand",
+    "UpdateProgress",
+    "VerdictCounts",
+    "command_filter",
+    "decode",
+    "defect_event_topic",
+    "drift_topic",
+    "encode",
+    "fleet_filter",
+    "last_will",
+    "metrics_topic",
+    "model_topic",
+    "new_msg_id",
+    "parse_topic",
+    "prepare",
+    "rollback_command_topic",
+    "schema_of",
+    "shared_fleet_filter",
+    "status_topic",
+    "topic_for",
+    "topic_of",
+    "update_command_topic",
+    "validate_id",
+]

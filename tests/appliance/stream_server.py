@@ -34,11 +34,13 @@ def _frame_jpeg(n: int, width_px: int, height_px: int) -> bytes:
     return bytes(buf.tobytes())
 
 
-def make_handler(fps: float, width_px: int, height_px: int) -> type[http.server.BaseHTTPRequestHandler]:
+def make_handler(
+    fps: float, width_px: int, height_px: int
+) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0"
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             pass  # keep test output quiet
 
         def do_GET(self) -> None:

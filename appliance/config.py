@@ -1,0 +1,252 @@
+"""The appliance's one configuration file (YAML), validated by pydantic.
+
+Every section forbids unknown keys and carries units in its names. With no file at all
+the defaults run one simulated station with the shipped demo bundle, writing under
+`./lineguard-data`. Errors are `ConfigError`s that name the key path and why, e.g.
+``lineguard.yaml: pipeline.max_wait_ms: Input should be less than or equal to 1000``.
+
+Example::
+
+    data_dir: /var/lib/lineguard
+    stations:
+      - name: top
+        roi_xywh: [0, 40, 640, 400]
+        source: {kind: camera, index: 0}
+    model: {bundle: /var/lib/lineguard/bundles/current}
+    engine: {providers: [cuda, cpu]}
+    pipeline: {max_batch: 8, max_wait_ms: 2, verdict_deadline_ms: 250}
+    store: {batch_max_rows: 500}          # path and images.dir default under data_dir
+
+Relative paths are relative to the working directory of the process.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from appliance.capture.config import STATION_PATTERN, SimSourceConfig, SourceConfig
+from appliance.errors import ConfigError
+from appliance.store.config import StoreConfig
+
+DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "demo" / "bundle"
+"""The shipped demo bundle (models/demo/bundle), the default model."""
+
+DB_NAME = "lineguard.db"
+IMAGES_DIR = "images"
+BUNDLES_DIR = "bundles"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StationConfig(_Section):
+    """One camera of the line: its source and the region of the frame to inspect.
+
+    `roi_xywh` (x, y, width, height in frame pixels) is the station's crop, applied
+    before the bundle's own preprocessing (which may crop again, inside it); boxes are
+    mapped back to full-frame pixels. The source's `station` defaults to `name`.
+    """
+
+    name: str = Field("station-1", pattern=STATION_PATTERN)
+    roi_xywh: tuple[int, int, int, int] | None = None
+    source: SourceConfig = Field(default_factory=SimSourceConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _source_station(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("source"), dict):
+            source = dict(data["source"])
+            source.setdefault("station", data.get("name", "station-1"))
+            data = {**data, "source": source}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> StationConfig:
+        if self.source.station != self.name:
+            raise ValueError(
+                f"source.station {self.source.station!r} differs from the station name "
+                f"{self.name!r}; leave it out"
+            )
+        if self.roi_xywh is not None:
+            x, y, w, h = self.roi_xywh
+            if x < 0 or y < 0 or w <= 0 or h <= 0:
+                raise ValueError("roi_xywh needs x, y >= 0 and width, height > 0")
+        return self
+
+
+class ModelConfig(_Section):
+    """Which bundle to run at start (a directory or a .tar/.tar.gz)."""
+
+    bundle: Path = DEMO_BUNDLE
+    verify_golden: bool = True
+    """Refuse a bundle whose golden set does not reproduce on this machine."""
+
+
+class EngineConfig(_Section):
+    """ONNX Runtime settings."""
+
+    providers: list[str] | None = None
+    """Execution providers in preference order (`tensorrt`, `cuda`, `cpu` or ORT names);
+    None picks from what is present in the order TensorRT, CUDA, CPU."""
+    intra_op_threads: int = Field(0, ge=0, le=256)
+    """ORT intra-op threads; 0 means one per CPU core available to the process."""
+    inter_op_threads: int = Field(1, ge=1, le=64)
+    io_binding: Literal["auto", "on", "off"] = "auto"
+    """I/O binding (preallocated input buffers per batch size); auto = on GPU only."""
+    cpu_fallback: bool = True
+    """If a GPU provider fails at run time, reload the model on CPU (and raise an alarm)."""
+    warmup_runs: int = Field(1, ge=0, le=100)
+    """Warm-up runs of every batch size the engine will see, before a model goes live."""
+
+    def threads(self) -> int:
+        """Intra-op threads to ask ORT for (resolves 0 to the cores available)."""
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        return max(1, len(os.sched_getaffinity(0)))
+
+
+class PipelineConfig(_Section):
+    """Batching, queues, overflow, deadlines and stage supervision."""
+
+    max_batch: int = Field(8, ge=1, le=256)
+    max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)
+    """Longest a frame waits for others to fill its batch (from its arrival)."""
+    batch_policy: Literal["adaptive", "fixed"] = "adaptive"
+    """`fixed`: a batch closes at max_batch frames or max_wait_ms, whichever first.
+    `adaptive`: also closes at once when the next frame is not expected within the
+    wait (sparse frames are not held back for a batch that will not fill)."""
+    queue_frames: int = Field(32, ge=1, le=100_000)
+    """Frames waiting for the engine, all stations together."""
+    overflow: Literal["drop", "block"] = "drop"
+    """When the queue is full: `drop` records the new frame as uninspected (dropped) -
+    right for live cameras, whose frames cannot wait; `block` holds the source until
+    there is room - for files, replays and the simulated line."""
+    preprocess: Literal["auto", "engine", "worker"] = "auto"
+    """Where frames are preprocessed: in the engine thread right before inference
+    (`engine`, best when inference runs on the same CPU cores) or in one worker thread
+    per station (`worker`, overlaps with GPU inference); `auto` picks by provider."""
+    post_queue_batches: int = Field(4, ge=1, le=1000)
+    verdict_deadline_ms: float | None = Field(None, gt=0.0, le=3_600_000.0)
+    """A verdict not ready this long after the frame's capture time becomes
+    `uninspected: deadline`; a late result never replaces it. None: no deadline."""
+    keep_images: bool = True
+    """Offer frames to the store's image keeper (it keeps fails and a sample)."""
+    drain_timeout_s: float = Field(10.0, ge=0.0, le=600.0)
+    """On stop, how long queued frames may take to be judged before the rest are
+    recorded as `uninspected: shutdown`."""
+    restart_backoff_initial_s: float = Field(0.5, gt=0.0, le=60.0)
+    restart_backoff_max_s: float = Field(30.0, gt=0.0, le=3600.0)
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> PipelineConfig:
+        if self.restart_backoff_max_s < self.restart_backoff_initial_s:
+            raise ValueError("restart_backoff_max_s must be >= restart_backoff_initial_s")
+        return self
+
+
+class ApplianceConfig(_Section):
+    """The whole file. `store.path` and `store.images.dir` default under `data_dir`."""
+
+    site: str = Field("site-1", pattern=STATION_PATTERN)
+    line: str = Field("line-1", pattern=STATION_PATTERN)
+    data_dir: Path = Path("lineguard-data")
+    stations: list[StationConfig] = Field(default_factory=lambda: [StationConfig()],
+                                          min_length=1, max_length=64)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    store: StoreConfig
+
+    @model_validator(mode="before")
+    @classmethod
+    def _store_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data_dir = Path(data.get("data_dir") or "lineguard-data")
+        store = data.get("store")
+        if store is None:
+            store = {}
+        if isinstance(store, dict):
+            store = dict(store)
+            store.setdefault("path", data_dir / DB_NAME)
+            images = store.get("images")
+            if images is None:
+                images = {}
+            if isinstance(images, dict):
+                images = {"dir": data_dir / IMAGES_DIR, **images}
+            store["images"] = images
+        return {**data, "store": store}
+
+    @field_validator("stations")
+    @classmethod
+    def _unique_stations(cls, value: list[StationConfig]) -> list[StationConfig]:
+        names = [s.name for s in value]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"station names must be unique; repeated: {duplicates}")
+        return value
+
+    @property
+    def bundles_dir(self) -> Path:
+        """Where .tar bundles are unpacked."""
+        return self.data_dir / BUNDLES_DIR
+
+
+def format_errors(error: ValidationError) -> str:
+    """One `key.path: why` per pydantic error, joined with '; '."""
+    parts: list[str] = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key (not allowed here; check the spelling)"
+        elif item["type"] == "missing":
+            msg = "required key is missing"
+        msg = msg.removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> ApplianceConfig:
+    """Validate a mapping. Raises ConfigError naming each bad key path and why."""
+    try:
+        return ApplianceConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {format_errors(e)}") from None
+
+
+def default_config(**overrides: Any) -> ApplianceConfig:
+    """The no-file configuration (simulated line, demo bundle), with top-level keys
+    replaced by `overrides` (mappings, validated like the file)."""
+    return config_from_dict(dict(overrides), "defaults")
+
+
+def load_config(path: Path | None) -> ApplianceConfig:
+    """Read and validate the YAML file at `path`; None or an empty file gives the
+    defaults. Raises ConfigError (unreadable file, YAML syntax with line and column,
+    not a mapping, invalid keys)."""
+    if path is None:
+        return default_config()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, "
+                          f"got {type(data).__name__}")
+    return config_from_dict(data, str(path))

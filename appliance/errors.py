@@ -1,0 +1,39 @@
+"""The appliance's exception tree: one root, one branch per concern.
+
+Adapters translate library errors into these (`raise CaptureError(...) from e`); only the
+web layer turns them into HTTP responses.
+"""
+
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """Root of every error the appliance raises on purpose."""
+
+
+class ConfigError(ApplianceError):
+    """The configuration is invalid; the message names the bad key path and why."""
+
+
+class CaptureError(ApplianceError):
+    """A frame source failed."""
+
+
+class SourceLost(CaptureError):
+    """The device or stream went away (or could not be opened); retrying may help."""
+
+
+class SourceEnded(CaptureError):
+    """The source has no more frames (end of a file or folder that does not loop)."""
+
+
+class EngineError(ApplianceError):
+    """The inference engine failed to load or run a model."""
+
+
+class StoreError(ApplianceError):
+    """The local store could not persist or read records."""
+
+
+class UpdateRejected(ApplianceError):
+    """A model update was refused (signature, golden set, compatibility)."""

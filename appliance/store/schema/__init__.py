@@ -1,0 +1,1 @@
+"""Schema of the appliance database: numbered migrations (see migrations.py)."""

@@ -1,0 +1,215 @@
+"""Numbered schema migrations of the appliance database.
+
+The schema version is SQLite's `PRAGMA user_version`: version N means that the first N
+functions of MIGRATIONS have been applied. `migrate` applies the missing ones in order,
+each in its own transaction together with the new user_version, so a crash leaves the
+file at a whole version. Before touching an existing non-empty database it copies the
+file with SQLite's online backup API to `<db>.bak-v<old>-<UTC timestamp>`.
+
+Adding a migration is a one-function change: write
+
+    def _v3_outbox(db: Database) -> None:
+        db.execute("CREATE TABLE outbox (...)")
+        db.execute("CREATE INDEX ...")
+
+and append it to MIGRATIONS. Never edit or reorder a migration that has shipped; a
+database newer than this code (user_version > len(MIGRATIONS)) is refused.
+
+Performance note: write CHECKs as `a = 'x' OR a = 'y'`, not `a IN (...)`; SQLite
+evaluates an IN list several times slower, and the writer pays it on every row.
+
+Invariants: tables and columns hold times as unix seconds (REAL), latencies as ms,
+defect boxes as xyxy original-frame pixels (x1_px, y1_px, x2_px, y2_px).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from appliance.errors import StoreError
+
+logger = logging.getLogger(__name__)
+
+Migration = Callable[[Database], None]
+
+
+def _v1_inspections_defects_events(db: Database) -> None:
+    """Verdicts, their defects and the event log."""
+    db.execute(
+        """CREATE TABLE inspections (
+            id INTEGER PRIMARY KEY,
+            frame_id TEXT NOT NULL UNIQUE,
+            station TEXT NOT NULL,
+            part_id TEXT,
+            captured_at REAL NOT NULL,
+            judged_at REAL NOT NULL,
+            verdict TEXT NOT NULL
+                CHECK (verdict = 'pass' OR verdict = 'fail' OR verdict = 'uninspected'),
+            reason TEXT CHECK ((verdict = 'uninspected') = (reason IS NOT NULL)),
+            model_version TEXT,
+            preprocess_hash TEXT,
+            queue_ms REAL,
+            preprocess_ms REAL,
+            batch_wait_ms REAL,
+            infer_ms REAL,
+            postprocess_ms REAL,
+            total_ms REAL,
+            defect_count INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    db.execute("CREATE INDEX inspections_judged_at ON inspections (judged_at)")
+    # recent failures without scanning the passes; partial, so a pass costs no entry here
+    db.execute(
+        "CREATE INDEX inspections_fail_judged_at ON inspections (judged_at) WHERE verdict = 'fail'"
+    )
+    db.execute(
+        """CREATE TABLE defects (
+            id INTEGER PRIMARY KEY,
+            inspection_id INTEGER NOT NULL REFERENCES inspections (id),
+            class_id INTEGER NOT NULL,
+            class_name TEXT NOT NULL,
+            score REAL NOT NULL,
+            x1_px REAL NOT NULL,
+            y1_px REAL NOT NULL,
+            x2_px REAL NOT NULL,
+            y2_px REAL NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX defects_inspection_id ON defects (inspection_id)")
+    db.execute(
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            kind TEXT NOT NULL,
+            severity TEXT NOT NULL
+                CHECK (severity = 'info' OR severity = 'warning' OR severity = 'alarm'),
+            source TEXT NOT NULL,
+            message TEXT NOT NULL,
+            data TEXT NOT NULL DEFAULT '{}'
+        )"""
+    )
+    db.execute("CREATE INDEX events_at ON events (at)")
+    db.execute("CREATE INDEX events_kind_at ON events (kind, at)")
+
+
+def _v2_images(db: Database) -> None:
+    """The image ledger: every kept JPEG, and when and why it was deleted."""
+    db.execute(
+        """CREATE TABLE images (
+            id INTEGER PRIMARY KEY,
+            frame_id TEXT NOT NULL,
+            path TEXT NOT NULL,
+            bytes INTEGER NOT NULL CHECK (bytes >= 0),
+            verdict TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            deleted_at REAL,
+            delete_reason TEXT,
+            CHECK ((deleted_at IS NULL) = (delete_reason IS NULL))
+        )"""
+    )
+    db.execute("CREATE INDEX images_frame_id ON images (frame_id)")
+    db.execute(
+        "CREATE INDEX images_live_created_at ON images (created_at) WHERE deleted_at IS NULL"
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    _v1_inspections_defects_events,
+    _v2_images,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationResult:
+    """What `migrate` did: versions before and after, and the backup it made (if any)."""
+
+    from_version: int
+    to_version: int
+    backup_path: Path | None
+
+
+def schema_version(db: Database) -> int:
+    """The database's `PRAGMA user_version`."""
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def backup_database(conn: sqlite3.Connection, dest: Path) -> None:
+    """Copy the database behind `conn` (WAL content included) to `dest`, atomically.
+
+    Raises sqlite3.Error or OSError.
+    """
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    target = sqlite3.connect(str(tmp))
+    try:
+        conn.backup(target)
+    finally:
+        target.close()
+    with tmp.open("rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, dest)
+
+
+def _backup_path(path: Path, version: int, now_s: float) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now_s))
+    candidate = path.with_name(f"{path.name}.bak-v{version}-{stamp}")
+    n = 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.bak-v{version}-{stamp}-{n}")
+    return candidate
+
+
+def migrate(
+    db: Database,
+    path: Path,
+    *,
+    clock: Callable[[], float] = time.time,
+    migrations: Sequence[Migration] = MIGRATIONS,
+) -> MigrationResult:
+    """Bring the database at `path` (open as `db`, no transaction open) to the latest
+    version, backing it up first if it already holds data.
+
+    Raises StoreError if the database is newer than `migrations`, holds tables but no
+    schema version (not ours), or a backup or migration fails (the failed migration is
+    rolled back; earlier ones stay committed).
+    """
+    current = schema_version(db)
+    target = len(migrations)
+    if current > target:
+        raise StoreError(
+            f"{path}: database schema v{current} is newer than this software (v{target}); "
+            "restore a matching backup or upgrade the software"
+        )
+    if current == target:
+        return MigrationResult(current, current, None)
+    tables = db.table_names()
+    if current == 0 and tables:
+        raise StoreError(f"{path}: has tables {tables[:5]} but no schema version; not a store")
+    backup: Path | None = None
+    if tables:
+        backup = _backup_path(path, current, clock())
+        try:
+            backup_database(db.conn, backup)
+        except (sqlite3.Error, OSError) as e:
+            raise StoreError(f"{path}: backup to {backup} before migrating failed: {e}") from e
+        logger.info("backed up %s (schema v%d) to %s", path, current, backup)
+    for version in range(current + 1, target + 1):
+        step = migrations[version - 1]
+        try:
+            with db.atomic():
+                step(db)
+                db.execute(f"PRAGMA user_version = {version:d}")
+        except sqlite3.Error as e:
+            name = getattr(step, "__name__", repr(step))
+            raise StoreError(f"{path}: migration to v{version} ({name}) failed: {e}") from e
+        logger.info("migrated %s to schema v%d (%s)", path, version, step.__name__)
+    return MigrationResult(current, target, backup)

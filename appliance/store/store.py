@@ -1,0 +1,320 @@
+"""The appliance's local store: verdicts, defects, events and kept images in SQLite.
+
+`Store` wires the pieces: it opens the database (WAL, one write connection), migrates it
+(backing it up first), reconciles the image directory with its ledger, and runs the
+writer thread and the image keeper's encoder thread. Queries run on their own read-only
+connections, one per call, from any thread.
+
+Invariants:
+- One process writes a database: `Store` holds an exclusive `flock` on `<db>.lock` from
+  construction to `stop` (the OS drops it if the process dies).
+- Every submitted record becomes exactly one `inspections` row, or is reported: a
+  duplicate frame id is ignored (the first verdict wins) and counted, see writer.py.
+  `submit` never drops a record: on a full queue it blocks, then raises StoreError.
+- Committed means durable against a process kill (WAL, synchronous=NORMAL); `flush`
+  returns once everything submitted before it has committed.
+- Images never make the pipeline wait for JPEG encoding, except a `fail` frame offered
+  to a full encoder queue (bounded by `fail_offer_timeout_ms`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+
+from sqlite_utils import Database
+
+from appliance.errors import StoreError
+from appliance.records import EventRecord, InspectionRecord
+from appliance.store import queries
+from appliance.store.config import StoreConfig
+from appliance.store.images import FreeDiskBytes, ImageKeeper, disk_free_bytes
+from appliance.store.schema.migrations import MigrationResult, migrate
+from appliance.store.writer import EVENT, INSPECTION, BatchWriter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Counters for the panel and telemetry (since this Store was constructed)."""
+
+    submitted: int
+    committed: int
+    queued: int
+    duplicates_ignored: int
+    rows_rejected: int
+    write_retries: int
+    last_error: str | None
+    images_queued: int
+    images_kept: int
+    images_deleted: int
+    images_skipped_pass: int
+    images_skipped_fail: int
+    images_bytes: int
+
+
+def open_writer_db(path: os.PathLike[str] | str, synchronous: str = "NORMAL") -> Database:
+    """The write connection: WAL journal, autocommit driver mode (transactions are
+    explicit), usable from the writer thread. Raises sqlite3.Error."""
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+    db = Database(conn, execute_plugins=False, recursive_triggers=False)
+    db.enable_wal()
+    db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'FULL' else 'NORMAL'}")
+    db.execute("PRAGMA cache_size = -32768")  # 32 MiB: keeps the frame_id index's pages hot
+    return db
+
+
+class Store:
+    """See the module docstring. Raises StoreError from the constructor if the database
+    cannot be opened, locked, backed up or migrated."""
+
+    def __init__(
+        self,
+        cfg: StoreConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        free_disk_bytes: FreeDiskBytes = disk_free_bytes,
+    ) -> None:
+        self._cfg = cfg
+        self._clock = clock
+        self._started = False
+        self._stopped = False
+        try:
+            cfg.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(f"{cfg.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreError(f"{cfg.path}: cannot create the store's directory or lock: {e}") from e
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(self._lock_fd)
+            raise StoreError(f"{cfg.path}: another process holds the store open") from e
+        db: Database | None = None
+        try:
+            db = open_writer_db(cfg.path, cfg.synchronous)
+            self.migration: MigrationResult = migrate(db, cfg.path, clock=clock)
+            self._writer = BatchWriter(
+                db,
+                batch_max_rows=cfg.batch_max_rows,
+                flush_interval_s=cfg.flush_interval_ms / 1000.0,
+                queue_max_rows=cfg.queue_max_rows,
+                submit_timeout_s=cfg.submit_timeout_ms / 1000.0,
+                clock=clock,
+            )
+            self._keeper = ImageKeeper(
+                cfg.images, post_ops=self._writer.put_ledger, clock=clock,
+                free_disk_bytes=free_disk_bytes,
+            )
+            live = db.execute(
+                "SELECT frame_id, path, bytes, verdict, created_at FROM images"
+                " WHERE deleted_at IS NULL ORDER BY created_at, id"
+            ).fetchall()
+            self._writer.put_ledger(self._keeper.load(live))
+            self._db = db
+        except (sqlite3.Error, OSError, StoreError) as e:
+            if db is not None:
+                db.close()
+            self._release_lock()
+            if isinstance(e, StoreError):
+                raise
+            raise StoreError(f"{cfg.path}: cannot open the store: {e}") from e
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Start the writer and image threads. Raises StoreError if already stopped."""
+        if self._stopped:
+            raise StoreError("a stopped store cannot be restarted; make a new Store")
+        if not self._started:
+            self._started = True
+            self._writer.start()
+            self._keeper.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Finish queued images, commit everything submitted, checkpoint and close.
+        Raises StoreError if not everything could be committed in `timeout_s`."""
+        if self._stopped:
+            return
+        self._stopped = True
+        deadline = time.monotonic() + timeout_s
+        self._keeper.stop(max(0.0, deadline - time.monotonic()))
+        if not self._started:
+            self._writer.start()  # commit what was queued before start (e.g. reconcile)
+        complete = self._writer.stop(max(0.1, deadline - time.monotonic()))
+        lost = self._writer.submitted - self._writer.committed
+        try:
+            if complete:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.close()
+        except sqlite3.Error as e:
+            logger.warning("closing the store: %s", e)
+        finally:
+            self._release_lock()
+        if not complete:
+            raise StoreError(f"store stopped with {lost} records not committed: "
+                             f"{self._writer.last_error}")
+
+    def __enter__(self) -> Store:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _release_lock(self) -> None:
+        if self._lock_fd >= 0:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    # ------------------------------------------------------------------ writing
+    def submit(self, record: InspectionRecord) -> None:
+        """Queue one verdict (and offer its image to the keeper). Thread-safe; never
+        drops: blocks while the queue is full, then raises StoreError."""
+        get = record.latency_ms.get
+        queue, pre, wait, infer, post, total = (
+            get("queue"), get("preprocess"), get("batch_wait"), get("infer"),
+            get("postprocess"), get("total"),
+        )
+        row = (
+            record.frame_id,
+            record.station,
+            record.part_id,
+            float(record.captured_at),
+            float(record.judged_at),
+            record.verdict,
+            record.reason,
+            record.model_version,
+            record.preprocess_hash,
+            None if queue is None else float(queue),
+            None if pre is None else float(pre),
+            None if wait is None else float(wait),
+            None if infer is None else float(infer),
+            None if post is None else float(post),
+            None if total is None else float(total),
+            len(record.defects),
+        )
+        defects = tuple(
+            (int(d.class_id), d.class_name, float(d.score), *map(float, d.box_xyxy))
+            for d in record.defects
+        )
+        self._writer.put((INSPECTION, (row, defects)))
+        if record.image_bgr is not None:
+            self._keeper.offer(record.frame_id, record.verdict, record.image_bgr)
+
+    def record_event(self, event: EventRecord) -> None:
+        """Queue one event. Thread-safe; blocks like `submit` on a full queue."""
+        data = json.dumps(dict(event.data), allow_nan=False)
+        row = (float(event.at), event.kind, event.severity, event.source, event.message, data)
+        self._writer.put((EVENT, row))
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        """Return once every record, event and offered image submitted before this call is
+        committed. Raises StoreError if the store is not running or on timeout."""
+        if not self._started or self._stopped:
+            raise StoreError("flush needs a running store")
+        deadline = time.monotonic() + timeout_s
+        if not self._keeper.wait_idle(timeout_s):
+            raise StoreError(f"image keeper still busy after {timeout_s:.1f} s")
+        seq = self._writer.submitted
+        if not self._writer.wait_committed(seq, max(0.0, deadline - time.monotonic())):
+            raise StoreError(
+                f"store flush timed out: {seq - self._writer.committed} rows not committed; "
+                f"last error: {self._writer.last_error}"
+            )
+
+    def stats(self) -> StoreStats:
+        """Counters of the writer and the image keeper."""
+        w, k = self._writer, self._keeper
+        return StoreStats(
+            submitted=w.submitted,
+            committed=w.committed,
+            queued=w.queued,
+            duplicates_ignored=w.duplicates,
+            rows_rejected=w.rejected,
+            write_retries=w.retries,
+            last_error=w.last_error,
+            images_queued=k.queued,
+            images_kept=k.kept,
+            images_deleted=k.deleted,
+            images_skipped_pass=k.skipped_pass,
+            images_skipped_fail=k.skipped_fail,
+            images_bytes=k.used_bytes,
+        )
+
+    # ------------------------------------------------------------------ queries
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        try:
+            conn = queries.open_reader(self._cfg.path)
+        except sqlite3.Error as e:
+            raise StoreError(f"{self._cfg.path}: cannot open for reading: {e}") from e
+        try:
+            yield conn
+        except sqlite3.Error as e:
+            raise StoreError(f"{self._cfg.path}: query failed: {e}") from e
+        finally:
+            conn.close()
+
+    def inspection_count(self) -> int:
+        with self._reader() as conn:
+            return queries.inspection_count(conn)
+
+    def counts_by_verdict(
+        self, since: float | None = None, until: float | None = None
+    ) -> dict[str, int]:
+        with self._reader() as conn:
+            return queries.counts_by_verdict(conn, since, until)
+
+    def defect_counts_by_class(
+        self, since: float | None = None, until: float | None = None
+    ) -> dict[str, int]:
+        with self._reader() as conn:
+            return queries.defect_counts_by_class(conn, since, until)
+
+    def uninspected_by_reason(
+        self, since: float | None = None, until: float | None = None
+    ) -> dict[str, int]:
+        with self._reader() as conn:
+            return queries.uninspected_by_reason(conn, since, until)
+
+    def latency_percentiles(
+        self,
+        stage: str = "total",
+        percentiles: Sequence[int] = (50, 95, 99),
+        since: float | None = None,
+        until: float | None = None,
+    ) -> dict[int, float]:
+        with self._reader() as conn:
+            return queries.latency_percentiles(conn, stage, percentiles, since, until)
+
+    def recent_failures(self, limit: int = 50) -> list[queries.FailureRow]:
+        with self._reader() as conn:
+            return queries.recent_failures(conn, self._cfg.images.dir, limit)
+
+    def events(
+        self,
+        since: float | None = None,
+        kinds: Sequence[str] | None = None,
+        limit: int = 200,
+    ) -> list[queries.EventRow]:
+        with self._reader() as conn:
+            return queries.events(conn, since, kinds, limit)
+
+    def image_usage(self) -> queries.ImageUsage:
+        with self._reader() as conn:
+            return queries.image_usage(conn)
+

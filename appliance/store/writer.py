@@ -1,0 +1,377 @@
+"""The store's single writer thread: a bounded FIFO of prepared rows, committed in batches.
+
+A batch is up to `batch_max_rows` items, or whatever arrived within `flush_interval_s` of
+the oldest waiting item (sooner when someone flushes or stops); each batch is one
+transaction of `executemany` inserts.
+
+Invariants:
+- After `start`, only the writer thread uses the write connection.
+- Items commit in submission order; `committed` counts the items whose transaction has
+  committed, so `wait_committed(seq)` returns once everything up to `seq` is on disk
+  (durable against a process kill; see StoreConfig.synchronous for power loss).
+- No item is dropped: a batch that hits a transient SQLite error (OperationalError: disk
+  full, I/O error, busy) is retried with backoff until it commits or `stop` gives up
+  (which then reports how many items were not committed). A batch that SQLite refuses
+  as a whole (a duplicate frame_id, a row it cannot bind) is written row by row in one
+  transaction: duplicates are ignored (the first verdict for a frame wins, as a late
+  result must never overwrite a deadline verdict), refused rows are logged; both are
+  counted and written as `duplicate_inspection` / `store_rejected_row` events.
+- Inspection ids are assigned here (single writer, guarded by the store's lock file), so
+  defect rows reference them without a round trip per row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlite_utils import Database
+
+from appliance.errors import StoreError
+from appliance.store.images import ImageAdded, ImageDeleted, ImageSkipped, LedgerOp
+
+logger = logging.getLogger(__name__)
+
+Row = tuple[Any, ...]
+InspectionItem = tuple[Row, tuple[Row, ...]]  # (inspection row without id, defect rows)
+Item = tuple[int, Any]
+
+INSPECTION, EVENT, LEDGER = 0, 1, 2
+
+_INSERT_INSPECTION = (
+    "INSERT INTO inspections (id, frame_id, station, part_id, captured_at, judged_at, verdict,"
+    " reason, model_version, preprocess_hash, queue_ms, preprocess_ms, batch_wait_ms,"
+    " infer_ms, postprocess_ms, total_ms, defect_count)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_DEFECT = (
+    "INSERT INTO defects (inspection_id, class_id, class_name, score, x1_px, y1_px, x2_px, y2_px)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_EVENT = (
+    "INSERT INTO events (at, kind, severity, source, message, data) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_INSERT_IMAGE = (
+    "INSERT INTO images (frame_id, path, bytes, verdict, created_at) VALUES (?, ?, ?, ?, ?)"
+)
+_DELETE_IMAGE = (
+    "UPDATE images SET deleted_at = ?, delete_reason = ? WHERE id = (SELECT id FROM images"
+    " WHERE frame_id = ? AND path = ? AND deleted_at IS NULL ORDER BY id LIMIT 1)"
+)
+_REFUSED = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+            sqlite3.DataError)
+
+
+def event_row(
+    at: float, kind: str, severity: str, source: str, message: str, data: dict[str, Any]
+) -> Row:
+    """An events-table row; `data` must hold JSON scalars (raises ValueError otherwise)."""
+    return (at, kind, severity, source, message, json.dumps(data, allow_nan=False))
+
+
+class _Batch:
+    """One batch split into the rows of each statement, with ids assigned."""
+
+    def __init__(self, items: Sequence[Item], first_id: int) -> None:
+        self.inspections: list[InspectionItem] = []
+        self.events: list[Row] = []
+        self.added: list[Row] = []
+        self.deleted: list[ImageDeleted] = []
+        self.skipped: list[ImageSkipped] = []
+        for kind, payload in items:
+            if kind == INSPECTION:
+                self.inspections.append(payload)
+            elif kind == EVENT:
+                self.events.append(payload)
+            elif isinstance(payload, ImageAdded):
+                p = payload
+                self.added.append((p.frame_id, p.path, p.bytes, p.verdict, p.created_at))
+            elif isinstance(payload, ImageDeleted):
+                self.deleted.append(payload)
+            else:
+                self.skipped.append(payload)
+        self.first_id = first_id
+
+
+class BatchWriter:
+    """Owns the write connection's thread; see the module docstring for the invariants."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        batch_max_rows: int,
+        flush_interval_s: float,
+        queue_max_rows: int,
+        submit_timeout_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self._batch_max = batch_max_rows
+        self._interval_s = flush_interval_s
+        self._queue_max = queue_max_rows
+        self._submit_timeout_s = submit_timeout_s
+        self._clock = clock
+        row = db.execute("SELECT coalesce(max(id), 0) FROM inspections").fetchone()
+        self._next_id = int(row[0]) + 1
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)  # writer waits: items / flush / stop
+        self._not_full = threading.Condition(self._lock)  # producers wait: room
+        self._done = threading.Condition(self._lock)  # flushers wait: committed
+        self._items: list[Item] = []
+        self._first_at = 0.0
+        self._submitted = 0
+        self._committed = 0
+        self._flushers = 0
+        self._stopping = False
+        self._closed = False
+        self._dead: str | None = None
+        self._abort = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.duplicates = 0
+        self.rejected = 0
+        self.retries = 0
+        self.last_error: str | None = None
+
+    # ------------------------------------------------------------------ producers
+    def put(self, item: Item, *, bounded: bool = True) -> int:
+        """Queue one item; returns its sequence number. A bounded put blocks while the
+        queue is full, up to `submit_timeout_s`, then raises StoreError; any put raises
+        StoreError once the writer is stopped or dead."""
+        with self._lock:
+            if self._closed or self._dead is not None:
+                raise StoreError(f"store is not accepting records ({self._dead or 'stopped'})")
+            if bounded and len(self._items) >= self._queue_max:
+                deadline = time.monotonic() + self._submit_timeout_s
+                while len(self._items) >= self._queue_max:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self._closed or self._dead is not None:
+                        raise StoreError(
+                            f"store queue full ({len(self._items)} rows) for "
+                            f"{self._submit_timeout_s:.1f} s; last error: {self.last_error}"
+                        )
+                    self._not_full.wait(remaining)
+            self._items.append(item)
+            self._submitted += 1
+            n = len(self._items)
+            if n == 1:
+                self._first_at = time.monotonic()
+                self._ready.notify()
+            elif n == self._batch_max:
+                self._ready.notify()
+            return self._submitted
+
+    def put_ledger(self, ops: Sequence[LedgerOp]) -> None:
+        """Queue image-ledger operations (unbounded; the keeper's queue bounds them).
+        Logs instead of raising once the writer has stopped."""
+        for op in ops:
+            try:
+                self.put((LEDGER, op), bounded=False)
+            except StoreError as e:
+                logger.error("image ledger operation for %s lost: %s", op.frame_id, e)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def submitted(self) -> int:
+        return self._submitted
+
+    @property
+    def committed(self) -> int:
+        return self._committed
+
+    @property
+    def queued(self) -> int:
+        return len(self._items)
+
+    def wait_committed(self, seq: int, timeout_s: float) -> bool:
+        """Wait until the first `seq` items have committed; False on timeout or if the
+        writer is not running."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            self._flushers += 1
+            self._ready.notify()
+            try:
+                while self._committed < seq:
+                    remaining = deadline - time.monotonic()
+                    alive = self._thread is not None and self._thread.is_alive()
+                    if remaining <= 0 or not alive:
+                        return False
+                    self._done.wait(min(remaining, 0.5))
+            finally:
+                self._flushers -= 1
+        return True
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float) -> bool:
+        """Refuse new items, commit everything queued, end the thread. Returns False if it
+        did not finish in `timeout_s` (retries are then abandoned)."""
+        with self._lock:
+            self._closed = True
+            self._stopping = True
+            self._ready.notify_all()
+            self._not_full.notify_all()
+        if self._thread is None:
+            return not self._items
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._abort.set()
+            self._thread.join(5.0)
+            return False
+        return self._committed == self._submitted
+
+    # ------------------------------------------------------------------ writer thread
+    def _run(self) -> None:
+        try:
+            while True:
+                batch = self._take()
+                if batch is None:
+                    return
+                if not self._write_with_retry(batch):
+                    return
+                with self._lock:
+                    self._committed += len(batch)
+                    self._done.notify_all()
+        except Exception as e:  # a bug: make it loud and stop accepting records
+            logger.exception("store writer died")
+            with self._lock:
+                self._dead = f"writer died: {e!r}"
+                self._done.notify_all()
+                self._not_full.notify_all()
+
+    def _take(self) -> list[Item] | None:
+        with self._lock:
+            while not self._items:
+                if self._stopping:
+                    return None
+                self._ready.wait(0.5)
+            deadline = self._first_at + self._interval_s
+            while len(self._items) < self._batch_max and not self._stopping and not self._flushers:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._ready.wait(remaining)
+            if len(self._items) <= self._batch_max:
+                batch, self._items = self._items, []
+            else:
+                batch = self._items[: self._batch_max]
+                del self._items[: self._batch_max]
+                self._first_at = time.monotonic()
+            self._not_full.notify_all()
+            return batch
+
+    def _write_with_retry(self, items: list[Item]) -> bool:
+        batch = _Batch(items, self._next_id)
+        backoff_s = 0.05
+        rowwise = False
+        while True:
+            try:
+                self._commit(batch, rowwise=rowwise)
+                self._next_id += len(batch.inspections)
+                return True
+            except _REFUSED as e:
+                if rowwise:
+                    raise
+                logger.debug("batch refused (%s); writing it row by row", e)
+                rowwise = True
+            except sqlite3.OperationalError as e:
+                self.retries += 1
+                self.last_error = str(e)
+                logger.error("store commit failed (%s); retrying in %.2f s", e, backoff_s)
+                if self._abort.wait(backoff_s):
+                    logger.error("store gave up on %d uncommitted items", len(items))
+                    return False
+                backoff_s = min(backoff_s * 2, 5.0)
+
+    def _commit(self, batch: _Batch, *, rowwise: bool) -> None:
+        conn = self._db.conn
+        ids = range(batch.first_id, batch.first_id + len(batch.inspections))
+        events = list(batch.events)
+        with self._db.atomic():
+            if not rowwise:
+                pairs = list(zip(ids, batch.inspections, strict=True))
+                conn.executemany(_INSERT_INSPECTION, [(i, *r) for i, (r, _) in pairs])
+                conn.executemany(_INSERT_DEFECT, [(i, *d) for i, (_, ds) in pairs for d in ds])
+            else:
+                events += self._insert_rowwise(conn, batch, ids)
+            conn.executemany(_INSERT_IMAGE, batch.added)
+            conn.executemany(
+                _DELETE_IMAGE, [(d.deleted_at, d.reason, d.frame_id, d.path) for d in batch.deleted]
+            )
+            events += self._image_events(batch)
+            conn.executemany(_INSERT_EVENT, events)
+
+    def _insert_rowwise(
+        self, conn: sqlite3.Connection, batch: _Batch, ids: range
+    ) -> list[Row]:
+        duplicates: list[str] = []
+        refused: list[tuple[str, str]] = []
+        for i, (row, defects) in zip(ids, batch.inspections, strict=True):
+            try:
+                conn.execute(_INSERT_INSPECTION, (i, *row))
+            except _REFUSED as e:
+                if isinstance(e, sqlite3.IntegrityError) and "inspections.frame_id" in str(e):
+                    duplicates.append(row[0])
+                else:
+                    refused.append((row[0], str(e)))
+                continue
+            for d in defects:
+                try:
+                    conn.execute(_INSERT_DEFECT, (i, *d))
+                except _REFUSED as e:
+                    refused.append((row[0], f"defect: {e}"))
+        now = self._clock()
+        rows: list[Row] = []
+        if duplicates:
+            self.duplicates += len(duplicates)
+            logger.warning("ignored %d duplicate inspections (first: %s)", len(duplicates),
+                           duplicates[0])
+            rows.append(event_row(
+                now, "duplicate_inspection", "warning", "store",
+                f"ignored {len(duplicates)} duplicate inspection records; the first verdict "
+                "for a frame id wins",
+                {"count": len(duplicates), "first_frame_id": duplicates[0]},
+            ))
+        if refused:
+            self.rejected += len(refused)
+            logger.error("store refused %d rows (first: %s: %s)", len(refused), *refused[0])
+            rows.append(event_row(
+                now, "store_rejected_row", "alarm", "store",
+                f"store refused {len(refused)} rows: {refused[0][1]}",
+                {"count": len(refused), "first_frame_id": refused[0][0]},
+            ))
+        return rows
+
+    def _image_events(self, batch: _Batch) -> list[Row]:
+        now = self._clock()
+        rows: list[Row] = []
+        deleted: dict[str, list[ImageDeleted]] = defaultdict(list)
+        for d in batch.deleted:
+            deleted[d.reason].append(d)
+        for reason, ds in sorted(deleted.items()):
+            fails = sum(d.verdict == "fail" for d in ds)
+            size = sum(d.bytes for d in ds)
+            rows.append(event_row(
+                now, "image_deleted", "warning" if fails else "info", "store.images",
+                f"deleted {len(ds)} images ({size} bytes, {fails} fail): {reason}",
+                {"count": len(ds), "bytes": size, "fail_count": fails, "reason": reason},
+            ))
+        skipped = Counter(s.why for s in batch.skipped)
+        for why, count in sorted(skipped.items()):
+            fails = sum(s.verdict == "fail" for s in batch.skipped if s.why == why)
+            first = next(s.frame_id for s in batch.skipped if s.why == why)
+            rows.append(event_row(
+                now, "image_skipped", "warning" if fails else "info", "store.images",
+                f"did not keep {count} images ({fails} fail): {why}",
+                {"count": count, "fail_count": fails, "why": why, "first_frame_id": first},
+            ))
+        return rows

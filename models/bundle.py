@@ -1,0 +1,377 @@
+"""Model bundles on disk: load with integrity checks, write atomically, pack to and
+unpack from one tar safely.
+
+A bundle directory holds ``manifest.json`` and exactly the files its ``files`` map
+lists, each with a matching sha256; anything else is an integrity error. Archives
+are validated member by member *before* anything is written, and extraction is done
+by hand (no ``extractall``): only regular files and directories, no absolute paths,
+no ``..``, no links or devices, bounded sizes, no duplicates.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import shutil
+import tarfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from pydantic import ValidationError
+
+from models.errors import BundleIntegrityError, ManifestError, ModelError, UnsafeArchiveError
+from models.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    check_relative_path,
+    format_validation_error,
+    parse_manifest,
+)
+
+__all__ = [
+    "GOLDEN_DIR",
+    "MANIFEST",
+    "MODEL",
+    "Bundle",
+    "atomic_write_bytes",
+    "file_sha256",
+    "load_bundle",
+    "open_bundle",
+    "pack_bundle",
+    "unpack_bundle",
+    "write_bundle",
+]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = MANIFEST_NAME
+MODEL = "model.onnx"
+GOLDEN_DIR = "golden"
+MiB = 1024 * 1024
+_MAX_MEMBERS = 10_000
+_CHUNK_BYTES = 1 * MiB
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded (and, unless asked otherwise, verified) bundle directory."""
+
+    root: Path
+    manifest: Manifest
+
+    @property
+    def model_path(self) -> Path:
+        return self.root / MODEL
+
+    def path_of(self, name: str) -> Path:
+        """Absolute path of a bundle file listed in the manifest."""
+        return self.root / check_relative_path(name)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 hex digest of a file's bytes (streamed in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temp file in the same directory, fsync, os.replace."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def load_bundle(path: Path, *, verify_files: bool = True) -> Bundle:
+    """Load a bundle directory: parse the manifest and check that every listed file
+    exists as a regular file (not a link) with the listed sha256, and that there is
+    no unlisted file. `verify_files=False` skips the hashing (existence still checked).
+
+    Raises ManifestError (manifest missing/invalid), BundleIntegrityError naming the
+    file (missing, sha256 mismatch, unlisted, link), ModelError (not a directory).
+    """
+    root = Path(path)
+    if not root.exists():
+        raise BundleIntegrityError(f"bundle not found: {root}")
+    if not root.is_dir():
+        raise ModelError(f"{root} is not a bundle directory (for a .tar use open_bundle)")
+    manifest = parse_manifest(root / MANIFEST)
+    if MODEL not in manifest.files:
+        raise BundleIntegrityError(f"{root}: manifest does not list {MODEL}")
+    for name, expected in sorted(manifest.files.items()):
+        file_path = root / name
+        if file_path.is_symlink():
+            raise BundleIntegrityError(f"{name}: is a symbolic link (not allowed in a bundle)")
+        if not file_path.is_file():
+            raise BundleIntegrityError(f"{name}: listed in the manifest but missing from {root}")
+        if verify_files:
+            found = file_sha256(file_path)
+            if found != expected:
+                raise BundleIntegrityError(
+                    f"{name}: sha256 mismatch: file has {found[:16]}..., manifest lists "
+                    f"{expected[:16]}... (file changed or corrupt)"
+                )
+    listed = set(manifest.files) | {MANIFEST}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for filename in sorted(filenames):
+            rel = (Path(dirpath) / filename).relative_to(root).as_posix()
+            if rel not in listed:
+                raise BundleIntegrityError(f"{rel}: file in {root} is not listed in the manifest")
+    return Bundle(root=root, manifest=manifest)
+
+
+def open_bundle(path: Path, work_dir: Path) -> Bundle:
+    """Load a bundle from a directory, or from a ``.tar``/``.tar.gz`` which is first
+    unpacked safely into `work_dir` (which must not exist or be empty).
+
+    Raises what `load_bundle` and `unpack_bundle` raise.
+    """
+    source = Path(path)
+    if source.is_dir():
+        return load_bundle(source)
+    if not source.exists():
+        raise BundleIntegrityError(f"bundle not found: {source}")
+    root = unpack_bundle(source, Path(work_dir))
+    if not (root / MANIFEST).exists():
+        # Also accept archives made with a single top-level folder (tar -C parent dir).
+        children = [p for p in root.iterdir()]
+        if len(children) == 1 and (children[0] / MANIFEST).is_file():
+            root = children[0]
+    return load_bundle(root)
+
+
+def _prepare_empty_dir(path: Path, what: str) -> None:
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"{what} {path} exists and is not a directory")
+        if any(path.iterdir()):
+            raise ModelError(f"{what} {path} is not empty")
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def write_bundle(
+    out_dir: Path, manifest_without_files: Manifest, files: Mapping[str, Path]
+) -> Bundle:
+    """Create a bundle in `out_dir` (must not exist or be empty): copy `files`
+    (bundle-relative name -> source path; must include ``model.onnx``), compute
+    their sha256, write the manifest atomically, then load and verify it.
+
+    Raises ModelError (bad name, missing source, non-empty out_dir), ManifestError.
+    """
+    out = Path(out_dir)
+    if MODEL not in files:
+        raise ModelError(f"write_bundle: files must include {MODEL}")
+    for name, source in files.items():
+        try:
+            check_relative_path(name)
+        except ValueError as exc:
+            raise ModelError(f"write_bundle: {exc}") from None
+        if not Path(source).is_file():
+            raise ModelError(f"write_bundle: source for {name} not found: {source}")
+    _prepare_empty_dir(out, "bundle directory")
+    digests: dict[str, str] = {}
+    for name, source in sorted(files.items()):
+        target = out / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        with target.open("rb") as fh:
+            os.fsync(fh.fileno())
+        digests[name] = file_sha256(target)
+    data = manifest_without_files.model_dump(mode="json")
+    data["files"] = digests
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(f"manifest: {format_validation_error(exc)}") from None
+    atomic_write_bytes(out / MANIFEST, manifest.to_json().encode("utf-8"))
+    logger.info("wrote bundle %s v%d to %s", manifest.name, manifest.version, out)
+    return load_bundle(out)
+
+
+@contextmanager
+def _tar_writer(fileobj: IO[bytes], gz: bool) -> Iterator[tarfile.TarFile]:
+    if gz:
+        # gzip header mtime 0 and no file name, so equal bundles give equal bytes.
+        with (
+            gzip.GzipFile(filename="", mode="wb", fileobj=fileobj, mtime=0) as zipped,
+            tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            yield tar
+    else:
+        with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            yield tar
+
+
+def pack_bundle(bundle_dir: Path, tar_path: Path) -> Path:
+    """Verify the bundle in `bundle_dir` and pack it into one deterministic tar
+    (gzip if the name ends in .gz/.tgz): members sorted, regular files only, mode 0644,
+    mtime 0, uid/gid 0. Written atomically. Returns `tar_path`."""
+    bundle = load_bundle(Path(bundle_dir))
+    tar_path = Path(tar_path)
+    gz = tar_path.name.endswith((".gz", ".tgz"))
+    names = sorted([MANIFEST, *bundle.manifest.files])
+    tar_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tar_path.with_name(f".{tar_path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("wb") as raw, _tar_writer(raw, gz) as tar:
+            for name in names:
+                source = bundle.root / name
+                info = tarfile.TarInfo(name)
+                info.size = source.stat().st_size
+                info.mode = 0o644
+                info.mtime = 0
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                with source.open("rb") as fh:
+                    tar.addfile(info, fh)
+        with tmp.open("rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, tar_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(tar_path.parent)
+    return tar_path
+
+
+def _member_kind(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return f"symbolic link to {member.linkname!r}"
+    if member.islnk():
+        return f"hard link to {member.linkname!r}"
+    if member.ischr() or member.isblk():
+        return "device file"
+    if member.isfifo():
+        return "FIFO"
+    return f"unsupported member type {member.type!r}"
+
+
+def _validate_members(
+    tar: tarfile.TarFile, max_member_bytes: int, max_total_bytes: int
+) -> list[tuple[str, tarfile.TarInfo]]:
+    """All members checked before anything is written; returns (normalised name, info)."""
+    seen: set[str] = set()
+    total = 0
+    checked: list[tuple[str, tarfile.TarInfo]] = []
+    members = tar.getmembers()
+    if len(members) > _MAX_MEMBERS:
+        raise UnsafeArchiveError(f"archive has {len(members)} members (limit {_MAX_MEMBERS})")
+    for member in members:
+        raw = member.name
+        name = raw[2:] if raw.startswith("./") else raw
+        name = name.rstrip("/") if member.isdir() else name
+        if raw.startswith("/") or (len(raw) > 1 and raw[1] == ":"):
+            raise UnsafeArchiveError(f"archive member {raw!r}: absolute path")
+        if ".." in raw.replace("\\", "/").split("/"):
+            raise UnsafeArchiveError(f"archive member {raw!r}: path escapes with '..'")
+        if not (member.isreg() or member.isdir()):
+            raise UnsafeArchiveError(f"archive member {raw!r}: {_member_kind(member)}")
+        if member.isdir() and name in {"", "."}:
+            continue
+        try:
+            check_relative_path(name, allow_manifest=True)
+        except ValueError as exc:
+            raise UnsafeArchiveError(f"archive member {raw!r}: {exc}") from None
+        if name in seen:
+            raise UnsafeArchiveError(f"archive member {raw!r}: duplicate name")
+        seen.add(name)
+        if member.size > max_member_bytes:
+            raise UnsafeArchiveError(
+                f"archive member {raw!r}: {member.size} bytes exceeds the limit "
+                f"{max_member_bytes} bytes"
+            )
+        total += member.size
+        if total > max_total_bytes:
+            raise UnsafeArchiveError(
+                f"archive member {raw!r}: archive content exceeds {max_total_bytes} bytes"
+            )
+        checked.append((name, member))
+    return checked
+
+
+def unpack_bundle(
+    tar_path: Path,
+    dest: Path,
+    *,
+    max_member_bytes: int = 512 * MiB,
+    max_total_bytes: int = 1024 * MiB,
+) -> Path:
+    """Unpack a bundle tar (plain or gzip) into `dest` (must not exist or be empty).
+
+    Every member is validated first; rejects absolute paths, ``..``, symlinks,
+    hard links, devices and FIFOs, members over `max_member_bytes`, archives over
+    `max_total_bytes` (bytes, uncompressed) and duplicate names with
+    UnsafeArchiveError naming the member. A missing or unreadable archive raises
+    BundleIntegrityError. On failure nothing is left in `dest`. Returns `dest`.
+    """
+    source, dest = Path(tar_path), Path(dest)
+    if not source.is_file():
+        raise BundleIntegrityError(f"bundle archive not found: {source}")
+    try:
+        tar = tarfile.open(source, mode="r:*")  # noqa: SIM115 - closed by the `with` below
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise BundleIntegrityError(f"{source}: not a readable tar archive ({exc})") from None
+    with tar:
+        try:
+            members = _validate_members(tar, max_member_bytes, max_total_bytes)
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise BundleIntegrityError(f"{source}: corrupt tar archive ({exc})") from None
+        _prepare_empty_dir(dest, "unpack destination")
+        try:
+            _extract(tar, members, dest)
+        except (tarfile.TarError, OSError, EOFError, ModelError) as exc:
+            _empty_dir(dest)
+            if isinstance(exc, ModelError):
+                raise
+            raise BundleIntegrityError(f"{source}: extraction failed ({exc})") from None
+    return dest
+
+
+def _empty_dir(path: Path) -> None:
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _extract(tar: tarfile.TarFile, members: list[tuple[str, tarfile.TarInfo]], dest: Path) -> None:
+    root = dest.resolve()
+    for name, member in members:
+        target = (dest / name).resolve()
+        if root not in target.parents:
+            raise UnsafeArchiveError(f"archive member {member.name!r}: resolves outside {dest}")
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fh = tar.extractfile(member)
+        if fh is None:
+            raise UnsafeArchiveError(f"archive member {member.name!r}: unreadable")
+        with fh, target.open("xb") as out:
+            remaining = member.size
+            while remaining > 0:
+                chunk = fh.read(min(_CHUNK_BYTES, remaining))
+                if not chunk:
+                    raise BundleIntegrityError(f"archive member {member.name!r}: truncated")
+                out.write(chunk)
+                remaining -= len(chunk)

@@ -1,0 +1,309 @@
+"""The bundle manifest: what a model bundle is, as validated data.
+
+Every model is pydantic v2 with ``extra="forbid"`` and ``frozen=True``: an unknown
+field is an error, never silently ignored, and a parsed manifest cannot be mutated
+(build a new one with ``model_validate`` instead). `parse_manifest` is the one entry
+point from text or a file; it turns pydantic's errors into a `ManifestError` whose
+message spells out the field path of every problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from models.errors import ManifestError
+
+__all__ = [
+    "MANIFEST_NAME",
+    "PREPROCESS_SPEC_FORMAT",
+    "ClassMetrics",
+    "InputSpec",
+    "Lineage",
+    "Manifest",
+    "Metrics",
+    "OutputSpec",
+    "PostprocessSpec",
+    "PreprocessSpec",
+    "check_relative_path",
+    "format_validation_error",
+    "parse_manifest",
+]
+
+MANIFEST_NAME = "manifest.json"
+# Bumped whenever the *meaning* of a PreprocessSpec field changes, so that an old
+# golden set's spec hash no longer matches even if the JSON looks the same.
+PREPROCESS_SPEC_FORMAT = 1
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_relative_path(name: str, *, allow_manifest: bool = False) -> str:
+    """Return `name` if it is a safe bundle-relative POSIX path, else raise ValueError.
+
+    Safe: non-empty, relative, no ``..`` / ``.`` / empty components, no backslash,
+    no NUL, and (unless `allow_manifest`) not the manifest itself.
+    """
+    if not name or "\\" in name or "\x00" in name:
+        raise ValueError(f"bad file name {name!r}")
+    path = PurePosixPath(name)
+    if path.is_absolute() or re.match(r"^[A-Za-z]:", name):
+        raise ValueError(f"file name {name!r} is absolute")
+    parts = name.split("/")
+    if any(part in {"", ".", ".."} for part in parts):
+        raise ValueError(f"file name {name!r} must be a plain relative path (no '..', '.', '//')")
+    if name == MANIFEST_NAME and not allow_manifest:
+        raise ValueError(f"{MANIFEST_NAME} must not list itself")
+    return name
+
+
+class PreprocessSpec(_Frozen):
+    """How a BGR uint8 frame becomes the model's input tensor (see models.preprocess).
+
+    Order: ROI crop (original pixels) -> undistort (declared, not implemented) ->
+    letterbox/stretch to the input size -> colour order -> x * scale -> (x - mean) / std
+    -> layout -> dtype.
+    """
+
+    roi_xywh: tuple[int, int, int, int] | None = None
+    undistort_calibration: str | None = None
+    color_order: Literal["rgb", "bgr"] = "rgb"
+    resize: Literal["letterbox", "stretch"] = "letterbox"
+    interpolation: Literal["linear", "nearest", "area", "cubic"] = "linear"
+    pad_value: int = Field(default=114, ge=0, le=255)
+    scale: float = Field(default=1 / 255, gt=0.0)
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    layout: Literal["nchw", "nhwc"] = "nchw"
+    dtype: Literal["float32", "float16"] = "float32"
+
+    @field_validator("roi_xywh")
+    @classmethod
+    def _roi_positive(
+        cls, value: tuple[int, int, int, int] | None
+    ) -> tuple[int, int, int, int] | None:
+        if value is not None:
+            x, y, w, h = value
+            if x < 0 or y < 0:
+                raise ValueError("ROI origin must be >= 0")
+            if w <= 0 or h <= 0:
+                raise ValueError("ROI width and height must be > 0")
+        return value
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(s <= 0 for s in value):
+            raise ValueError("std values must be > 0")
+        return value
+
+    def version_hash(self) -> str:
+        """16 hex chars of sha256 over the canonical JSON of the spec (sorted keys)
+        plus `PREPROCESS_SPEC_FORMAT`; equal specs give equal hashes."""
+        payload = {"spec_format": PREPROCESS_SPEC_FORMAT, "spec": self.model_dump(mode="json")}
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+class PostprocessSpec(_Frozen):
+    """Decode + NMS settings; defaults are Ultralytics predict's (conf 0.25, iou 0.7)."""
+
+    score_threshold: Fraction = 0.25
+    class_score_thresholds: dict[str, Fraction] = Field(default_factory=dict)
+    iou_threshold: Fraction = 0.7
+    max_detections: int = Field(default=300, ge=1)
+    max_candidates: int = Field(default=30000, ge=1)
+    agnostic: bool = False
+
+    def threshold_for(self, classes: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Per-class score threshold vector [nc] (float32), in the order of `classes`.
+
+        Raises ManifestError if `class_score_thresholds` names a class not in `classes`.
+        """
+        unknown = sorted(set(self.class_score_thresholds) - set(classes))
+        if unknown:
+            raise ManifestError(
+                f"postprocess.class_score_thresholds: unknown class(es) {unknown}; "
+                f"classes are {list(classes)}"
+            )
+        return np.array(
+            [self.class_score_thresholds.get(name, self.score_threshold) for name in classes],
+            dtype=np.float32,
+        )
+
+
+class InputSpec(_Frozen):
+    """The model's image input: ``[B, 3, H, W]`` (nchw) or ``[B, H, W, 3]`` (nhwc)."""
+
+    name: str = Field(default="images", min_length=1)
+    height: int = Field(ge=1)
+    width: int = Field(ge=1)
+    channels: Literal[3] = 3
+    dtype: Literal["float32", "float16"] = "float32"
+    batch: Literal["dynamic"] | Annotated[int, Field(ge=1)] = "dynamic"
+
+
+class OutputSpec(_Frozen):
+    """The detector's output.
+
+    ``yolo_raw``: ``[B, 4+nc, N]``, rows cx, cy, w, h (input pixels) then nc class
+    scores (already sigmoid). ``end2end``: ``[B, K, 6]``, x1, y1, x2, y2 (input
+    pixels), score, class id.
+    """
+
+    name: str = Field(default="output0", min_length=1)
+    format: Literal["yolo_raw", "end2end"] = "yolo_raw"
+
+
+class Lineage(_Frozen):
+    """Where a model came from."""
+
+    dataset_fingerprint: str | None = None
+    code_revision: str | None = None
+    training_config: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    parent_version: int | None = Field(default=None, ge=1)
+    created_at: datetime
+
+
+class ClassMetrics(_Frozen):
+    precision: Fraction
+    recall: Fraction
+    map50: Fraction
+    map50_95: Fraction
+    instances: int = Field(ge=0)
+
+
+class Metrics(_Frozen):
+    """Validation metrics measured on `dataset` (Ultralytics-compatible definitions)."""
+
+    dataset: str
+    images: int = Field(ge=0)
+    instances: int = Field(ge=0)
+    precision: Fraction
+    recall: Fraction
+    map50: Fraction
+    map50_95: Fraction
+    per_class: dict[str, ClassMetrics] = Field(default_factory=dict)
+    measured_by: str = "lineguard eval"
+
+
+class Manifest(_Frozen):
+    """``manifest.json`` of a model bundle.
+
+    `files` maps every bundle file except ``manifest.json`` (bundle-relative POSIX
+    path) to its lowercase sha256 hex digest.
+    """
+
+    schema_version: Literal[1] = 1
+    name: str = Field(min_length=1, max_length=128, pattern=_NAME_RE)
+    version: int = Field(ge=1)
+    label: str = Field(min_length=1, max_length=128)
+    classes: list[str] = Field(min_length=1)
+    input: InputSpec
+    output: OutputSpec
+    preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
+    postprocess: PostprocessSpec = Field(default_factory=PostprocessSpec)
+    files: dict[str, str] = Field(default_factory=dict)
+    lineage: Lineage
+    metrics: Metrics | None = None
+    min_runtime: dict[str, str] = Field(default_factory=lambda: {"onnxruntime": "1.17"})
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_unique(cls, value: list[str]) -> list[str]:
+        if any(not name.strip() for name in value):
+            raise ValueError("class names must be non-empty")
+        duplicates = sorted({name for name in value if value.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate class name(s) {duplicates}")
+        return value
+
+    @field_validator("files")
+    @classmethod
+    def _files_valid(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, digest in value.items():
+            check_relative_path(name)
+            if not _SHA256_RE.match(digest):
+                raise ValueError(f"{name!r}: sha256 must be 64 lowercase hex chars, got {digest!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Manifest:
+        unknown = sorted(set(self.postprocess.class_score_thresholds) - set(self.classes))
+        if unknown:
+            raise ValueError(
+                f"postprocess.class_score_thresholds names unknown class(es) {unknown}; "
+                f"classes are {self.classes}"
+            )
+        if self.metrics is not None:
+            unknown = sorted(set(self.metrics.per_class) - set(self.classes))
+            if unknown:
+                raise ValueError(f"metrics.per_class names unknown class(es) {unknown}")
+        return self
+
+    def to_json(self) -> str:
+        """Canonical, human-readable JSON (sorted keys, 2-space indent, trailing newline)."""
+        data = self.model_dump(mode="json")
+        return json.dumps(data, sort_keys=True, indent=2) + "\n"
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per pydantic error: ``field.path: message`` joined with ``; ``."""
+    parts: list[str] = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "(root)"
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown field (not allowed by the schema)"
+        elif item["type"] == "missing":
+            msg = "required field is missing"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_manifest(text_or_path: str | Path) -> Manifest:
+    """Parse and validate a manifest from JSON text (a `str` starting with ``{``) or a
+    file path (a `Path`, or any other `str`).
+
+    Raises ManifestError naming the file and every bad field path, e.g.
+    ``manifest.json: postprocess.iou_threshold: Input should be less than or equal to 1``.
+    """
+    if isinstance(text_or_path, str) and text_or_path.lstrip().startswith("{"):
+        source, text = "manifest", text_or_path
+    else:
+        path = Path(text_or_path)
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ManifestError(f"manifest not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"cannot read manifest {path}: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(
+            f"{source}: not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})"
+        ) from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"{source}: top level must be a JSON object")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(f"{source}: {format_validation_error(exc)}") from None

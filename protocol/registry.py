@@ -1,0 +1,49 @@
+"""Which payload model reads which `schema`, and on which topic kind it belongs.
+
+To add a schema version: write the new model class (a new `schema_id` literal, e.g.
+`lineguard.status/2`), add it to `MESSAGE_TYPES` and to the `Message` union, keep the
+old model, and regenerate the JSON Schemas (`python -m protocol.schemas`).
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Final
+
+from protocol.commands import RollbackCommand, UpdateCommand
+from protocol.defect import DefectEvent
+from protocol.drift import DriftSketch
+from protocol.metrics import MetricsMessage
+from protocol.model_report import ModelReport
+from protocol.status import StatusMessage
+
+Message = (
+    StatusMessage
+    | MetricsMessage
+    | DefectEvent
+    | DriftSketch
+    | ModelReport
+    | UpdateCommand
+    | RollbackCommand
+)
+
+MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
+    StatusMessage,
+    MetricsMessage,
+    DefectEvent,
+    DriftSketch,
+    ModelReport,
+    UpdateCommand,
+    RollbackCommand,
+)
+
+
+def schema_of(model: type[Message]) -> str:
+    """Return the `schema` value a payload model writes, e.g. `lineguard.status/1`."""
+    default = model.model_fields["schema_id"].default
+    if not isinstance(default, str):
+        raise TypeError(f"{model.__name__}.schema_id has no str default")
+    return default
+
+
+SCHEMAS: Final = MappingProxyType({schema_of(model): model for model in MESSAGE_TYPES})

@@ -1,0 +1,99 @@
+"""JSON Schema (draft 2020-12) of every payload, generated from the pydantic models.
+
+The committed files in this folder are what other teams validate against; a test fails
+when they differ from the models. Regenerate with `python -m protocol.schemas`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Final
+
+from protocol.registry import MESSAGE_TYPES, Message, schema_of
+
+SCHEMA_DIR: Final = Path(__file__).resolve().parent
+_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
+
+# JSON values as pydantic's generator emits them (no Any: recursion through object).
+JsonObject = dict[str, object]
+
+
+def schema_filename(model: type[Message]) -> str:
+    """File name of a model's schema: `lineguard.status/1` becomes `status.v1.json`."""
+    name, version = schema_of(model).removeprefix("lineguard.").split("/")
+    return f"{name}.v{version}.json"
+
+
+def _close_maps(node: object) -> None:
+    # pydantic writes constrained dict keys as patternProperties, which on its own lets
+    # any other key through; the models refuse them, so the schema must too.
+    if isinstance(node, dict):
+        if "patternProperties" in node and "additionalProperties" not in node:
+            node["additionalProperties"] = False
+        for value in node.values():
+            _close_maps(value)
+    elif isinstance(node, list):
+        for value in node:
+            _close_maps(value)
+
+
+def json_schema(model: type[Message]) -> JsonObject:
+    """The JSON Schema of one payload model (what `decode` accepts, validation mode)."""
+    generated = model.model_json_schema(by_alias=True, mode="validation")
+    _close_maps(generated)
+    # `schema` has a default for building messages in Python, but on the wire it is how
+    # a consumer picks the model, so every payload must carry it.
+    required = generated.get("required")
+    if isinstance(required, list) and "schema" not in required:
+        generated["required"] = ["schema", *required]
+    return {"$schema": _DIALECT, "$id": schema_filename(model), **generated}
+
+
+def json_schema_files() -> dict[str, str]:
+    """Map file name to file text (sorted keys, 2-space indent, final newline)."""
+    return {
+        schema_filename(model): json.dumps(json_schema(model), indent=2, sort_keys=True) + "\n"
+        for model in MESSAGE_TYPES
+    }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_schemas(directory: Path) -> list[Path]:
+    """Write every payload's JSON Schema into `directory` (created if missing).
+
+    Returns the paths written. Raises OSError if the directory cannot be written.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in json_schema_files().items():
+        path = directory / name
+        _write_atomic(path, text)
+        written.append(path)
+    return written
+
+
+def stale_json_schemas(directory: Path) -> list[str]:
+    """Names of schema files in `directory` that are missing, differ, or are left over."""
+    expected = json_schema_files()
+    stale = [
+        name
+        for name, text in expected.items()
+        if not (directory / name).is_file() or (directory / name).read_text("utf-8") != text
+    ]
+    stale += sorted(p.name for p in directory.glob("*.json") if p.name not in expected)
+    return stale
