@@ -23,6 +23,7 @@ Relative paths are relative to the working directory of the process.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,10 +61,11 @@ class StationConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _source_station(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("source"), dict):
-            source = dict(data["source"])
-            source.setdefault("station", data.get("name", "station-1"))
-            data = {**data, "source": source}
+        if isinstance(data, dict):
+            source = data.get("source", {"kind": "sim"})
+            if isinstance(source, dict):
+                source = {"station": data.get("name", "station-1"), **source}
+                data = {**data, "source": source}
         return data
 
     @model_validator(mode="after")
@@ -227,12 +229,26 @@ def default_config(**overrides: Any) -> ApplianceConfig:
     return config_from_dict(dict(overrides), "defaults")
 
 
-def load_config(path: Path | None) -> ApplianceConfig:
-    """Read and validate the YAML file at `path`; None or an empty file gives the
+def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` applied; mappings are merged key by key, recursively."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(
+    path: Path | None, overrides: Mapping[str, Any] | None = None
+) -> ApplianceConfig:
+    """Read and validate the YAML file at `path` with `overrides` (command-line
+    options, same shape as the file) merged in; None or an empty file gives the
     defaults. Raises ConfigError (unreadable file, YAML syntax with line and column,
     not a mapping, invalid keys)."""
     if path is None:
-        return default_config()
+        return config_from_dict(merge({}, overrides or {}), "defaults")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -249,4 +265,4 @@ def load_config(path: Path | None) -> ApplianceConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, "
                           f"got {type(data).__name__}")
-    return config_from_dict(data, str(path))
+    return config_from_dict(merge(data, overrides or {}), str(path))

@@ -237,9 +237,7 @@ def evaluate_report(
         output = detector.run(_pad_batch(tensor, fixed))[: len(frames)]
         if expand:
             output = expand_multi_label(output, conf)
-        detections = postprocess(
-            output, spec, manifest.output.format, manifest.classes, transforms
-        )
+        detections = postprocess(output, spec, manifest.output.format, manifest.classes, transforms)
         for path, frame, found in zip(paths, frames, detections, strict=True):
             height, width = frame.shape[:2]
             true_xyxy, true_cls = ground_truth_xyxy(dataset.labels_for(path), width, height)
@@ -256,8 +254,12 @@ def evaluate_report(
         summary, names, stats.images, int(instances.sum()), f"{dataset.label}:{split}"
     )
     logger.debug(
-        "evaluated %s v%d on %s:%s: mAP50 %.4f", manifest.name, manifest.version,
-        dataset.label, split, metrics.map50,
+        "evaluated %s v%d on %s:%s: mAP50 %.4f",
+        manifest.name,
+        manifest.version,
+        dataset.label,
+        split,
+        metrics.map50,
     )
     return EvalReport(
         metrics=metrics,

@@ -33,7 +33,7 @@ def _status_examples(current: ModelRef) -> list[tuple[str, Message]]:
         app_version="0.1.0",
         started_at=_T0 - timedelta(hours=2),
         model=current,
-        sources={"cam-top": "running", "cam-side": "reconnecting"},
+        sources={"cam-top": "streaming", "cam-side": "lost"},
         alarms=["camera_lost"],
     )
     # What `last_will()` builds; the broker publishes it when the connection dies.
@@ -68,7 +68,7 @@ def _metrics_example(current: ModelRef) -> MetricsMessage:
         engine_provider="CUDAExecutionProvider",
         model=current,
         queue_depths={"preprocess": 0, "batcher": 3, "store": 12, "telemetry": 1},
-        sources={"cam-top": "running"},
+        sources={"cam-top": "streaming"},
         disk=DiskUsage(
             used_bytes=8_234_567_890, quota_bytes=20_000_000_000, free_bytes=96_000_000_000
         ),

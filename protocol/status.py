@@ -18,9 +18,11 @@ from protocol.topics import TopicKind
 
 LineState = Literal["online", "offline"]
 OfflineReason = Literal["shutdown", "connection_lost"]
-# starting: not yet delivered a frame; running: delivering; reconnecting: lost, retrying
-# with backoff; stopped: stopped on purpose; failed: gave up (needs attention).
-SourceState = Literal["starting", "running", "reconnecting", "stopped", "failed"]
+# The appliance's capture states (appliance.capture.SourceState): connecting: opening the
+# device or stream (first time or a reconnect attempt); streaming: open and delivering
+# frames; lost: gone or failed to open, waiting (backoff) before the next attempt; ended:
+# no more frames (a file or folder that does not loop) or stopped.
+SourceState = Literal["connecting", "streaming", "lost", "ended"]
 
 
 class StatusMessage(Envelope):

@@ -150,7 +150,8 @@ class ImageKeeper:
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._jobs: list[tuple[str, str, npt.NDArray[np.uint8], float]] = []
-        self._busy = False
+        self._enqueued = 0
+        self._handled = 0
         self._closed = False
         self._thread: threading.Thread | None = None
         self.kept = 0
@@ -160,7 +161,8 @@ class ImageKeeper:
 
     # ----------------------------------------------------------------- offering
     def wants(self, frame_id: str, verdict: str) -> bool:
-        """Whether a frame with this verdict would be kept (fail: always)."""
+        """Whether a frame with this verdict would be kept: `fail` always; `pass` and
+        `uninspected` when their frame id is in the `keep_pass_fraction` sample."""
         return verdict == "fail" or keep_fraction_selects(frame_id, self._cfg.keep_pass_fraction)
 
     def offer(self, frame_id: str, verdict: str, image_bgr: npt.NDArray[np.uint8]) -> bool:
@@ -189,6 +191,7 @@ class ImageKeeper:
                     self._post([skipped])
                     return False
             self._jobs.append((frame_id, verdict, image_bgr, at))
+            self._enqueued += 1
             self._cv.notify_all()
         return True
 
@@ -229,11 +232,14 @@ class ImageKeeper:
             self._index_add(_Live(frame_id, path, size, verdict))
         known = {item.path for item in (*self._fail.values(), *self._other.values())}
         removed = 0
-        for file in sorted(self._dir.rglob("*")):
-            if file.is_file() and file.relative_to(self._dir).as_posix() not in known:
+        # only files of our own layout (<day>/<verdict>/<name>.jpg[.tmp]); anything else
+        # in the directory is not ours to delete
+        for file in sorted(self._dir.glob("*/*/*")):
+            ours = file.name.endswith((".jpg", ".jpg.tmp")) and file.is_file()
+            if ours and file.relative_to(self._dir).as_posix() not in known:
                 file.unlink()
                 removed += 1
-        for sub in sorted(self._dir.rglob("*"), reverse=True):
+        for sub in sorted(self._dir.glob("*/*"), reverse=True) + sorted(self._dir.glob("*")):
             if sub.is_dir() and not any(sub.iterdir()):
                 sub.rmdir()
         if removed:
@@ -246,13 +252,16 @@ class ImageKeeper:
         self._thread = threading.Thread(target=self._run, name="store-images", daemon=True)
         self._thread.start()
 
-    def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until every queued frame has been handled; False on timeout."""
+    def wait_handled(self, timeout_s: float) -> bool:
+        """Wait until every frame queued before this call has been handled (kept or
+        skipped, its ledger operations posted); False on timeout or if not running."""
         deadline = time.monotonic() + timeout_s
         with self._cv:
-            while self._jobs or self._busy:
+            target = self._enqueued
+            while self._handled < target:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._thread is None:
+                alive = self._thread is not None and self._thread.is_alive()
+                if remaining <= 0 or not alive:
                     return False
                 self._cv.wait(min(remaining, 0.5))
         return True
@@ -276,13 +285,12 @@ class ImageKeeper:
                 if not self._jobs:
                     return
                 frame_id, verdict, image, at = self._jobs.pop(0)
-                self._busy = True
                 self._cv.notify_all()
             try:
                 self._post(self._keep(frame_id, verdict, image, at))
             finally:
                 with self._cv:
-                    self._busy = False
+                    self._handled += 1
                     self._cv.notify_all()
 
     def _keep(

@@ -39,7 +39,7 @@ from appliance.store.images import ImageAdded, ImageDeleted, ImageSkipped, Ledge
 logger = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]
-InspectionItem = tuple[Row, tuple[Row, ...]]  # (inspection row without id, defect rows)
+InspectionItem = tuple[Row, Sequence[Row]]  # (inspection row without id, defect rows)
 Item = tuple[int, Any]
 
 INSPECTION, EVENT, LEDGER = 0, 1, 2
@@ -138,6 +138,7 @@ class BatchWriter:
         self.rejected = 0
         self.retries = 0
         self.last_error: str | None = None
+        self.cpu_s = 0.0  # CPU time of the writer thread spent writing batches
 
     # ------------------------------------------------------------------ producers
     def put(self, item: Item, *, bounded: bool = True) -> int:
@@ -189,6 +190,10 @@ class BatchWriter:
     def queued(self) -> int:
         return len(self._items)
 
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def wait_committed(self, seq: int, timeout_s: float) -> bool:
         """Wait until the first `seq` items have committed; False on timeout or if the
         writer is not running."""
@@ -236,7 +241,10 @@ class BatchWriter:
                 batch = self._take()
                 if batch is None:
                     return
-                if not self._write_with_retry(batch):
+                t0 = time.thread_time()
+                ok = self._write_with_retry(batch)
+                self.cpu_s += time.thread_time() - t0
+                if not ok:
                     return
                 with self._lock:
                     self._committed += len(batch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,8 +77,6 @@ def assert_ledger_matches_disk(cfg: StoreConfig) -> None:
     assert sum(int(str(r[2])) for r in live) == dir_bytes(cfg.images.dir)
     deleted = [r for r in rows if r[5] is not None]
     events = db_rows(cfg.path, "SELECT data FROM events WHERE kind = 'image_deleted'")
-    import json
-
     assert sum(json.loads(str(e[0]))["count"] for e in events) == len(deleted)
 
 
@@ -93,7 +92,9 @@ def assert_ledger_matches_disk(cfg: StoreConfig) -> None:
         ([], 1, None),
     ],
 )
-def test_plan_evictions(sizes: list[tuple[str, int]], need: int, expected: list[str] | None) -> None:
+def test_plan_evictions(
+    sizes: list[tuple[str, int]], need: int, expected: list[str] | None
+) -> None:
     assert plan_evictions(sizes, need) == expected
 
 
@@ -134,8 +135,8 @@ def test_tiny_quota_is_never_exceeded_and_keeps_every_fail_image_it_can(tmp_path
     assert_ledger_matches_disk(cfg)
     rows = ledger(cfg)
     # fail images only went when no pass image was left to delete
-    for fid, _, _, verdict, _, deleted_at, _ in rows:
-        if verdict == "fail" and deleted_at is not None:
+    for fid, _, _, row_verdict, _, deleted_at, _ in rows:
+        if row_verdict == "fail" and deleted_at is not None:
             alive_pass = [
                 r for r in rows
                 if r[3] == "pass" and float(str(r[4])) < float(str(deleted_at))
@@ -214,7 +215,8 @@ def test_full_encoder_queue_skips_and_reports(tmp_path: Path) -> None:
 def test_restart_reconciles_directory_and_enforces_a_smaller_quota(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path, images={"keep_pass_fraction": 1.0, "quota_bytes": 10**9})
     with Store(cfg, clock=counter_clock()) as store:
-        for i, verdict in enumerate(["pass", "fail", "pass", "fail", "fail"]):
+        order: list[Verdict] = ["pass", "fail", "pass", "fail", "fail"]
+        for i, verdict in enumerate(order):
             store.submit(rec(i, verdict, image=noisy(i), n_defects=int(verdict == "fail")))
             store.flush()
     rows = ledger(cfg)
@@ -226,7 +228,8 @@ def test_restart_reconciles_directory_and_enforces_a_smaller_quota(tmp_path: Pat
     (cfg.images.dir / (str(rows[0][1]) + ".tmp")).write_bytes(b"partial")
     # the quota now fits one image: pass images go first, then the oldest fail
     quota = max(int(str(r[2])) for r in rows) + 1
-    smaller = cfg.model_copy(update={"images": cfg.images.model_copy(update={"quota_bytes": quota})})
+    images = cfg.images.model_copy(update={"quota_bytes": quota})
+    smaller = cfg.model_copy(update={"images": images})
     with Store(smaller, clock=counter_clock()) as store:
         store.flush()
         usage = store.image_usage()

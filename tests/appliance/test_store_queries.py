@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 
@@ -117,9 +118,7 @@ def test_events_filters_and_order(store: Store) -> None:
 
 
 def test_recent_failures_uses_the_partial_index(store: Store) -> None:
-    import sqlite3
-
-    conn = sqlite3.connect(str(store._cfg.path))
+    conn = sqlite3.connect(str(store.config.path))
     try:
         plan = conn.execute(
             "EXPLAIN QUERY PLAN SELECT id FROM inspections WHERE verdict = 'fail'"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ def make_cfg(tmp_path: Path, **kwargs: object) -> StoreConfig:
     assert isinstance(image_overrides, dict)
     defaults: dict[str, object] = {"keep_pass_fraction": 0.0, "min_free_disk_bytes": 0}
     images = ImageKeepConfig(dir=tmp_path / "images", **{**defaults, **image_overrides})
-    return StoreConfig(path=tmp_path / "store.db", images=images, **kwargs)  # type: ignore[arg-type]
+    return StoreConfig(path=tmp_path / "store.db", images=images, **kwargs)
 
 
 def rec(
@@ -217,3 +217,42 @@ def test_readers_cannot_write(tmp_path: Path) -> None:
                 conn.execute("DELETE FROM inspections")
         finally:
             conn.close()
+
+
+def _flaky(commit: Callable[..., None], failures: int) -> Callable[..., None]:
+    """Wrap the writer's commit so that its first `failures` calls fail like a full disk."""
+    calls = {"n": 0}
+
+    def commit_or_fail(*args: object, **kwargs: object) -> None:
+        calls["n"] += 1
+        if calls["n"] <= failures:
+            raise sqlite3.OperationalError("database or disk is full")
+        commit(*args, **kwargs)
+
+    return commit_or_fail
+
+
+def test_transient_write_errors_are_retried_without_loss(tmp_path: Path) -> None:
+    store = Store(make_cfg(tmp_path))
+    writer = store._writer  # fault injection at the adapter's edge
+    writer._commit = _flaky(writer._commit, failures=3)  # type: ignore[method-assign]
+    with store:
+        for i in range(50):
+            store.submit(rec(i))
+        store.flush()
+        assert store.inspection_count() == 50
+        stats = store.stats()
+    assert stats.write_retries == 3 and stats.last_error == "database or disk is full"
+
+
+def test_stop_reports_records_it_could_not_commit(tmp_path: Path) -> None:
+    store = Store(make_cfg(tmp_path))
+    writer = store._writer
+    writer._commit = _flaky(writer._commit, failures=10**9)  # type: ignore[method-assign]
+    store.start()
+    for i in range(7):
+        store.submit(rec(i))
+    with pytest.raises(StoreError, match="flush timed out"):
+        store.flush(timeout_s=0.2)
+    with pytest.raises(StoreError, match="7 records not committed"):
+        store.stop(timeout_s=0.2)

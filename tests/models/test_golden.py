@@ -176,7 +176,21 @@ def test_create_golden_needs_images(tmp_path: Path, raw_bundle: Bundle) -> None:
 
 
 def test_grey_golden_images_round_trip(tmp_path: Path) -> None:
-    bundle = build_tiny_bundle(tmp_path / "b", tmp_path, golden_shapes=((64, 64),))
-    assert isinstance(bundle, Bundle)
+    boxes, scores = simple_raw_detections(3)
+    onnx_path = build_yolo_raw_model(tmp_path / "m.onnx", boxes, scores)
+    grey = np.random.default_rng(3).integers(100, 256, (50, 70), dtype=np.uint8)
+    bundle = build_bundle(
+        tmp_path / "out",
+        onnx_path,
+        name="grey",
+        version=1,
+        label="v1",
+        classes=["a", "b", "c"],
+        input_hw=(64, 64),
+        lineage=tiny_lineage(),
+        golden_images=[grey],
+    )
     stored = read_image(bundle.root / "golden" / "img_000.png")
-    assert stored.shape == (64, 64, 3)
+    assert stored.shape == (50, 70)  # kept grey, lossless
+    np.testing.assert_array_equal(stored, grey)
+    assert verify_golden(bundle, OnnxDetector(bundle.model_path)).detections == 2

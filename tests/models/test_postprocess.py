@@ -267,3 +267,25 @@ def test_detections_empty() -> None:
     empty = Detections.empty()
     assert len(empty) == 0
     assert empty.boxes_xyxy.shape == (0, 4) and empty.class_ids.dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    ("n", "max_det", "agnostic"), [(3000, 5, False), (3000, 300, True), (700, 1, False)]
+)
+def test_prefix_rounds_equal_one_full_nms(n: int, max_det: int, agnostic: bool) -> None:
+    """`nms` stops early once a top-score prefix keeps max_det boxes; the result must be
+    what a single OpenCV run over all boxes gives (greedy NMS is prefix-consistent)."""
+    import cv2
+
+    rng = np.random.default_rng(n + max_det)
+    xy = rng.uniform(0, 500, (n, 2)).astype(np.float32)
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 80, (n, 2)).astype(np.float32)], axis=1)
+    scores = rng.choice(np.linspace(0.05, 1, 40, dtype=np.float32), n)  # many ties
+    classes = rng.integers(0, 3, n)
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    if agnostic:
+        full = cv2.dnn.NMSBoxes(xywh, scores, 0.0, 0.5)
+    else:
+        full = cv2.dnn.NMSBoxesBatched(xywh, scores, classes.astype(np.int32), 0.0, 0.5)
+    kept = nms(boxes, scores, classes, 0.5, agnostic, max_det)
+    assert kept.tolist() == np.asarray(full).reshape(-1)[:max_det].tolist()

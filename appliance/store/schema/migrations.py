@@ -121,9 +121,32 @@ def _v2_images(db: Database) -> None:
     )
 
 
+def _v3_telemetry_outbox(db: Database) -> None:
+    """The telemetry outbox (appliance.telemetry.outbox): every MQTT message waiting for
+    the broker's acknowledgement, sent in `id` order (AUTOINCREMENT: an id is never
+    reused, so a late acknowledgement can never delete a newer row)."""
+    db.execute(
+        """CREATE TABLE telemetry_outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            qos INTEGER NOT NULL CHECK (qos = 0 OR qos = 1 OR qos = 2),
+            retain INTEGER NOT NULL CHECK (retain = 0 OR retain = 1),
+            msg_id TEXT NOT NULL UNIQUE,
+            created_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_sent_at REAL
+        )"""
+    )
+    # the bound evicts the oldest `metrics` rows first
+    db.execute("CREATE INDEX telemetry_outbox_kind_id ON telemetry_outbox (kind, id)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_inspections_defects_events,
     _v2_images,
+    _v3_telemetry_outbox,
 )
 
 

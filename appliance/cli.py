@@ -1,0 +1,159 @@
+"""`lineguard appliance ...`: check a configuration, or run the appliance.
+
+    lineguard appliance check-config [--config FILE] [--print] [--skip-model]
+    lineguard appliance run [--config FILE] [--frames N] [--json] [--data-dir DIR]
+                            [--bundle PATH] [--status-interval-s S] [--log-level L]
+
+With no `--config` the defaults run one simulated station with the demo bundle.
+`run` stops on SIGTERM/SIGINT (orderly: queued frames are judged, the store flushed)
+or after `--frames N` frames, and prints a summary (`--json`: one JSON object on
+stdout, logs go to stderr). On a terminal it keeps a live one-line status.
+Exit status: 0 done, 1 runtime failure (store, source), 2 bad configuration or model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from appliance.app import App, RunSummary, open_model_bundle
+from appliance.capture import make_source
+from appliance.config import ApplianceConfig, load_config
+from appliance.engine import Engine
+from appliance.errors import ApplianceError, ConfigError
+from appliance.stats import PipelineStats
+from models.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+
+def _configure_logging(level: str, to_stderr: bool) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr if to_stderr else sys.stdout,
+        force=True,
+    )
+
+
+def _load(args: argparse.Namespace) -> ApplianceConfig:
+    overrides: dict[str, Any] = {}
+    if args.data_dir is not None:
+        overrides["data_dir"] = str(args.data_dir)
+    if args.bundle is not None:
+        overrides["model"] = {"bundle": str(args.bundle)}
+    return load_config(args.config, overrides)
+
+
+def check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    for station in cfg.stations:
+        make_source(station.source)  # builds (does not open) every source
+    print(f"config ok: site {cfg.site}, line {cfg.line}, {len(cfg.stations)} station(s): "
+          + ", ".join(f"{s.name} ({s.source.kind})" for s in cfg.stations))
+    print(f"store: {cfg.store.path} (images in {cfg.store.images.dir})")
+    if not args.skip_model:
+        engine = Engine(cfg.engine, max_batch=cfg.pipeline.max_batch)
+        bundle = open_model_bundle(cfg.model.bundle, cfg.bundles_dir)
+        model = engine.load(bundle, verify=cfg.model.verify_golden)
+        golden = "golden set reproduces" if cfg.model.verify_golden else "golden set not checked"
+        print(f"model ok: {model.version_id} ({model.manifest.label}) on "
+              f"{','.join(model.info.providers)}, {golden}, batch 1..{model.max_batch} warmed")
+    if args.print:
+        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def _print_summary(s: RunSummary) -> None:
+    v = s.verdicts
+    print(f"\nstopped by {s.stopped_by} after {s.duration_s:.1f} s: {s.frames} frames, "
+          f"pass {v['pass']}, fail {v['fail']}, uninspected {v['uninspected']}"
+          + (f" ({', '.join(f'{k} {n}' for k, n in sorted(s.uninspected.items()))})"
+             if s.uninspected else ""))
+    total = s.latency_ms.get("total", {})
+    infer = s.latency_ms.get("infer", {})
+    print(f"throughput {s.throughput_fps:.1f} fps, {s.batches} batches (mean "
+          f"{s.mean_batch:.1f}); latency total p50 {total.get('p50', 0):.1f} / p99 "
+          f"{total.get('p99', 0):.1f} ms, infer p50 {infer.get('p50', 0):.1f} ms")
+    model = f"{s.model['version_id']} on {','.join(s.providers)}" if s.model else "no model"
+    print(f"model {model}; store {s.store_path} ({s.store_inspections} inspections)")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logger.info("%s: stopping (draining queues, flushing the store)",
+                    signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    tty = sys.stdout.isatty() and not args.json
+    interval_s = args.status_interval_s or (1.0 if tty else 10.0)
+
+    def on_status(stats: PipelineStats) -> None:
+        if tty:
+            print("\r" + stats.status_line() + "\x1b[K", end="", flush=True)
+        else:
+            print(stats.status_line(), flush=True)
+
+    app = App(cfg, max_frames=args.frames)
+    try:
+        summary = app.run(stop, on_status=None if args.json else on_status,
+                          status_interval_s=interval_s)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if args.json:
+        print(json.dumps(summary.as_dict(), sort_keys=True))
+    else:
+        _print_summary(summary)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lineguard appliance",
+                                     description="run or check the inspection appliance")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check-config", help="validate a config (and load its model)")
+    check.add_argument("--config", type=Path, help="YAML file (default: built-in defaults)")
+    check.add_argument("--print", action="store_true", help="print the effective config")
+    check.add_argument("--skip-model", action="store_true", help="do not load the bundle")
+    check.add_argument("--data-dir", type=Path)
+    check.add_argument("--bundle", type=Path)
+    check.add_argument("--log-level", default="warning")
+    go = sub.add_parser("run", help="run the appliance")
+    go.add_argument("--config", type=Path, help="YAML file (default: built-in defaults)")
+    go.add_argument("--frames", type=int, help="stop after N frames (all stations)")
+    go.add_argument("--json", action="store_true", help="print the summary as JSON")
+    go.add_argument("--data-dir", type=Path, help="override data_dir (store, images)")
+    go.add_argument("--bundle", type=Path, help="override model.bundle")
+    go.add_argument("--status-interval-s", type=float, default=None)
+    go.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    if getattr(args, "frames", None) is not None and args.frames < 1:
+        parser.error("--frames must be >= 1")
+    _configure_logging(args.log_level, to_stderr=getattr(args, "json", False))
+    try:
+        return check_config(args) if args.command == "check-config" else run(args)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except ModelError as e:
+        print(f"model error: {e}", file=sys.stderr)
+        return 2
+    except ApplianceError as e:
+        if args.command == "check-config":
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"error: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,101 @@
+"""Configuration of the appliance's MQTT telemetry (pydantic, extra="forbid").
+
+Secrets (`password`) are `SecretStr`: they never appear in a repr, a log line or a
+validation error. Paths of TLS files are checked when the client is built, not here, so
+`check-config` on another machine does not need the files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+
+class TlsConfig(BaseModel):
+    """TLS to the broker: the CA that signed the broker's certificate and, for brokers
+    that require client certificates, this line's certificate and key (PEM files)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_path: Path | None = None
+    """CA bundle to verify the broker with; None: the system's default CAs."""
+    cert_path: Path | None = None
+    key_path: Path | None = None
+    check_hostname: bool = True
+    """Verify that the broker's certificate names `host`. Turn off only for a broker
+    reached by an address its certificate does not list (the chain is still verified)."""
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> TlsConfig:
+        if (self.cert_path is None) != (self.key_path is None):
+            raise ValueError("cert_path and key_path go together (client certificate)")
+        return self
+
+
+class TelemetryConfig(BaseModel):
+    """Broker connection, outbox bounds and publishing rates.
+
+    Delivery: every message (except `status`, which is state, not history) is written
+    to the outbox table first and deleted only on the broker's acknowledgement (QoS 1).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    host: str = Field("127.0.0.1", min_length=1, max_length=253)
+    port: int = Field(1883, ge=1, le=65535)
+    client_id: str | None = Field(None, min_length=1, max_length=64)
+    """MQTT client id; None: `lineguard-<site>-<line>`."""
+    username: str | None = Field(None, min_length=1, max_length=256)
+    password: SecretStr | None = None
+    tls: TlsConfig | None = None
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    """`auto`: MQTT 5, falling back to 3.1.1 if the broker refuses the protocol version."""
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    reconnect_min_s: int = Field(1, ge=1, le=3600)
+    """First reconnect delay; it doubles after each failed attempt up to reconnect_max_s."""
+    reconnect_max_s: int = Field(60, ge=1, le=86_400)
+    offline_alarm_s: float = Field(60.0, gt=0.0, le=86_400.0)
+    """Raise a `telemetry_offline` event after the broker was unreachable this long."""
+
+    metrics_interval_s: float = Field(10.0, ge=0.5, le=3600.0)
+    """One `metrics` message per window of this length."""
+    status_poll_s: float = Field(1.0, ge=0.1, le=60.0)
+    """How often the status (model, sources, alarms) is checked for changes."""
+
+    outbox_max_rows: int = Field(100_000, ge=10, le=10_000_000)
+    """When the outbox holds this many rows the oldest `metrics` go first; when no
+    `metrics` are left, new ones are refused. Events and model reports are kept."""
+    outbox_hard_max_rows: int = Field(1_000_000, ge=10, le=100_000_000)
+    """Disk safety net: beyond this, even events are refused (counted and alarmed)."""
+    pending_max: int = Field(10_000, ge=10, le=1_000_000)
+    """Messages handed over in memory but not yet written to the outbox; beyond this a
+    new message is refused (counted), never waited for."""
+    inflight_max: int = Field(32, ge=1, le=65_000)
+    """Published and not yet acknowledged messages, live and backlog together."""
+    backlog_inflight_max: int = Field(16, ge=1, le=65_000)
+    """At most this many of the in-flight messages come from the backlog; the rest of
+    the window stays free for live messages while a backlog drains."""
+    backlog_rate_per_s: float = Field(500.0, gt=0.0, le=100_000.0)
+    """Backlog messages sent per second at most after a reconnect."""
+    flush_interval_ms: int = Field(20, ge=1, le=10_000)
+    """Longest a handed-over message waits before it is written to the outbox."""
+    busy_timeout_ms: int = Field(2000, ge=0, le=60_000)
+    """SQLite busy timeout of the outbox connection (the store's writer shares the file)."""
+    stop_grace_s: float = Field(2.0, ge=0.0, le=60.0)
+    """On stop, how long to wait for in-flight and queued live messages to be acknowledged
+    before disconnecting (what is left stays in the outbox for the next start)."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> TelemetryConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        if self.outbox_hard_max_rows < self.outbox_max_rows:
+            raise ValueError("outbox_hard_max_rows must be >= outbox_max_rows")
+        if self.backlog_inflight_max > self.inflight_max:
+            raise ValueError("backlog_inflight_max must be <= inflight_max")
+        if self.password is not None and self.username is None:
+            raise ValueError("password needs a username")
+        return self
