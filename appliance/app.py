@@ -20,7 +20,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from appliance.engine import (
 from appliance.errors import ConfigError, EngineError, StoreError
 from appliance.intake import Station
 from appliance.pipeline import Pipeline
-from appliance.records import EventRecord
+from appliance.records import EventRecord, InspectionRecord
 from appliance.stats import PipelineStats
 from appliance.store import Store
 from appliance.store.queries import open_reader
@@ -115,8 +115,10 @@ class RunSummary:
 
 class App:
     """One appliance process. `sources` replaces the configured source of the named
-    stations (benchmarks and tests pass in-memory ones); `detector_factory` is the seam
-    in front of ONNX Runtime."""
+    stations (benchmarks and tests pass in-memory ones); `listeners` get every verdict
+    (see `Pipeline.add_listener`); `require_model` makes a bundle that cannot load an
+    error at start instead of a run of `uninspected: no_model`; `detector_factory` is
+    the seam in front of ONNX Runtime."""
 
     def __init__(
         self,
@@ -124,6 +126,8 @@ class App:
         *,
         max_frames: int | None = None,
         sources: Mapping[str, FrameSource] | None = None,
+        listeners: Sequence[Callable[[InspectionRecord], None]] = (),
+        require_model: bool = False,
         detector_factory: DetectorFactory = default_detector_factory,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -133,6 +137,8 @@ class App:
         self.cfg = cfg
         self._max_frames = max_frames
         self._sources = dict(sources or {})
+        self._listeners = list(listeners)
+        self._require_model = require_model
         self._clock = clock
         self.engine = Engine(cfg.engine, max_batch=cfg.pipeline.max_batch,
                              factory=detector_factory)
@@ -145,8 +151,9 @@ class App:
         """Open the store, load the model, build the stations, start the pipeline
         (returned).
         Raises StoreError (store cannot open) or CaptureError/ConfigError (a source
-        cannot be built). A model that cannot load is not fatal: frames are recorded
-        as `uninspected: no_model` and an alarm is raised."""
+        cannot be built). A model that cannot load raises EngineError with
+        `require_model`; otherwise frames are recorded as `uninspected: no_model` and
+        an alarm is raised."""
         cfg = self.cfg
         self._started_at = time.monotonic()
         self.store = Store(cfg.store, clock=self._clock)
@@ -175,6 +182,8 @@ class App:
                             f"model {model.version_id} active at start", previous=None,
                             current=model.version_id, reason="start",
                             providers=",".join(model.info.providers))
+            for listener in self._listeners:
+                self.pipeline.add_listener(listener)
             self.pipeline.start()
         except BaseException:
             self.store.stop()
@@ -187,6 +196,8 @@ class App:
             bundle = open_model_bundle(path, self.cfg.bundles_dir)
             return self.engine.load(bundle, verify=self.cfg.model.verify_golden)
         except (ModelError, EngineError) as e:
+            if self._require_model:
+                raise EngineError(f"cannot load model bundle {path}: {e}") from e
             logger.error("no model: %s", e)
             self._event("alarm", "alarm", "engine",
                         f"cannot load model bundle {path}: {e}; parts are recorded as "

@@ -1,81 +1,188 @@
-"""`lineguard demo`: the shipped demo bundle judging parts on the simulated line.
+"""`lineguard demo`: the real appliance pipeline judging parts of the simulated line.
 
-Loads `models/demo/bundle` (verifying its files and golden set), renders parts with
-linesim, and prints one verdict line per part and a summary with the recall of the
-defective parts against linesim's ground truth.
+Runs `App` (store, engine, dynamic batcher, verdicts) with the shipped demo bundle on
+one simulated station for a bounded number of parts (faster than real time unless
+`--realtime`), with a live status line, one line per failed (or uninspected) part with
+what was found and linesim's ground truth, and a summary with the recall of defective
+parts. The store and kept images go to a temporary directory unless `--data-dir`.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import queue
+import signal
 import sys
-import time
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
+from appliance.app import App, RunSummary
+from appliance.capture.source import SourceRead
+from appliance.config import DEMO_BUNDLE, ApplianceConfig, load_config
+from appliance.errors import ApplianceError, SourceLost
+from appliance.records import InspectionRecord
+from appliance.stats import PipelineStats
 from models.bundle import load_bundle
 from models.errors import ModelError
-from models.golden import verify_golden
-from models.postprocess import postprocess
-from models.preprocess import preprocess_batch
-from models.runtime import OnnxDetector, check_model_io
 
-DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "demo" / "bundle"
+if TYPE_CHECKING:
+    from linesim import LineConfig, SimFrame
+
+STATION = "line"
+
+
+class TruthRecordingLine:
+    """A `FrameSource` over `linesim` (like `SimulatedLineSource`) that also remembers
+    each part's true defect classes, so the demo can score its verdicts."""
+
+    def __init__(self, line_config: LineConfig, realtime: bool) -> None:
+        self._cfg = line_config
+        self._realtime = realtime
+        self._frames: Iterator[SimFrame] | None = None
+        self._next_part = 0
+        self.truth: dict[str, list[str]] = {}
+
+    def open(self) -> None:
+        from linesim import SimulatedLine
+
+        self._frames = iter(SimulatedLine(self._cfg, realtime=self._realtime,
+                                          first_part_id=self._next_part))
+
+    def read(self) -> SourceRead:
+        if self._frames is None:
+            raise SourceLost("simulated line is not open")
+        sim = next(self._frames)
+        self._next_part = sim.part_id + 1
+        self.truth[str(sim.part_id)] = [d.class_name for d in sim.part.defects]
+        return sim.part.image_bgr, str(sim.part_id), None
+
+    def close(self) -> None:
+        self._frames = None
+
+
+def _part_line(record: InspectionRecord, truth: list[str] | None) -> str:
+    found = ", ".join(f"{d.class_name} {d.score:.2f}" for d in record.defects)
+    label = record.verdict.upper() if record.verdict != "uninspected" else \
+        f"UNINSPECTED ({record.reason})"
+    total = record.latency_ms.get("total", 0.0)
+    return (f"part {record.part_id:>5}  {label:4s}  found [{found}]  "
+            f"truth [{', '.join(truth or []) or '-'}]  ({total:.0f} ms)")
+
+
+def _summary(s: RunSummary, records: list[InspectionRecord], truth: dict[str, list[str]],
+             data_dir: str) -> None:
+    defective = caught = false_rejects = good = 0
+    for r in records:
+        bad = bool(truth.get(r.part_id or "", []))
+        defective += bad
+        good += not bad
+        caught += bad and r.verdict == "fail"
+        false_rejects += (not bad) and r.verdict != "pass"
+    v = s.verdicts
+    total = s.latency_ms.get("total", {})
+    infer = s.latency_ms.get("infer", {})
+    print(f"\n{s.frames} parts: {v['pass']} pass, {v['fail']} fail, {v['uninspected']} "
+          f"uninspected; defective parts caught {caught}/{defective}, false rejects "
+          f"{false_rejects}/{good}")
+    print(f"throughput {s.throughput_fps:.1f} parts/s; latency p50 {total.get('p50', 0):.0f} "
+          f"ms, p99 {total.get('p99', 0):.0f} ms (inference p50 {infer.get('p50', 0):.0f} ms, "
+          f"mean batch {s.mean_batch:.1f})")
+    model = f"{s.model['version_id']} ({s.model['label']})" if s.model else "no model"
+    print(f"model {model} on {', '.join(s.providers) or '-'}; verdicts in {data_dir}")
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="lineguard demo", description=__doc__)
     parser.add_argument("--bundle", type=Path, default=DEMO_BUNDLE)
-    parser.add_argument("--frames", type=int, default=40, help="parts to inspect")
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=200, help="parts to inspect")
+    parser.add_argument("--batch", type=int, default=8, help="max batch size")
     parser.add_argument("--seed", type=int, default=7, help="simulated line seed")
     parser.add_argument("--drift", default="", help="linesim drift knobs, e.g. blur_sigma_px=2")
+    parser.add_argument("--realtime", action="store_true",
+                        help="parts arrive at the line's rate (default: as fast as judged)")
+    parser.add_argument("--data-dir", type=Path, help="keep the store here (default: temp)")
+    parser.add_argument("--verbose", action="store_true", help="show the appliance's logs")
     args = parser.parse_args(argv)
+    if args.frames < 1:
+        parser.error("--frames must be >= 1")
+    logging.getLogger().setLevel(logging.INFO if args.verbose else logging.WARNING)
 
-    from linesim import ConfigError, Drift, LineConfig, SimulatedLine
+    from linesim import ConfigError, Drift, LineConfig
 
     try:
-        bundle = load_bundle(args.bundle)
-        detector = OnnxDetector(bundle.model_path)
-        check_model_io(detector, bundle.manifest)
-        verify_golden(bundle, detector)
-        line = SimulatedLine(LineConfig(seed=args.seed, drift=Drift.parse(args.drift)))
+        manifest = load_bundle(args.bundle, verify_files=False).manifest
+        line_config = LineConfig(seed=args.seed, drift=Drift.parse(args.drift))
     except (ModelError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    with tempfile.TemporaryDirectory(prefix="lineguard-demo-") as tmp:
+        data_dir = args.data_dir or Path(tmp)
+        try:
+            cfg = load_config(None, {
+                "data_dir": str(data_dir),
+                "stations": [{"name": STATION, "source": {"kind": "sim", "seed": args.seed,
+                                                          "drift": args.drift}}],
+                "model": {"bundle": str(args.bundle)},
+                "pipeline": {"max_batch": args.batch, "overflow": "block"},
+            })
+        except ApplianceError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"bundle {manifest.name} v{manifest.version} ({manifest.label}) classes="
+              f"{','.join(manifest.classes)}; {args.frames} parts of the simulated line "
+              f"(seed {args.seed}{', drift ' + args.drift if args.drift else ''})")
+        return _run(cfg, args, TruthRecordingLine(line_config, args.realtime), str(data_dir))
 
-    m = bundle.manifest
-    print(f"bundle {m.name} v{m.version} ({m.label}) classes={','.join(m.classes)} "
-          f"providers={','.join(detector.providers)} preprocess={m.preprocess.version_hash()}")
-    hw = (m.input.height, m.input.width)
-    counts = {"pass": 0, "fail": 0}
-    truth_defective = caught = false_alarms = 0
-    infer_s = 0.0
-    frames = line.take(args.frames)
-    for start in range(0, len(frames), args.batch):
-        chunk = frames[start:start + args.batch]
-        batch, transforms = preprocess_batch([f.part.image_bgr for f in chunk], m.preprocess, hw)
-        t0 = time.perf_counter()
-        raw = detector.run(batch)
-        infer_s += time.perf_counter() - t0
-        for frame, dets in zip(chunk, postprocess(raw, m.postprocess, m.output.format,
-                                                  m.classes, transforms), strict=True):
-            verdict = "fail" if len(dets) else "pass"
-            counts[verdict] += 1
-            defective = bool(frame.part.defects)
-            truth_defective += defective
-            caught += defective and verdict == "fail"
-            false_alarms += (not defective) and verdict == "fail"
-            found = ", ".join(f"{m.classes[c]} {s:.2f}"
-                              for c, s in zip(dets.class_ids, dets.scores, strict=True))
-            truth = ", ".join(d.class_name for d in frame.part.defects) or "-"
-            print(f"part {frame.part_id:5d}  {verdict.upper():4s}  found [{found}]  "
-                  f"truth [{truth}]")
-    n = len(frames)
-    print(f"\n{n} parts: {counts['pass']} pass, {counts['fail']} fail; "
-          f"defective parts caught {caught}/{truth_defective}, "
-          f"false rejects {false_alarms}/{n - truth_defective}; "
-          f"inference {1000 * infer_s / max(n, 1):.1f} ms/part "
-          f"(batch {args.batch}, {np.ceil(n / args.batch):.0f} batches)")
+
+def _run(cfg: ApplianceConfig, args: argparse.Namespace, line: TruthRecordingLine,
+         data_dir: str) -> int:
+    records: list[InspectionRecord] = []
+    to_print: queue.Queue[InspectionRecord] = queue.Queue()
+
+    def on_verdict(record: InspectionRecord) -> None:
+        records.append(record)
+        if record.verdict != "pass":
+            to_print.put(record)
+
+    tty = sys.stdout.isatty()
+    shown = {"last": 0.0}
+
+    def on_status(stats: PipelineStats) -> None:
+        lines = []
+        while True:
+            try:
+                lines.append(_part_line(r := to_print.get_nowait(), line.truth.get(
+                    r.part_id or "")))
+            except queue.Empty:
+                break
+        if tty:
+            print("\r\x1b[K" + "".join(f"{x}\n" for x in lines) + stats.status_line(),
+                  end="", flush=True)
+        else:
+            for x in lines:
+                print(x)
+            if stats.uptime_s - shown["last"] >= 2.0:
+                shown["last"] = stats.uptime_s
+                print(stats.status_line(), flush=True)
+
+    app = App(cfg, max_frames=args.frames, sources={STATION: line}, listeners=[on_verdict],
+              require_model=True)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        summary = app.run(stop, on_status=on_status, status_interval_s=0.25)
+    except (ApplianceError, ModelError) as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 2
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if app.pipeline is not None:
+        on_status(app.pipeline.stats())
+    _summary(summary, records, line.truth, data_dir)
     return 0

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from cloud.train import PICO_YAML
-from models.errors import ModelError
+# cloud.train's PICO_YAML, spelled out so that `collect` and `serve` never import the
+# training stack (cv2, models; torch lazily) just to build the parser.
+_PICO_YAML = Path(__file__).resolve().parent / "model_cfg" / "lineguard-pico.yaml"
 
 
 def _train(args: argparse.Namespace) -> int:
     from cloud.train import TrainConfig, TrainingError, train_detector
     from cloud.ultralytics_env import UltralyticsUnavailable
+    from models.errors import ModelError
 
     cfg = TrainConfig(
         data_yaml=args.data, out_bundle=args.out, name=args.name, version=args.version,
@@ -33,6 +37,60 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _collect(config_path: Path) -> int:
+    from cloud.collector import Collector
+    from cloud.config import load_config
+    from cloud.errors import CloudError, ConfigError
+    from cloud.fleet import FleetStore
+
+    try:
+        cfg = load_config(config_path)
+        if cfg.collector is None:
+            raise ConfigError(f"{config_path}: no `collector` section")
+        password = cfg.collector.broker.secret()
+        store = FleetStore(cfg.store)
+    except CloudError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        return Collector(cfg.collector, store, password=password).run(stop)
+    except CloudError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+
+
+def _serve(config_path: Path, host: str | None, port: int | None) -> int:
+    import uvicorn
+
+    from cloud.api import create_app
+    from cloud.config import load_config
+    from cloud.errors import CloudError, ConfigError
+    from cloud.fleet import FleetStore
+
+    try:
+        cfg = load_config(config_path)
+        if cfg.api is None:
+            raise ConfigError(f"{config_path}: no `api` section")
+        token = cfg.api.secret()
+        store = FleetStore(cfg.store)
+    except CloudError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        app = create_app(store, token)
+        # uvicorn handles SIGTERM / SIGINT itself (finishes requests, then returns).
+        uvicorn.run(app, host=host or cfg.api.host, port=port or cfg.api.port,
+                    log_config=None, access_log=False)
+    finally:
+        store.close()
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="lineguard cloud", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -44,7 +102,7 @@ def main(argv: list[str]) -> int:
     tr.add_argument("--version", type=int, default=1)
     tr.add_argument("--label", default="")
     tr.add_argument("--parent-version", type=int)
-    tr.add_argument("--model", default=str(PICO_YAML),
+    tr.add_argument("--model", default=str(_PICO_YAML),
                     help="model YAML (default: the demo's YOLO11 pico) or our own .pt weights")
     tr.add_argument("--trained-weights", type=Path,
                     help="best.pt of an earlier run with the same arguments: skip to export")
@@ -56,8 +114,18 @@ def main(argv: list[str]) -> int:
     tr.add_argument("--patience", type=int, default=100)
     tr.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     tr.add_argument("--work-dir", type=Path, default=Path("runs/train"))
+    co = sub.add_parser("collect", help="collect every line's MQTT telemetry into the fleet store")
+    co.add_argument("--config", type=Path, required=True, help="cloud YAML config file")
+    se = sub.add_parser("serve", help="serve the fleet API (FastAPI, uvicorn)")
+    se.add_argument("--config", type=Path, required=True, help="cloud YAML config file")
+    se.add_argument("--host", help="override api.host (default 127.0.0.1)")
+    se.add_argument("--port", type=int, help="override api.port")
     args = parser.parse_args(argv)
     if args.cmd == "train":
         return _train(args)
+    if args.cmd == "collect":
+        return _collect(args.config)
+    if args.cmd == "serve":
+        return _serve(args.config, args.host, args.port)
     parser.error(f"unknown command {args.cmd}")
     return 2

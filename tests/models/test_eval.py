@@ -32,8 +32,10 @@ from .onnx_builders import (
     NEU_DET_DATA,
     NEU_DET_ONNX,
     build_tiny_bundle,
+    build_yolo_raw_model,
     neu_det_available,
     neu_det_val_images,
+    simple_raw_detections,
     tiny_lineage,
 )
 
@@ -196,6 +198,30 @@ def test_real_onnx_session(tiny_bundle: Bundle, dataset: YoloDataset) -> None:
     report = evaluate_report(tiny_bundle, dataset, batch_size=2, providers=["cpu"])
     assert report.providers == ["CPUExecutionProvider"]
     assert report.metrics.images == 4
+
+
+def test_fixed_batch_model_gets_padded_batches(dataset: YoloDataset, tmp_path: Path) -> None:
+    from models.golden import build_bundle
+
+    boxes, scores = simple_raw_detections(len(CLASSES))
+    onnx_path = build_yolo_raw_model(tmp_path / "fixed.onnx", boxes, scores, batch=3)
+    bundle = build_bundle(
+        tmp_path / "bundle",
+        onnx_path,
+        name="fixed",
+        version=1,
+        label="fixed",
+        classes=CLASSES,
+        input_hw=INPUT_HW,
+        lineage=tiny_lineage(),  # type: ignore[arg-type]
+        golden_images=[np.full((64, 64, 3), 255, np.uint8)],
+        providers=["cpu"],
+    )
+    assert bundle.manifest.input.batch == 3
+    progress: list[tuple[int, int]] = []
+    m = evaluate(bundle, dataset, batch_size=8, progress=lambda *a: progress.append(a))
+    assert progress == [(3, 4), (4, 4)]  # the model's batch size wins; the tail is padded
+    assert m.images == 4
 
 
 # --- the CLI ------------------------------------------------------------------------------

@@ -78,8 +78,9 @@ def neu_det_bundle(out_dir: Path, input_hw: tuple[int, int] = (224, 224)) -> Bun
 class ParityCase:
     """One bundle + dataset to hold against Ultralytics.
 
-    `make_bundle(out_dir, input_hw)` builds the bundle in an empty directory
-    (input_hw None: the model's own size). `data_yaml` is a path, or a factory given a
+    `make_bundle(out_dir)` builds the bundle in an empty directory at the model's own
+    input size; `make_bundle(out_dir, input_hw)` at `non_square_input_hw` (set that to
+    None when the factory cannot take a size). `data_yaml` is a path, or a factory given a
     scratch directory. The case is skipped unless every path in `needs` exists.
     """
 

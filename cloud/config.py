@@ -1,0 +1,222 @@
+"""Configuration of the cloud's collector, fleet store and fleet API (one YAML file).
+
+Every section forbids unknown keys and carries units in its names. Errors are
+`ConfigError`s naming the file, the key path and why, e.g.
+``cloud.yaml: collector.broker.port: Input should be less than or equal to 65535``.
+
+Example::
+
+    store: {path: /var/lib/lineguard-cloud/fleet.db}
+    collector:
+      client_id: collector-a          # fixed per instance: it names the persistent session
+      group: collectors               # instances in one group share the messages
+      broker:
+        host: mqtt.plant1.example
+        port: 8883
+        username: collector
+        password_file: /etc/lineguard-cloud/collector.secret
+        tls: {ca_file: /etc/lineguard-cloud/ca.crt}
+    api:
+      port: 8080
+      token_file: /etc/lineguard-cloud/api.token
+
+Secrets can be inline (`password`, `token`) or, better, in a file (`password_file`,
+`token_file`: the first line, stripped). Relative paths are relative to the working
+directory of the process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from cloud.errors import ConfigError
+from protocol import ProtocolError, validate_id
+
+# MQTT client ids: printable ASCII without spaces; mosquitto takes up to 65535 bytes,
+# MQTT 3.1.1 brokers only guarantee 23; keep them short and stable.
+CLIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _read_secret(path: Path, what: str) -> SecretStr:
+    try:
+        text = path.read_text("utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read the {what} file {path}: {e.strerror}") from e
+    first = text.splitlines()[0].strip() if text.strip() else ""
+    if not first:
+        raise ConfigError(f"the {what} file {path} is empty")
+    return SecretStr(first)
+
+
+class TlsConfig(_Section):
+    """TLS to the broker. `ca_file` None: the system's trust store."""
+
+    ca_file: Path | None = None
+    # A client certificate, where the broker requires one (both or neither).
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class BrokerConfig(_Section):
+    """Where the MQTT broker is and how to log in."""
+
+    host: str = Field("127.0.0.1", min_length=1, max_length=253)
+    port: int = Field(1883, ge=1, le=65535)
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    username: str | None = Field(None, min_length=1, max_length=128)
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    tls: TlsConfig | None = None
+    # Reconnect backoff: paho doubles the delay from min to max after each failure.
+    reconnect_min_s: int = Field(1, ge=1, le=60)
+    reconnect_max_s: int = Field(30, ge=1, le=3600)
+
+    @model_validator(mode="after")
+    def _check(self) -> BrokerConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set password or password_file, not both")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+    def secret(self) -> SecretStr | None:
+        """The password, read from `password_file` if that is set. Raises ConfigError."""
+        if self.password_file is not None:
+            return _read_secret(self.password_file, "password")
+        return self.password
+
+
+class CollectorConfig(_Section):
+    """`lineguard cloud collect`: one collector instance."""
+
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    # Fixed per instance: the broker keeps this id's session (subscription and queued
+    # QoS 1 messages) while the collector is down. Two live instances must never share it.
+    client_id: str = Field("lineguard-collector-1", pattern=CLIENT_ID_PATTERN)
+    # Instances with the same group split the fleet's messages (MQTT 5 shared subscription).
+    group: str = "collectors"
+    # How long the broker keeps the session (and queues for it) while we are away.
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=60, le=2**32 - 2)
+    # MQTT 5 Receive Maximum: QoS 1 messages the broker may send us before our acks.
+    receive_maximum: int = Field(1000, ge=1, le=65535)
+    # In-memory queue between paho's thread and the writer; >= receive_maximum so
+    # acknowledged-later QoS 1 messages always fit (only QoS 0 can ever be dropped).
+    queue_max_messages: int = Field(20_000, ge=1, le=1_000_000)
+    # A batch is committed when it has this many messages or the queue runs empty.
+    batch_max_messages: int = Field(500, ge=1, le=100_000)
+    # After the first message of a batch, wait at most this long for more (0: commit as
+    # soon as the queue is empty; more: fewer, larger commits under a trickle).
+    batch_linger_ms: float = Field(0.0, ge=0.0, le=1000.0)
+    # A failed commit (database locked, disk full) is retried after this backoff
+    # (doubling up to the max); the batch is not acknowledged meanwhile.
+    store_retry_min_ms: int = Field(100, ge=1, le=60_000)
+    store_retry_max_ms: int = Field(10_000, ge=1, le=600_000)
+    # Counters go to the log this often (0: never).
+    log_interval_s: float = Field(60.0, ge=0.0, le=86_400.0)
+    # On SIGTERM: how long to wait for the queue to drain and the last acks to go out.
+    stop_timeout_s: float = Field(10.0, gt=0.0, le=600.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> CollectorConfig:
+        try:
+            validate_id(self.group, "group")
+        except ProtocolError as e:
+            raise ValueError(str(e)) from e
+        if self.queue_max_messages < self.receive_maximum:
+            raise ValueError(
+                f"queue_max_messages ({self.queue_max_messages}) must be >= "
+                f"receive_maximum ({self.receive_maximum})"
+            )
+        if self.store_retry_max_ms < self.store_retry_min_ms:
+            raise ValueError("store_retry_max_ms must be >= store_retry_min_ms")
+        return self
+
+
+class FleetStoreConfig(_Section):
+    """The fleet database (SQLite; several collectors on one machine may share it)."""
+
+    path: Path = Path("fleet.db")
+    # How long a writer waits for another process's write lock before failing.
+    busy_timeout_ms: int = Field(30_000, ge=0, le=600_000)
+    # NORMAL: a commit survives a process kill (WAL); FULL: also a power cut (fsync).
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    # Bytes of a quarantined payload kept for inspection (the length is always kept).
+    quarantine_keep_bytes: int = Field(4096, ge=0, le=256 * 1024)
+
+
+class ApiConfig(_Section):
+    """`lineguard cloud serve`: the fleet API."""
+
+    host: str = Field("127.0.0.1", min_length=1, max_length=253)
+    port: int = Field(8080, ge=1, le=65535)
+    # Bearer token for every endpoint but /health; at least 16 characters.
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ApiConfig:
+        if (self.token is None) == (self.token_file is None):
+            raise ValueError("set exactly one of token or token_file")
+        return self
+
+    def secret(self) -> SecretStr:
+        """The bearer token, read from `token_file` if set. Raises ConfigError (unreadable
+        file, or shorter than 16 characters)."""
+        token = _read_secret(self.token_file, "token") if self.token_file else self.token
+        if token is None or len(token.get_secret_value()) < 16:
+            raise ConfigError("the API token must be at least 16 characters")
+        return token
+
+
+class CloudConfig(_Section):
+    """The whole file. `collect` needs `collector`, `serve` needs `api`."""
+
+    store: FleetStoreConfig = Field(default_factory=FleetStoreConfig)
+    collector: CollectorConfig | None = None
+    api: ApiConfig | None = None
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for detail in error.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in detail["loc"]) or "<root>"
+        parts.append(f"{where}: {detail['msg']}")
+    return "; ".join(parts)
+
+
+def parse_config(data: object, source: str = "<config>") -> CloudConfig:
+    """Validate an already-parsed document. Raises ConfigError naming the bad keys."""
+    if data is None:
+        data = {}
+    try:
+        return CloudConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_describe(e)}") from e
+
+
+def load_config(path: Path) -> CloudConfig:
+    """Read and validate a YAML config file. Raises ConfigError (unreadable, not YAML,
+    or invalid; the message names the key path)."""
+    try:
+        text = path.read_text("utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    return parse_config(data, str(path))

@@ -1,0 +1,129 @@
+"""The appliance killed (SIGKILL) with a non-empty outbox, then restarted: the backlog is
+delivered, every message once; and the broker publishes the last will of a killed line.
+
+Two real processes (tests/appliance/telemetry_child.py) share one SQLite file; the
+broker is a real mosquitto on 127.0.0.1; the collector is a plain paho client.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.appliance.telemetry_helpers import LINE, SITE, Collector, migrated_db
+from tests.mqtt_broker import Broker, free_port, requires_mosquitto, start_broker
+
+pytestmark = [pytest.mark.mqtt, requires_mosquitto, pytest.mark.timeout(180)]
+
+REPO = Path(__file__).resolve().parents[2]
+N_EVENTS = 300
+
+
+class Child:
+    """One telemetry process; reads its stdout lines with a bounded wait."""
+
+    def __init__(self, *args: str) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.appliance.telemetry_child", *args],
+            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )
+
+    def expect(self, line: str, timeout_s: float) -> None:
+        """Wait for `line` on stdout; the process's stderr tail is in the failure."""
+        assert self.process.stdout is not None
+        os.set_blocking(self.process.stdout.fileno(), False)
+        deadline = time.monotonic() + timeout_s
+        seen = ""
+        while time.monotonic() < deadline:
+            chunk = self.process.stdout.readline()
+            if chunk:
+                seen += chunk
+                if chunk.strip() == line:
+                    return
+                continue
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.kill()
+        err = self.process.stderr.read() if self.process.stderr else ""
+        pytest.fail(f"no {line!r} from the child; stdout {seen!r}; stderr tail:\n{err[-3000:]}")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def port_and_broker(tmp_path: Path) -> Iterator[tuple[int, list[Broker]]]:
+    brokers: list[Broker] = []
+    yield free_port(), brokers
+    for broker in brokers:
+        broker.stop()
+
+
+def outbox_rows(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("SELECT count(*) FROM telemetry_outbox").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_killed_with_a_backlog_delivers_it_after_restart_once(
+    tmp_path: Path, port_and_broker: tuple[int, list[Broker]]
+) -> None:
+    port, brokers = port_and_broker
+    db = migrated_db(tmp_path)
+
+    # 1. broker down: the line queues N events, then dies without any chance to clean up
+    first = Child("enqueue", str(db), str(port), str(N_EVENTS))
+    try:
+        first.expect("ready", timeout_s=60)
+    finally:
+        first.kill()
+    assert outbox_rows(db) == N_EVENTS
+
+    # 2. broker up, collector subscribed, a new process drains the same database
+    broker = start_broker(tmp_path, port=port)
+    brokers.append(broker)
+    collector = Collector(port)
+    collector.connect()
+    second = Child("drain", str(db), str(port))
+    try:
+        second.expect("drained", timeout_s=60)
+        assert collector.wait_until(lambda c: len(c.frame_ids()) == N_EVENTS, 30), (
+            f"{len(collector.frame_ids())} of {N_EVENTS} events arrived"
+        )
+        # 3. kill the connected line: the broker publishes its last will (retained)
+        second.kill()
+        assert collector.wait_until(
+            lambda c: any(s.state == "offline" for s in c.kind("status")), 20
+        ), "no last will after the line was killed"
+    finally:
+        second.kill()
+        collector.close()
+
+    frames = collector.frame_ids()
+    assert set(frames) == {f"top:{i}" for i in range(N_EVENTS)}
+    assert max(frames.values()) == 1  # one msg_id per event: never re-enqueued
+    assert collector.duplicates() == 0  # nothing had been sent before the kill
+    assert not collector.errors
+    assert outbox_rows(db) == 0
+    statuses = collector.kind("status")
+    assert statuses[0].state == "online"
+    will = statuses[-1]
+    assert (will.state, will.reason) == ("offline", "connection_lost")
