@@ -92,7 +92,7 @@ def _summary(s: RunSummary, records: list[InspectionRecord], truth: dict[str, li
           f"ms, p99 {total.get('p99', 0):.0f} ms (inference p50 {infer.get('p50', 0):.0f} ms, "
           f"mean batch {s.mean_batch:.1f})")
     model = f"{s.model['version_id']} ({s.model['label']})" if s.model else "no model"
-    print(f"model {model} on {', '.join(s.providers) or '-'}; verdicts in {data_dir}")
+    print(f"model {model} on {', '.join(s.providers) or '-'}; {data_dir}")
 
 
 def main(argv: list[str]) -> int:
@@ -135,7 +135,9 @@ def main(argv: list[str]) -> int:
         print(f"bundle {manifest.name} v{manifest.version} ({manifest.label}) classes="
               f"{','.join(manifest.classes)}; {args.frames} parts of the simulated line "
               f"(seed {args.seed}{', drift ' + args.drift if args.drift else ''})")
-        return _run(cfg, args, TruthRecordingLine(line_config, args.realtime), str(data_dir))
+        where = (f"store and kept images in {data_dir}" if args.data_dir else
+                 "store in a temporary directory (keep it with --data-dir)")
+        return _run(cfg, args, TruthRecordingLine(line_config, args.realtime), where)
 
 
 def _run(cfg: ApplianceConfig, args: argparse.Namespace, line: TruthRecordingLine,

@@ -137,6 +137,7 @@ class InferenceStages:
         self._in_post: Batch | None = None
         self._engine_ready_t = time.perf_counter()
         self._engine_healthy = True
+        self._fallback_failed: LoadedModel | None = None
         self.engine_failures = 0
         self.engine_fallbacks = 0
 
@@ -169,24 +170,25 @@ class InferenceStages:
         ready_t = self._engine_ready_t
         if self.book.deadline_s is not None:  # past their deadline already: not worth a run
             pairs = [p for p in pairs if self.book.is_pending(p[1].frame.frame_id)]
-        jobs = [job for _, job in pairs]
-        self._in_engine = jobs
         model = self._slot.current
-        batch = Batch(jobs, [a for a, _ in pairs], model, None, [], ready_t, dispatch_t,
-                       dispatch_t, 0.0, 0.0, None)
-        if not jobs:
-            self._engine_ready_t = time.perf_counter()
-            return
-        if model is None:
-            batch.failure = Reason.NO_MODEL
-        else:
-            try:
-                self._infer(batch, model)
-            except EngineError as e:
-                batch.failure = Reason.ENGINE_FAILURE
-                self._engine_failed(model, jobs, e)
-        self._post_put(batch)
-        self._in_engine = []
+        # A swap to a model with a smaller (fixed) batch may meet a batch taken before it.
+        size = model.max_batch if model is not None else max(len(pairs), 1)
+        for start in range(0, len(pairs), size):
+            chunk = pairs[start : start + size]
+            jobs = [job for _, job in chunk]
+            self._in_engine = jobs
+            batch = Batch(jobs, [a for a, _ in chunk], model, None, [], ready_t, dispatch_t,
+                          dispatch_t, 0.0, 0.0, None)
+            if model is None:
+                batch.failure = Reason.NO_MODEL
+            else:
+                try:
+                    self._infer(batch, model)
+                except EngineError as e:
+                    batch.failure = Reason.ENGINE_FAILURE
+                    self._engine_failed(model, jobs, e)
+            self._post_put(batch)
+            self._in_engine = []
         self._engine_ready_t = time.perf_counter()
 
     def _infer(self, batch: Batch, model: LoadedModel) -> None:
@@ -212,7 +214,8 @@ class InferenceStages:
         try:
             batch.output = model.infer(tensor)
         except EngineError as e:
-            if not (model.on_gpu and self._engine.cfg.cpu_fallback):
+            if not (model.on_gpu and self._engine.cfg.cpu_fallback) or \
+                    model is self._fallback_failed:
                 raise
             model = self._fall_back_to_cpu(model, e)
             batch.model = model
@@ -230,7 +233,11 @@ class InferenceStages:
                     f"GPU inference failed ({error}); falling back to CPU",
                     alarm="engine_fallback", model=model.version_id,
                     providers=",".join(model.info.providers))
-        cpu = self._engine.load_on_cpu(model)
+        try:
+            cpu = self._engine.load_on_cpu(model)
+        except EngineError:
+            self._fallback_failed = model  # do not reload for every batch
+            raise
         self.engine_fallbacks += 1
         self._slot.replace_if(model, cpu)  # a swap in between wins
         self._event("model_change", "warning", "engine",

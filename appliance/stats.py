@@ -142,7 +142,8 @@ class PipelineStats:
     "p95", "p99"} over the last 2048 inspected frames (stages: queue, preprocess,
     batch_wait, infer, postprocess, total); `queue_depths` holds "batcher" (frames
     waiting for the engine), "post" (batches waiting for postprocessing), "pending"
-    (frames without a verdict yet) and "intake:<station>" in worker mode.
+    (frames without a verdict yet) and "intake:<station>" in worker mode;
+    `engine_failures` counts failed batches, `engine_fallbacks` GPU-to-CPU fallbacks.
     """
 
     at: float

@@ -81,9 +81,14 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
     except CloudError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # uvicorn handles SIGTERM / SIGINT itself (finishes requests, then returns), and
+    # afterwards re-raises the signal to the handler it found: ours, so that an orderly
+    # stop exits 0 like every other command rather than dying of the re-raised signal.
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopped.set())
     try:
         app = create_app(store, token)
-        # uvicorn handles SIGTERM / SIGINT itself (finishes requests, then returns).
         uvicorn.run(app, host=host or cfg.api.host, port=port or cfg.api.port,
                     log_config=None, access_log=False)
     finally:

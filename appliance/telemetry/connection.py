@@ -42,6 +42,7 @@ _UNSUPPORTED_PROTOCOL = frozenset({132, 1})
 # paho queues beyond its in-flight limit; ours is enforced by the publisher, so paho's
 # limit only needs room for it plus a few status messages.
 _PAHO_INFLIGHT_SLACK = 8
+_WEDGED_MIN_S = 300.0
 
 
 def ssl_context(cfg: TelemetryConfig) -> ssl.SSLContext:
@@ -97,6 +98,7 @@ class BrokerConnection:
         self._connected = False
         self._fallback = False
         self._stopping = False
+        self._wedged_after_s = max(_WEDGED_MIN_S, 5.0 * cfg.reconnect_max_s)
         self._down_since = time.monotonic()
         self.connects = 0
         self.last_error: str | None = None
@@ -142,8 +144,9 @@ class BrokerConnection:
 
     def supervise(self) -> bool:
         """Replace a client that cannot do its job: one refused for its protocol version
-        (auto mode falls back to 3.1.1), or one down for longer than three maximum
-        reconnect delays (a wedged client or a dead network thread). Call it from the
+        (auto mode falls back to 3.1.1), or one down for longer than five maximum
+        reconnect delays, and at least 5 minutes (a wedged client or a dead network
+        thread; paho would have reconnected long before). Call it from the
         owner's thread. Returns True if the client was replaced (its unacknowledged
         messages are gone)."""
         replace = False
@@ -152,8 +155,9 @@ class BrokerConnection:
                            self._cfg.host, self._cfg.port)
             self._v5 = False
             replace = True
-        elif not self._connected and self.down_for_s() > 3.0 * self._cfg.reconnect_max_s:
-            logger.warning("MQTT client down for %.0f s; building a new one", self.down_for_s())
+        elif not self._connected and self.down_for_s() > self._wedged_after_s:
+            logger.warning("MQTT client down for %.0f s; building a new one",
+                           self.down_for_s())
             self._down_since = time.monotonic()
             replace = True
         self._fallback = False

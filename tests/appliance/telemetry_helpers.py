@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -17,17 +18,20 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from appliance.records import DefectRecord, InspectionRecord
-from appliance.store.schema.migrations import migrate
-from appliance.store.store import open_writer_db
 from appliance.telemetry import TelemetryConfig
 from protocol import Message, ProtocolError, decode, fleet_filter
-from tests.mqtt_broker import HOST
 
+# Not imported from tests.mqtt_broker: the child process (telemetry_child.py) imports
+# this module, and pytest (which tests.mqtt_broker imports) would double its start time.
+HOST = "127.0.0.1"
 SITE, LINE = "plant1", "line-7"
 
 
 def migrated_db(directory: Path) -> Path:
     """A fresh appliance database at the latest schema (the store's migrations)."""
+    from appliance.store.schema.migrations import migrate
+    from appliance.store.store import open_writer_db
+
     path = directory / "lineguard.db"
     db = open_writer_db(path)
     try:
@@ -56,8 +60,6 @@ def telemetry_cfg(port: int, **overrides: Any) -> TelemetryConfig:
 def record(i: int, verdict: str = "fail", station: str = "top", now: float | None = None,
            with_image: bool = False) -> InspectionRecord:
     """Frame `station:i`; a `fail` has one scratch defect."""
-    import numpy as np
-
     t = time.time() if now is None else now
     defects = (DefectRecord(5, "scratches", 0.91, (10.0, 20.0, 50.0, 60.0)),) \
         if verdict == "fail" else ()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 
 
 class Recording(OnnxDetector):
-    sizes: list[int] = []
+    sizes: ClassVar[list[int]] = []
 
     def run(self, batch: Tensor) -> Tensor:
         type(self).sizes.append(int(batch.shape[0]))

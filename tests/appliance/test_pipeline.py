@@ -222,7 +222,7 @@ def test_stop_drains_queued_frames(tmp_path: Path, bundle: Bundle) -> None:
     slow = type("Slow", (SlowDetector,), {"delay_s": 0.005})
     engine = engine_for(slow, warmup_runs=0)
     store = make_store(tmp_path)
-    pipeline, records, _ = make_pipeline(
+    pipeline, _records, _ = make_pipeline(
         [Station("cam", ReplaySource([WHITE, BLACK]))], store,
         engine.load(bundle, verify=False), engine, overflow="block", queue_frames=16,
     )

@@ -104,7 +104,7 @@ def test_a_stage_that_dies_is_restarted_with_an_event_and_no_frame_is_lost(
 ) -> None:
     engine = engine_for()
     store = make_store(tmp_path)
-    pipeline, records, events = make_pipeline(
+    pipeline, _records, events = make_pipeline(
         [Station("cam", ReplaySource([WHITE]))], store, engine.load(bundle), engine,
         max_frames=30, overflow="block", restart_backoff_initial_s=0.01,
     )

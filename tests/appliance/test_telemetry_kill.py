@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.appliance.telemetry_helpers import LINE, SITE, Collector, migrated_db
+from tests.appliance.telemetry_helpers import Collector, migrated_db
 from tests.mqtt_broker import Broker, free_port, requires_mosquitto, start_broker
 
 pytestmark = [pytest.mark.mqtt, requires_mosquitto, pytest.mark.timeout(180)]

@@ -1,0 +1,192 @@
+"""Shared helpers for the collector, fleet store and fleet API tests.
+
+Messages are the protocol's README examples with a fresh id, line and time, so they
+follow the contract as it evolves. Every wait here is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from protocol import (
+    DefectEvent,
+    Detection,
+    Message,
+    MetricsMessage,
+    ModelRef,
+    ModelReport,
+    StatusMessage,
+    new_msg_id,
+    prepare,
+)
+from protocol.examples import example_messages
+
+REPO = Path(__file__).resolve().parents[2]
+T0 = datetime(2025, 3, 14, 9, 0, 0, tzinfo=UTC)
+# Broker settings a fleet's mosquitto has (deploy/mosquitto/mosquitto.conf): without a
+# larger queue, mosquitto drops QoS 1 messages for an offline session after 1000.
+BROKER_CONF = "max_queued_messages 100000\n"
+
+
+def _example(title: str) -> Any:
+    for name, message in example_messages():
+        if name == title:
+            return message
+    raise KeyError(title)
+
+
+def _fresh(message: Any, site: str, line: str, sent_at: datetime, **update: object) -> Any:
+    return message.model_copy(
+        update={"msg_id": new_msg_id(), "site": site, "line": line, "sent_at": sent_at, **update}
+    )
+
+
+def metrics(site: str = "plant1", line: str = "line-1", sent_at: datetime = T0,
+            **update: object) -> MetricsMessage:
+    msg: MetricsMessage = _fresh(_example("metrics"), site, line, sent_at, **update)
+    return msg
+
+
+def defect(site: str = "plant1", line: str = "line-1", captured_at: datetime = T0,
+           classes: tuple[str, ...] = ("scratches",), **update: object) -> DefectEvent:
+    detections = [
+        Detection(class_id=i, class_name=name, score=0.9, box_xyxy=(1.0, 2.0, 30.0, 40.0))
+        for i, name in enumerate(classes)
+    ]
+    msg: DefectEvent = _fresh(
+        _example("events/defect"), site, line, captured_at + timedelta(milliseconds=50),
+        captured_at=captured_at, defects=detections, **update,
+    )
+    return msg
+
+
+def status(site: str = "plant1", line: str = "line-1", sent_at: datetime = T0, *,
+           online: bool = True, will: bool = False, model_version: int | None = 7) -> StatusMessage:
+    if will:
+        msg: StatusMessage = _fresh(_example("status (last will)"), site, line, sent_at)
+        return msg
+    base = _example("status (online)")
+    model = None if model_version is None else ModelRef(name="det", version=model_version)
+    update: dict[str, object] = {"model": model}
+    if not online:
+        update.update(state="offline", reason="shutdown")
+    msg = _fresh(base, site, line, sent_at, **update)
+    return msg
+
+
+def model_report(site: str = "plant1", line: str = "line-1", sent_at: datetime = T0,
+                 version: int = 8) -> ModelReport:
+    msg: ModelReport = _fresh(
+        _example("model"), site, line, sent_at, current=ModelRef(name="det", version=version)
+    )
+    return msg
+
+
+def drift(site: str = "plant1", line: str = "line-1", sent_at: datetime = T0) -> Message:
+    msg: Message = _fresh(_example("drift"), site, line, sent_at)
+    return msg
+
+
+def wire(message: Message) -> tuple[str, bytes]:
+    """(topic, payload) of a message."""
+    out = prepare(message)
+    return out.topic, out.payload
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str,
+             interval_s: float = 0.05) -> None:
+    """Poll until `predicate()` is true; raise TimeoutError naming `what` otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval_s)
+    if predicate():
+        return
+    raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def query(db: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run a read query on a fleet database (empty list while it does not exist yet)."""
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):
+            return []
+        raise
+    finally:
+        conn.close()
+
+
+def stored_ids(db: Path) -> list[str]:
+    return [row[0] for row in query(db, "SELECT msg_id FROM messages")]
+
+
+def write_config(path: Path, port: int, db: Path, client_id: str = "collector-test",
+                 **collector: object) -> Path:
+    import yaml
+
+    doc = {
+        "store": {"path": str(db)},
+        "collector": {"client_id": client_id, "broker": {"port": port},
+                      "log_interval_s": 1.0, **collector},
+    }
+    path.write_text(yaml.safe_dump(doc), "utf-8")
+    return path
+
+
+class CollectorProcess:
+    """`python -m lineguard cloud collect --config FILE` as a child process."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "lineguard", "cloud", "collect", "--config",
+                 str(self.config)],
+                cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+    def log_text(self) -> str:
+        return self.log.read_text("utf-8", errors="replace") if self.log.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no ack, no disconnect."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def terminate(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit status (SIGKILL after `timeout_s`)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            raise
+        finally:
+            self.process = None
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None

@@ -1,0 +1,67 @@
+"""`lineguard cloud serve --config FILE` as a real process on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tests.cloud import fleet_helpers as h
+from tests.mqtt_broker import free_port
+
+pytestmark = pytest.mark.timeout(300)
+
+TOKEN = "serve-test-token-0123456789"
+
+
+def test_serve_answers_health_and_checks_the_token(tmp_path):
+    port = free_port()
+    token_file = tmp_path / "api.token"
+    token_file.write_text(TOKEN + "\n", "utf-8")
+    config = tmp_path / "cloud.yaml"
+    config.write_text(
+        f"store: {{path: {tmp_path / 'fleet.db'}}}\n"
+        f"api: {{port: {port}, token_file: {token_file}}}\n", "utf-8")
+    log = (tmp_path / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lineguard", "cloud", "serve", "--config", str(config)],
+        cwd=h.REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{base}/health", timeout=2.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        h.wait_for(up, 120.0, "the API to answer /health", interval_s=0.2)
+        assert httpx.get(f"{base}/lines", timeout=5.0).status_code == 401
+        ok = httpx.get(f"{base}/lines", headers={"Authorization": f"Bearer {TOKEN}"},
+                       timeout=5.0)
+        assert ok.status_code == 200
+        assert ok.json() == []
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+
+
+def test_serve_refuses_a_config_without_api(tmp_path):
+    config = tmp_path / "cloud.yaml"
+    config.write_text("collector: {client_id: x}\n", "utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "lineguard", "cloud", "serve", "--config", str(config)],
+        cwd=h.REPO, capture_output=True, timeout=120, check=False,
+    )
+    assert result.returncode == 2
+    assert b"no `api` section" in result.stderr

@@ -1,0 +1,229 @@
+"""The collector in-process against a real mosquitto: de-duplication, ack after commit,
+quarantine of generated junk, reconnect after a broker restart."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cloud.collector import Collector, MqttSession
+from cloud.config import BrokerConfig, CollectorConfig, FleetStoreConfig
+from cloud.fleet import FleetStore
+from protocol import MAX_PAYLOAD_BYTES
+from tests.cloud import fleet_helpers as h
+from tests.mqtt_broker import MqttProbe, requires_mosquitto, start_broker
+
+pytestmark = [pytest.mark.mqtt, requires_mosquitto, pytest.mark.timeout(300)]
+
+WAIT_S = 60.0  # generous: the CI box is shared with training jobs
+
+
+def collector_config(port: int, client_id: str = "c-test") -> CollectorConfig:
+    return CollectorConfig(
+        client_id=client_id, group="test",
+        broker=BrokerConfig(port=port, reconnect_min_s=1, reconnect_max_s=2),
+        log_interval_s=0, stop_timeout_s=5,
+    )
+
+
+def counter(store: FleetStore, name: str) -> int:
+    return sum(c.counters.get(name, 0) for c in store.counters())
+
+
+def started(cfg: CollectorConfig, store: FleetStore) -> Collector:
+    collector = Collector(cfg, store)
+    collector.start()
+    assert collector.wait_subscribed(WAIT_S), "collector did not subscribe"
+    return collector
+
+
+@pytest.fixture
+def rig(tmp_path):
+    broker = start_broker(tmp_path, h.BROKER_CONF)
+    store = FleetStore(FleetStoreConfig(path=tmp_path / "fleet.db"))
+    probe = MqttProbe(broker.port, "line-sim")
+    assert not probe.connect().is_failure
+    try:
+        yield broker, store, probe
+    finally:
+        probe.close()
+        store.close()
+        broker.stop()
+
+
+def test_same_msg_id_twice_is_stored_once(rig):
+    broker, store, probe = rig
+    collector = started(collector_config(broker.port), store)
+    try:
+        first, second = h.metrics(), h.metrics()
+        for message in (first, first, second):
+            probe.publish(*h.wire(message))
+        probe.publish(*h.wire(h.defect()), qos=0)  # QoS 0 is stored too (nothing to ack)
+        h.wait_for(lambda: counter(store, "received") >= 4, WAIT_S, "4 deliveries")
+        assert sorted(h.stored_ids(store.path)) == sorted(
+            [first.msg_id, second.msg_id, *(e.msg_id for e in store.defect_events())]
+        )
+        assert counter(store, "duplicates") == 1
+        assert counter(store, "stored") == 3
+    finally:
+        collector.stop()
+
+
+def test_committed_but_unacked_messages_come_back_and_are_not_stored_twice(
+    rig, monkeypatch
+):
+    """A crash between commit and ack: the broker resends, the store de-duplicates."""
+    broker, store, probe = rig
+    cfg = collector_config(broker.port, "c-crashy")
+    with monkeypatch.context() as m:
+        m.setattr(MqttSession, "ack", lambda self, deliveries: 0)  # commits, never acks
+        collector = started(cfg, store)
+        messages = [h.metrics() for _ in range(30)]
+        for message in messages:
+            probe.publish(*h.wire(message))
+        h.wait_for(lambda: counter(store, "stored") == 30, WAIT_S, "30 stored")
+        collector.stop()
+    assert counter(store, "duplicates") == 0
+    # Same client id: the broker resends the 30 unacknowledged messages.
+    collector = started(cfg, store)
+    try:
+        h.wait_for(lambda: counter(store, "duplicates") == 30, WAIT_S, "30 redelivered")
+        assert sorted(h.stored_ids(store.path)) == sorted(m.msg_id for m in messages)
+    finally:
+        collector.stop()
+    # Acknowledged this time: a third run gets nothing back.
+    collector = started(cfg, store)
+    try:
+        sentinel = h.metrics()
+        probe.publish(*h.wire(sentinel))
+        h.wait_for(lambda: sentinel.msg_id in h.stored_ids(store.path), WAIT_S, "sentinel")
+        assert counter(store, "duplicates") == 30
+    finally:
+        collector.stop()
+
+
+def test_reconnects_after_a_broker_restart(rig):
+    broker, store, probe = rig
+    collector = started(collector_config(broker.port), store)
+    try:
+        probe.publish(*h.wire(h.metrics()))
+        probe.close()
+        broker.restart()
+        h.wait_for(lambda: collector.stats().subscribed, WAIT_S, "resubscribe")
+        probe = MqttProbe(broker.port, "line-sim-2")
+        assert not probe.connect().is_failure
+        after = h.metrics()
+        probe.publish(*h.wire(after))
+        h.wait_for(lambda: after.msg_id in h.stored_ids(store.path), WAIT_S, "stored after")
+        assert counter(store, "stored") == 2
+    finally:
+        probe.close()
+        collector.stop()
+
+
+def test_oversized_payloads_are_quarantined_with_a_bounded_copy(rig):
+    broker, store, probe = rig
+    collector = started(collector_config(broker.port), store)
+    try:
+        topic = "lineguard/plant1/line-1/metrics"
+        probe.publish(topic, b"{" + b" " * (MAX_PAYLOAD_BYTES + 10) + b"}")
+        probe.publish(topic, b"x" * 1_000_000)
+        h.wait_for(lambda: counter(store, "quarantined") == 2, WAIT_S, "2 quarantined")
+        summary = store.quarantine()
+        assert summary.by_reason == {"payload_too_large": 2}
+        assert {q.payload_bytes for q in summary.recent} == {MAX_PAYLOAD_BYTES + 12, 1_000_000}
+        assert all(len(q.payload_head_b64) <= 4 * 4096 // 3 + 4 for q in summary.recent)
+        assert collector.stats().connected
+    finally:
+        collector.stop()
+
+
+# ---- generated junk (hypothesis) through a real broker
+
+_VALID_DOC = json.loads(h.wire(h.metrics())[1])
+
+_mutations = st.sampled_from([
+    ("fps", -1.0), ("fps", "fast"), ("window_s", 0), ("verdicts", {"passed": 1}),
+    ("schema", "lineguard.metrics/2"), ("schema", "lineguard.status/1"), ("site", "other"),
+    ("msg_id", "not-an-id"), ("sent_at", "2025-01-01T00:00:00"), ("extra_field", 1),
+])
+_wrong_schema = _mutations.map(lambda kv: json.dumps({**_VALID_DOC, kv[0]: kv[1]}).encode())
+_json_junk = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=4),
+    max_leaves=10,
+).map(lambda v: json.dumps(v).encode())
+_junk = st.one_of(st.binary(max_size=300), _json_junk, _wrong_schema)
+_topics = st.sampled_from([
+    "lineguard/plant1/line-1/metrics", "lineguard/plant1/line-1/status",
+    "lineguard/plant1/line-1/events/defect", "lineguard/Plant1/line-1/metrics",
+    "lineguard/plant1/line-1/no/such/kind",
+])
+
+
+@pytest.fixture(scope="module")
+def shared_rig(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fuzz")
+    broker = start_broker(tmp, h.BROKER_CONF)
+    store = FleetStore(FleetStoreConfig(path=tmp / "fleet.db"))
+    collector = started(collector_config(broker.port, "c-fuzz"), store)
+    probe = MqttProbe(broker.port, "fuzzer")
+    assert not probe.connect().is_failure
+    try:
+        yield store, probe, collector
+    finally:
+        probe.close()
+        collector.stop()
+        store.close()
+        broker.stop()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(junk=st.lists(st.tuples(_topics, _junk), min_size=1, max_size=8),
+       valid=st.integers(min_value=0, max_value=3))
+def test_generated_junk_is_quarantined_and_valid_messages_still_stored(shared_rig, junk, valid):
+    store, probe, collector = shared_rig
+    before = {name: counter(store, name) for name in ("received", "stored", "quarantined")}
+    messages = [h.metrics() for _ in range(valid)]
+    for topic, payload in junk:
+        probe.publish(topic, payload)
+    for message in messages:
+        probe.publish(*h.wire(message))
+    total = len(junk) + valid
+    h.wait_for(lambda: counter(store, "received") == before["received"] + total, WAIT_S,
+               f"{total} deliveries")
+    assert counter(store, "quarantined") == before["quarantined"] + len(junk)
+    assert counter(store, "stored") == before["stored"] + valid
+    assert set(m.msg_id for m in messages) <= set(h.stored_ids(store.path))
+    assert collector.stats().connected
+    # The writer's own stats are updated just after the commit the counters are part of.
+    h.wait_for(lambda: collector.stats().writer.received == counter(store, "received"),
+               WAIT_S, "writer stats")
+
+
+def test_online_and_offline_come_from_status_and_the_last_will(rig):
+    broker, store, _ = rig
+    collector = started(collector_config(broker.port), store)
+    line = MqttProbe(broker.port, "line.plant1.line-7")
+    try:
+        now = datetime.now(UTC)
+        line.will_set(*h.wire(h.status(line="line-7", sent_at=now, will=True)), retain=True)
+        assert not line.connect().is_failure
+        line.publish(*h.wire(h.status(line="line-7", sent_at=now + timedelta(milliseconds=1))),
+                     retain=True)
+        h.wait_for(lambda: (v := store.line("plant1", "line-7")) is not None and bool(v.online),
+                   WAIT_S, "line-7 online")
+        line.drop()  # the connection dies: the broker publishes the will
+        h.wait_for(lambda: (v := store.line("plant1", "line-7")) is not None
+                   and v.online is False, WAIT_S, "line-7 offline by its will")
+        view = store.line("plant1", "line-7")
+        assert view is not None
+        assert view.reason == "connection_lost"
+    finally:
+        line.close()
+        collector.stop()

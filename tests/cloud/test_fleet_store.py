@@ -1,0 +1,206 @@
+"""The fleet store on real SQLite files: ingest, de-duplication, line state, queries,
+quarantine, counters and migrations."""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+from datetime import timedelta
+
+import pytest
+
+from cloud.collector.validate import Delivery, classify
+from cloud.config import FleetStoreConfig
+from cloud.errors import FleetStoreError
+from cloud.fleet import FleetStore, Received, Rejected, migrate, to_ms
+from cloud.fleet import sql as fleet_sql
+from protocol import Message, encode
+from tests.cloud import fleet_helpers as h
+
+NOW_MS = to_ms(h.T0 + timedelta(hours=1))
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = FleetStore(FleetStoreConfig(path=tmp_path / "fleet.db"), clock=lambda: NOW_MS / 1000)
+    yield s
+    s.close()
+
+
+def rec(message: Message, received_at_ms: int = NOW_MS) -> Received:
+    return Received(message, encode(message), received_at_ms)
+
+
+def test_every_kind_is_stored_once_and_redelivery_is_a_duplicate(store):
+    messages = [h.status(), h.metrics(), h.defect(), h.drift(), h.model_report()]
+    first = store.ingest([rec(m) for m in messages], collector_id="c1")
+    assert (first.stored, first.duplicates) == (5, 0)
+    # The same ids again (QoS 1 redelivery), plus one duplicate inside the batch.
+    again = store.ingest([rec(m) for m in [*messages, messages[1]]], collector_id="c1")
+    assert (again.stored, again.duplicates) == (0, 6)
+    db = store.path
+    assert h.query(db, "SELECT COUNT(*) FROM messages") == [(5,)]
+    for table in ("status_events", "metrics", "defect_events", "drift_sketches", "model_reports"):
+        assert h.query(db, f"SELECT COUNT(*) FROM {table}") == [(1,)], table
+    assert h.query(db, "SELECT COUNT(*) FROM defects") == [(1,)]
+    (c,) = store.counters()
+    assert c.collector_id == "c1"
+    assert c.counters == {"received": 11, "stored": 5, "duplicates": 6}
+
+
+def test_line_state_follows_event_time_not_arrival(store):
+    t = h.T0
+    online = h.status(sent_at=t + timedelta(seconds=10))
+    old_shutdown = h.status(sent_at=t, online=False)
+    store.ingest([rec(online)], collector_id="c1")
+    # An older status arriving late (from an outbox) does not overwrite the newer one.
+    store.ingest([rec(old_shutdown)], collector_id="c1")
+    line = store.line("plant1", "line-1")
+    assert line is not None
+    assert line.online is True
+    assert line.state == "online"
+    assert line.model is not None
+    assert line.model.version == 7
+    # A last will is dated by its arrival: its sent_at (registration) is older.
+    will = h.status(sent_at=t, will=True)
+    store.ingest([rec(will, received_at_ms=to_ms(t + timedelta(seconds=20)))], collector_id="c1")
+    line = store.line("plant1", "line-1")
+    assert line is not None
+    assert (line.online, line.state, line.reason) == (False, "offline", "connection_lost")
+    assert line.model is not None  # the will carries no model: the model stays known
+    back = h.status(sent_at=t + timedelta(seconds=30))
+    store.ingest([rec(back)], collector_id="c1")
+    line = store.line("plant1", "line-1")
+    assert line is not None
+    assert line.online is True
+
+
+def test_model_reports_and_line_model(store):
+    t = h.T0
+    store.ingest([rec(h.status(sent_at=t, model_version=7))], collector_id="c1")
+    store.ingest([rec(h.model_report(sent_at=t + timedelta(seconds=5), version=8))],
+                 collector_id="c1")
+    store.ingest([rec(h.model_report(sent_at=t + timedelta(seconds=1), version=6))],
+                 collector_id="c1")  # late: ignored for the current model
+    view = store.line_model("plant1", "line-1")
+    assert view is not None
+    assert view.current is not None
+    assert view.current.version == 8
+    assert view.update is not None
+    assert view.update.step == "shadow"
+    assert view.previous is not None
+    assert store.line_model("plant1", "nope") is None
+
+
+def test_metrics_series_range_limit_and_order(store):
+    batch = [rec(h.metrics(sent_at=h.T0 + timedelta(seconds=10 * i))) for i in range(20)]
+    batch.append(rec(h.metrics(line="line-2")))
+    store.ingest(batch, collector_id="c1")
+    all_points = store.metrics("plant1", "line-1")
+    assert len(all_points) == 20
+    assert [p.sent_at for p in all_points] == sorted((p.sent_at for p in all_points),
+                                                      reverse=True)
+    window = store.metrics("plant1", "line-1", since=h.T0 + timedelta(seconds=50),
+                           until=h.T0 + timedelta(seconds=100))
+    assert [p.sent_at for p in window] == [h.T0 + timedelta(seconds=s) for s in (90, 80, 70, 60,
+                                                                                 50)]
+    assert len(store.metrics("plant1", "line-1", limit=3)) == 3
+    point = all_points[0]
+    assert point.defects == sum(point.defects_by_class.values())
+    assert point.end_to_end is not None
+
+
+def test_defect_event_filters(store):
+    t = h.T0
+    store.ingest([
+        rec(h.defect(captured_at=t, classes=("scratches", "inclusion"))),
+        rec(h.defect(captured_at=t + timedelta(seconds=1), classes=("patches",))),
+        rec(h.defect(line="line-2", captured_at=t + timedelta(seconds=2))),
+        rec(h.defect(site="plant2", line="line-1", captured_at=t + timedelta(seconds=3))),
+    ], collector_id="c1")
+    assert len(store.defect_events()) == 4
+    assert [e.line for e in store.defect_events(site="plant1")] == ["line-2", "line-1", "line-1"]
+    scratches = store.defect_events(class_name="scratches")
+    assert len(scratches) == 3
+    both = store.defect_events(site="plant1", line="line-1", class_name="inclusion")
+    assert len(both) == 1
+    assert [d.class_name for d in both[0].defects] == ["scratches", "inclusion"]
+    assert store.defect_events(since=t + timedelta(seconds=1), until=t + timedelta(seconds=3),
+                               site="plant1")[0].line == "line-2"
+    assert len(store.defect_events(limit=1)) == 1
+
+
+def test_quarantine_keeps_reason_counts_and_a_bounded_head(tmp_path):
+    store = FleetStore(FleetStoreConfig(path=tmp_path / "f.db", quarantine_keep_bytes=8))
+    try:
+        deliveries = [
+            Delivery("lineguard/a/b/metrics", b"not json at all", 1, 1, NOW_MS, 1),
+            Delivery("lineguard/a/b/metrics", b"not json at all", 2, 1, NOW_MS + 5, 1),
+            Delivery("elsewhere/x", b"{}", 3, 1, NOW_MS, 1),
+        ]
+        received, rejected = classify(deliveries)
+        assert received == []
+        result = store.ingest([], rejected, collector_id="c9")
+        assert result.quarantined == 3
+        summary = store.quarantine()
+        assert summary.total == 3
+        assert summary.by_reason == {"malformed_payload": 2, "invalid_topic": 1}
+        junk = next(q for q in summary.recent if q.reason == "malformed_payload")
+        assert junk.times_seen == 2
+        assert junk.payload_bytes == len(b"not json at all")
+        assert base64.b64decode(junk.payload_head_b64) == b"not json"
+        assert junk.payload_preview == "not json"
+        (c,) = store.counters()
+        assert c.counters["quarantined.malformed_payload"] == 2
+        assert c.counters["quarantined.invalid_topic"] == 1
+    finally:
+        store.close()
+
+
+def test_two_writers_on_one_database_never_double_store(tmp_path):
+    cfg = FleetStoreConfig(path=tmp_path / "fleet.db")
+    a, b = FleetStore(cfg), FleetStore(cfg)
+    try:
+        messages = [rec(h.metrics()) for _ in range(50)]
+        ra = a.ingest(messages[:30], collector_id="a")
+        rb = b.ingest(messages[10:], collector_id="b")
+        assert ra.stored + rb.stored == 50
+        assert rb.duplicates == 20
+        assert h.query(cfg.path, "SELECT COUNT(*) FROM metrics") == [(50,)]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_rejected_rows_do_not_half_commit(store):
+    good = rec(h.metrics())
+    before = h.query(store.path, "SELECT COUNT(*) FROM messages")
+    bad = Rejected("t", b"x", "malformed_payload", "d", NOW_MS)
+    # Sabotage: a counter row that violates NOT NULL makes the whole batch roll back.
+    with pytest.raises(FleetStoreError):
+        store.ingest([good], [bad], collector_id=None)  # type: ignore[arg-type]
+    assert h.query(store.path, "SELECT COUNT(*) FROM messages") == before
+    assert store.ingest([good], collector_id="c1").stored == 1
+
+
+def test_migrations_back_up_and_refuse_newer_databases(tmp_path):
+    path = tmp_path / "fleet.db"
+    FleetStore(FleetStoreConfig(path=path)).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        extra = (2, ["CREATE TABLE extra (x INTEGER)"])
+        assert migrate(conn, path, 0, (*fleet_sql.MIGRATIONS, extra)) == [2]
+        assert (tmp_path / "fleet.db.v1.bak").exists()
+        assert migrate(conn, path, 0, (*fleet_sql.MIGRATIONS, extra)) == []
+    finally:
+        conn.close()
+    with pytest.raises(FleetStoreError, match="newer than this build"):
+        FleetStore(FleetStoreConfig(path=path))
+
+
+def test_reading_a_missing_database_is_a_store_error(tmp_path):
+    store = FleetStore(FleetStoreConfig(path=tmp_path / "fleet.db"))
+    store.close()
+    (tmp_path / "fleet.db").unlink()
+    with pytest.raises(FleetStoreError):
+        store.lines()
