@@ -250,13 +250,16 @@ class App:
         `status_interval_s` from this thread. Returns the summary."""
         pipeline = self.start()
         stopped_by = "signal"
+        next_status = time.monotonic() + status_interval_s
         try:
-            while not stop.wait(status_interval_s if on_status else 0.1):
-                if on_status is not None:
+            while not stop.wait(min(0.1, status_interval_s)):
+                if on_status is not None and time.monotonic() >= next_status:
+                    next_status += status_interval_s
                     on_status(pipeline.stats())
                 if pipeline.sources_finished.is_set():
-                    stopped_by = "frames" if self._max_frames is not None and \
-                        pipeline.stats().frames >= self._max_frames else "sources_ended"
+                    budget_used = self._max_frames is not None and \
+                        pipeline.stats().frames >= self._max_frames
+                    stopped_by = "frames" if budget_used else "sources_ended"
                     break
         finally:
             store = self.store

@@ -218,10 +218,15 @@ class Pipeline:
                 thread.join(max(0.1, deadline - time.monotonic()))
         self._batcher.set_draining()
         self._draining.set()
-        engine = self._threads.get("engine")
-        if engine is not None and not engine.join(max(0.1, deadline - time.monotonic())):
-            logger.warning("drain timed out after %.1f s; the rest is recorded as shutdown",
-                           budget_s)
+        # The engine ends once the queue is empty and then sends the end marker; the
+        # postprocess stage ends on that marker. Both stay supervised (restarted if they
+        # die) until the drain budget is spent; only then does `abort` end them.
+        for name in ("engine", "postprocess"):
+            stage = self._threads.get(name)
+            if stage is not None and not stage.join(max(0.1, deadline - time.monotonic())):
+                logger.warning("drain timed out after %.1f s in %s; the rest is recorded as "
+                               "shutdown", budget_s, name)
+                break
         self._abort.set()
         for name in ("engine", "postprocess"):
             if name in self._threads:

@@ -23,7 +23,9 @@ def _train(args: argparse.Namespace) -> int:
         label=args.label, model=args.model, epochs=args.epochs, imgsz=args.imgsz,
         batch=args.batch, seed=args.seed, workers=args.workers, patience=args.patience,
         torch_threads=args.threads, holdout_yaml=args.holdout, work_dir=args.work_dir,
-        parent_version=args.parent_version,
+        parent_version=args.parent_version, optimizer=args.optimizer, lr0=args.lr0,
+        warmup_epochs=args.warmup_epochs, close_mosaic=args.close_mosaic,
+        serve_imgsz=args.serve_imgsz,
     )
     try:
         bundle = train_detector(cfg, progress=lambda m: print(f"[train] {m}", flush=True),
@@ -38,7 +40,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _collect(config_path: Path) -> int:
-    from cloud.collector import Collector
+    from cloud.collector.workers import WorkerPool, run_collector
     from cloud.config import load_config
     from cloud.errors import CloudError, ConfigError
     from cloud.fleet import FleetStore
@@ -48,20 +50,16 @@ def _collect(config_path: Path) -> int:
         if cfg.collector is None:
             raise ConfigError(f"{config_path}: no `collector` section")
         password = cfg.collector.broker.secret()
-        store = FleetStore(cfg.store)
+        FleetStore(cfg.store).close()  # create / migrate once, and fail here if it can't
     except CloudError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    try:
-        return Collector(cfg.collector, store, password=password).run(stop)
-    except CloudError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        store.close()
+    if cfg.collector.workers == 1:
+        return run_collector(cfg.collector, cfg.store, password, stop)
+    return WorkerPool(cfg.collector, cfg.store, password).run(stop)
 
 
 def _serve(config_path: Path, host: str | None, port: int | None) -> int:
@@ -96,6 +94,71 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
     return 0
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from cloud.errors import CloudError
+    from cloud.quantize import load_calibration_frames, quantize_bundle
+    from cloud.throughput import measure_throughput
+    from models.bundle import open_bundle
+    from models.errors import ModelError
+    from models.evaluate import evaluate, load_data_yaml
+    from models.manifest import Metrics
+    from models.preprocess import preprocess_batch
+
+    def say(msg: str) -> None:
+        print(f"[quantize] {msg}", flush=True)
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="lineguard-quantize-") as work:
+            src = open_bundle(args.bundle, Path(work))
+            frames = load_calibration_frames(args.calib, args.calib_count, split=args.calib_split)
+            say(f"{len(frames)} calibration frames from {args.calib}")
+            dataset = load_data_yaml(args.eval) if args.eval else None
+            int8 = quantize_bundle(
+                src, args.out, frames, method=args.method, per_channel=args.per_channel,
+                reduce_range=args.reduce_range, quant_format=args.format,
+                activation_type=args.activation_type, weight_type=args.weight_type,
+                exclude_head=args.exclude_head, nodes_to_exclude=args.exclude or (),
+                version=args.version, label=args.label, eval_dataset=dataset,
+                eval_split=args.split, progress=say)
+            fp32: Metrics | None = src.manifest.metrics
+            if dataset is not None:
+                say(f"evaluating the FP32 model on {dataset.label}:{args.split}")
+                fp32 = evaluate(src, dataset, args.split, providers=["cpu"])
+            rows = []
+            if args.bench_rounds > 0:
+                m = src.manifest
+                sample, _ = preprocess_batch(frames[:8], m.preprocess, (m.input.height,
+                                                                        m.input.width))
+                say(f"timing bare ONNX Runtime, {args.threads} threads, batch 1 and 8 "
+                    f"({args.bench_rounds} interleaved rounds)")
+                rows = measure_throughput({"FP32": src.model_path, "INT8": int8.model_path},
+                                          sample, threads=args.threads, rounds=args.bench_rounds)
+    except (CloudError, ModelError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    q = int8.manifest.metrics
+    print(f"bundle {int8.root} version {int8.manifest.version} ({int8.manifest.label}), "
+          f"parent {src.manifest.version}")
+    print(f"{'':18}{'FP32':>10}{'INT8':>10}{'INT8 vs FP32':>16}")
+    for title, key in (("mAP50", "map50"), ("mAP50-95", "map50_95")):
+        a = getattr(fp32, key) if fp32 else None
+        b = getattr(q, key) if q else None
+        diff = f"{(b - a) * 100:+.2f} pt" if a is not None and b is not None else "-"
+        print(f"{title:18}{_cell(a)}{_cell(b)}{diff:>16}")
+    for bs in sorted({r.batch_size for r in rows}):
+        f, i = (next(r for r in rows if r.batch_size == bs and r.model == n)
+                for n in ("FP32", "INT8"))
+        print(f"{f'images/s batch {bs}':18}{f.images_per_s:>10.1f}{i.images_per_s:>10.1f}"
+              f"{f'x{i.ratio:.2f}':>16}")
+    return 0
+
+
+def _cell(value: float | None) -> str:
+    return f"{value:>10.4f}" if value is not None else f"{'-':>10}"
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="lineguard cloud", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -112,11 +175,18 @@ def main(argv: list[str]) -> int:
     tr.add_argument("--trained-weights", type=Path,
                     help="best.pt of an earlier run with the same arguments: skip to export")
     tr.add_argument("--epochs", type=int, default=40)
-    tr.add_argument("--imgsz", type=int, default=256)
+    tr.add_argument("--imgsz", type=int, default=256, help="training image size (px)")
+    tr.add_argument("--serve-imgsz", type=int,
+                    help="input size of the bundle (default: --imgsz)")
     tr.add_argument("--batch", type=int, default=16)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--workers", type=int, default=0)
     tr.add_argument("--patience", type=int, default=100)
+    tr.add_argument("--optimizer", default="auto", help="Ultralytics optimizer, e.g. AdamW")
+    tr.add_argument("--lr0", type=float, help="initial learning rate")
+    tr.add_argument("--warmup-epochs", type=float, default=3.0)
+    tr.add_argument("--close-mosaic", type=int, default=10,
+                    help="last N epochs without mosaic augmentation")
     tr.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     tr.add_argument("--work-dir", type=Path, default=Path("runs/train"))
     co = sub.add_parser("collect", help="collect every line's MQTT telemetry into the fleet store")
@@ -125,6 +195,29 @@ def main(argv: list[str]) -> int:
     se.add_argument("--config", type=Path, required=True, help="cloud YAML config file")
     se.add_argument("--host", help="override api.host (default 127.0.0.1)")
     se.add_argument("--port", type=int, help="override api.port")
+    qu = sub.add_parser("quantize", help="make an INT8 (static, calibrated) variant of a bundle")
+    qu.add_argument("bundle", type=Path, help="FP32 bundle directory or .tar/.tar.gz")
+    qu.add_argument("out", type=Path, help="INT8 bundle directory to write")
+    qu.add_argument("--calib", type=Path, required=True,
+                    help="calibration frames: a data.yaml (its --calib-split) or an image folder")
+    qu.add_argument("--calib-count", type=int, default=64)
+    qu.add_argument("--calib-split", default="train")
+    qu.add_argument("--eval", type=Path, help="data.yaml to measure FP32 and INT8 mAP on")
+    qu.add_argument("--split", default="val", help="split of --eval (default val)")
+    qu.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    qu.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True)
+    qu.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=True,
+                    help="7-bit weights: no u8s8 saturation on CPUs without VNNI (default on)")
+    qu.add_argument("--format", choices=["qdq", "qoperator"], default="qdq")
+    qu.add_argument("--activation-type", choices=["uint8", "int8"], default="uint8")
+    qu.add_argument("--weight-type", choices=["int8", "uint8"], default="int8")
+    qu.add_argument("--exclude-head", choices=["decode", "output", "none"], default="decode",
+                    help="head nodes kept float (default: the whole decode after the last convs)")
+    qu.add_argument("--exclude", nargs="+", metavar="NODE", help="more node names kept float")
+    qu.add_argument("--version", type=int, help="new bundle version (default: source's + 1)")
+    qu.add_argument("--label", help="new bundle label (default: source's + '-int8')")
+    qu.add_argument("--threads", type=int, default=2, help="ORT threads for the timing")
+    qu.add_argument("--bench-rounds", type=int, default=5, help="timing rounds (0: no timing)")
     args = parser.parse_args(argv)
     if args.cmd == "train":
         return _train(args)
@@ -132,5 +225,7 @@ def main(argv: list[str]) -> int:
         return _collect(args.config)
     if args.cmd == "serve":
         return _serve(args.config, args.host, args.port)
+    if args.cmd == "quantize":
+        return _quantize(args)
     parser.error(f"unknown command {args.cmd}")
     return 2

@@ -109,6 +109,10 @@ class CollectorConfig(_Section):
     client_id: str = Field("lineguard-collector-1", pattern=CLIENT_ID_PATTERN)
     # Instances with the same group split the fleet's messages (MQTT 5 shared subscription).
     group: str = "collectors"
+    # Worker processes (validation is CPU-bound: one process uses one core). With K > 1
+    # the workers' client ids are `<client_id>-0` ... `<client_id>-<K-1>`; see
+    # cloud/collector/workers.py before lowering K.
+    workers: int = Field(1, ge=1, le=64)
     # How long the broker keeps the session (and queues for it) while we are away.
     session_expiry_s: int = Field(7 * 24 * 3600, ge=60, le=2**32 - 2)
     # MQTT 5 Receive Maximum: QoS 1 messages the broker may send us before our acks.

@@ -57,6 +57,17 @@ class TrainConfig:
     seed: int = 0
     workers: int = 0
     patience: int = 100
+    optimizer: str = "auto"
+    """Ultralytics optimizer name; "auto" lets it choose by iteration count."""
+    lr0: float | None = None
+    """Initial learning rate (None: Ultralytics' default for the optimizer)."""
+    warmup_epochs: float = 3.0
+    close_mosaic: int = 10
+    """Train the last N epochs without mosaic augmentation."""
+    serve_imgsz: int | None = None
+    """Input size of the bundle (default `imgsz`). A detector trained with scale
+    augmentation often finds thin defects better served a little larger than it trained;
+    the holdout metrics are measured at this size."""
     torch_threads: int | None = None
     holdout_yaml: Path | None = None
     """Dataset whose val split measures the bundle's metrics; default: `data_yaml`'s."""
@@ -111,8 +122,9 @@ def train_args(cfg: TrainConfig) -> dict[str, object]:
         "batch": cfg.batch, "nbs": cfg.batch, "device": "cpu", "workers": cfg.workers,
         "seed": cfg.seed, "deterministic": True, "plots": False, "amp": False,
         "project": str(cfg.work_dir.resolve()), "name": cfg.name, "exist_ok": True,
-        "patience": cfg.patience, "verbose": True,
-    }
+        "patience": cfg.patience, "verbose": True, "optimizer": cfg.optimizer,
+        "warmup_epochs": cfg.warmup_epochs, "close_mosaic": cfg.close_mosaic,
+    } | ({"lr0": cfg.lr0} if cfg.lr0 is not None else {})
 
 
 def train_detector(
@@ -169,18 +181,19 @@ def _bundle(
         code_revision=code_revision(),
         training_config={k: v for k, v in args.items()
                          if isinstance(v, str | int | float | bool) and k != "project"}
-        | {"model": Path(cfg.model).name},
+        | {"model": Path(cfg.model).name, "serve_imgsz": cfg.serve_imgsz or cfg.imgsz},
         parent_version=cfg.parent_version,
         created_at=datetime.now(UTC),
     )
     golden = _golden_images(holdout, cfg.golden_count)
+    serve = cfg.serve_imgsz or cfg.imgsz
 
     def build(out: Path, metrics: Metrics | None) -> Bundle:
         if out.exists():
             shutil.rmtree(out)
         return build_bundle(
             out, onnx_path, name=cfg.name, version=cfg.version, label=cfg.label,
-            classes=list(ds.names), input_hw=(cfg.imgsz, cfg.imgsz),
+            classes=list(ds.names), input_hw=(serve, serve),
             preprocess=PreprocessSpec(), lineage=lineage, golden_images=golden,
             metrics=metrics,
         )

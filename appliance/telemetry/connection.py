@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -127,18 +128,28 @@ class BrokerConnection:
                 self._client.connect_async(self._cfg.host, self._cfg.port, self._cfg.keepalive_s)
                 self._client.loop_start()
 
-    def stop(self, timeout_s: float = 2.0) -> None:
-        """Disconnect (no will is published) and end paho's thread."""
+    def stop(self, timeout_s: float = 2.0, *, publish_will: bool = False) -> None:
+        """Disconnect and end paho's thread. The broker publishes the last will only if
+        `publish_will` (an orderly stop whose own `offline` status was not acknowledged:
+        MQTT 5 asks for it in the DISCONNECT, 3.1.1 closes the socket without one)."""
         with self._lock:
             client, self._client = self._client, None
         if client is None:
             return
         self._stopping = True
-        client.disconnect()
-        deadline = time.monotonic() + timeout_s
-        while self._connected and time.monotonic() < deadline:
-            time.sleep(0.01)
-        client.loop_stop()
+        if publish_will and not self._v5:
+            client.loop_stop()
+            sock = client.socket()
+            if sock is not None:
+                sock.close()
+        else:
+            reason = ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message") \
+                if publish_will else None
+            client.disconnect(reasoncode=reason)
+            deadline = time.monotonic() + timeout_s
+            while self._connected and time.monotonic() < deadline:
+                time.sleep(0.01)
+            client.loop_stop()
         self._connected = False
         self._stopping = False
 

@@ -5,24 +5,23 @@ Threads:
   `submit(kind, build)`: an append to a bounded in-memory deque, never a wait. When the
   deque is full the message is refused and counted as dropped (by kind).
 - the worker ("telemetry-outbox") builds the messages, writes them to the outbox in one
-  short transaction per turn (together with the deletes of acknowledged rows), and feeds
-  the connection: live messages (written while connected) first, then the backlog (rows
-  written while disconnected or before a restart), oldest first, at most
-  `backlog_rate_per_s` and `backlog_inflight_max` at a time, all within `inflight_max`
-  unacknowledged messages.
+  short transaction per turn (together with the deletes of acknowledged rows and the
+  attempt counts of sent ones), and feeds the connection through a `SendWindow`
+  (sender.py): live messages first, then the backlog oldest first at a bounded rate,
+  within a bounded number of unacknowledged messages.
 - paho's network thread reports connects, disconnects and PUBACKs; it only leaves a note
   for the worker.
 
 Invariants:
 - Nothing is published that is not in the outbox; a row is deleted only after its PUBACK.
-- On one client a row is handed to paho once: paho itself re-sends unacknowledged
-  messages after a reconnect, so rows in flight are skipped by the backlog scan. A
-  process restart or a replaced client sends them again: duplicates are possible, losses
-  are not (consumers de-duplicate on `msg_id`).
-- A retained message older than one already published on its topic goes out without the
-  retain flag, so the broker's retained copy is always the newest.
+  A process restart or a replaced client sends unacknowledged rows again: duplicates are
+  possible, losses are not (consumers de-duplicate on `msg_id`).
 - A negative PUBACK (MQTT 5 reason >= 0x80) keeps the row: it is counted, logged, and
   sent again after the next reconnect.
+- Every loss is reported: `outbox.dropped` of a `metrics` message (`submit_metrics`)
+  counts the messages lost since the last `metrics` message that made it into the outbox,
+  so a loss report that is itself refused is carried into the next one.
+- On an orderly stop everything handed over is written to the outbox first.
 """
 
 from __future__ import annotations
@@ -40,8 +39,9 @@ from appliance.records import EventValue, Severity
 from appliance.telemetry.config import TelemetryConfig
 from appliance.telemetry.connection import BrokerConnection
 from appliance.telemetry.errors import OutboxUnavailable
-from appliance.telemetry.outbox import NewMessage, Outbox, OutboxRow, WriteResult
-from protocol import Message, Outgoing, ProtocolError, prepare
+from appliance.telemetry.outbox import NewMessage, Outbox, WriteResult
+from appliance.telemetry.sender import SendWindow
+from protocol import Message, MetricsMessage, OutboxStats, Outgoing, ProtocolError, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +51,7 @@ EventSink = Callable[[str, Severity, str, dict[str, EventValue]], None]
 """(kind, severity, message, data): an appliance event (recorded in the store)."""
 
 _IDLE_WAIT_S = 0.25
-_BACKLOG_CHUNK = 256
 _RETRY_MAX_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class _InFlight:
-    row_id: int
-    backlog: bool
 
 
 @dataclass(frozen=True)
@@ -66,6 +59,10 @@ class PublisherStats:
     """Counters since start, for the panel and tests."""
 
     connected: bool
+    protocol: str
+    """MQTT version of the client: "5" or "3.1.1"."""
+    connection_error: str | None
+    """Why the last connection attempt failed or ended (refused, unreachable, ...)."""
     outbox_depth: int
     pending: int
     inflight: int
@@ -108,30 +105,20 @@ class Publisher:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._closed = False
-        self._lock = threading.Lock()  # notes from paho, dropped counters
+        self._lock = threading.Lock()  # notes from paho, loss counters
         self._notes: list[tuple[str, int, bool, str]] = []
         self._dropped_window: Counter[str] = Counter()
         self._dropped_total: Counter[str] = Counter()
+        self._unreported = 0  # losses not yet carried by an admitted metrics message
         # worker-only state
-        self._up = False
-        self._live: deque[OutboxRow] = deque()
-        self._live_max = max(1000, 4 * cfg.inflight_max)
-        self._inflight: dict[int, _InFlight] = {}
-        self._inflight_rows: set[int] = set()
-        self._backlog_inflight = 0
-        self._backlog_end: int | None = None  # None: to be read at the next send
-        self._backlog_cursor = 0
-        self._backlog_buf: deque[OutboxRow] = deque()
-        self._tokens = 0.0
-        self._tokens_at = time.monotonic()
-        self._retained_high: dict[str, int] = {}
+        self._window = SendWindow(cfg, outbox, self.connection.publish)
+        self._reports: dict[str, int] = {}  # metrics msg_id -> losses it reports
+        self._carry: list[NewMessage] = []  # built, not yet written (a failed write)
         self._retry_at = 0.0
         self._retry_s = 0.0
         self._next_write_at = 0.0
         self._offline_alarmed = False
-        self._carry: list[NewMessage] = []  # built, not yet written (a failed write)
         self._thread: threading.Thread | None = None
-        self.published = 0
         self.acknowledged = 0
         self.rejected = 0
         self.duplicates = 0
@@ -152,6 +139,19 @@ class Publisher:
             self._wake.set()
         return True
 
+    def submit_metrics(self, message: MetricsMessage) -> bool:
+        """Hand a `metrics` message over; its `outbox` field (depth, and the losses not
+        yet reported) is filled in when it is written. False if refused."""
+        return self.submit("metrics", lambda: self._with_outbox_stats(message))
+
+    def _with_outbox_stats(self, message: MetricsMessage) -> MetricsMessage:
+        # On the worker: the depth is current and the report is tied to this msg_id.
+        with self._lock:  # what no other message of this batch reports already
+            dropped = max(0, self._unreported - sum(self._reports.values()))
+        self._reports[message.msg_id] = dropped
+        stats = OutboxStats(depth=self._outbox.depth, dropped=dropped)
+        return message.model_copy(update={"outbox": stats})
+
     def take_dropped(self) -> dict[str, int]:
         """Messages lost (refused or evicted) since the last call, by kind."""
         with self._lock:
@@ -163,11 +163,13 @@ class Publisher:
             dropped = dict(self._dropped_total)
         return PublisherStats(
             connected=self.connection.connected,
+            protocol=self.connection.protocol,
+            connection_error=self.connection.last_error,
             outbox_depth=self._outbox.depth,
             pending=len(self._pending),
-            inflight=len(self._inflight),
-            live_waiting=len(self._live),
-            published=self.published,
+            inflight=len(self._window.inflight),
+            live_waiting=len(self._window.live),
+            published=self._window.published,
             acknowledged=self.acknowledged,
             rejected=self.rejected,
             duplicates=self.duplicates,
@@ -180,6 +182,11 @@ class Publisher:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread runs (the outbox must not be closed under it)."""
+        return self._thread is not None and self._thread.is_alive()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -226,37 +233,39 @@ class Publisher:
         with self._lock:
             self._dropped_window.update(dropped)
             self._dropped_total.update(dropped)
+            self._unreported += sum(dropped.values())
 
     # ------------------------------------------------------------------ worker
     def _run(self) -> None:
         acked: list[int] = []
         sent: list[int] = []
         grace_until: float | None = None
-        hard_until: float | None = None
+        hard_until = 0.0
+        window = self._window
         while True:
             hold_s = self._hold_s()
             if hold_s > 0.0:  # batch writes: producers do not wake us during this
                 self._stopping.wait(hold_s)
             else:
-                self._wake.wait(self._wait_s())
+                self._wake.wait(0.01 if self._stopping.is_set() else self._wait_s())
             self._wake.clear()
             now = time.monotonic()
             if self._stopping.is_set() and grace_until is None:
                 grace_until = now + self._cfg.stop_grace_s
                 hard_until = now + max(self._cfg.stop_grace_s, 10.0)
             if grace_until is None and self.connection.supervise():
-                self._forget_inflight()
+                window.forget()
             self._handle_notes(acked)
             self._watch_offline()
             self._carry.extend(self._build_pending())
             due = now >= self._retry_at and (now >= self._next_write_at or bool(grace_until))
             if (self._carry or acked or sent) and due and self._write(acked, sent):
                 acked, sent = [], []
-            if self._up:
-                sent.extend(self._fill_window(now))
-            if grace_until is not None and hard_until is not None:
+            if window.up:
+                sent.extend(window.fill(now))
+            if grace_until is not None:
                 unwritten = bool(self._pending or self._carry)
-                settled = not self._up or (not self._live and not self._inflight)
+                settled = not window.up or (not window.live and not window.inflight)
                 if (not unwritten and (settled or now >= grace_until)) or now >= hard_until:
                     break
         if acked or sent or self._carry:
@@ -271,20 +280,9 @@ class Publisher:
         return max(self._retry_at, self._next_write_at) - time.monotonic()
 
     def _wait_s(self) -> float:
-        if self._stopping.is_set():
-            return 0.01
         if self._pending or self._carry:
             return 0.0
-        if self._up and self._backlog_waiting() and len(self._inflight) < self._cfg.inflight_max:
-            if self._tokens < 1.0:
-                return min(_IDLE_WAIT_S, (1.0 - self._tokens) / self._cfg.backlog_rate_per_s)
-            if self._backlog_inflight < self._cfg.backlog_inflight_max:
-                return 0.0
-        return _IDLE_WAIT_S
-
-    def _backlog_waiting(self) -> bool:
-        end = self._backlog_end
-        return end is None or bool(self._backlog_buf) or self._backlog_cursor < end
+        return self._window.wait_s(_IDLE_WAIT_S)
 
     def _build_pending(self) -> list[NewMessage]:
         built: list[NewMessage] = []
@@ -322,69 +320,43 @@ class Publisher:
 
     def _admitted(self, result: WriteResult) -> None:
         self.duplicates += result.duplicates
-        if result.dropped:
+        reported = sum(self._reports.get(r.msg_id, 0) for r in result.admitted)
+        self._reports.clear()  # a refused metrics message reported nothing
+        if result.dropped or reported:
             self._count_dropped(result.dropped)
-        if result.evicted_ids:
-            gone = set(result.evicted_ids)
-            self._live = deque(r for r in self._live if r.id not in gone)
-            self._backlog_buf = deque(r for r in self._backlog_buf if r.id not in gone)
-        if self._up and self._backlog_end is not None:
-            self._live.extend(result.admitted)
-            if len(self._live) > self._live_max:  # the broker is slow: the backlog takes over
-                self._backlog_end = max(self._backlog_end, self._live[-1].id)
-                self._live.clear()
+            with self._lock:
+                self._unreported -= reported
+        self._window.admitted(result.admitted, result.evicted_ids)
 
     def _handle_notes(self, acked: list[int]) -> None:
         with self._lock:
             notes, self._notes = self._notes, []
+        window = self._window
         for kind, mid, ok, reason in notes:
             if kind == "up":
-                self._up = True
-                self._backlog_end = None
-                self._backlog_cursor = 0
-                self._backlog_buf.clear()
-                self._live.clear()
-                self._tokens = 0.0
-                self._tokens_at = time.monotonic()
+                window.connected()
                 if self._offline_alarmed:
                     self._offline_alarmed = False
                     self._event("telemetry_online", "info",
                                 f"MQTT broker reachable again; {self._outbox.depth} messages "
                                 "in the outbox are being sent", outbox_depth=self._outbox.depth)
             elif kind == "down":
-                self._up = False
-                self._live.clear()
-                self._backlog_buf.clear()
-                self._backlog_end = None
+                window.disconnected()
+            elif (entry := window.acknowledged(mid)) is None:
+                continue  # the status, or a message of a replaced client
+            elif ok:
+                acked.append(entry.row_id)
+                self.acknowledged += 1
             else:
-                entry = self._inflight.pop(mid, None)
-                if entry is None:
-                    continue  # the status, or a message of a replaced client
-                self._inflight_rows.discard(entry.row_id)
-                if entry.backlog:
-                    self._backlog_inflight -= 1
-                if ok:
-                    acked.append(entry.row_id)
-                    self.acknowledged += 1
-                else:
-                    self.rejected += 1
-                    self.last_error = f"broker refused outbox row {entry.row_id}: {reason}"
-                    logger.error("broker refused outbox row %d (%s); kept for the next "
-                                 "connection", entry.row_id, reason)
-
-    def _forget_inflight(self) -> None:
-        # A new client: the old one's session (and its unacknowledged messages) is gone.
-        self._inflight.clear()
-        self._inflight_rows.clear()
-        self._backlog_inflight = 0
-        self._up = False
-        self._live.clear()
-        self._backlog_buf.clear()
-        self._backlog_end = None
+                self.rejected += 1
+                self.last_error = f"broker refused outbox row {entry.row_id}: {reason}"
+                logger.error("broker refused outbox row %d (%s); kept for the next "
+                             "connection", entry.row_id, reason)
 
     def _watch_offline(self) -> None:
         down_s = self.connection.down_for_s()
-        if not self._up and not self._offline_alarmed and down_s > self._cfg.offline_alarm_s:
+        if not self._window.up and not self._offline_alarmed and \
+                down_s > self._cfg.offline_alarm_s:
             self._offline_alarmed = True
             self._event("telemetry_offline", "warning",
                         f"MQTT broker {self._cfg.host}:{self._cfg.port} unreachable for "
@@ -398,71 +370,3 @@ class Publisher:
             self._on_event(kind, severity, message, data)
         except Exception:  # an event sink must not stop the outbox
             logger.exception("could not record telemetry event %s", kind)
-
-    # ------------------------------------------------------------------ sending
-    def _fill_window(self, now: float) -> list[int]:
-        sent: list[int] = []
-        cap = self._cfg.inflight_max
-        while self._live and len(self._inflight) < cap:
-            row = self._live.popleft()
-            if not self._send(row, backlog=False):
-                self._live.appendleft(row)
-                return sent
-            sent.append(row.id)
-        if self._backlog_end is None:
-            try:
-                self._backlog_end = self._outbox.max_id()
-            except OutboxUnavailable as e:
-                logger.warning("%s", e)
-                return sent
-            self._backlog_cursor = 0
-        rate = self._cfg.backlog_rate_per_s
-        self._tokens = min(float(self._cfg.backlog_inflight_max),
-                           self._tokens + (now - self._tokens_at) * rate)
-        self._tokens_at = now
-        while (len(self._inflight) < cap and self._tokens >= 1.0
-               and self._backlog_inflight < self._cfg.backlog_inflight_max):
-            if not self._backlog_buf:
-                if self._backlog_cursor >= self._backlog_end:
-                    break
-                try:
-                    rows = self._outbox.backlog(self._backlog_cursor, self._backlog_end,
-                                                _BACKLOG_CHUNK)
-                except OutboxUnavailable as e:
-                    logger.warning("%s", e)
-                    break
-                if not rows:
-                    self._backlog_cursor = self._backlog_end
-                    break
-                self._backlog_cursor = rows[-1].id
-                self._backlog_buf.extend(r for r in rows if r.id not in self._inflight_rows)
-                continue
-            row = self._backlog_buf.popleft()
-            if row.id in self._inflight_rows:
-                continue
-            if not self._send(row, backlog=True):
-                self._backlog_buf.appendleft(row)
-                break
-            self._tokens -= 1.0
-            sent.append(row.id)
-        return sent
-
-    def _send(self, row: OutboxRow, *, backlog: bool) -> bool:
-        retain = row.retain
-        if retain:
-            if row.id < self._retained_high.get(row.topic, 0):
-                retain = False  # a newer one is already the broker's retained copy
-            else:
-                self._retained_high[row.topic] = row.id
-        mid = self.connection.publish(row.topic, row.payload, row.qos, retain)
-        if mid is None:
-            return False
-        stale = self._inflight.pop(mid, None)
-        if stale is not None:  # mid wrapped around a message paho still holds
-            self._inflight_rows.discard(stale.row_id)
-            self._backlog_inflight -= int(stale.backlog)
-        self._inflight[mid] = _InFlight(row.id, backlog)
-        self._inflight_rows.add(row.id)
-        self._backlog_inflight += int(backlog)
-        self.published += 1
-        return True

@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from appliance.errors import ConfigError
 from appliance.records import EventRecord, EventValue, InspectionRecord, Severity
 from appliance.telemetry.config import TelemetryConfig
 from appliance.telemetry.messages import (
@@ -52,6 +53,7 @@ from protocol import (
     ModelRef,
     ModelReport,
     Outgoing,
+    ProtocolError,
     StatusMessage,
     UpdateProgress,
     last_will,
@@ -76,7 +78,7 @@ class Telemetry:
     """See the module docstring. `stats_source` gives the gauges (None: report counts
     only); `record_event` records telemetry's own events (the store's `record_event`).
     Raises TelemetryError from `start` if the outbox or the TLS files cannot be opened;
-    the constructor raises ProtocolError for a site or line id the topics cannot take.
+    the constructor raises ConfigError for a site or line id the topics cannot take.
     """
 
     def __init__(
@@ -92,8 +94,11 @@ class Telemetry:
         app_version: str | None = None,
     ) -> None:
         self.cfg = cfg
-        self.site = validate_id(site, "site")
-        self.line = validate_id(line, "line")
+        try:
+            self.site = validate_id(site, "site")
+            self.line = validate_id(line, "line")
+        except ProtocolError as e:
+            raise ConfigError(f"telemetry: {e} (site and line become MQTT topic levels)") from e
         self._db_path = db_path
         self._stats_source = stats_source
         self._clock = clock
@@ -121,11 +126,15 @@ class Telemetry:
         if self._publisher is not None:
             return
         cfg = self.cfg
+        if not cfg.enabled:
+            logger.info("telemetry disabled (telemetry.enabled: false)")
+            return
         self._outbox = Outbox(self._db_path, max_rows=cfg.outbox_max_rows,
                               hard_max_rows=cfg.outbox_hard_max_rows,
                               busy_timeout_ms=cfg.busy_timeout_ms)
         self._started_at = utc(self._clock())
         self._window_start = time.monotonic()
+        self._stop.clear()
         self._read_gauges()
         publisher = Publisher(cfg, self._outbox, client_id=self._client_id, will=self._will,
                               first_message=self._online_status, on_event=self._event,
@@ -155,10 +164,11 @@ class Telemetry:
         self._close_window()
         publisher.stop(timeout_s)
         offline = prepare(self._status("offline", "shutdown"))
-        if not publisher.connection.publish_and_wait(offline, timeout_s=1.0):
+        said_offline = publisher.connection.publish_and_wait(offline, timeout_s=1.0)
+        if not said_offline:
             logger.info("offline status not acknowledged; the broker publishes the last will")
-        publisher.connection.stop()
-        if self._outbox is not None:
+        publisher.connection.stop(publish_will=not said_offline)
+        if self._outbox is not None and not publisher.alive:
             self._outbox.close()
         self._publisher = None
 
@@ -170,6 +180,8 @@ class Telemetry:
     def on_verdict(self, record: InspectionRecord) -> None:
         """The pipeline's verdict sink: counts the verdict, and hands a `fail` over as an
         `events/defect` message. A few microseconds; never blocks."""
+        if not self.cfg.enabled:
+            return
         self.window.add(record)
         if record.verdict == "fail" and record.defects:
             self.publish_defect(record)
@@ -245,6 +257,7 @@ class Telemetry:
         publisher.connection.publish(out.topic, out.payload, out.qos, out.retain)
 
     def _metrics(self, window_s: float) -> MetricsMessage:
+        # `outbox` is filled in by the publisher when the message is written.
         publisher = self._publisher
         counts = self.window.take()
         dropped = publisher.take_dropped() if publisher is not None else {}
@@ -256,10 +269,8 @@ class Telemetry:
                         {f"dropped_{k.replace('/', '_')}": n for k, n in dropped.items()})
         return build_metrics(
             site=self.site, line=self.line, msg_id=new_msg_id(), sent_at=utc(self._clock()),
-            window_s=window_s, counts=counts, gauges=self._gauges,
-            outbox_depth=self._outbox.depth if self._outbox is not None else 0,
-            outbox_dropped=sum(dropped.values()),
-            telemetry_pending=publisher.pending if publisher is not None else 0,
+            window_s=window_s, counts=counts, gauges=self._gauges, outbox_depth=0,
+            outbox_dropped=0, telemetry_pending=publisher.pending if publisher else 0,
         )
 
     def _close_window(self) -> None:
@@ -271,7 +282,7 @@ class Telemetry:
             logger.error("metrics message could not be built: %s", e)
             return
         if self._publisher is not None:
-            self._publisher.submit("metrics", lambda: message)
+            self._publisher.submit_metrics(message)
 
     # ------------------------------------------------------------------ ticker
     def _read_gauges(self) -> None:
@@ -318,5 +329,8 @@ class Telemetry:
     ) -> None:
         if self._record_event is None:
             return
-        self._record_event(EventRecord(at=self._clock(), kind=kind, severity=severity,
-                                       source="telemetry", message=message, data=data))
+        try:
+            self._record_event(EventRecord(at=self._clock(), kind=kind, severity=severity,
+                                           source="telemetry", message=message, data=data))
+        except Exception:  # e.g. the store stopped first: the event is logged instead
+            logger.exception("could not record telemetry event %s: %s", kind, message)

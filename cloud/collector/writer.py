@@ -99,26 +99,25 @@ class BatchWriter:
 
     def _run(self) -> None:
         while True:
-            if self._stop.is_set() and (
-                self._drain_left <= 0 or time.monotonic() > self._drain_deadline
-            ):
+            stopping = self._stop.is_set()
+            if stopping and (self._drain_left <= 0 or time.monotonic() > self._drain_deadline):
                 return
-            batch = self._take()
+            limit = min(self._batch_max, self._drain_left) if stopping else self._batch_max
+            batch = self._take(limit, linger=not stopping)
+            if stopping:
+                if not batch:
+                    return  # the queue is empty: everything there at stop time is done
+                self._drain_left -= len(batch)
             if batch:
                 self._process(batch)
-                if self._stop.is_set():
-                    self._drain_left -= len(batch)
 
-    def _take(self) -> list[Delivery]:
-        limit = self._batch_max
-        if self._stop.is_set():
-            limit = min(limit, self._drain_left)
+    def _take(self, limit: int, *, linger: bool) -> list[Delivery]:
         try:
             first = self._queue.get(timeout=_POLL_S)
         except queue.Empty:
             return []
         batch = [first]
-        linger_until = time.monotonic() + self._linger_s
+        linger_until = time.monotonic() + (self._linger_s if linger else 0.0)
         while len(batch) < limit:
             try:
                 batch.append(self._queue.get_nowait())

@@ -34,8 +34,12 @@ Row = tuple[object, ...]
 
 
 def to_ms(value: datetime) -> int:
-    """Milliseconds since the Unix epoch of an aware datetime (floored)."""
-    return (value - _EPOCH) // _MS
+    """Milliseconds since the Unix epoch of an aware datetime (floored).
+
+    Exact: the float timestamp is rounded to whole microseconds (which it holds exactly
+    up to year 2255) before the integer division.
+    """
+    return round(value.timestamp() * 1_000_000) // 1000
 
 
 def from_ms(value: int) -> datetime:

@@ -66,7 +66,7 @@ _V1: Final = [
         received_at_ms BIGINT NOT NULL,
         stored_at_ms BIGINT NOT NULL
     )""",
-    "CREATE INDEX messages_line_sent ON messages (site, line, sent_at_ms)",
+    # no index on messages: it is the de-duplication log, read by msg_id only
     """CREATE TABLE status_events (
         msg_id TEXT PRIMARY KEY,
         site TEXT NOT NULL,
@@ -194,6 +194,9 @@ _V1: Final = [
 MIGRATIONS: Final[tuple[tuple[int, list[str]], ...]] = ((1, _V1),)
 
 # ---- writes (one transaction per batch)
+
+# Which of a batch's ids are stored already; the caller appends the IN list's placeholders.
+SELECT_KNOWN_IDS: Final = "SELECT msg_id FROM messages WHERE msg_id IN ({placeholders})"
 
 INSERT_MESSAGE: Final = """
 INSERT INTO messages (msg_id, kind, schema_id, site, line, sent_at_ms, received_at_ms,

@@ -52,10 +52,14 @@ from cloud.fleet.views import (
     MetricsPoint,
     QuarantineSummary,
 )
+from protocol import COMMAND_KINDS
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Ids per `IN (...)` lookup: well under SQLite's 32766 bound parameters.
+_IN_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,10 +205,18 @@ class FleetStore:
     ) -> IngestResult:
         conn = self._conn
         conn.execute(sql.BEGIN_WRITE)
+        # The write lock is held from BEGIN IMMEDIATE, so what is known now stays true
+        # until COMMIT. (With PostgreSQL, concurrent collectors could both see an id as
+        # new: the ON CONFLICT clauses still store it once; only the counts could be off.)
+        known = self._known_ids(conn, [item.message.msg_id for item, _ in prepared])
         new: list[tuple[Received, MessageRows]] = []
         for item, rows in prepared:
-            if conn.execute(sql.INSERT_MESSAGE, rows.message).rowcount == 1:
+            msg_id = item.message.msg_id
+            if msg_id not in known:
+                known.add(msg_id)  # a second copy within the batch is a duplicate too
                 new.append((item, rows))
+        if new:
+            conn.executemany(sql.INSERT_MESSAGE, [rows.message for _, rows in new])
         tables: list[tuple[str, list[Row]]] = [
             (sql.INSERT_STATUS, [r.status for _, r in new if r.status]),
             (sql.INSERT_METRICS, [r.metrics for _, r in new if r.metrics]),
@@ -230,11 +242,22 @@ class FleetStore:
         )
 
     @staticmethod
+    def _known_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
+        known: set[str] = set()
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start:start + _IN_CHUNK]
+            query = sql.SELECT_KNOWN_IDS.format(placeholders=", ".join("?" * len(chunk)))
+            known.update(row[0] for row in conn.execute(query, chunk))
+        return known
+
+    @staticmethod
     def _update_lines(
         conn: sqlite3.Connection, valid: list[Received], new: list[Received]
     ) -> None:
         seen: dict[tuple[str, str], tuple[int, int]] = {}
         for item in valid:  # a redelivered duplicate still shows the line is alive
+            if item.message.KIND in COMMAND_KINDS:
+                continue  # sent *to* the line by the cloud: says nothing about the line
             key = (item.message.site, item.message.line)
             first, last = seen.get(key, (item.received_at_ms, item.received_at_ms))
             seen[key] = (min(first, item.received_at_ms), max(last, item.received_at_ms))

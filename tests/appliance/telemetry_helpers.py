@@ -124,7 +124,10 @@ class Collector:
     def connect(self, timeout_s: float = 10.0) -> None:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = 600
-        self.client.connect(HOST, self.port, keepalive=30, properties=properties)
+        # clean_start False from the first connect: mosquitto 2.0 does not keep (through a
+        # restart) the session of a client that ever connected with clean_start True
+        self.client.connect(HOST, self.port, keepalive=30, clean_start=False,
+                            properties=properties)
         self.client.loop_start()
         if not self.connected.wait(timeout_s):
             raise TimeoutError(f"collector did not connect to {HOST}:{self.port}")

@@ -16,12 +16,12 @@ def test_demo_runs_the_pipeline_and_prints_fails_and_a_summary(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bundle = tiny_bundle(tmp_path)
-    assert main(["--bundle", str(bundle.root), "--frames", "12", "--data-dir",
+    assert main(["--bundle", str(bundle.root), "--frames", "6", "--data-dir",
                  str(tmp_path / "data")]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("bundle tiny v1 (tiny-v1) classes=dent,scratch,stain; 12 parts")
+    assert out.startswith("bundle tiny v1 (tiny-v1) classes=dent,scratch,stain; 6 parts")
     assert "FAIL  found [dent" in out  # the tiny model flags every textured part
-    assert "12 parts: " in out and "defective parts caught" in out
+    assert "6 parts: " in out and "defective parts caught" in out
     assert "model tiny:1 (tiny-v1) on CPUExecutionProvider" in out
     assert (tmp_path / "data" / "lineguard.db").is_file()
 

@@ -117,3 +117,40 @@ def test_a_bundle_that_fails_to_load_leaves_the_running_model(
     assert len(records.records) == 60
     assert {r.model_version for r in records.records} == {"tiny:1"}
     assert not [e for e in events.events if e.kind == "model_change"]
+
+
+def test_a_batch_taken_before_a_swap_to_a_smaller_fixed_batch_is_split(
+    tmp_path: Path, bundles: tuple[Bundle, Bundle]
+) -> None:
+    from appliance.capture import Frame
+    from appliance.intake import Job
+    from models.golden import build_bundle
+    from tests.models.onnx_builders import (
+        build_yolo_raw_model,
+        simple_raw_detections,
+        tiny_lineage,
+    )
+
+    boxes, scores = simple_raw_detections(3)
+    onnx_path = build_yolo_raw_model(tmp_path / "fixed2.onnx", boxes, scores, batch=2)
+    fixed = build_bundle(tmp_path / "fixed", onnx_path, name="fixed", version=2, label="f",
+                         classes=["dent", "scratch", "stain"], input_hw=(64, 64),
+                         lineage=tiny_lineage(),  # type: ignore[arg-type]
+                         golden_images=[WHITE], providers=["cpu"])
+    engine = engine_for()
+    store = make_store(tmp_path)
+    pipeline, records, _ = make_pipeline([Station("cam", ReplaySource([WHITE]))], store,
+                                         engine.load(bundles[0]), engine)
+    jobs = [(float(i), Job(Frame(f"cam:{i}", "cam", i, 0.0, None, WHITE), WHITE, (0, 0), 0.0))
+            for i in range(5)]
+    for _, job in jobs:
+        pipeline.book.open(job.frame)
+    pipeline.activate(engine.load(fixed))  # after the engine "took" 5 frames
+    stages = pipeline._stages
+    stages._run_batch(jobs)
+    while not stages.post_q.empty():
+        stages.finish(stages.post_q.get())  # type: ignore[arg-type]
+    store.stop()
+    assert len(records.records) == 5
+    assert {(r.verdict, r.model_version) for r in records.records} == {("fail", "fixed:2")}
+    assert all(defect_set(r) == RAW_WHITE_DEFECTS for r in records.records)

@@ -4,15 +4,17 @@ defect events, status, gauges from pipeline statistics, and the config."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from appliance.engine import ModelInfo
+from appliance.errors import ConfigError
 from appliance.records import DefectRecord
 from appliance.stats import PipelineStats, StationStats
-from appliance.telemetry import Gauges, TelemetryConfig
+from appliance.telemetry import Gauges, Telemetry, TelemetryConfig
 from appliance.telemetry.gauges import gauges_from_stats, model_ref
 from appliance.telemetry.messages import (
     defect_event,
@@ -232,3 +234,20 @@ def test_config_is_strict_and_keeps_secrets_out_of_sight() -> None:
 def test_records_keep_no_image_in_defect_facts() -> None:
     facts = defect_facts(record(1, "fail", with_image=True))
     assert not any(isinstance(getattr(facts, s), np.ndarray) for s in facts.__slots__)
+
+
+def test_site_and_line_must_fit_a_topic(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="site"):
+        Telemetry(TelemetryConfig(), tmp_path / "x.db", site="Plant 1", line=LINE)
+    with pytest.raises(ConfigError, match="line"):
+        Telemetry(TelemetryConfig(), tmp_path / "x.db", site=SITE, line="a/b")
+
+
+def test_disabled_telemetry_does_nothing(tmp_path: Path) -> None:
+    telemetry = Telemetry(TelemetryConfig(enabled=False), tmp_path / "none.db", site=SITE,
+                          line=LINE)
+    telemetry.start()  # no database needed, nothing started
+    telemetry.on_verdict(record(1, "fail"))
+    assert telemetry.stats() is None and telemetry.window.take().parts == 0
+    assert not telemetry.publish_model(MODEL)
+    telemetry.stop()

@@ -80,7 +80,8 @@ def test_broker_outage_loses_nothing_and_never_blocks(tmp_path: Path) -> None:
     collector = Collector(broker.port)
     events: list[str] = []
     telemetry = Telemetry(
-        telemetry_cfg(broker.port), migrated_db(tmp_path),
+        telemetry_cfg(broker.port, offline_alarm_s=min(10.0, OUTAGE_S / 2)),
+        migrated_db(tmp_path),
         lambda: Gauges(model=MODEL, sources={"top": "streaming", "side": "streaming"}),
         site=SITE, line=LINE, record_event=lambda e: events.append(e.kind),
     )
@@ -153,6 +154,7 @@ def test_broker_outage_loses_nothing_and_never_blocks(tmp_path: Path) -> None:
     stats = telemetry.stats()
     assert stats is not None and stats.outbox_depth == 0 and stats.rejected == 0
     assert not collector.errors
+    assert events == ["telemetry_offline", "telemetry_online"]  # recorded in the store
     print(f"outage {OUTAGE_S:.0f} s: {n} events, {len(producer.updates)} model reports, "
           f"{len(metrics)} metrics windows, {duplicates} duplicates, "
           f"{stats.published} published; events: {events}")

@@ -6,6 +6,7 @@ follow the contract as it evolves. Every wait here is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -96,6 +97,11 @@ def drift(site: str = "plant1", line: str = "line-1", sent_at: datetime = T0) ->
     return msg
 
 
+def command(site: str = "plant1", line: str = "line-1", sent_at: datetime = T0) -> Message:
+    msg: Message = _fresh(_example("cmd/update"), site, line, sent_at)
+    return msg
+
+
 def wire(message: Message) -> tuple[str, bytes]:
     """(topic, payload) of a message."""
     out = prepare(message)
@@ -168,9 +174,23 @@ class CollectorProcess:
     def log_text(self) -> str:
         return self.log.read_text("utf-8", errors="replace") if self.log.exists() else ""
 
+    def children(self) -> list[int]:
+        """Pids of the worker processes (with `collector.workers` > 1)."""
+        if self.process is None:
+            return []
+        pid = self.process.pid
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+                return [int(p) for p in f.read().split()]
+        except OSError:
+            return []
+
     def kill(self) -> None:
-        """SIGKILL: no flush, no ack, no disconnect."""
+        """SIGKILL (workers too): no flush, no ack, no disconnect."""
         if self.process is not None and self.process.poll() is None:
+            for child in self.children():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
             self.process.kill()
             self.process.wait(timeout=10)
         self.process = None

@@ -4,6 +4,8 @@ session, QoS 1, ack after commit) and stores nothing twice; SIGTERM stops in ord
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import time
 
 import pytest
@@ -23,7 +25,7 @@ def wait_ready(probe: MqttProbe, db, timeout_s: float = START_S) -> None:
         sentinel = h.metrics(line="sentinel")
         probe.publish(*h.wire(sentinel))
         try:
-            h.wait_for(lambda: sentinel.msg_id in h.stored_ids(db), 1.0, "sentinel")
+            h.wait_for(lambda sid=sentinel.msg_id: sid in h.stored_ids(db), 1.0, "sentinel")
             return
         except TimeoutError:
             continue
@@ -108,11 +110,43 @@ def test_sigterm_commits_and_acks_then_exits_zero(tmp_path):
         broker.stop()
 
 
-def test_a_config_without_collector_section_is_refused(tmp_path):
-    config = tmp_path / "cloud.yaml"
-    config.write_text(f"store: {{path: {tmp_path / 'f.db'}}}\n", "utf-8")
+def test_workers_share_the_load_and_a_killed_worker_is_restarted(tmp_path):
+    broker = start_broker(tmp_path, h.BROKER_CONF)
+    db = tmp_path / "fleet.db"
+    config = h.write_config(tmp_path / "cloud.yaml", broker.port, db, client_id="c-pool",
+                            workers=2)
     proc = h.CollectorProcess(config, tmp_path / "collector.log")
-    proc.start()
-    assert proc.process is not None
-    assert proc.process.wait(timeout=START_S) == 2
-    assert "no `collector` section" in proc.log_text()
+    probe = MqttProbe(broker.port, "line-sim")
+    try:
+        assert not probe.connect().is_failure
+        proc.start()
+        h.wait_for(lambda: len(proc.children()) == 2, START_S, "2 workers")
+        # Both workers must have subscribed before the load, or one gets it all.
+        h.wait_for(lambda: proc.log_text().count("subscribed to") == 2, START_S,
+                   "2 subscriptions")
+        first = mixed_messages(200, "line-1")
+        for message in first:
+            probe.publish(*h.wire(message))
+        h.wait_for(lambda: {m.msg_id for m in first} <= set(h.stored_ids(db)), START_S,
+                   "first 200")
+        per_worker = dict(h.query(db, "SELECT collector_id, value FROM counters "
+                                      "WHERE name = 'stored'"))
+        assert set(per_worker) == {"c-pool-0", "c-pool-1"}, per_worker
+        assert sum(per_worker.values()) == 200
+        victim = proc.children()[0]
+        os.kill(victim, signal.SIGKILL)
+        second = mixed_messages(200, "line-2")
+        for message in second:
+            probe.publish(*h.wire(message))
+        h.wait_for(lambda: {m.msg_id for m in second} <= set(h.stored_ids(db)), START_S,
+                   "second 200, including the killed worker's share after its restart")
+        assert "restarting in" in proc.log_text()
+        ids = h.stored_ids(db)
+        assert len(ids) == len(set(ids)) == 400
+        workers = proc.children()
+        assert proc.terminate() == 0
+        assert not [pid for pid in workers if os.path.exists(f"/proc/{pid}")]
+    finally:
+        proc.kill()
+        probe.close()
+        broker.stop()

@@ -48,6 +48,13 @@ def test_every_kind_is_stored_once_and_redelivery_is_a_duplicate(store):
     assert c.counters == {"received": 11, "stored": 5, "duplicates": 6}
 
 
+def test_commands_are_logged_but_do_not_make_a_line(store):
+    cmd = h.command(line="line-9")
+    assert store.ingest([rec(cmd)], collector_id="c1").stored == 1
+    assert h.query(store.path, "SELECT kind FROM messages") == [("cmd/update",)]
+    assert store.line("plant1", "line-9") is None
+
+
 def test_line_state_follows_event_time_not_arrival(store):
     t = h.T0
     online = h.status(sent_at=t + timedelta(seconds=10))

@@ -74,6 +74,33 @@ def neu_det_bundle(out_dir: Path, input_hw: tuple[int, int] = (224, 224)) -> Bun
     )
 
 
+DEMO_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "demo" / "bundle"
+
+
+def demo_bundle(out_dir: Path, input_hw: tuple[int, int] | None = None) -> Bundle:
+    """The shipped demo bundle; at another input size, its ONNX rebuilt as a bundle."""
+    from models.bundle import load_bundle
+    from models.golden import build_bundle
+
+    shipped = load_bundle(DEMO_BUNDLE)
+    if input_hw is None:
+        return shipped
+    m = shipped.manifest
+    return build_bundle(
+        out_dir, shipped.model_path, name=m.name, version=m.version, label=m.label,
+        classes=m.classes, input_hw=input_hw, lineage=m.lineage,
+        golden_images=[read_image(p) for p in sorted((DEMO_BUNDLE / "golden").glob("*.png"))],
+        providers=["cpu"],
+    )
+
+
+def linesim_holdout(work: Path) -> Path:
+    """A linesim holdout the demo detector never saw (seed 1; it trained on seed 0)."""
+    from linesim import LineConfig, export_yolo
+
+    return export_yolo(work / "linesim-holdout", LineConfig(seed=1), n_train=0, n_val=120)
+
+
 @dataclass(frozen=True)
 class ParityCase:
     """One bundle + dataset to hold against Ultralytics.
@@ -96,7 +123,8 @@ class ParityCase:
 
 PARITY_CASES = [
     ParityCase("neu-det-yolo11n", neu_det_bundle, NEU_DET_DATA / "data.yaml", (NEU_DET_ONNX,)),
-    # ParityCase("demo", demo_bundle_factory, demo_data_yaml_factory, (...,)),
+    ParityCase("demo", demo_bundle, linesim_holdout, (DEMO_BUNDLE,),
+               non_square_input_hw=(192, 256)),
 ]
 
 

@@ -1,0 +1,197 @@
+"""What to hand the broker next: live messages first, then the backlog at a bounded rate,
+within a bounded window of unacknowledged messages. Used by the publisher's worker only
+(not thread-safe).
+
+- Live rows are those written to the outbox while connected (after the connect was
+  noticed); they wait in memory for room in the window.
+- The backlog is every row with an id up to the newest one at the time of the connect,
+  read from the outbox in id order (oldest first), at most `backlog_rate_per_s` per
+  second and `backlog_inflight_max` at a time.
+- A row in flight is never handed over again on the same client (paho re-sends it after
+  a reconnect); `forget` drops that knowledge when the client is replaced.
+- Retained messages: one older than a row already sent retained on its topic is sent
+  without the retain flag, so the broker keeps the newest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from appliance.telemetry.config import TelemetryConfig
+from appliance.telemetry.errors import OutboxUnavailable
+from appliance.telemetry.outbox import Outbox, OutboxRow
+
+logger = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes, int, bool], "int | None"]
+"""(topic, payload, qos, retain) -> mid, or None if the client did not take it."""
+
+_BACKLOG_CHUNK = 256
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A row handed to the client, waiting for its PUBACK."""
+
+    row_id: int
+    backlog: bool
+
+
+class SendWindow:
+    """See the module docstring."""
+
+    def __init__(self, cfg: TelemetryConfig, outbox: Outbox, publish: Publish) -> None:
+        self._cfg = cfg
+        self._outbox = outbox
+        self._publish = publish
+        self.up = False
+        self.live: deque[OutboxRow] = deque()
+        self._live_max = max(1000, 4 * cfg.inflight_max)
+        self.inflight: dict[int, InFlight] = {}
+        self._inflight_rows: set[int] = set()
+        self._backlog_inflight = 0
+        self._backlog_end: int | None = None  # None: read it before the next send
+        self._backlog_cursor = 0
+        self._backlog_buf: deque[OutboxRow] = deque()
+        self._tokens = 0.0
+        self._tokens_at = time.monotonic()
+        self._retained_high: dict[str, int] = {}
+        self.published = 0
+
+    # ------------------------------------------------------------------ connection
+    def connected(self) -> None:
+        """A new connection: everything in the outbox now is the backlog."""
+        self.up = True
+        self._reset_backlog()
+        self._tokens = 0.0
+        self._tokens_at = time.monotonic()
+
+    def disconnected(self) -> None:
+        """Rows waiting in memory are in the outbox; the next connect reads them back."""
+        self.up = False
+        self._reset_backlog()
+
+    def forget(self) -> None:
+        """The client was replaced: its unacknowledged messages are gone."""
+        self.inflight.clear()
+        self._inflight_rows.clear()
+        self._backlog_inflight = 0
+        self.disconnected()
+
+    def _reset_backlog(self) -> None:
+        self.live.clear()
+        self._backlog_buf.clear()
+        self._backlog_end = None
+        self._backlog_cursor = 0
+
+    # ------------------------------------------------------------------ rows
+    def admitted(self, rows: Iterable[OutboxRow], evicted_ids: Iterable[int]) -> None:
+        """Rows just written to the outbox (live if connected), and rows the bound
+        evicted (never to be sent)."""
+        gone = set(evicted_ids)
+        if gone:
+            self.live = deque(r for r in self.live if r.id not in gone)
+            self._backlog_buf = deque(r for r in self._backlog_buf if r.id not in gone)
+        if self.up and self._backlog_end is not None:
+            self.live.extend(r for r in rows if r.id not in gone)
+            if len(self.live) > self._live_max:  # the broker is slow: the backlog takes over
+                self._backlog_end = max(self._backlog_end, self.live[-1].id)
+                self.live.clear()
+
+    def acknowledged(self, mid: int) -> InFlight | None:
+        """The row behind a PUBACK's mid (None: the status, or a replaced client's)."""
+        entry = self.inflight.pop(mid, None)
+        if entry is not None:
+            self._inflight_rows.discard(entry.row_id)
+            self._backlog_inflight -= int(entry.backlog)
+        return entry
+
+    # ------------------------------------------------------------------ sending
+    def backlog_waiting(self) -> bool:
+        end = self._backlog_end
+        return end is None or bool(self._backlog_buf) or self._backlog_cursor < end
+
+    def wait_s(self, idle_s: float) -> float:
+        """How long the worker may sleep before `fill` has something to send."""
+        if not self.up or not self.backlog_waiting():
+            return idle_s
+        if len(self.inflight) >= self._cfg.inflight_max or \
+                self._backlog_inflight >= self._cfg.backlog_inflight_max:
+            return idle_s  # a PUBACK wakes the worker
+        if self._tokens < 1.0:
+            return min(idle_s, (1.0 - self._tokens) / self._cfg.backlog_rate_per_s)
+        return 0.0
+
+    def fill(self, now: float) -> list[int]:
+        """Hand rows to the client while the window has room; returns their ids."""
+        sent: list[int] = []
+        cap = self._cfg.inflight_max
+        while self.live and len(self.inflight) < cap:
+            row = self.live.popleft()
+            if not self._send(row, backlog=False):
+                self.live.appendleft(row)
+                return sent
+            sent.append(row.id)
+        if self._backlog_end is None:
+            try:
+                self._backlog_end = self._outbox.max_id()
+            except OutboxUnavailable as e:
+                logger.warning("%s", e)
+                return sent
+            self._backlog_cursor = 0
+        self._tokens = min(float(self._cfg.backlog_inflight_max),
+                           self._tokens + (now - self._tokens_at) * self._cfg.backlog_rate_per_s)
+        self._tokens_at = now
+        while (len(self.inflight) < cap and self._tokens >= 1.0
+               and self._backlog_inflight < self._cfg.backlog_inflight_max):
+            old = self._next_backlog_row()
+            if old is None:
+                break
+            if not self._send(old, backlog=True):
+                self._backlog_buf.appendleft(old)
+                break
+            self._tokens -= 1.0
+            sent.append(old.id)
+        return sent
+
+    def _next_backlog_row(self) -> OutboxRow | None:
+        end = self._backlog_end
+        while end is not None:
+            while self._backlog_buf:
+                row = self._backlog_buf.popleft()
+                if row.id not in self._inflight_rows:
+                    return row
+            if self._backlog_cursor >= end:
+                return None
+            try:
+                rows = self._outbox.backlog(self._backlog_cursor, end, _BACKLOG_CHUNK)
+            except OutboxUnavailable as e:
+                logger.warning("%s", e)
+                return None
+            if not rows:
+                self._backlog_cursor = end
+                return None
+            self._backlog_cursor = rows[-1].id
+            self._backlog_buf.extend(rows)
+        return None
+
+    def _send(self, row: OutboxRow, *, backlog: bool) -> bool:
+        retain = row.retain
+        if retain:
+            if row.id < self._retained_high.get(row.topic, 0):
+                retain = False  # a newer one is already the broker's retained copy
+            else:
+                self._retained_high[row.topic] = row.id
+        mid = self._publish(row.topic, row.payload, row.qos, retain)
+        if mid is None:
+            return False
+        self.acknowledged(mid)  # a mid that wrapped around a message paho still holds
+        self.inflight[mid] = InFlight(row.id, backlog)
+        self._inflight_rows.add(row.id)
+        self._backlog_inflight += int(backlog)
+        self.published += 1
+        return True
