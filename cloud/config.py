@@ -113,6 +113,10 @@ class CollectorConfig(_Section):
     # the workers' client ids are `<client_id>-0` ... `<client_id>-<K-1>`; see
     # cloud/collector/workers.py before lowering K.
     workers: int = Field(1, ge=1, le=64)
+    # Also subscribe (not shared) to every line's retained `status` and `model`: MQTT 5
+    # never sends retained messages to a shared subscription, so without this a new
+    # fleet store would not know a line's state until the line next changed it.
+    retained_state: bool = True
     # How long the broker keeps the session (and queues for it) while we are away.
     session_expiry_s: int = Field(7 * 24 * 3600, ge=60, le=2**32 - 2)
     # MQTT 5 Receive Maximum: QoS 1 messages the broker may send us before our acks.

@@ -218,7 +218,11 @@ class Publisher:
     def _note(self, kind: str, mid: int = 0, ok: bool = True, reason: str = "") -> None:
         with self._lock:
             self._notes.append((kind, mid, ok, reason))
-        self._wake.set()
+        # A PUBACK wakes the worker only when messages wait for room in the window;
+        # otherwise it is handled on the next turn (within the idle wait), together with
+        # the others in one write.
+        if kind != "ack" or self._window.waiting_for_room:
+            self._wake.set()
 
     def _note_up(self) -> None:
         self._note("up")

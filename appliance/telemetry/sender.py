@@ -61,6 +61,9 @@ class SendWindow:
         self._tokens_at = time.monotonic()
         self._retained_high: dict[str, int] = {}
         self.published = 0
+        self.waiting_for_room = False
+        """Rows wait because the window is full (read from paho's thread: a PUBACK then
+        wakes the worker at once)."""
 
     # ------------------------------------------------------------------ connection
     def connected(self) -> None:
@@ -73,6 +76,7 @@ class SendWindow:
     def disconnected(self) -> None:
         """Rows waiting in memory are in the outbox; the next connect reads them back."""
         self.up = False
+        self.waiting_for_room = False
         self._reset_backlog()
 
     def forget(self) -> None:
@@ -128,6 +132,14 @@ class SendWindow:
 
     def fill(self, now: float) -> list[int]:
         """Hand rows to the client while the window has room; returns their ids."""
+        sent = self._fill(now)
+        cfg = self._cfg
+        full = len(self.inflight) >= cfg.inflight_max or \
+            self._backlog_inflight >= cfg.backlog_inflight_max
+        self.waiting_for_room = bool(self.live) or (full and self.backlog_waiting())
+        return sent
+
+    def _fill(self, now: float) -> list[int]:
         sent: list[int] = []
         cap = self._cfg.inflight_max
         while self.live and len(self.inflight) < cap:

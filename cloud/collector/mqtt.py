@@ -10,6 +10,9 @@ Invariants:
   (the broker resends unacknowledged messages on the next one).
 - We never unsubscribe: dropping the subscription from the session would lose what is
   published while we are away.
+- Besides the shared subscription, each collector subscribes (not shared) to every
+  line's retained `status` and `model`, which MQTT 5 never sends to shared
+  subscriptions; those messages then arrive more than once, and the store keeps one.
 - paho's callbacks never raise; a refused connection or subscription is logged (and the
   latter reported through `failure`), never taken for success.
 """
@@ -34,7 +37,8 @@ from pydantic import SecretStr
 from cloud.collector.validate import UNDECODABLE_TOPIC, Delivery
 from cloud.config import CollectorConfig
 from cloud.errors import CollectorError
-from protocol import shared_fleet_filter
+from protocol import TopicKind, shared_fleet_filter
+from protocol.topics import TOPIC_ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +61,12 @@ class MqttSession:
         self._deliver = deliver
         self._clock = clock
         self.topic_filter = shared_fleet_filter(cfg.group)
+        # Retained state (see CollectorConfig.retained_state): each collector gets every
+        # status and model message this way as well; the store keeps each once.
+        self.state_filters = (
+            [f"{TOPIC_ROOT}/+/+/{kind.value}" for kind in (TopicKind.STATUS, TopicKind.MODEL)]
+            if cfg.retained_state else []
+        )
         self.generation = 0
         self.connected = threading.Event()
         self.subscribed = threading.Event()
@@ -117,7 +127,8 @@ class MqttSession:
         )
         self.connected.set()
         # Always (re)subscribe: harmless when the session kept it, essential when not.
-        client.subscribe(self.topic_filter, options=SubscribeOptions(qos=_QOS))
+        options = SubscribeOptions(qos=_QOS)
+        client.subscribe([(f, options) for f in (self.topic_filter, *self.state_filters)])
 
     def _on_connect_fail(self, client: Client, userdata: object) -> None:
         logger.warning(
@@ -150,12 +161,13 @@ class MqttSession:
         failed = [code for code in reason_codes if code.is_failure]
         if failed:
             self.failure = (
-                f"the broker refused the subscription {self.topic_filter}: {failed[0]} "
+                f"the broker refused a subscription of {self.topic_filter} "
+                f"{' '.join(self.state_filters)}: {failed[0]} "
                 "(check the broker's ACL for this account)"
             )
             logger.error("%s", self.failure)
             return
-        logger.info("subscribed to %s", self.topic_filter)
+        logger.info("subscribed to %s", " ".join((self.topic_filter, *self.state_filters)))
         self.subscribed.set()
 
     def _on_message(self, client: Client, userdata: object, message: MQTTMessage) -> None:

@@ -84,6 +84,7 @@ class Collector:
         self.port = port
         self.lock = threading.Condition()
         self.messages: list[tuple[str, Message]] = []
+        self.arrived_at: list[float] = []  # time.monotonic() of each of `messages`
         self.seen: Counter[str] = Counter()  # msg_id -> times received
         self.by_kind: dict[str, list[Message]] = defaultdict(list)
         self.errors: list[str] = []
@@ -116,6 +117,7 @@ class Collector:
             return
         with self.lock:
             self.messages.append((message.topic, decoded))
+            self.arrived_at.append(time.monotonic())
             self.seen[decoded.msg_id] += 1
             if self.seen[decoded.msg_id] == 1:
                 self.by_kind[decoded.KIND.value].append(decoded)

@@ -418,3 +418,56 @@ def test_auto_falls_back_to_mqtt_3_1_1_for_an_old_broker(
     finally:
         telemetry.stop()
         proxy.close()
+
+
+def test_backlog_drains_oldest_first_at_a_bounded_rate_beside_live_messages(
+    tmp_path: Path,
+) -> None:
+    db = migrated_db(tmp_path)
+    n_backlog, rate_per_s = 200, 100.0
+    cfg = telemetry_cfg(free_port(), metrics_interval_s=3600.0)
+    offline = Telemetry(cfg, db, site=SITE, line=LINE)  # the broker is down
+    offline.start()
+    for i in range(n_backlog):
+        offline.on_verdict(record(i))
+    offline.stop(timeout_s=5.0)  # an orderly stop writes everything to the outbox
+    stats = offline.stats()
+    assert stats is not None and stats.outbox_depth == n_backlog + 1  # + the last metrics
+
+    broker = start_broker(tmp_path)
+    collector = Collector(broker.port)
+    arrivals: list[tuple[int, str]] = []
+    times: list[float] = []
+    telemetry = Telemetry(
+        telemetry_cfg(broker.port, metrics_interval_s=3600.0, backlog_rate_per_s=rate_per_s,
+                      backlog_inflight_max=8),
+        db, site=SITE, line=LINE,
+    )
+    try:
+        collector.connect()
+        telemetry.start()
+        t0 = time.monotonic()
+        i = 0
+        while time.monotonic() - t0 < 3.0:  # live parts while the backlog drains
+            telemetry.on_verdict(record(i, station="side"))
+            i += 1
+            time.sleep(0.05)
+        assert collector.wait_until(lambda c: len(c.frame_ids()) == n_backlog + i, 30)
+        with collector.lock:
+            arrivals = [(n, m.frame_id) for n, (_, m) in enumerate(collector.messages)
+                        if m.KIND.value == "events/defect"]
+            times = list(collector.arrived_at)
+    finally:
+        telemetry.stop()
+        collector.close()
+        broker.stop()
+    backlog = [int(f.split(":")[1]) for _, f in arrivals if f.startswith("top:")]
+    assert backlog == sorted(backlog) == list(range(n_backlog))  # oldest first
+    last_backlog = max(n for n, f in arrivals if f.startswith("top:"))
+    first_live = min(n for n, f in arrivals if f.startswith("side:"))
+    assert first_live < last_backlog  # live messages did not wait for the backlog
+    # the rate bound: 200 messages at 100/s (a bucket of 8) take at least 1.92 s
+    first_backlog = min(n for n, f in arrivals if f.startswith("top:"))
+    assert times[last_backlog] - times[first_backlog] >= 0.9 * (n_backlog - 8) / rate_per_s
+    stats = telemetry.stats()
+    assert stats is not None and stats.outbox_depth == 0 and collector.duplicates() == 0

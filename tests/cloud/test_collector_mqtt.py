@@ -22,9 +22,12 @@ pytestmark = [pytest.mark.mqtt, requires_mosquitto, pytest.mark.timeout(300)]
 WAIT_S = 60.0  # generous: the CI box is shared with training jobs
 
 
-def collector_config(port: int, client_id: str = "c-test") -> CollectorConfig:
+def collector_config(port: int, client_id: str = "c-test",
+                     retained_state: bool = False) -> CollectorConfig:
+    # retained_state off by default here: its second subscription delivers status and
+    # model messages twice, which would blur the exact counts these tests check.
     return CollectorConfig(
-        client_id=client_id, group="test",
+        client_id=client_id, group="test", retained_state=retained_state,
         broker=BrokerConfig(port=port, reconnect_min_s=1, reconnect_max_s=2),
         log_interval_s=0, stop_timeout_s=5,
     )
@@ -226,4 +229,30 @@ def test_online_and_offline_come_from_status_and_the_last_will(rig):
         assert view.reason == "connection_lost"
     finally:
         line.close()
+        collector.stop()
+
+
+def test_retained_state_published_before_the_first_start_is_collected(rig):
+    broker, store, probe = rig
+    status = h.status(line="line-4")
+    report = h.model_report(line="line-4", version=11)
+    probe.publish(*h.wire(status), retain=True)
+    probe.publish(*h.wire(report), retain=True)
+    probe.publish(*h.wire(h.metrics(line="line-4")))  # not retained: nobody gets it
+    collector = started(collector_config(broker.port, retained_state=True), store)
+    try:
+        h.wait_for(lambda: (v := store.line_model("plant1", "line-4")) is not None
+                   and v.current is not None and v.current.version == 11, WAIT_S,
+                   "the retained model report")
+        view = store.line("plant1", "line-4")
+        assert view is not None
+        assert view.online is True
+        later = h.status(line="line-4", sent_at=h.T0 + timedelta(minutes=1), online=False)
+        probe.publish(*h.wire(later), retain=True)
+        h.wait_for(lambda: (v := store.line("plant1", "line-4")) is not None
+                   and v.online is False, WAIT_S, "the live status")
+        # Through the shared and the state subscription, stored once.
+        assert sorted(h.stored_ids(store.path)) == sorted(
+            [status.msg_id, report.msg_id, later.msg_id])
+    finally:
         collector.stop()

@@ -14,18 +14,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from cloud.cli import main as cloud_main
-from cloud.quantize import (
-    QuantizationError,
-    decode_tail_nodes,
-    load_calibration_frames,
-    output_head_nodes,
-    quantize_bundle,
-    quantized_op_counts,
-)
+from cloud.onnx_quant import decode_tail_nodes, output_head_nodes, quantized_op_counts
+from cloud.quantize import QuantizationError, input_range, load_calibration_frames, quantize_bundle
 from models.bundle import Bundle, load_bundle
 from models.evaluate import evaluate, read_image
 from models.golden import build_bundle, verify_golden
-from models.manifest import Lineage
+from models.manifest import Lineage, PreprocessSpec
 from models.runtime import OnnxDetector
 from models.yolo_dataset import YoloDataset, load_data_yaml
 from tests.models.onnx_builders import (
@@ -148,6 +142,23 @@ def test_int8_bundle_loads_verifies_and_points_at_its_parent(
     report = verify_golden(bundle, OnnxDetector(bundle.model_path, ["cpu"]))
     assert report.images == 3
     assert int8.root == bundle.root
+    # the input's range comes from the preprocessing: pixels / 255 are exact in uint8
+    graph = onnx.load(str(bundle.model_path)).graph
+    q_in = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "images")
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    assert float(consts[q_in.input[1]]) == pytest.approx(1 / 255)
+    assert int(consts[q_in.input[2]]) == 0
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    (PreprocessSpec(), (0.0, 1.0)),
+    (PreprocessSpec(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)), (-1.0, 1.0)),
+    (PreprocessSpec(scale=1.0, mean=(100.0, 0.0, 50.0), std=(2.0, 1.0, 1.0)), (-50.0, 255.0)),
+])
+def test_input_range_follows_the_preprocessing(
+    spec: PreprocessSpec, expected: tuple[float, float]
+) -> None:
+    assert input_range(spec) == pytest.approx(expected)
 
 
 def test_keeping_the_decode_float_keeps_the_scores(tiny_bundle: Bundle, tmp_path: Path) -> None:

@@ -1,0 +1,386 @@
+"""End-to-end benchmark of the appliance pipeline against its limits and Ultralytics.
+
+One run, one ONNX model (the demo bundle, rebuilt at 640 input from the same ONNX for
+size 640), the same pre-rendered frames and the same thread count for every column:
+
+- (a) bare ONNX Runtime `session.run` on ready-made input batches (same session options
+  as the pipeline's engine: `OnnxDetector` with `intra_op_threads=T`, inter 1): the limit;
+- (b) the whole appliance (`App` wiring: ReplaySource -> pipeline -> verdicts committed in
+  SQLite, every verdict written, images off), frames/s from the first frame's capture to
+  the last verdict committed (`store.flush()` returned);
+- (c) Ultralytics `YOLO(model.onnx).predict(chunk, stream=True, imgsz, rect=False,
+  device="cpu")` over the same frames, one call per chunk of B frames (a list of arrays
+  is one batch for Ultralytics), in a subprocess (`import ultralytics` changes OMP and
+  OpenCV thread settings for the whole process);
+- (d) = (b) with an INT8 variant of the bundle (`cloud.quantize.quantize_bundle`);
+- verdict latency p50/p99 (judged_at - captured_at) with frames arriving at a fixed rate
+  of half of (b)'s measured throughput at that batch size.
+
+The machine is shared, so for every configuration (a), (b), (d) are run back to back and
+interleaved `--repeat` times; the best of each is used for the ratios (median also
+reported). Prints a table and one JSON line (`{"bench": "pipeline", ...}`).
+
+    .venv/bin/python bench/pipeline.py [--sizes 320,640] [--batches 1,4,8] [--frames N]
+        [--datasets linesim,neu-det] [--threads T] [--repeat R] [--no-int8] [--quick]
+        [--json-out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from appliance.app import App
+from appliance.capture import ReplaySource
+from appliance.config import DEMO_BUNDLE, config_from_dict
+from appliance.records import InspectionRecord
+from models.bundle import Bundle, load_bundle
+from models.golden import build_bundle
+from models.preprocess import preprocess_batch
+from models.runtime import OnnxDetector
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+NEU_DET = SHARED / "datasets" / "neu-det"
+STATION = "bench"
+ImageBGR = npt.NDArray[np.uint8]
+TARGETS = {"b/a": 0.92, "b/c": 1.1, "d/c": 1.8, "p99_over_a1": 2.0, "int8_map50_drop": 0.01}
+
+
+# ---------------------------------------------------------------------------- frames
+def linesim_frames(n: int) -> list[ImageBGR]:
+    """`n` distinct simulated-line frames (640x480 BGR), rendered once."""
+    from linesim.config import LineConfig
+    from linesim.line import render
+
+    cfg = LineConfig()
+    return [np.asarray(render(cfg, i).image_bgr, dtype=np.uint8) for i in range(n)]
+
+
+def neu_det_frames(n: int) -> list[ImageBGR]:
+    """Up to `n` NEU-DET validation images (200x200, read as BGR), cycled to `n`."""
+    paths = sorted((NEU_DET / "images" / "val").glob("*"))
+    if not paths:
+        paths = sorted(NEU_DET.rglob("*.jpg"))
+    if not paths:
+        raise SystemExit(f"no NEU-DET images under {NEU_DET}")
+    images: list[ImageBGR] = []
+    for p in paths[:n]:
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is not None:
+            images.append(np.ascontiguousarray(img, dtype=np.uint8))
+    return [images[i % len(images)] for i in range(n)]
+
+
+# ---------------------------------------------------------------------------- bundles
+def resized_bundle(src: Bundle, size: int, out_dir: Path, golden: list[ImageBGR]) -> Bundle:
+    """`src`'s ONNX (dynamic spatial dims) as a bundle with `size` x `size` input."""
+    m = src.manifest
+    if (m.input.height, m.input.width) == (size, size):
+        return src
+    return build_bundle(out_dir, src.model_path, name=m.name, version=m.version,
+                        label=f"{m.label}-{size}", classes=m.classes, input_hw=(size, size),
+                        preprocess=m.preprocess, postprocess=m.postprocess,
+                        output_format=m.output.format, lineage=m.lineage, metrics=None,
+                        golden_images=golden, providers=["cpu"])
+
+
+def int8_bundle(src: Bundle, out_dir: Path, calib: list[ImageBGR]) -> Bundle:
+    """INT8 variant of `src` via cloud.quantize (static, QDQ, minmax)."""
+    from cloud.quantize import quantize_bundle
+
+    return quantize_bundle(src, out_dir, calib, progress=lambda msg: None)
+
+
+def map50(bundle: Bundle, data_yaml: Path) -> float:
+    """mAP50 of `bundle` on a YOLO dataset's val split."""
+    from models.evaluate import evaluate
+    from models.yolo_dataset import load_data_yaml
+
+    return float(evaluate(bundle, load_data_yaml(data_yaml), "val", providers=["cpu"]).map50)
+
+
+# ---------------------------------------------------------------------------- (a)
+def bench_session(bundle: Bundle, frames: list[ImageBGR], batch: int, threads: int,
+                  detector: OnnxDetector | None = None) -> float:
+    """(a): frames/s of `session.run` alone over preprocessed batches of `batch`."""
+    m = bundle.manifest
+    hw = (m.input.height, m.input.width)
+    batches = [preprocess_batch(frames[i:i + batch], m.preprocess, hw)[0]
+               for i in range(0, len(frames), batch)]
+    det = detector or OnnxDetector(bundle.model_path, ["cpu"], intra_op_threads=threads,
+                                   inter_op_threads=1)
+    sess, inp, out = det.session, det.input_name, det.output_names[0]
+    sess.run([out], {inp: batches[0]})  # warm-up
+    t0 = time.perf_counter()
+    for b in batches:
+        sess.run([out], {inp: b})
+    return len(frames) / (time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------- (b)/(d)
+@dataclass
+class PipelineRun:
+    fps: float
+    verdicts: dict[str, int]
+    latencies_ms: list[float] = field(default_factory=list)
+    mean_batch: float = 0.0
+    stage_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def bench_pipeline(bundle_dir: Path, frames: list[ImageBGR], batch: int, threads: int,
+                   work: Path, rate_fps: float | None = None) -> PipelineRun:
+    """(b)/(d): the real appliance over a ReplaySource of `frames` (paced at `rate_fps`
+    if given); frames/s from the first capture to the last verdict committed."""
+    data_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work))
+    cfg = config_from_dict({
+        "data_dir": str(data_dir),
+        "stations": [{"name": STATION}],
+        "model": {"bundle": str(bundle_dir), "verify_golden": False},
+        "engine": {"providers": ["cpu"], "intra_op_threads": threads},
+        "pipeline": {"max_batch": batch, "overflow": "block", "keep_images": False,
+                     "queue_frames": max(32, 4 * batch)},
+    }, "bench")
+    n = len(frames)
+    captured: list[float] = []
+    judged: list[float] = []
+    done = threading.Event()
+
+    def listener(rec: InspectionRecord) -> None:
+        captured.append(rec.captured_at)
+        judged.append(rec.judged_at)
+        if len(judged) >= n:
+            done.set()
+
+    source = ReplaySource(frames, loop=False, max_fps=rate_fps)
+    app = App(cfg, sources={STATION: source}, listeners=[listener], require_model=True)
+    pipeline = app.start()
+    try:
+        if not done.wait(timeout=600):
+            raise SystemExit(f"pipeline judged {len(judged)}/{n} frames in 600 s")
+        store = app.store
+        if store is None:
+            raise SystemExit("store closed early")
+        store.flush()
+        t_end = time.time()
+        stats = pipeline.stats()
+    finally:
+        app.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
+    lat = [(j - c) * 1000.0 for c, j in zip(captured, judged, strict=True)]
+    return PipelineRun(fps=n / (t_end - min(captured)), verdicts=dict(stats.verdicts),
+                       latencies_ms=lat, mean_batch=stats.mean_batch,
+                       stage_ms=stats.latency_ms)
+
+
+# ---------------------------------------------------------------------------- (c)
+_ULTRA_SCRIPT = r"""
+import json, os, sys, time
+import numpy as np
+threads, onnx, frames_npy = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+imgsz, batch = int(sys.argv[4]), int(sys.argv[5])
+from ultralytics import YOLO
+import torch
+torch.set_num_threads(threads)
+frames = list(np.load(frames_npy))
+model = YOLO(onnx, task="detect")
+kw = dict(imgsz=imgsz, rect=False, device="cpu", verbose=False, stream=True, batch=batch)
+for _ in model.predict(frames[:batch], **kw):
+    pass
+n = 0
+t0 = time.perf_counter()
+for i in range(0, len(frames), batch):
+    for r in model.predict(frames[i:i + batch], **kw):
+        n += 1
+dt = time.perf_counter() - t0
+print(json.dumps({"fps": n / dt, "frames": n}))
+"""
+
+
+def ultralytics_env(work: Path, threads: int) -> dict[str, str]:
+    """Offline Ultralytics settings, with a private config dir holding Arial.ttf."""
+    import matplotlib
+
+    cfg_dir = work / "yolo-config"
+    cfg_dir.mkdir(exist_ok=True)
+    font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    if not (cfg_dir / "Arial.ttf").exists():
+        shutil.copy(font, cfg_dir / "Arial.ttf")
+    return {**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0",
+            "YOLO_CONFIG_DIR": str(cfg_dir), "OMP_NUM_THREADS": str(threads)}
+
+
+def bench_ultralytics(onnx: Path, frames_npy: Path, size: int, batch: int, threads: int,
+                      env: dict[str, str]) -> float | None:
+    """(c): Ultralytics predict frames/s (subprocess), None if it failed."""
+    proc = subprocess.run([sys.executable, "-c", _ULTRA_SCRIPT, str(threads), str(onnx),
+                           str(frames_npy), str(size), str(batch)],
+                          capture_output=True, text=True, env=env, timeout=900, check=False)
+    if proc.returncode != 0:
+        sys.stderr.write(f"ultralytics failed (size {size}, batch {batch}):\n"
+                         f"{proc.stderr[-2000:]}\n")
+        return None
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["fps"])
+
+
+# ---------------------------------------------------------------------------- driver
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def _ratio(x: float | None, y: float | None) -> float | None:
+    return round(x / y, 3) if x and y else None
+
+
+def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: dict[str, Bundle],
+               args: argparse.Namespace, work: Path, frames_npy: Path,
+               env: dict[str, str]) -> dict[str, Any]:
+    """All columns for one (dataset, size, batch)."""
+    fp32 = bundles["fp32"]
+    det = OnnxDetector(fp32.model_path, ["cpu"], intra_op_threads=args.threads,
+                       inter_op_threads=1)
+    a_runs: list[float] = []
+    b_runs: list[PipelineRun] = []
+    d_runs: list[PipelineRun] = []
+    for _ in range(args.repeat):  # interleaved: a, b, d, a, b, d, ...
+        a_runs.append(bench_session(fp32, frames, batch, args.threads, det))
+        b_runs.append(bench_pipeline(fp32.root, frames, batch, args.threads, work))
+        if "int8" in bundles:
+            d_runs.append(bench_pipeline(bundles["int8"].root, frames, batch, args.threads,
+                                         work))
+    a1 = bench_session(fp32, frames[: max(8, len(frames) // 4)], 1, args.threads, det)
+    c = None if args.no_ultralytics else bench_ultralytics(
+        fp32.model_path, frames_npy, size, batch, args.threads, env)
+    a = max(a_runs)
+    best_b = max(b_runs, key=lambda r: r.fps)
+    b = best_b.fps
+    d = max(r.fps for r in d_runs) if d_runs else None
+    rate = b / 2.0
+    n_lat = max(batch * 4, min(len(frames), int(rate * args.latency_s)))
+    lat = bench_pipeline(fp32.root, frames[:n_lat], batch, args.threads, work, rate_fps=rate)
+    a1_ms = 1000.0 / a1
+    p99 = _pct(lat.latencies_ms, 99)
+    return {
+        "dataset": ds, "size": size, "batch": batch, "frames": len(frames),
+        "a_fps": round(a, 1), "a_fps_median": round(statistics.median(a_runs), 1),
+        "b_fps": round(b, 1), "b_fps_median": round(statistics.median(r.fps for r in b_runs), 1),
+        "c_fps": round(c, 1) if c else None,
+        "d_fps": round(d, 1) if d else None,
+        "d_fps_median": round(statistics.median(r.fps for r in d_runs), 1) if d_runs else None,
+        "b/a": _ratio(b, a), "b/c": _ratio(b, c), "d/c": _ratio(d, c),
+        "b_mean_batch": round(best_b.mean_batch, 2), "b_verdicts": best_b.verdicts,
+        "b_stage_ms": best_b.stage_ms,
+        "half_load_fps": round(rate, 1), "latency_frames": n_lat,
+        "latency_p50_ms": round(_pct(lat.latencies_ms, 50), 2),
+        "latency_p99_ms": round(p99, 2), "latency_mean_batch": round(lat.mean_batch, 2),
+        "a_batch1_ms": round(a1_ms, 2), "p99_over_a1": round(p99 / a1_ms, 2),
+    }
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    cols = ["dataset", "size", "batch", "a_fps", "b_fps", "c_fps", "d_fps", "b/a", "b/c",
+            "d/c", "b_mean_batch", "half_load_fps", "latency_p50_ms", "latency_p99_ms",
+            "a_batch1_ms", "p99_over_a1"]
+    print(" | ".join(f"{c:>8}" for c in cols))
+    for r in rows:
+        print(" | ".join(f"{'-' if r[c] is None else r[c]!s:>8}" for c in cols))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--sizes", default="320,640")
+    p.add_argument("--batches", default="1,4,8")
+    p.add_argument("--frames", type=int, default=256)
+    p.add_argument("--datasets", default="linesim,neu-det")
+    p.add_argument("--threads", type=int, default=max(1, len(os.sched_getaffinity(0))))
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--latency-s", type=float, default=8.0,
+                   help="length of the half-load latency run (seconds of frames)")
+    p.add_argument("--no-int8", action="store_true")
+    p.add_argument("--no-ultralytics", action="store_true")
+    p.add_argument("--eval-images", type=int, default=100,
+                   help="linesim val images for the FP32 vs INT8 mAP50 check (0: skip)")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run")
+    p.add_argument("--json-out", type=Path)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.batches, args.frames, args.datasets = "320", "1,4", 16, "linesim"
+        args.repeat, args.latency_s, args.eval_images = 1, 1.0, 0
+    sizes = [int(s) for s in args.sizes.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    datasets = args.datasets.split(",")
+    load = os.getloadavg()
+    print(f"# bench/pipeline: threads={args.threads} frames={args.frames} repeat={args.repeat} "
+          f"cores={os.cpu_count()} loadavg={load[0]:.1f},{load[1]:.1f},{load[2]:.1f}")
+    print("# shared machine: a/b/d interleaved per configuration, best of --repeat used for "
+          "ratios (medians in the JSON); c in a subprocess right after")
+    rows: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="lineguard-bench-") as tmp:
+        work = Path(tmp)
+        env = ultralytics_env(work, args.threads)
+        demo = load_bundle(DEMO_BUNDLE)
+        golden = linesim_frames(2)
+        calib = linesim_frames(32)
+        bundles_by_size: dict[int, dict[str, Bundle]] = {}
+        for size in sizes:
+            fp32 = resized_bundle(demo, size, work / f"fp32-{size}", golden)
+            bs = {"fp32": fp32}
+            if not args.no_int8:
+                t0 = time.perf_counter()
+                bs["int8"] = int8_bundle(fp32, work / f"int8-{size}", calib)
+                print(f"# INT8 bundle for {size}: {time.perf_counter() - t0:.0f} s")
+            bundles_by_size[size] = bs
+        if not args.no_int8 and args.eval_images > 0:
+            from linesim.config import LineConfig
+            from linesim.dataset import export_yolo
+
+            data_yaml = export_yolo(work / "evalset", LineConfig(seed=12345), n_train=0,
+                                    n_val=args.eval_images)
+            s0 = sizes[0]
+            m_fp32 = map50(bundles_by_size[s0]["fp32"], data_yaml)
+            m_int8 = map50(bundles_by_size[s0]["int8"], data_yaml)
+            extra["int8_map50"] = {"size": s0, "images": args.eval_images,
+                                   "fp32": round(m_fp32, 4), "int8": round(m_int8, 4),
+                                   "drop_points": round((m_fp32 - m_int8) * 100, 2)}
+            print(f"# mAP50 on {args.eval_images} linesim val images at {s0}: "
+                  f"fp32 {m_fp32:.4f}, int8 {m_int8:.4f}")
+        for ds in datasets:
+            frames = linesim_frames(args.frames) if ds == "linesim" else neu_det_frames(args.frames)
+            frames_npy = work / f"frames-{ds}.npy"
+            np.save(frames_npy, np.stack(frames))
+            for size in sizes:
+                for batch in batches:
+                    row = run_config(ds, size, batch, frames, bundles_by_size[size], args,
+                                     work, frames_npy, env)
+                    rows.append(row)
+                    print(json.dumps({k: row[k] for k in row if k != "b_stage_ms"}), flush=True)
+    print()
+    print_table(rows)
+    result = {"bench": "pipeline", "threads": args.threads, "frames": args.frames,
+              "repeat": args.repeat, "loadavg_start": load, "loadavg_end": os.getloadavg(),
+              "targets": TARGETS, "rows": rows, **extra}
+    line = json.dumps(result)
+    if args.json_out:
+        args.json_out.write_text(line + "\n")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
