@@ -41,6 +41,7 @@ from appliance.records import EventRecord, InspectionRecord
 from appliance.stats import PipelineStats
 from appliance.store import Store
 from appliance.store.queries import open_reader
+from appliance.telemetry import Telemetry, TelemetryError, pipeline_gauges
 from models.bundle import Bundle, open_bundle
 from models.errors import ModelError
 
@@ -143,6 +144,7 @@ class App:
         self.engine = Engine(cfg.engine, max_batch=cfg.pipeline.max_batch,
                              factory=detector_factory)
         self.store: Store | None = None
+        self.telemetry: Telemetry | None = None
         self.pipeline: Pipeline | None = None
         self._started_at = 0.0
 
@@ -184,12 +186,36 @@ class App:
                             providers=",".join(model.info.providers))
             for listener in self._listeners:
                 self.pipeline.add_listener(listener)
+            self.telemetry = self._start_telemetry(self.store)
+            if self.telemetry is not None:
+                self.telemetry.attach(self.pipeline)
             self.pipeline.start()
         except BaseException:
+            if self.telemetry is not None:
+                self.telemetry.stop()
+                self.telemetry = None
             self.store.stop()
             self.store = None
             raise
         return self.pipeline
+
+    def _start_telemetry(self, store: Store) -> Telemetry | None:
+        """MQTT telemetry when configured. A telemetry that cannot start (outbox or TLS
+        files) is an alarm, never a reason to stop inspecting parts."""
+        cfg = self.cfg
+        if cfg.telemetry is None:
+            return None
+        telemetry = Telemetry(cfg.telemetry, cfg.store.path, pipeline_gauges(self.stats, store),
+                              site=cfg.site, line=cfg.line, clock=self._clock,
+                              record_event=store.record_event)
+        try:
+            telemetry.start()
+        except TelemetryError as e:
+            logger.error("telemetry disabled: %s", e)
+            self._event("alarm", "alarm", "telemetry", f"telemetry cannot start: {e}",
+                        alarm="telemetry")
+            return None
+        return telemetry
 
     def _load_model(self, path: Path) -> LoadedModel | None:
         try:
@@ -208,6 +234,9 @@ class App:
         """Stop the pipeline (drain), then flush and close the store. Idempotent."""
         if self.pipeline is not None:
             self.pipeline.stop(timeout_s)
+        if self.telemetry is not None:
+            self.telemetry.stop()
+            self.telemetry = None
         if self.store is not None:
             self._event("appliance_stop", "info", "app", "appliance stopped")
             self.store.stop()

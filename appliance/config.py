@@ -33,6 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from appliance.capture.config import STATION_PATTERN, SimSourceConfig, SourceConfig
 from appliance.errors import ConfigError
 from appliance.store.config import StoreConfig
+from appliance.telemetry.config import TelemetryConfig
+from protocol.fields import ID_PATTERN
 
 DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "demo" / "bundle"
 """The shipped demo bundle (models/demo/bundle), the default model."""
@@ -155,8 +157,10 @@ class PipelineConfig(_Section):
 class ApplianceConfig(_Section):
     """The whole file. `store.path` and `store.images.dir` default under `data_dir`."""
 
-    site: str = Field("site-1", pattern=STATION_PATTERN)
-    line: str = Field("line-1", pattern=STATION_PATTERN)
+    site: str = Field("site-1", pattern=ID_PATTERN)
+    """Site id: lower case, digits, `-` and `_` (it is an MQTT topic level)."""
+    line: str = Field("line-1", pattern=ID_PATTERN)
+    """Line id, same rules as `site`."""
     data_dir: Path = Path("lineguard-data")
     stations: list[StationConfig] = Field(default_factory=lambda: [StationConfig()],
                                           min_length=1, max_length=64)
@@ -164,6 +168,8 @@ class ApplianceConfig(_Section):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     store: StoreConfig
+    telemetry: TelemetryConfig | None = None
+    """MQTT telemetry to the cloud; absent means the appliance runs without it."""
 
     @model_validator(mode="before")
     @classmethod

@@ -120,9 +120,11 @@ def _quantize(args: argparse.Namespace) -> int:
                 reduce_range=args.reduce_range, quant_format=args.format,
                 activation_type=args.activation_type, weight_type=args.weight_type,
                 exclude_head=args.exclude_head, nodes_to_exclude=args.exclude or (),
-                version=args.version, label=args.label, eval_dataset=dataset,
-                eval_split=args.split, progress=say)
+                rewrite_dfl=args.rewrite_dfl, version=args.version, label=args.label,
+                eval_dataset=dataset, eval_split=args.split, progress=say)
             fp32: Metrics | None = src.manifest.metrics
+            if dataset is None and fp32 is not None:
+                say(f"no --eval: FP32 figures are the source manifest's ({fp32.dataset})")
             if dataset is not None:
                 say(f"evaluating the FP32 model on {dataset.label}:{args.split}")
                 fp32 = evaluate(src, dataset, args.split, providers=["cpu"])
@@ -214,6 +216,8 @@ def main(argv: list[str]) -> int:
     qu.add_argument("--exclude-head", choices=["decode", "output", "none"], default="decode",
                     help="head nodes kept float (default: the whole decode after the last convs)")
     qu.add_argument("--exclude", nargs="+", metavar="NODE", help="more node names kept float")
+    qu.add_argument("--rewrite-dfl", action=argparse.BooleanOptionalAction, default=True,
+                    help="compute the YOLO DFL softmax decode without transposes (same result)")
     qu.add_argument("--version", type=int, help="new bundle version (default: source's + 1)")
     qu.add_argument("--label", help="new bundle label (default: source's + '-int8')")
     qu.add_argument("--threads", type=int, default=2, help="ORT threads for the timing")

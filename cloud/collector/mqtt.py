@@ -43,6 +43,8 @@ from protocol.topics import TOPIC_ROOT
 logger = logging.getLogger(__name__)
 
 _QOS: Final = 1
+# Never subscribed: unsubscribing from it is a round trip with no effect (see `flush`).
+_BARRIER_FILTER: Final = "lineguard-collector/flush-barrier"
 
 
 class MqttSession:
@@ -69,6 +71,8 @@ class MqttSession:
         )
         self.generation = 0
         self.connected = threading.Event()
+        self._barrier = threading.Condition()
+        self._barriers_done: set[int] = set()
         self.subscribed = threading.Event()
         # Set (with a message) when the broker refuses our subscription: fatal.
         self.failure: str | None = None
@@ -98,6 +102,7 @@ class MqttSession:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        self._client.on_unsubscribe = self._on_unsubscribe
 
     # ---- paho callbacks (paho's network thread; never raise)
 
@@ -170,6 +175,18 @@ class MqttSession:
         logger.info("subscribed to %s", " ".join((self.topic_filter, *self.state_filters)))
         self.subscribed.set()
 
+    def _on_unsubscribe(
+        self,
+        client: Client,
+        userdata: object,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        with self._barrier:
+            self._barriers_done.add(mid)
+            self._barrier.notify_all()
+
     def _on_message(self, client: Client, userdata: object, message: MQTTMessage) -> None:
         try:
             topic = message.topic
@@ -216,6 +233,26 @@ class MqttSession:
             ):
                 sent += 1
         return sent
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Return once the broker has processed everything sent before (our acks);
+        False if not connected or no answer within `timeout_s`.
+
+        Why: paho closes the socket right after writing DISCONNECT; with messages from
+        the broker still unread, the kernel then resets the connection, and the broker
+        drops what it had not read yet, acks included (they would come back as
+        duplicates). A broker answers packets in order, so the answer to an UNSUBSCRIBE
+        of a filter we never subscribed (no effect on the session) is that barrier.
+        """
+        if not self.connected.is_set():
+            return False
+        rc, mid = self._client.unsubscribe(_BARRIER_FILTER)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            return False
+        with self._barrier:
+            done = self._barrier.wait_for(lambda: mid in self._barriers_done, timeout_s)
+            self._barriers_done.discard(mid)
+        return done
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Send the queued acks, then DISCONNECT (the broker keeps the session) and

@@ -163,5 +163,8 @@ class Collector:
         self._stopping.set()
         if not self._writer.stop(self._cfg.stop_timeout_s):
             logger.error("the writer did not finish within %.1f s", self._cfg.stop_timeout_s)
+        if self._session.connected.is_set() and not self._session.flush():
+            logger.warning("the broker did not confirm the last acks; it may resend "
+                           "those messages (the store will count them as duplicates)")
         self._session.stop()
         self.log_stats()

@@ -19,6 +19,9 @@ from __future__ import annotations
 from typing import Final
 
 BEGIN_WRITE: Final = "BEGIN IMMEDIATE"
+COMMIT: Final = "COMMIT"
+ROLLBACK: Final = "ROLLBACK"
+PING: Final = "SELECT 1 FROM schema_migrations LIMIT 1"
 
 CREATE_MIGRATIONS: Final = """
 CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -113,14 +113,14 @@ def migrate(
         try:
             # Another process may have migrated while we waited for the write lock.
             if version in {row[0] for row in conn.execute(sql.APPLIED_MIGRATIONS)}:
-                conn.execute("ROLLBACK")
+                conn.execute(sql.ROLLBACK)
                 continue
             for statement in statements:
                 conn.execute(statement)
             conn.execute(sql.RECORD_MIGRATION, (version, now_ms))
-            conn.execute("COMMIT")
+            conn.execute(sql.COMMIT)
         except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute(sql.ROLLBACK)
             raise
         done.append(version)
         logger.info("fleet store %s: applied migration %d", path, version)
@@ -150,6 +150,7 @@ class FleetStore:
             self._db = Database(conn, execute_plugins=False, recursive_triggers=False)
             self._db.enable_wal()
             conn.execute(f"PRAGMA synchronous = {cfg.synchronous}")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {int(cfg.wal_autocheckpoint_pages)}")
             self.migrations_applied = migrate(conn, cfg.path, self._now_ms())
         except sqlite3.Error as e:
             conn.close()
@@ -191,7 +192,7 @@ class FleetStore:
                                    counters or {}, stored_at_ms)
             except sqlite3.Error as e:
                 if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                    self._conn.execute(sql.ROLLBACK)
                 raise _translate(e, f"{self.path}: batch of {len(prepared)} not stored") from e
 
     def _write(
@@ -235,7 +236,7 @@ class FleetStore:
             sql.ADD_COUNTER,
             [(collector_id, name, value, stored_at_ms) for name, value in increments.items()],
         )
-        conn.execute("COMMIT")
+        conn.execute(sql.COMMIT)
         return IngestResult(
             stored=len(new), duplicates=len(prepared) - len(new), quarantined=len(rejected),
             stored_at_ms=stored_at_ms,
@@ -316,7 +317,7 @@ class FleetStore:
 
     def ping(self) -> None:
         """Check the database can be read. Raises FleetStoreError."""
-        self._read(lambda c: c.execute("SELECT 1 FROM schema_migrations LIMIT 1").fetchall())
+        self._read(lambda c: c.execute(sql.PING).fetchall())
 
     def lines(self) -> list[LineView]:
         """Every line ever heard from. Raises FleetStoreError."""

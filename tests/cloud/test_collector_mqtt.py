@@ -4,6 +4,7 @@ quarantine of generated junk, reconnect after a broker restart."""
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -254,5 +255,30 @@ def test_retained_state_published_before_the_first_start_is_collected(rig):
         # Through the shared and the state subscription, stored once.
         assert sorted(h.stored_ids(store.path)) == sorted(
             [status.msg_id, report.msg_id, later.msg_id])
+    finally:
+        collector.stop()
+
+
+def test_an_orderly_stop_mid_stream_leaves_no_committed_message_unacknowledged(rig):
+    """Messages still arriving while the collector stops must not cost it the acks it
+    already sent (a socket closed with unread input is reset, and the broker drops what
+    it had not read yet): a restart then gets back only what was never committed."""
+    broker, store, probe = rig
+    cfg = collector_config(broker.port, "c-orderly")
+    for round_ in range(3):
+        collector = started(cfg, store)
+        messages = [h.metrics() for _ in range(150)]
+        before = counter(store, "received")
+        publisher = threading.Thread(
+            target=lambda ms=messages: [probe.client.publish(*h.wire(m), qos=1) for m in ms])
+        publisher.start()
+        h.wait_for(lambda b=before: counter(store, "received") >= b + 20, WAIT_S, "a flow")
+        collector.stop()
+        publisher.join(WAIT_S)
+        assert counter(store, "duplicates") == 0, f"round {round_}"
+    collector = started(cfg, store)
+    try:
+        h.wait_for(lambda: counter(store, "stored") == 450, WAIT_S, "all 450")
+        assert counter(store, "duplicates") == 0
     finally:
         collector.stop()

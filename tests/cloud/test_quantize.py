@@ -194,6 +194,8 @@ def test_bad_calibration_sources_are_named(tmp_path: Path, tiny_bundle: Bundle) 
         load_calibration_frames(tmp_path / "broken")
     with pytest.raises(QuantizationError, match="no calibration frames"):
         quantize_bundle(tiny_bundle, tmp_path / "out", [])
+    with pytest.raises(QuantizationError, match="exists and is not empty"):
+        quantize_bundle(tiny_bundle, tmp_path / "broken", _frames(2, seed=0))
 
 
 def test_cli_prints_the_comparison_table(
@@ -243,4 +245,5 @@ def test_neu_det_int8_map_is_close_to_fp32(tmp_path: Path) -> None:
     assert fp32.map50 > 0.5  # a trained model, so the comparison means something
     assert abs(int8.manifest.metrics.map50 - fp32.map50) <= 0.05
     assert quantized_op_counts(int8.model_path).get("QuantizeLinear", 0) > 50
+    assert int8.manifest.lineage.training_config["quant_dfl_rewrites"] == 1
     verify_golden(int8, OnnxDetector(int8.model_path, ["cpu"]))
