@@ -8,9 +8,11 @@
     telemetry.stop()                   # before the Store stops
 
 Threads: the publisher's worker and paho's network thread (see publisher.py), and a
-ticker ("telemetry-ticker") that every `status_poll_s` reads the gauges, publishes
-`status` when model, sources or alarms changed and a `model` report when the model
-changed, and every `metrics_interval_s` closes the metrics window.
+ticker ("telemetry-ticker") that at start and then every `status_poll_s` reads the
+gauges, publishes `status` when model, sources or alarms changed and a `model` report
+when the model changed (the first tick always reports the model), and every
+`metrics_interval_s` closes the metrics window. `stop` runs one last such check, so a
+run shorter than `status_poll_s` still reports its model.
 
 Invariants:
 - Nothing here blocks a caller: `on_verdict` and every `publish_*` hand over in memory.
@@ -161,6 +163,11 @@ class Telemetry:
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(timeout_s)
+        try:  # a model change since the last tick is reported before `offline`
+            self._read_gauges()
+            self._on_gauges()
+        except Exception:
+            logger.exception("could not report the final status and model")
         self._close_window()
         publisher.stop(timeout_s)
         offline = prepare(self._status("offline", "shutdown"))
@@ -301,8 +308,10 @@ class Telemetry:
             self._known_models[f"{m.name}:{m.version}"] = m
 
     def _tick_main(self) -> None:
+        # The first tick runs at once: the `model` report must not wait `status_poll_s`
+        # (a short run could end before it).
         cfg = self.cfg
-        while not self._stop.wait(cfg.status_poll_s):
+        while True:
             try:
                 self._read_gauges()
                 self._on_gauges()
@@ -310,6 +319,8 @@ class Telemetry:
                     self._close_window()
             except Exception:  # keep ticking: the next window or status may work
                 logger.exception("telemetry ticker failed")
+            if self._stop.wait(cfg.status_poll_s):
+                return
 
     def _on_gauges(self) -> None:
         gauges = self._gauges

@@ -48,7 +48,8 @@ def test_run_publishes_status_model_metrics_and_every_defect(tmp_path: Path) -> 
         probe = MqttProbe(broker.port, "monitor")
         probe.connect()
         probe.subscribe("lineguard/plant-a/line-7/#")
-        cfg = config(tmp_path, broker.port)
+        # a poll longer than the run: the model report must not depend on a tick
+        cfg = config(tmp_path, broker.port, status_poll_s=30)
         summary = App(cfg, max_frames=24, require_model=True).run(threading.Event())
         assert summary.frames == 24
         offline = probe.received_until("lineguard/plant-a/line-7/status", timeout_s=20)
