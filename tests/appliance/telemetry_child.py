@@ -2,7 +2,8 @@
 
     enqueue DB PORT N   hand N defect events over (frames top:0 .. top:N-1), print
                         "ready" once all N are in the outbox, then wait to be killed
-    drain DB PORT       publish the outbox; print "drained" when it is empty; run until
+    drain DB PORT [R]   publish the outbox (the backlog at R messages/s, default the
+                        helpers' 2000); print "drained" when it is empty; run until
                         SIGTERM (orderly stop) or SIGKILL
 """
 
@@ -33,8 +34,10 @@ def main(argv: list[str]) -> int:
     mode, db, port = argv[0], Path(argv[1]), int(argv[2])
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    telemetry = Telemetry(telemetry_cfg(port, metrics_interval_s=3600.0), db, site=SITE,
-                          line=LINE)
+    overrides: dict[str, float] = {"metrics_interval_s": 3600.0}
+    if mode == "drain" and len(argv) > 3:
+        overrides["backlog_rate_per_s"] = float(argv[3])
+    telemetry = Telemetry(telemetry_cfg(port, **overrides), db, site=SITE, line=LINE)
     telemetry.start()
 
     def depth() -> int:

@@ -1,8 +1,11 @@
 """The appliance killed (SIGKILL) with a non-empty outbox, then restarted: the backlog is
-delivered, every message once; and the broker publishes the last will of a killed line.
+delivered, every message once; killed again in the middle of draining it (messages in
+flight, some acknowledged but not yet deleted), the next start delivers the rest and the
+fleet store still holds each once; and the broker publishes the last will of a killed line.
 
 Two real processes (tests/appliance/telemetry_child.py) share one SQLite file; the
-broker is a real mosquitto on 127.0.0.1; the collector is a plain paho client.
+broker is a real mosquitto on 127.0.0.1; what arrives is recorded both by a plain paho
+client (the wire) and by the real cloud collector (the fleet store).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.appliance.fleet_rig import FleetRig
 from tests.appliance.telemetry_helpers import Collector, migrated_db
 from tests.mqtt_broker import Broker, free_port, requires_mosquitto, start_broker
 
@@ -102,12 +106,16 @@ def test_killed_with_a_backlog_delivers_it_after_restart_once(
     brokers.append(broker)
     collector = Collector(port)
     collector.connect()
+    fleet = FleetRig(port, tmp_path)
+    fleet.start()
     second = Child("drain", str(db), str(port))
     try:
         second.expect("drained", timeout_s=60)
         assert collector.wait_until(lambda c: len(c.frame_ids()) == N_EVENTS, 30), (
             f"{len(collector.frame_ids())} of {N_EVENTS} events arrived"
         )
+        in_fleet = fleet.wait_count("defect_events", N_EVENTS, 30)
+        assert in_fleet == N_EVENTS, f"{in_fleet} of {N_EVENTS} events in the fleet store"
         # 3. kill the connected line: the broker publishes its last will (retained)
         second.kill()
         assert collector.wait_until(
@@ -116,7 +124,9 @@ def test_killed_with_a_backlog_delivers_it_after_restart_once(
     finally:
         second.kill()
         collector.close()
+        fleet.close()
 
+    assert fleet.event_frames() == {f"top:{i}": 1 for i in range(N_EVENTS)}
     frames = collector.frame_ids()
     assert set(frames) == {f"top:{i}" for i in range(N_EVENTS)}
     assert max(frames.values()) == 1  # one msg_id per event: never re-enqueued
@@ -127,3 +137,51 @@ def test_killed_with_a_backlog_delivers_it_after_restart_once(
     assert statuses[0].state == "online"
     will = statuses[-1]
     assert (will.state, will.reason) == ("offline", "connection_lost")
+
+
+def test_killed_while_draining_resends_only_what_was_unconfirmed(
+    tmp_path: Path, port_and_broker: tuple[int, list[Broker]]
+) -> None:
+    port, brokers = port_and_broker
+    db = migrated_db(tmp_path)
+    n = 1500
+    first = Child("enqueue", str(db), str(port), str(n))
+    try:
+        first.expect("ready", timeout_s=60)
+    finally:
+        first.kill()
+
+    broker = start_broker(tmp_path, port=port)
+    brokers.append(broker)
+    collector = Collector(port)
+    collector.connect()
+    fleet = FleetRig(port, tmp_path)
+    fleet.start()
+    try:
+        # a slow drain (300 messages/s), killed once a few hundred have been stored
+        slow = Child("drain", str(db), str(port), "300")
+        try:
+            in_fleet = fleet.wait_count("defect_events", 300, 60)
+            assert in_fleet >= 300, f"only {in_fleet} stored before the kill"
+        finally:
+            slow.kill()
+        left = outbox_rows(db)
+        assert 0 < left < n, f"{left} rows left: the kill was not mid-drain"
+        second = Child("drain", str(db), str(port))
+        try:
+            second.expect("drained", timeout_s=60)
+            in_fleet = fleet.wait_count("defect_events", n, 30)
+            assert in_fleet == n, f"{in_fleet} of {n} events in the fleet store"
+        finally:
+            second.kill()
+    finally:
+        collector.close()
+        fleet.close()
+
+    assert fleet.event_frames() == {f"top:{i}": 1 for i in range(n)}
+    frames = collector.frame_ids()
+    assert set(frames) == {f"top:{i}" for i in range(n)}
+    assert max(frames.values()) == 1  # a re-sent message keeps its msg_id
+    # on the wire, only what was in flight or acknowledged-but-not-deleted comes twice
+    assert collector.duplicates() <= 64
+    assert outbox_rows(db) == 0

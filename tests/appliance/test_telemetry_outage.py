@@ -1,6 +1,7 @@
 """A broker outage in the middle of a run: every event and model message reaches the
-collector (at least once, unique msg_ids; duplicates are counted), the producer never
-slows down while the broker is away, and the per-window metrics add up to the totals.
+wire (at least once, unique msg_ids; duplicates are counted) and the real cloud collector's
+fleet store exactly once; the producer never slows down while the broker is away, and
+the per-window metrics add up to the totals.
 
 The outage lasts 30 s as in the issue (`LINEGUARD_TEST_OUTAGE_S` overrides it, e.g. 5 for
 a quick run); the whole test takes about outage + 15 s.
@@ -18,6 +19,7 @@ import pytest
 
 from appliance.telemetry import Gauges, Telemetry
 from protocol import ModelRef, UpdateProgress, decode, model_topic
+from tests.appliance.fleet_rig import FleetRig
 from tests.appliance.telemetry_helpers import (
     LINE,
     SITE,
@@ -26,6 +28,7 @@ from tests.appliance.telemetry_helpers import (
     record,
     telemetry_cfg,
 )
+from tests.cloud.fleet_helpers import BROKER_CONF
 from tests.mqtt_broker import MqttProbe, requires_mosquitto, start_broker
 
 OUTAGE_S = float(os.environ.get("LINEGUARD_TEST_OUTAGE_S", "30"))
@@ -76,8 +79,9 @@ class Producer:
 
 
 def test_broker_outage_loses_nothing_and_never_blocks(tmp_path: Path) -> None:
-    broker = start_broker(tmp_path)
+    broker = start_broker(tmp_path, BROKER_CONF)
     collector = Collector(broker.port)
+    fleet = FleetRig(broker.port, tmp_path)
     events: list[str] = []
     telemetry = Telemetry(
         telemetry_cfg(broker.port, offline_alarm_s=min(10.0, OUTAGE_S / 2)),
@@ -89,6 +93,7 @@ def test_broker_outage_loses_nothing_and_never_blocks(tmp_path: Path) -> None:
     thread = threading.Thread(target=producer.run, name="producer")
     try:
         collector.connect()
+        fleet.start()
         telemetry.start()
         thread.start()
         time.sleep(LIVE_S)
@@ -118,6 +123,8 @@ def test_broker_outage_loses_nothing_and_never_blocks(tmp_path: Path) -> None:
             f"metrics count {sum(m.verdicts.failed for m in collector.kind('metrics'))} "
             f"failed parts of {n}"
         )
+        in_fleet = fleet.wait_count("defect_events", n, 60)
+        assert in_fleet == n, f"{in_fleet} of {n} events in the fleet store"
         retained = MqttProbe(broker.port, "late-monitor")
         retained.connect()
         retained.subscribe(model_topic(SITE, LINE))
@@ -129,6 +136,7 @@ def test_broker_outage_loses_nothing_and_never_blocks(tmp_path: Path) -> None:
             thread.join(10)
         telemetry.stop()
         collector.close()
+        fleet.close()
         broker.stop()
 
     # every event once by frame (a re-sent message keeps its msg_id), none missing
@@ -137,6 +145,9 @@ def test_broker_outage_loses_nothing_and_never_blocks(tmp_path: Path) -> None:
     assert max(frames.values()) == 1
     assert {m.update.update_id for m in collector.kind("model") if m.update} == \
         set(producer.updates)
+    # the fleet store: every event and every model report exactly once
+    assert fleet.event_frames() == {f"top:{i}": 1 for i in range(n)}
+    assert fleet.update_ids() == {u: 1 for u in producer.updates}
     duplicates = collector.duplicates()
     assert duplicates <= 2 * telemetry.cfg.inflight_max  # only what was in flight at the cut
     # metrics: every part in exactly one window
