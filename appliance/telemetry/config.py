@@ -84,6 +84,11 @@ class TelemetryConfig(BaseModel):
     """Longest a handed-over message waits before it is written to the outbox."""
     busy_timeout_ms: int = Field(2000, ge=0, le=60_000)
     """SQLite busy timeout of the outbox connection (the store's writer shares the file)."""
+    unrouted_retry_s: float = Field(2.0, ge=0.1, le=300.0)
+    """MQTT 5 only: when the broker acknowledges a message with "no matching
+    subscribers" (0x10; e.g. just after a broker restart, before the collector's shared
+    subscription is back: Mosquitto does not persist shared subscriptions), the row stays
+    in the outbox, sending pauses this long, then the outbox is sent again oldest first."""
     stop_grace_s: float = Field(2.0, ge=0.0, le=60.0)
     """On stop, how long to wait for in-flight and queued live messages to be acknowledged
     before disconnecting (what is left stays in the outbox for the next start)."""

@@ -15,6 +15,9 @@ Invariants:
   down and are re-sent (DUP) by paho after a reconnect; their acknowledgement then
   arrives through `on_ack` with the same mid. A replaced client (protocol fallback,
   supervision) loses them: `supervise` returns True and the owner must forget them.
+- A PUBACK is one of three outcomes: "ok", "unrouted" (MQTT 5 reason 0x10, "no matching
+  subscribers": the broker took the message but nobody will receive it) or "refused"
+  (reason >= 0x80).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from typing import Literal
 
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -44,6 +48,9 @@ _UNSUPPORTED_PROTOCOL = frozenset({132, 1})
 # limit only needs room for it plus a few status messages.
 _PAHO_INFLIGHT_SLACK = 8
 _WEDGED_MIN_S = 300.0
+_NO_MATCHING_SUBSCRIBERS = 0x10
+
+AckOutcome = Literal["ok", "unrouted", "refused"]
 
 
 def ssl_context(cfg: TelemetryConfig) -> ssl.SSLContext:
@@ -71,7 +78,7 @@ class BrokerConnection:
 
     `first_message()` is called on every successful connect (paho's thread) and its
     result published before anything else; `will()` before every attempt. `on_up()` /
-    `on_down(reason)` report connection changes, `on_ack(mid, ok, reason)` every PUBACK
+    `on_down(reason)` report connection changes, `on_ack(mid, outcome, reason)` every PUBACK
     (all on paho's thread: keep them quick, never raise).
     """
 
@@ -84,7 +91,7 @@ class BrokerConnection:
         first_message: Callable[[], Outgoing | None],
         on_up: Callable[[], None],
         on_down: Callable[[str], None],
-        on_ack: Callable[[int, bool, str], None],
+        on_ack: Callable[[int, AckOutcome, str], None],
     ) -> None:
         self._cfg = cfg
         self._client_id = client_id
@@ -307,6 +314,8 @@ class BrokerConnection:
         properties: Properties | None,
     ) -> None:
         try:
-            self._on_ack(mid, not reason_code.is_failure, str(reason_code))
+            outcome: AckOutcome = "refused" if reason_code.is_failure else (
+                "unrouted" if reason_code.value == _NO_MATCHING_SUBSCRIBERS else "ok")
+            self._on_ack(mid, outcome, str(reason_code))
         except Exception:
             logger.exception("error in the MQTT publish handler")

@@ -18,6 +18,12 @@ Invariants:
   possible, losses are not (consumers de-duplicate on `msg_id`).
 - A negative PUBACK (MQTT 5 reason >= 0x80) keeps the row: it is counted, logged, and
   sent again after the next reconnect.
+- A PUBACK "no matching subscribers" (MQTT 5 reason 0x10) keeps the row too: the broker
+  took it, but nobody will ever receive it (after a broker restart Mosquitto has not
+  restored the collector's shared subscription until the collector reconnects). Sending
+  pauses `unrouted_retry_s`, then the outbox is sent again oldest first at the backlog
+  rate, so while nobody subscribes at most `backlog_inflight_max` messages probe the
+  broker per pause.
 - Every loss is reported: `outbox.dropped` of a `metrics` message (`submit_metrics`)
   counts the messages lost since the last `metrics` message that made it into the outbox,
   so a loss report that is itself refused is carried into the next one.
@@ -37,7 +43,7 @@ from pydantic import ValidationError
 
 from appliance.records import EventValue, Severity
 from appliance.telemetry.config import TelemetryConfig
-from appliance.telemetry.connection import BrokerConnection
+from appliance.telemetry.connection import AckOutcome, BrokerConnection
 from appliance.telemetry.errors import OutboxUnavailable
 from appliance.telemetry.outbox import NewMessage, Outbox, WriteResult
 from appliance.telemetry.sender import SendWindow
@@ -70,6 +76,8 @@ class PublisherStats:
     published: int
     acknowledged: int
     rejected: int
+    unrouted: int
+    """PUBACKs "no matching subscribers": kept in the outbox and sent again later."""
     duplicates: int
     invalid: int
     dropped: dict[str, int]
@@ -106,7 +114,7 @@ class Publisher:
         self._stopping = threading.Event()
         self._closed = False
         self._lock = threading.Lock()  # notes from paho, loss counters
-        self._notes: list[tuple[str, int, bool, str]] = []
+        self._notes: list[tuple[str, int, AckOutcome, str]] = []
         self._dropped_window: Counter[str] = Counter()
         self._dropped_total: Counter[str] = Counter()
         self._unreported = 0  # losses not yet carried by an admitted metrics message
@@ -118,9 +126,11 @@ class Publisher:
         self._retry_s = 0.0
         self._next_write_at = 0.0
         self._offline_alarmed = False
+        self._unrouted_warned = False  # until the next positive PUBACK
         self._thread: threading.Thread | None = None
         self.acknowledged = 0
         self.rejected = 0
+        self.unrouted = 0
         self.duplicates = 0
         self.invalid = 0
         self.write_errors = 0
@@ -172,6 +182,7 @@ class Publisher:
             published=self._window.published,
             acknowledged=self.acknowledged,
             rejected=self.rejected,
+            unrouted=self.unrouted,
             duplicates=self.duplicates,
             invalid=self.invalid,
             dropped=dropped,
@@ -215,9 +226,10 @@ class Publisher:
         return not self._pending and not self._carry
 
     # ------------------------------------------------------------------ paho notes
-    def _note(self, kind: str, mid: int = 0, ok: bool = True, reason: str = "") -> None:
+    def _note(self, kind: str, mid: int = 0, outcome: AckOutcome = "ok",
+              reason: str = "") -> None:
         with self._lock:
-            self._notes.append((kind, mid, ok, reason))
+            self._notes.append((kind, mid, outcome, reason))
         # A PUBACK wakes the worker only when messages wait for room in the window;
         # otherwise it is handled on the next turn (within the idle wait), together with
         # the others in one write.
@@ -230,8 +242,8 @@ class Publisher:
     def _note_down(self, reason: str) -> None:
         self._note("down", reason=reason)
 
-    def _note_ack(self, mid: int, ok: bool, reason: str) -> None:
-        self._note("ack", mid, ok, reason)
+    def _note_ack(self, mid: int, outcome: AckOutcome, reason: str) -> None:
+        self._note("ack", mid, outcome, reason)
 
     def _count_dropped(self, dropped: dict[str, int]) -> None:
         with self._lock:
@@ -336,7 +348,7 @@ class Publisher:
         with self._lock:
             notes, self._notes = self._notes, []
         window = self._window
-        for kind, mid, ok, reason in notes:
+        for kind, mid, outcome, reason in notes:
             if kind == "up":
                 window.connected()
                 if self._offline_alarmed:
@@ -348,9 +360,20 @@ class Publisher:
                 window.disconnected()
             elif (entry := window.acknowledged(mid)) is None:
                 continue  # the status, or a message of a replaced client
-            elif ok:
+            elif outcome == "ok":
                 acked.append(entry.row_id)
                 self.acknowledged += 1
+                self._unrouted_warned = False
+            elif outcome == "unrouted":
+                self.unrouted += 1
+                window.unrouted(time.monotonic())
+                if not self._unrouted_warned:
+                    self._unrouted_warned = True
+                    logger.warning(
+                        "the broker has no subscriber for %s (restarted, the collector not "
+                        "yet back?): messages stay in the outbox and are sent again every "
+                        "%.1f s until someone subscribes", entry.topic,
+                        self._cfg.unrouted_retry_s)
             else:
                 self.rejected += 1
                 self.last_error = f"broker refused outbox row {entry.row_id}: {reason}"

@@ -11,6 +11,9 @@ within a bounded window of unacknowledged messages. Used by the publisher's work
   a reconnect); `forget` drops that knowledge when the client is replaced.
 - Retained messages: one older than a row already sent retained on its topic is sent
   without the retain flag, so the broker keeps the newest.
+- A row acknowledged "no matching subscribers" (`unrouted`) stays in the outbox: nothing
+  is sent for `unrouted_retry_s`, then everything in the outbox is the backlog again
+  (sent oldest first at the backlog rate; rows still in flight are skipped).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class InFlight:
 
     row_id: int
     backlog: bool
+    topic: str
 
 
 class SendWindow:
@@ -60,6 +64,7 @@ class SendWindow:
         self._tokens = 0.0
         self._tokens_at = time.monotonic()
         self._retained_high: dict[str, int] = {}
+        self._paused_until = 0.0  # after an unrouted PUBACK (time.monotonic())
         self.published = 0
         self.waiting_for_room = False
         """Rows wait because the window is full (read from paho's thread: a PUBACK then
@@ -85,6 +90,12 @@ class SendWindow:
         self._inflight_rows.clear()
         self._backlog_inflight = 0
         self.disconnected()
+
+    def unrouted(self, now: float) -> None:
+        """A PUBACK said "no matching subscribers": pause, then send the outbox again
+        from its oldest row."""
+        self._paused_until = now + self._cfg.unrouted_retry_s
+        self._reset_backlog()
 
     def _reset_backlog(self) -> None:
         self.live.clear()
@@ -121,7 +132,12 @@ class SendWindow:
 
     def wait_s(self, idle_s: float) -> float:
         """How long the worker may sleep before `fill` has something to send."""
-        if not self.up or not self.backlog_waiting():
+        if not self.up:
+            return idle_s
+        pause_s = self._paused_until - time.monotonic()
+        if pause_s > 0.0:
+            return min(idle_s, pause_s)
+        if not self.backlog_waiting():
             return idle_s
         if len(self.inflight) >= self._cfg.inflight_max or \
                 self._backlog_inflight >= self._cfg.backlog_inflight_max:
@@ -141,6 +157,9 @@ class SendWindow:
 
     def _fill(self, now: float) -> list[int]:
         sent: list[int] = []
+        if now < self._paused_until:
+            self._tokens_at = now  # no backlog credit builds up during a pause
+            return sent
         cap = self._cfg.inflight_max
         while self.live and len(self.inflight) < cap:
             row = self.live.popleft()
@@ -202,7 +221,7 @@ class SendWindow:
         if mid is None:
             return False
         self.acknowledged(mid)  # a mid that wrapped around a message paho still holds
-        self.inflight[mid] = InFlight(row.id, backlog)
+        self.inflight[mid] = InFlight(row.id, backlog, row.topic)
         self._inflight_rows.add(row.id)
         self._backlog_inflight += int(backlog)
         self.published += 1
