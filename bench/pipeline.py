@@ -13,6 +13,10 @@ size 640), the same pre-rendered frames and the same thread count for every colu
   is one batch for Ultralytics), in a subprocess (`import ultralytics` changes OMP and
   OpenCV thread settings for the whole process);
 - (d) = (b) with an INT8 variant of the bundle (`cloud.quantize.quantize_bundle`);
+- (e) with `--telemetry`: (b) with MQTT telemetry on (a local mosquitto on a free port,
+  a subscriber in another process, metrics every second, one `events/defect` message per
+  failed part: about 3/4 of linesim parts and nearly every NEU-DET image fail, so this is
+  far above a real line's fail rate); e/b is what telemetry costs the pipeline;
 - verdict latency p50/p99 (judged_at - captured_at) with frames arriving at a fixed rate
   of half of (b)'s measured throughput at that batch size.
 
@@ -22,12 +26,13 @@ reported). Prints a table and one JSON line (`{"bench": "pipeline", ...}`).
 
     .venv/bin/python bench/pipeline.py [--sizes 320,640] [--batches 1,4,8] [--frames N]
         [--datasets linesim,neu-det] [--threads T] [--repeat R] [--no-int8] [--quick]
-        [--json-out FILE]
+        [--telemetry] [--json-out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -59,7 +64,8 @@ SHARED = REPO.parent / "shared"
 NEU_DET = SHARED / "datasets" / "neu-det"
 STATION = "bench"
 ImageBGR = npt.NDArray[np.uint8]
-TARGETS = {"b/a": 0.92, "b/c": 1.1, "d/c": 1.8, "p99_over_a1": 2.0, "int8_map50_drop": 0.01}
+TARGETS = {"b/a": 0.92, "b/c": 1.1, "d/c": 1.8, "e/b": 0.97, "p99_over_a1": 2.0,
+           "int8_map50_drop": 0.01}
 
 
 # ---------------------------------------------------------------------------- frames
@@ -144,18 +150,23 @@ class PipelineRun:
 
 
 def bench_pipeline(bundle_dir: Path, frames: list[ImageBGR], batch: int, threads: int,
-                   work: Path, rate_fps: float | None = None) -> PipelineRun:
-    """(b)/(d): the real appliance over a ReplaySource of `frames` (paced at `rate_fps`
-    if given); frames/s from the first capture to the last verdict committed."""
+                   work: Path, rate_fps: float | None = None,
+                   mqtt_port: int | None = None) -> PipelineRun:
+    """(b)/(d)/(e): the real appliance over a ReplaySource of `frames` (paced at
+    `rate_fps` if given; with telemetry to 127.0.0.1:`mqtt_port` if given); frames/s from
+    the first capture to the last verdict committed."""
     data_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work))
-    cfg = config_from_dict({
+    raw: dict[str, Any] = {
         "data_dir": str(data_dir),
         "stations": [{"name": STATION}],
         "model": {"bundle": str(bundle_dir), "verify_golden": False},
         "engine": {"providers": ["cpu"], "intra_op_threads": threads},
         "pipeline": {"max_batch": batch, "overflow": "block", "keep_images": False,
                      "queue_frames": max(32, 4 * batch)},
-    }, "bench")
+    }
+    if mqtt_port is not None:
+        raw["telemetry"] = {"host": "127.0.0.1", "port": mqtt_port, "metrics_interval_s": 1.0}
+    cfg = config_from_dict(raw, "bench")
     n = len(frames)
     captured: list[float] = []
     judged: list[float] = []
@@ -186,6 +197,40 @@ def bench_pipeline(bundle_dir: Path, frames: list[ImageBGR], batch: int, threads
     return PipelineRun(fps=n / (t_end - min(captured)), verdicts=dict(stats.verdicts),
                        latencies_ms=lat, mean_batch=stats.mean_batch,
                        stage_ms=stats.latency_ms)
+
+
+# ---------------------------------------------------------------------------- (e)
+_SUBSCRIBER_SCRIPT = r"""
+import sys, time
+from paho.mqtt.client import Client
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+client = Client(CallbackAPIVersion.VERSION2, client_id="bench-subscriber",
+                protocol=MQTTProtocolVersion.MQTTv5)
+client.on_connect = lambda c, *a: c.subscribe("lineguard/#", qos=1)
+client.connect("127.0.0.1", int(sys.argv[1]))
+client.loop_forever()
+"""
+
+
+class TelemetryRig:
+    """A local mosquitto and a subscriber process for column (e); a context manager."""
+
+    def __init__(self, work: Path) -> None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from telemetry import start_broker  # bench/telemetry.py
+
+        self.broker, self.port = start_broker(work)
+        self.subscriber = subprocess.Popen([sys.executable, "-c", _SUBSCRIBER_SCRIPT,
+                                            str(self.port)])
+        time.sleep(1.0)  # subscribed before the first run (else: "no matching subscribers")
+
+    def __enter__(self) -> TelemetryRig:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in (self.subscriber, self.broker):
+            proc.terminate()
+            proc.wait(10)
 
 
 # ---------------------------------------------------------------------------- (c)
@@ -249,7 +294,7 @@ def _ratio(x: float | None, y: float | None) -> float | None:
 
 def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: dict[str, Bundle],
                args: argparse.Namespace, work: Path, frames_npy: Path,
-               env: dict[str, str]) -> dict[str, Any]:
+               env: dict[str, str], mqtt_port: int | None = None) -> dict[str, Any]:
     """All columns for one (dataset, size, batch)."""
     fp32 = bundles["fp32"]
     det = OnnxDetector(fp32.model_path, ["cpu"], intra_op_threads=args.threads,
@@ -257,12 +302,16 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
     a_runs: list[float] = []
     b_runs: list[PipelineRun] = []
     d_runs: list[PipelineRun] = []
-    for _ in range(args.repeat):  # interleaved: a, b, d, a, b, d, ...
+    e_runs: list[PipelineRun] = []
+    for _ in range(args.repeat):  # interleaved: a, b, d, e, a, b, d, e, ...
         a_runs.append(bench_session(fp32, frames, batch, args.threads, det))
         b_runs.append(bench_pipeline(fp32.root, frames, batch, args.threads, work))
         if "int8" in bundles:
             d_runs.append(bench_pipeline(bundles["int8"].root, frames, batch, args.threads,
                                          work))
+        if mqtt_port is not None:
+            e_runs.append(bench_pipeline(fp32.root, frames, batch, args.threads, work,
+                                         mqtt_port=mqtt_port))
     a1 = bench_session(fp32, frames[: max(8, len(frames) // 4)], 1, args.threads, det)
     c = None if args.no_ultralytics else bench_ultralytics(
         fp32.model_path, frames_npy, size, batch, args.threads, env)
@@ -270,6 +319,7 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
     best_b = max(b_runs, key=lambda r: r.fps)
     b = best_b.fps
     d = max(r.fps for r in d_runs) if d_runs else None
+    e = max(r.fps for r in e_runs) if e_runs else None
     rate = b / 2.0
     n_lat = max(batch * 4, min(len(frames), int(rate * args.latency_s)))
     lat = bench_pipeline(fp32.root, frames[:n_lat], batch, args.threads, work, rate_fps=rate)
@@ -282,7 +332,9 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
         "c_fps": round(c, 1) if c else None,
         "d_fps": round(d, 1) if d else None,
         "d_fps_median": round(statistics.median(r.fps for r in d_runs), 1) if d_runs else None,
-        "b/a": _ratio(b, a), "b/c": _ratio(b, c), "d/c": _ratio(d, c),
+        "e_fps": round(e, 1) if e else None,
+        "e_fps_median": round(statistics.median(r.fps for r in e_runs), 1) if e_runs else None,
+        "b/a": _ratio(b, a), "b/c": _ratio(b, c), "d/c": _ratio(d, c), "e/b": _ratio(e, b),
         "b_mean_batch": round(best_b.mean_batch, 2), "b_verdicts": best_b.verdicts,
         "b_stage_ms": best_b.stage_ms,
         "half_load_fps": round(rate, 1), "latency_frames": n_lat,
@@ -293,9 +345,9 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    cols = ["dataset", "size", "batch", "a_fps", "b_fps", "c_fps", "d_fps", "b/a", "b/c",
-            "d/c", "b_mean_batch", "half_load_fps", "latency_p50_ms", "latency_p99_ms",
-            "a_batch1_ms", "p99_over_a1"]
+    cols = ["dataset", "size", "batch", "a_fps", "b_fps", "c_fps", "d_fps", "e_fps", "b/a",
+            "b/c", "d/c", "e/b", "b_mean_batch", "half_load_fps", "latency_p50_ms",
+            "latency_p99_ms", "a_batch1_ms", "p99_over_a1"]
     print(" | ".join(f"{c:>8}" for c in cols))
     for r in rows:
         print(" | ".join(f"{'-' if r[c] is None else r[c]!s:>8}" for c in cols))
@@ -315,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ultralytics", action="store_true")
     p.add_argument("--eval-images", type=int, default=100,
                    help="linesim val images for the FP32 vs INT8 mAP50 check (0: skip)")
+    p.add_argument("--telemetry", action="store_true",
+                   help="add column (e): the pipeline with MQTT telemetry to a local mosquitto")
     p.add_argument("--quick", action="store_true", help="tiny smoke run")
     p.add_argument("--json-out", type=Path)
     args = p.parse_args(argv)
@@ -331,8 +385,10 @@ def main(argv: list[str] | None = None) -> int:
           "ratios (medians in the JSON); c in a subprocess right after")
     rows: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="lineguard-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="lineguard-bench-") as tmp, \
+            contextlib.ExitStack() as stack:
         work = Path(tmp)
+        mqtt_port = stack.enter_context(TelemetryRig(work)).port if args.telemetry else None
         env = ultralytics_env(work, args.threads)
         demo = load_bundle(DEMO_BUNDLE)
         golden = linesim_frames(2)
@@ -367,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             for size in sizes:
                 for batch in batches:
                     row = run_config(ds, size, batch, frames, bundles_by_size[size], args,
-                                     work, frames_npy, env)
+                                     work, frames_npy, env, mqtt_port)
                     rows.append(row)
                     print(json.dumps({k: row[k] for k in row if k != "b_stage_ms"}), flush=True)
     print()

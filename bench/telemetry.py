@@ -123,9 +123,9 @@ def start_broker(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     conf = directory / "mosquitto.conf"
     conf.write_text(BROKER_CONF.format(port=port, user=getpass.getuser()), "utf-8")
-    log = (directory / "mosquitto.log").open("wb")
-    broker = subprocess.Popen([str(MOSQUITTO), "-c", str(conf)], stdout=log,
-                              stderr=subprocess.STDOUT)
+    with (directory / "mosquitto.log").open("wb") as log:  # the child keeps its own copy
+        broker = subprocess.Popen([str(MOSQUITTO), "-c", str(conf)], stdout=log,
+                                  stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:

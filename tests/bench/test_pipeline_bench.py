@@ -12,6 +12,8 @@ from types import ModuleType
 
 import pytest
 
+from tests.mqtt_broker import requires_mosquitto
+
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "pipeline.py"
 
 
@@ -42,3 +44,17 @@ def test_tiny_run_writes_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert row["b_verdicts"]["uninspected"] == 0
     assert row["latency_p99_ms"] >= row["latency_p50_ms"] > 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == out.read_text().strip()
+
+
+@pytest.mark.mqtt
+@pytest.mark.timeout(300)
+@requires_mosquitto
+def test_telemetry_column(tmp_path: Path) -> None:
+    bench = _load()
+    out = tmp_path / "result.json"
+    rc = bench.main(["--sizes", "320", "--batches", "2", "--frames", "6", "--datasets",
+                     "linesim", "--threads", "1", "--repeat", "1", "--latency-s", "0.5",
+                     "--no-int8", "--no-ultralytics", "--telemetry", "--json-out", str(out)])
+    assert rc == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["e_fps"] > 0 and row["e/b"] is not None
