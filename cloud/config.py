@@ -81,9 +81,12 @@ class BrokerConfig(_Section):
     password: SecretStr | None = None
     password_file: Path | None = None
     tls: TlsConfig | None = None
-    # Reconnect backoff: paho doubles the delay from min to max after each failure.
+    # Reconnect backoff: paho doubles the delay from min to max after each failure. Kept
+    # short: after a broker restart Mosquitto has forgotten the shared subscription until
+    # the collector is back, and lines wait only `reconnect_settle_s` (10 s by default)
+    # after their own reconnect before sending.
     reconnect_min_s: int = Field(1, ge=1, le=60)
-    reconnect_max_s: int = Field(30, ge=1, le=3600)
+    reconnect_max_s: int = Field(5, ge=1, le=3600)
 
     @model_validator(mode="after")
     def _check(self) -> BrokerConfig:

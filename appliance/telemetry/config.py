@@ -84,6 +84,12 @@ class TelemetryConfig(BaseModel):
     """Longest a handed-over message waits before it is written to the outbox."""
     busy_timeout_ms: int = Field(2000, ge=0, le=60_000)
     """SQLite busy timeout of the outbox connection (the store's writer shares the file)."""
+    reconnect_settle_s: float = Field(10.0, ge=0.0, le=600.0)
+    """After a reconnect (not the first connect of the process) only the `status` goes
+    out at once; outbox messages wait this long, so that collectors can subscribe again
+    first: after a broker restart Mosquitto restores sessions but not their shared
+    subscriptions, and what is published before a collector is back never reaches it.
+    Keep it above the collectors' `reconnect_max_s`."""
     unrouted_retry_s: float = Field(2.0, ge=0.1, le=300.0)
     """MQTT 5 only: when the broker acknowledges a message with "no matching
     subscribers" (0x10; e.g. just after a broker restart, before the collector's shared

@@ -23,7 +23,8 @@ Invariants:
   restored the collector's shared subscription until the collector reconnects). Sending
   pauses `unrouted_retry_s`, then the outbox is sent again oldest first at the backlog
   rate, so while nobody subscribes at most `backlog_inflight_max` messages probe the
-  broker per pause.
+  broker per pause. After a reconnect, sending waits `reconnect_settle_s` for the same
+  reason (other subscribers, e.g. a monitor, would hide the 0x10 from us).
 - Every loss is reported: `outbox.dropped` of a `metrics` message (`submit_metrics`)
   counts the messages lost since the last `metrics` message that made it into the outbox,
   so a loss report that is itself refused is carried into the next one.

@@ -11,6 +11,7 @@ within a bounded window of unacknowledged messages. Used by the publisher's work
   a reconnect); `forget` drops that knowledge when the client is replaced.
 - Retained messages: one older than a row already sent retained on its topic is sent
   without the retain flag, so the broker keeps the newest.
+- After a reconnect (not the first connect) nothing is sent for `reconnect_settle_s`.
 - A row acknowledged "no matching subscribers" (`unrouted`) stays in the outbox: nothing
   is sent for `unrouted_retry_s`, then everything in the outbox is the backlog again
   (sent oldest first at the backlog rate; rows still in flight are skipped).
@@ -64,7 +65,8 @@ class SendWindow:
         self._tokens = 0.0
         self._tokens_at = time.monotonic()
         self._retained_high: dict[str, int] = {}
-        self._paused_until = 0.0  # after an unrouted PUBACK (time.monotonic())
+        self._paused_until = 0.0  # after a reconnect, an unrouted PUBACK (monotonic)
+        self._connects = 0
         self.published = 0
         self.waiting_for_room = False
         """Rows wait because the window is full (read from paho's thread: a PUBACK then
@@ -72,8 +74,12 @@ class SendWindow:
 
     # ------------------------------------------------------------------ connection
     def connected(self) -> None:
-        """A new connection: everything in the outbox now is the backlog."""
+        """A new connection: everything in the outbox now is the backlog (sent after
+        `reconnect_settle_s` on a reconnect)."""
         self.up = True
+        self._connects += 1
+        if self._connects > 1:
+            self._paused_until = time.monotonic() + self._cfg.reconnect_settle_s
         self._reset_backlog()
         self._tokens = 0.0
         self._tokens_at = time.monotonic()

@@ -51,6 +51,8 @@ def telemetry_cfg(port: int, **overrides: Any) -> TelemetryConfig:
         "metrics_interval_s": 1.0,
         "status_poll_s": 0.2,
         "backlog_rate_per_s": 2000.0,
+        # above the test collectors' reconnect delay (1-2 s), below the tests' waits
+        "reconnect_settle_s": 3.0,
         "stop_grace_s": 2.0,
     }
     base.update(overrides)
