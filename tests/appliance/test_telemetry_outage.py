@@ -84,7 +84,9 @@ def test_broker_outage_loses_nothing_and_never_blocks(tmp_path: Path) -> None:
     fleet = FleetRig(broker.port, tmp_path)
     events: list[str] = []
     telemetry = Telemetry(
-        telemetry_cfg(broker.port, offline_alarm_s=min(10.0, OUTAGE_S / 2)),
+        telemetry_cfg(broker.port, offline_alarm_s=min(10.0, OUTAGE_S / 2),
+                      # well above the cloud collector's reconnect (1-2 s) on a busy CI box
+                      reconnect_settle_s=8.0),
         migrated_db(tmp_path),
         lambda: Gauges(model=MODEL, sources={"top": "streaming", "side": "streaming"}),
         site=SITE, line=LINE, record_event=lambda e: events.append(e.kind),
