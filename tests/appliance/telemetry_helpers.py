@@ -41,6 +41,16 @@ def migrated_db(directory: Path) -> Path:
     return path
 
 
+def wait_for(predicate: Callable[[], object], timeout_s: float) -> bool:
+    """Poll `predicate` every 50 ms until it is truthy (True) or `timeout_s` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def telemetry_cfg(port: int, **overrides: Any) -> TelemetryConfig:
     """A config for a test broker on 127.0.0.1: fast reconnects and windows."""
     base: dict[str, Any] = {

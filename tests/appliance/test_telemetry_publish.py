@@ -25,6 +25,7 @@ from tests.appliance.telemetry_helpers import (
     migrated_db,
     record,
     telemetry_cfg,
+    wait_for,
 )
 from tests.mqtt_broker import Broker, MqttProbe, free_port, requires_mosquitto, start_broker
 
@@ -43,13 +44,6 @@ class GaugeBox:
         return self.gauges
 
 
-def wait_for(predicate: Any, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture

@@ -16,20 +16,20 @@ import pytest
 
 from appliance.telemetry import Telemetry
 from tests.appliance.fleet_rig import FleetRig
-from tests.appliance.telemetry_helpers import LINE, SITE, migrated_db, record, telemetry_cfg
+from tests.appliance.telemetry_helpers import (
+    LINE,
+    SITE,
+    migrated_db,
+    record,
+    telemetry_cfg,
+    wait_for,
+)
 from tests.cloud.fleet_helpers import BROKER_CONF
 from tests.mqtt_broker import requires_mosquitto, start_broker
 
 pytestmark = [pytest.mark.mqtt, requires_mosquitto, pytest.mark.timeout(180)]
 
 
-def wait_for(predicate: object, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_nobody_subscribed_keeps_messages_and_probes_at_a_bounded_rate(tmp_path: Path) -> None:
