@@ -44,8 +44,6 @@ class GaugeBox:
         return self.gauges
 
 
-
-
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
     b = start_broker(tmp_path)
