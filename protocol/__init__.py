@@ -4,6 +4,10 @@ Topics are `lineguard/<site>/<line>/<kind>` (see `protocol.topics`); payloads ar
 validated by versioned pydantic models (see `protocol.registry`); `decode` and `encode`
 (in `protocol.codec`) are the only ways bytes become messages and back. This package
 imports nothing else of lineguard. The contract for other teams is README.md here.
+
+It also holds the few helpers both processes share, each written once:
+`protocol.backoff` (retry policy), `protocol.atomic` (durable file writes) and
+`protocol.configfile` (YAML config files with errors that name the key).
 """
 
 from protocol.codec import MAX_PAYLOAD_BYTES, Outgoing, decode, encode, prepare, topic_of
