@@ -14,9 +14,12 @@ import logging
 from typing import Annotated, Final
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from pydantic import AwareDatetime, BaseModel, ConfigDict, SecretStr
+from swagger_ui_bundle import swagger_ui_path
 
 from cloud.errors import FleetStoreError
 from cloud.fleet import (
@@ -33,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 API_VERSION: Final = "1"
 ID_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+DOCS_ASSETS: Final = "/docs-assets"
+"""Where Swagger UI's scripts and styles are served from (vendored, no CDN)."""
 
 SiteParam = Annotated[str, Path(pattern=ID_PATTERN, description="site id")]
 LineParam = Annotated[str, Path(pattern=ID_PATTERN, description="line id")]
@@ -107,11 +112,27 @@ def create_app(store: FleetStore, token: SecretStr | str) -> FastAPI:
 
     Store = Annotated[FleetStore, Depends(get_store)]
 
+    # The interactive docs are served from this process, with Swagger UI's assets from
+    # the swagger-ui-bundle package: a plant network is often air-gapped, and FastAPI's
+    # default /docs and /redoc load their scripts from a CDN (a blank page offline).
     app = FastAPI(
         title="lineguard fleet API",
         version=API_VERSION,
         description=__doc__,
+        docs_url=None,
+        redoc_url=None,
     )
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - docs",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
 
     @app.exception_handler(FleetStoreError)
     def _store_failed(request: Request, exc: FleetStoreError) -> JSONResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from datetime import timedelta
 
@@ -180,3 +181,20 @@ def test_an_unreadable_store_is_503(tmp_path):
     with TestClient(create_app(s, TOKEN)) as c:
         assert c.get("/health").status_code == 503
         assert c.get("/lines", headers=AUTH).status_code == 503
+
+
+def test_docs_work_offline_with_assets_served_locally(client):
+    """An air-gapped plant network: /docs must not reference a CDN, and every asset it
+    references must be served by this app."""
+    page = client.get("/docs")
+    assert page.status_code == 200
+    html = page.text
+    assert "cdn" not in html.lower() and "https://" not in html
+    assets = re.findall(r"(?:src|href)=['\"]([^'\"]+)['\"]", html)
+    assert any(a.endswith("swagger-ui-bundle.js") for a in assets)
+    for asset in assets:
+        assert asset.startswith("/"), asset
+        got = client.get(asset)
+        assert got.status_code == 200, asset
+        assert len(got.content) > 100
+    assert client.get("/redoc").status_code == 404
