@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 
-from appliance.app import App, next_frame_seq
+from appliance.app import App
 from appliance.capture import ReplaySource
 from appliance.config import ApplianceConfig, load_config
 from appliance.errors import ConfigError
+from appliance.store import Store
+from appliance.store.queries import next_frame_seq
 from models.bundle import Bundle, pack_bundle
 from tests.appliance.pipeline_helpers import BLACK, WHITE, db_rows, seq_of, tiny_bundle
 
@@ -65,7 +67,8 @@ def test_run_with_a_frame_budget_then_restart_continues_frame_ids(
     assert kinds[0] == "appliance_start" and kinds[-1] == "appliance_stop"
     assert "model_change" in kinds
 
-    assert next_frame_seq(cfg.store.path, "cam") == 30
+    with Store(cfg.store) as store:
+        assert store.next_frame_seq("cam") == 30
     again = App(cfg, max_frames=20).run(threading.Event())
     assert again.frames == 20 and again.store_inspections == 50
     seqs = sorted(seq_of(r[0]) for r in db_rows(cfg.store.path))
@@ -122,15 +125,19 @@ def test_sources_for_unknown_stations_are_refused(tmp_path: Path,
 
 
 def test_next_frame_seq_reads_only_its_station(tmp_path: Path) -> None:
-    db = tmp_path / "x.db"
-    assert next_frame_seq(db, "cam") == 0
-    conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE inspections (id INTEGER PRIMARY KEY, frame_id TEXT, station TEXT)")
+    conn = sqlite3.connect(tmp_path / "x.db")
+    conn.execute("CREATE TABLE inspections (id INTEGER PRIMARY KEY, frame_id TEXT UNIQUE,"
+                 " station TEXT)")
+    assert next_frame_seq(conn, "cam") == 0
     conn.executemany("INSERT INTO inspections (frame_id, station) VALUES (?, ?)",
                      [("cam:4", "cam"), ("cam:12", "cam"), ("cam:7", "cam"),
-                      ("cam-2:99", "cam-2")])
-    conn.commit()
+                      ("cam-2:99", "cam-2"), ("cam.b:5", "cam.b"), ("ca:77", "ca")])
+    assert next_frame_seq(conn, "cam") == 13
+    assert next_frame_seq(conn, "cam-2") == 100
+    assert next_frame_seq(conn, "ca") == 78
+    assert next_frame_seq(conn, "other") == 0
+    plan = " ".join(str(r) for r in conn.execute(
+        "EXPLAIN QUERY PLAN SELECT max(CAST(substr(frame_id, 5) AS INTEGER)) FROM inspections"
+        " WHERE frame_id >= 'cam:' AND frame_id < 'cam;'"))
+    assert "USING COVERING INDEX" in plan, plan  # the station's index range, no table rows
     conn.close()
-    assert next_frame_seq(db, "cam") == 13
-    assert next_frame_seq(db, "cam-2") == 100
-    assert next_frame_seq(db, "other") == 0

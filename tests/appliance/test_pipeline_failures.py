@@ -11,8 +11,9 @@ import pytest
 
 from appliance.capture import ReplaySource, SourceLost
 from appliance.capture.source import SourceRead
-from appliance.intake import Station
+from appliance.pipeline.source_stage import Station
 from models.bundle import Bundle
+from protocol.backoff import BackoffConfig
 from tests.appliance.pipeline_helpers import (
     BLACK,
     RAW_WHITE_DEFECTS,
@@ -108,7 +109,7 @@ def test_a_stage_that_dies_is_restarted_with_an_event_and_no_frame_is_lost(
         [Station("cam", ReplaySource([WHITE]))], store, engine.load(bundle), engine,
         max_frames=30, overflow="block", restart_backoff_initial_s=0.01,
     )
-    original = pipeline._stages.finish
+    original = pipeline.post.finish
     calls = {"n": 0}
 
     def dying_finish(batch: object) -> None:
@@ -117,7 +118,7 @@ def test_a_stage_that_dies_is_restarted_with_an_event_and_no_frame_is_lost(
             raise RuntimeError("injected bug in the postprocess stage")
         original(batch)  # type: ignore[arg-type]
 
-    pipeline._stages.finish = dying_finish  # type: ignore[method-assign]
+    pipeline.post.finish = dying_finish  # type: ignore[method-assign]
     run_until_done(pipeline)
     store.stop()
 
@@ -158,7 +159,7 @@ class FlakySource:
 def test_source_loss_and_reconnect_are_events(tmp_path: Path, bundle: Bundle) -> None:
     engine = engine_for()
     store = make_store(tmp_path)
-    station = Station("cam", FlakySource(5), backoff_initial_s=0.01, backoff_max_s=0.02)
+    station = Station("cam", FlakySource(5), backoff=BackoffConfig(initial_s=0.01, max_s=0.02))
     pipeline, records, events = make_pipeline([station], store, engine.load(bundle), engine,
                                               max_frames=12, overflow="block")
     run_until_done(pipeline)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from appliance.engine import ModelInfo
+from appliance.pipeline.engine import ModelInfo
 from appliance.records import STAGES, InspectionRecord
 
 PERCENTILES = (50, 95, 99)
