@@ -29,6 +29,7 @@ from appliance.capture import FrameSource, make_source
 from appliance.config import ApplianceConfig, PipelineConfig
 from appliance.errors import ConfigError, EngineError
 from appliance.pipeline.batcher import DynamicBatcher
+from appliance.pipeline.cpu import CpuMeter
 from appliance.pipeline.engine import (
     DetectorFactory,
     Engine,
@@ -38,7 +39,7 @@ from appliance.pipeline.engine import (
 )
 from appliance.pipeline.events import Events
 from appliance.pipeline.health import EngineHealth
-from appliance.pipeline.inbox import Inbox, Outbox
+from appliance.pipeline.inbox import Inbox, Inline, Outbox
 from appliance.pipeline.infer_stage import InferStage
 from appliance.pipeline.job import Batch, Job
 from appliance.pipeline.pipeline import Pipeline
@@ -103,6 +104,7 @@ def build_pipeline(
     if mode == "auto":
         mode = "worker" if model is not None and model.on_gpu else "engine"
     draining, abort = threading.Event(), threading.Event()
+    cpu = CpuMeter()
     budget, done = FrameBudget(max_frames), StationsDone(len(stations))
     sources: list[SourceStage] = []
     workers: list[PreprocessStage] = []
@@ -111,22 +113,28 @@ def build_pipeline(
         if mode == "worker":
             outbox = Inbox[Job](cfg.queue_frames)
         source = SourceStage(station, outbox=outbox, book=book, events=events, budget=budget,
-                             done=done, overflow=cfg.overflow, abort=abort, clock=clock)
+                             done=done, overflow=cfg.overflow, abort=abort, cpu=cpu,
+                             clock=clock)
         sources.append(source)
         if isinstance(outbox, Inbox):
             workers.append(PreprocessStage(station.name, inbox=outbox, outbox=batcher,
                                            slot=slot, book=book,
-                                           upstream_finished=source.finished, abort=abort))
-    post_inbox = Inbox[Batch](cfg.post_queue_batches)
-    infer = InferStage(inbox=batcher, outbox=post_inbox, engine=engine, slot=slot, book=book,
-                       events=events, health=health, draining=draining, abort=abort)
-    post = PostprocessStage(inbox=post_inbox, book=book, health=health,
-                            upstream_finished=infer.finished, abort=abort,
-                            keep_images=cfg.keep_images, clock=clock)
+                                           upstream_finished=source.finished, abort=abort,
+                                           cpu=cpu))
+    # Worker mode (GPU): postprocessing overlaps with inference in its own thread. Engine
+    # mode (CPU): the engine thread postprocesses its own batches (see `Inline`).
+    infer_finished = threading.Event()
+    post = PostprocessStage(inbox=Inbox[Batch](cfg.post_queue_batches), book=book,
+                            health=health, upstream_finished=infer_finished, abort=abort,
+                            keep_images=cfg.keep_images, cpu=cpu, clock=clock)
+    post_outbox: Outbox[Batch] = post.inbox if mode == "worker" else Inline(post.finish_batch)
+    infer = InferStage(inbox=batcher, outbox=post_outbox, engine=engine, slot=slot, book=book,
+                       events=events, health=health, draining=draining, abort=abort,
+                       finished=infer_finished, cpu=cpu)
     return Pipeline(cfg, engine=engine, slot=slot, book=book, counters=counters,
                     events=events, health=health, batcher=batcher, sources=sources,
                     workers=workers, infer=infer, post=post, sources_finished=done.event,
-                    draining=draining, abort=abort, clock=clock)
+                    draining=draining, abort=abort, cpu=cpu, clock=clock)
 
 
 def open_model_bundle(path: Path, bundles_dir: Path) -> Bundle:

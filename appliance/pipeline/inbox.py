@@ -2,7 +2,8 @@
 
 Every stage owns its inbox (a bounded FIFO it takes work from) and is handed its outbox
 (the next stage's inbox). `Inbox` is the plain one; the engine's inbox is the
-`DynamicBatcher`, which has the same producer side (`Outbox`).
+`DynamicBatcher`, which has the same producer side (`Outbox`); `Inline` is the outbox
+that runs the next stage's work in the producer's thread.
 
 Invariants:
 - at most `capacity` items are queued; `offer` never blocks; `put` waits for room in
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -79,3 +81,21 @@ class Inbox(Generic[T]):
 
     def __len__(self) -> int:
         return self._q.qsize()
+
+
+class Inline(Generic[T]):
+    """An outbox that hands each item straight to `consume` in the producer's thread:
+    no queue, no thread hand-off. On a CPU where inference already keeps every core
+    busy, a second thread only preempts ONNX Runtime's threads (whose parallel ops then
+    wait for the slowest one), so the engine stage finishes its own batches."""
+
+    def __init__(self, consume: Callable[[T], None]) -> None:
+        self._consume = consume
+
+    def offer(self, item: T) -> bool:
+        self._consume(item)
+        return True
+
+    def put(self, item: T, stop: threading.Event, poll_s: float = POLL_S) -> bool:
+        self._consume(item)
+        return True

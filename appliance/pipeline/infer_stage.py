@@ -24,10 +24,11 @@ import time
 
 from appliance.errors import EngineError
 from appliance.pipeline.batcher import DynamicBatcher
+from appliance.pipeline.cpu import CpuMeter, thread_cpu_s
 from appliance.pipeline.engine import Engine, LoadedModel
 from appliance.pipeline.events import Events
 from appliance.pipeline.health import EngineHealth
-from appliance.pipeline.inbox import POLL_S, Inbox
+from appliance.pipeline.inbox import POLL_S, Outbox
 from appliance.pipeline.job import Batch, Job
 from appliance.pipeline.slot import ModelSlot
 from appliance.pipeline.verdicts import VerdictBook
@@ -46,7 +47,7 @@ class InferStage:
         self,
         *,
         inbox: DynamicBatcher[Job],
-        outbox: Inbox[Batch],
+        outbox: Outbox[Batch],
         engine: Engine,
         slot: ModelSlot,
         book: VerdictBook,
@@ -54,8 +55,11 @@ class InferStage:
         health: EngineHealth,
         draining: threading.Event,
         abort: threading.Event,
+        finished: threading.Event,
+        cpu: CpuMeter,
     ) -> None:
         self.inbox = inbox
+        self._cpu = cpu
         self._outbox = outbox
         self._engine = engine
         self._slot = slot
@@ -64,7 +68,7 @@ class InferStage:
         self._health = health
         self._draining = draining
         self._abort = abort
-        self.finished = threading.Event()
+        self.finished = finished
         """Set when `run` returned normally (no batch will follow)."""
         self._holding: list[Job] = []
         self._ready_t = time.perf_counter()
@@ -113,7 +117,7 @@ class InferStage:
         self._ready_t = time.perf_counter()
 
     def _infer(self, batch: Batch, model: LoadedModel) -> None:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), thread_cpu_s()
         key = model.preprocess_key
         if all(j.pre_key == key for j in batch.jobs):
             tensor = model.load_into_buffer([j.tensor for j in batch.jobs if j.tensor is not None])
@@ -131,6 +135,8 @@ class InferStage:
                 if not batch.jobs:
                     return
         batch.pre_ms = (time.perf_counter() - started) * 1000.0
+        cpu_pre = thread_cpu_s()
+        self._cpu.add("preprocess", cpu_pre - cpu_started)
         started = time.perf_counter()
         try:
             batch.output = model.infer(tensor)
@@ -143,6 +149,7 @@ class InferStage:
             batch.output = model.infer(tensor)
         batch.infer_done_t = time.perf_counter()
         batch.infer_ms = (batch.infer_done_t - started) * 1000.0
+        self._cpu.add("infer", thread_cpu_s() - cpu_pre)
         self._health.ran(model.version_id)
 
     def _fall_back_to_cpu(self, model: LoadedModel, error: EngineError) -> LoadedModel:

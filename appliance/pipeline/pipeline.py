@@ -28,6 +28,7 @@ from typing import Protocol
 
 from appliance.config import PipelineConfig
 from appliance.pipeline.batcher import DynamicBatcher
+from appliance.pipeline.cpu import CpuMeter
 from appliance.pipeline.engine import Engine, LoadedModel, ModelInfo
 from appliance.pipeline.events import Events
 from appliance.pipeline.health import EngineHealth
@@ -80,9 +81,11 @@ class Pipeline:
         sources_finished: threading.Event,
         draining: threading.Event,
         abort: threading.Event,
+        cpu: CpuMeter,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
+        self.cpu = cpu
         self._engine = engine
         self._slot = slot
         self.book = book
@@ -95,6 +98,9 @@ class Pipeline:
         self.infer = infer
         self.post = post
         self.preprocess_mode = "worker" if self.workers else "engine"
+        """Where frames are preprocessed: in per-station workers (the postprocess stage
+        then runs in its own thread too) or in the engine thread (which then also
+        postprocesses its batches: see `appliance.pipeline.inbox.Inline`)."""
         self.sources_finished = sources_finished
         """Set once every station stopped producing (source ended, frame budget used up,
         or stop); `App` then stops the pipeline."""
@@ -151,8 +157,10 @@ class Pipeline:
         self.book.start()
         backoff = BackoffConfig(initial_s=self.cfg.restart_backoff_initial_s,
                                 max_s=self.cfg.restart_backoff_max_s)
+        # In engine mode the engine thread postprocesses its own batches (`Inline`): no
+        # postprocess thread is started.
         stages: list[tuple[Stage, threading.Event]] = [
-            (self.post, self._abort), (self.infer, self._abort),
+            *([(self.post, self._abort)] if self.workers else []), (self.infer, self._abort),
             *((w, self._abort) for w in self.workers),
             *((s, self._sources_stop) for s in self.sources),
         ]
@@ -242,6 +250,7 @@ class Pipeline:
             engine_fallbacks=self._health.fallbacks,
             stage_restarts={n: t.restarts for n, t in self._threads.items() if t.restarts},
             sink_errors=self.book.sink_errors,
+            stage_cpu_ms=self.cpu.ms(),
         )
 
     def _on_restart(self, stage: str, restarts: int, error: BaseException, delay_s: float) -> None:

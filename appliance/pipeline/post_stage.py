@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from appliance.errors import EngineError
+from appliance.pipeline.cpu import CpuMeter, thread_cpu_s
 from appliance.pipeline.engine import LoadedModel
 from appliance.pipeline.health import EngineHealth
 from appliance.pipeline.inbox import POLL_S, Inbox
@@ -49,9 +50,11 @@ class PostprocessStage:
         upstream_finished: threading.Event,
         abort: threading.Event,
         keep_images: bool,
+        cpu: CpuMeter,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.inbox = inbox
+        self._cpu = cpu
         self._book = book
         self._health = health
         self._upstream_finished = upstream_finished
@@ -80,6 +83,11 @@ class PostprocessStage:
             self.finish(batch)
             self._holding = None
 
+    def finish_batch(self, b: Batch) -> None:
+        """`finish` looked up at call time (the `Inline` outbox of the engine stage
+        holds this bound method; tests may replace `finish`)."""
+        self.finish(b)
+
     def judge_for(self, model: LoadedModel) -> Judge:
         """The thresholds of `model` (made once per model)."""
         if self._judge is None or self._judge[0] is not model:
@@ -88,6 +96,7 @@ class PostprocessStage:
 
     def finish(self, b: Batch) -> None:
         """Postprocess, judge and close one batch; tell the batch listeners."""
+        started = thread_cpu_s()
         model = b.model
         version = model.version_id if model else None
         if b.failure is None and model is not None and b.output is not None:
@@ -101,7 +110,11 @@ class PostprocessStage:
                 self._health.failed(model.version_id, b.jobs[0].frame.frame_id, len(b.jobs),
                                     EngineError(f"postprocess: {e!r}"))
             else:
+                delivering = thread_cpu_s()
+                self._cpu.add("postprocess", delivering - started)
                 self._book.close_inspected(records)
+                started = thread_cpu_s()
+                self._cpu.add("verdicts", started - delivering)
         if b.failure is not None:
             self._book.close_uninspected([j.frame for j in b.jobs], b.failure, version)
         if self.batch_listeners:
@@ -113,6 +126,7 @@ class PostprocessStage:
                     listener(info)
                 except Exception:
                     logger.exception("batch listener %r failed", listener)
+        self._cpu.add("postprocess", thread_cpu_s() - started)
 
     def _records(self, b: Batch, model: LoadedModel,
                  detections: Sequence[Detections]) -> list[InspectionRecord]:

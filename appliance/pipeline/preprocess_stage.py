@@ -16,6 +16,7 @@ import threading
 import time
 
 from appliance.pipeline.batcher import DynamicBatcher
+from appliance.pipeline.cpu import CpuMeter, thread_cpu_s
 from appliance.pipeline.inbox import POLL_S, Inbox
 from appliance.pipeline.job import Job
 from appliance.pipeline.slot import ModelSlot
@@ -39,8 +40,10 @@ class PreprocessStage:
         book: VerdictBook,
         upstream_finished: threading.Event,
         abort: threading.Event,
+        cpu: CpuMeter,
     ) -> None:
         self.name = f"preprocess:{station}"
+        self._cpu = cpu
         self.inbox = inbox
         self._outbox = outbox
         self._slot = slot
@@ -73,10 +76,11 @@ class PreprocessStage:
         model = self._slot.current
         if model is None:
             return
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), thread_cpu_s()
         try:
             job.tensor, job.transform = model.preprocess_one(job.image)
             job.pre_key = model.preprocess_key
         except ModelError as e:  # the engine stage preprocesses again and reports it
             logger.debug("frame %s: worker preprocessing failed: %s", job.frame.frame_id, e)
         job.pre_ms = (time.perf_counter() - started) * 1000.0
+        self._cpu.add("preprocess", thread_cpu_s() - cpu_started)

@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from appliance.capture import Frame, FrameSource, ResilientSource, SourceState
+from appliance.pipeline.cpu import CpuMeter, thread_cpu_s
 from appliance.pipeline.events import Events
 from appliance.pipeline.inbox import Outbox
 from appliance.pipeline.job import Job
@@ -127,9 +128,11 @@ class SourceStage:
         done: StationsDone,
         overflow: Literal["drop", "block"],
         abort: threading.Event,
+        cpu: CpuMeter,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.station = station
+        self._cpu = cpu
         self.name = f"source:{station.name}"
         self._outbox = outbox
         self._book = book
@@ -165,12 +168,14 @@ class SourceStage:
                     for frame in frames:  # pragma: no cover - defensive, still recorded
                         self._take(frame)
                     break
+                started = thread_cpu_s()
                 try:
                     frame = next(frames)
                 except StopIteration:
                     self._budget.release()
                     break
                 self._take(frame)
+                self._cpu.add("source", thread_cpu_s() - started)
         finally:
             frames.close()
         self.finished.set()
