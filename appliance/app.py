@@ -10,7 +10,7 @@ until the stop event is set (SIGTERM/SIGINT in the CLI), the frame budget is use
 or every source ended, and returns a `RunSummary`.
 
 Frame ids continue per station across restarts: a station's first seq is one more than
-the highest seq it has in the store (`Store.next_frame_seq`, an indexed query; ids are
+the highest seq it has in the store (`Store.next_sequence`, an indexed query; ids are
 ``"{station}:{seq}"``, UNIQUE in the store), so a restarted appliance never reuses an id.
 """
 
@@ -235,7 +235,7 @@ class App:
                     name=s.name,
                     source=self._sources.get(s.name) or make_source(s.source),
                     roi_xywh=s.roi_xywh,
-                    first_seq=self.store.next_frame_seq(s.name),
+                    first_seq=self.store.next_sequence(s.name),
                     backoff=BackoffConfig(initial_s=s.source.backoff_initial_s,
                                           max_s=s.source.backoff_max_s),
                 )

@@ -285,9 +285,10 @@ class Store:
         finally:
             conn.close()
 
-    def next_frame_seq(self, station: str) -> int:
+    def next_sequence(self, station: str) -> int:
         """The seq the next frame of `station` gets: one more than its highest stored
-        (0 for a new station). Raises StoreError."""
+        (0 for a new station). Raises StoreError. (Interim: the store branch's version
+        over its migration-v4 index replaces this.)"""
         with self._reader() as conn:
             return queries.next_frame_seq(conn, station)
 
