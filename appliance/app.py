@@ -1,77 +1,140 @@
-"""The appliance process, wired in one place: store -> engine and model -> stations ->
-pipeline, started in that order and stopped in reverse (Frigate's app.py).
+"""The appliance process, wired in one place (Frigate's app.py): this module builds every
+collaborator from the configuration and passes it in; nothing else builds stages.
 
-Nothing else builds stages from configuration. `App.run` is what `lineguard appliance
-run` and `lineguard demo` call: it runs until the stop event is set (SIGTERM/SIGINT in
-the CLI), the frame budget is used up, or every source ended; then it stops the
-pipeline (queued frames are judged, the rest recorded as shutdown) and flushes and
-closes the store, and returns a `RunSummary`.
+`App.start` opens the store, loads the model, then `build_pipeline` composes the frame
+path (one `SourceStage` per station, preprocess workers in worker mode, the dynamic
+batcher, the engine and postprocess stages, the verdict book and its sinks) and the
+pipeline starts them; `App.stop` stops them in reverse, then flushes and closes the
+store. `App.run` is what `lineguard appliance run` and `lineguard demo` call: it runs
+until the stop event is set (SIGTERM/SIGINT in the CLI), the frame budget is used up,
+or every source ended, and returns a `RunSummary`.
 
 Frame ids continue per station across restarts: a station's first seq is one more than
-the highest seq it has in the store (ids are ``"{station}:{seq}"``, UNIQUE in the
-store), so a restarted appliance never reuses an id.
+the highest seq it has in the store (`Store.next_sequence`, an indexed query; ids are
+``"{station}:{seq}"``, UNIQUE in the store), so a restarted appliance never reuses an id.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from appliance.capture import FrameSource, make_source
-from appliance.config import ApplianceConfig
-from appliance.engine import (
+from appliance.config import ApplianceConfig, PipelineConfig
+from appliance.errors import ConfigError, EngineError
+from appliance.pipeline.batcher import DynamicBatcher
+from appliance.pipeline.cpu import CpuMeter
+from appliance.pipeline.engine import (
     DetectorFactory,
     Engine,
     LoadedModel,
     ModelInfo,
     default_detector_factory,
 )
-from appliance.errors import ConfigError, EngineError, StoreError
-from appliance.intake import Station
-from appliance.pipeline import Pipeline
-from appliance.records import EventRecord, InspectionRecord
-from appliance.stats import PipelineStats
+from appliance.pipeline.events import Events
+from appliance.pipeline.health import EngineHealth
+from appliance.pipeline.inbox import Inbox, Inline, Outbox
+from appliance.pipeline.infer_stage import InferStage
+from appliance.pipeline.job import Batch, Job
+from appliance.pipeline.pipeline import Pipeline
+from appliance.pipeline.post_stage import PostprocessStage
+from appliance.pipeline.preprocess_stage import PreprocessStage
+from appliance.pipeline.slot import ModelSlot
+from appliance.pipeline.source_stage import FrameBudget, SourceStage, Station, StationsDone
+from appliance.pipeline.stats import PipelineStats, VerdictCounters
+from appliance.pipeline.verdicts import VerdictBook
+from appliance.records import EventRecord, EventValue, InspectionRecord, Severity
 from appliance.store import Store
-from appliance.store.queries import open_reader
 from appliance.telemetry import Telemetry, TelemetryError, pipeline_gauges
 from models.bundle import Bundle, open_bundle
 from models.errors import ModelError
+from protocol.backoff import BackoffConfig
 
 logger = logging.getLogger(__name__)
 
-SEQ_LOOKBACK_ROWS = 100_000
-"""Rows (newest first) searched for a station's highest seq; far more than can be in
-flight, since verdicts reach the store at most that far out of capture order."""
+
+class VerdictStore(Protocol):
+    """What the frame path needs from the store (appliance.store.Store fits)."""
+
+    def submit(self, record: InspectionRecord) -> None: ...
+
+    def record_event(self, event: EventRecord) -> None: ...
 
 
-def next_frame_seq(db_path: Path, station: str) -> int:
-    """One more than the highest seq of `station`'s frame ids among the newest
-    `SEQ_LOOKBACK_ROWS` inspections (0 for a new database or station).
-    Raises StoreError if the database cannot be read."""
-    if not db_path.exists():
-        return 0
-    pattern = re.compile(re.escape(station) + r":(\d+)$")
-    try:
-        conn = open_reader(db_path)
-        try:
-            rows = conn.execute(
-                "SELECT frame_id FROM inspections WHERE station = ? ORDER BY id DESC LIMIT ?",
-                (station, SEQ_LOOKBACK_ROWS),
-            ).fetchall()
-        finally:
-            conn.close()
-    except sqlite3.Error as e:
-        raise StoreError(f"{db_path}: cannot read the last frame ids: {e}") from e
-    seqs = [int(m.group(1)) for (frame_id,) in rows if (m := pattern.match(frame_id))]
-    return max(seqs) + 1 if seqs else 0
+def build_pipeline(
+    cfg: PipelineConfig,
+    stations: Sequence[Station],
+    engine: Engine,
+    store: VerdictStore,
+    *,
+    model: LoadedModel | None,
+    max_frames: int | None = None,
+    events: Events | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Pipeline:
+    """Compose the frame path (see the module docstring) for `stations`, judged by
+    `model` (None: every frame is `uninspected: no_model` until a model is activated),
+    its verdicts going to `store`; `max_frames` stops the sources after that many
+    frames in all. Raises ValueError without stations."""
+    if not stations:
+        raise ValueError("a pipeline needs at least one station")
+    events = events or Events(store, clock=clock)
+    slot = ModelSlot(model)
+    health = EngineHealth(events)
+    counters = VerdictCounters()
+    book = VerdictBook(
+        [store.submit, counters.add],
+        deadline_s=None if cfg.verdict_deadline_ms is None else cfg.verdict_deadline_ms / 1e3,
+        keep_images=cfg.keep_images,
+        clock=clock,
+    )
+    batcher: DynamicBatcher[Job] = DynamicBatcher(
+        max_batch=min(cfg.max_batch, model.max_batch if model else cfg.max_batch),
+        max_wait_s=cfg.max_wait_ms / 1000.0,
+        capacity=cfg.queue_frames,
+        adaptive=cfg.batch_policy == "adaptive",
+    )
+    mode = cfg.preprocess
+    if mode == "auto":
+        mode = "worker" if model is not None and model.on_gpu else "engine"
+    draining, abort = threading.Event(), threading.Event()
+    cpu = CpuMeter()
+    budget, done = FrameBudget(max_frames), StationsDone(len(stations))
+    sources: list[SourceStage] = []
+    workers: list[PreprocessStage] = []
+    for station in stations:
+        outbox: Outbox[Job] = batcher
+        if mode == "worker":
+            outbox = Inbox[Job](cfg.queue_frames)
+        source = SourceStage(station, outbox=outbox, book=book, events=events, budget=budget,
+                             done=done, overflow=cfg.overflow, abort=abort, cpu=cpu,
+                             clock=clock)
+        sources.append(source)
+        if isinstance(outbox, Inbox):
+            workers.append(PreprocessStage(station.name, inbox=outbox, outbox=batcher,
+                                           slot=slot, book=book,
+                                           upstream_finished=source.finished, abort=abort,
+                                           cpu=cpu))
+    # Worker mode (GPU): postprocessing overlaps with inference in its own thread. Engine
+    # mode (CPU): the engine thread postprocesses its own batches (see `Inline`).
+    infer_finished = threading.Event()
+    post = PostprocessStage(inbox=Inbox[Batch](cfg.post_queue_batches), book=book,
+                            health=health, upstream_finished=infer_finished, abort=abort,
+                            keep_images=cfg.keep_images, cpu=cpu, clock=clock)
+    post_outbox: Outbox[Batch] = post.inbox if mode == "worker" else Inline(post.finish_batch)
+    infer = InferStage(inbox=batcher, outbox=post_outbox, engine=engine, slot=slot, book=book,
+                       events=events, health=health, draining=draining, abort=abort,
+                       finished=infer_finished, cpu=cpu)
+    return Pipeline(cfg, engine=engine, slot=slot, book=book, counters=counters,
+                    events=events, health=health, batcher=batcher, sources=sources,
+                    workers=workers, infer=infer, post=post, sources_finished=done.event,
+                    draining=draining, abort=abort, cpu=cpu, clock=clock)
 
 
 def open_model_bundle(path: Path, bundles_dir: Path) -> Bundle:
@@ -144,6 +207,7 @@ class App:
         self.engine = Engine(cfg.engine, max_batch=cfg.pipeline.max_batch,
                              factory=detector_factory)
         self.store: Store | None = None
+        self.events: Events | None = None
         self.telemetry: Telemetry | None = None
         self.pipeline: Pipeline | None = None
         self._started_at = 0.0
@@ -160,6 +224,7 @@ class App:
         self._started_at = time.monotonic()
         self.store = Store(cfg.store, clock=self._clock)
         self.store.start()
+        self.events = Events(self.store, clock=self._clock)
         try:
             self._event("appliance_start", "info", "app",
                         f"appliance {cfg.site}/{cfg.line} starting", site=cfg.site,
@@ -170,15 +235,15 @@ class App:
                     name=s.name,
                     source=self._sources.get(s.name) or make_source(s.source),
                     roi_xywh=s.roi_xywh,
-                    first_seq=next_frame_seq(cfg.store.path, s.name),
-                    backoff_initial_s=s.source.backoff_initial_s,
-                    backoff_max_s=s.source.backoff_max_s,
+                    first_seq=self.store.next_sequence(s.name),
+                    backoff=BackoffConfig(initial_s=s.source.backoff_initial_s,
+                                          max_s=s.source.backoff_max_s),
                 )
                 for s in cfg.stations
             ]
-            self.pipeline = Pipeline(cfg.pipeline, stations, self.engine, self.store,
-                                     model=model, max_frames=self._max_frames,
-                                     clock=self._clock)
+            self.pipeline = build_pipeline(cfg.pipeline, stations, self.engine, self.store,
+                                           model=model, max_frames=self._max_frames,
+                                           events=self.events, clock=self._clock)
             if model is not None:
                 self._event("model_change", "info", "engine",
                             f"model {model.version_id} active at start", previous=None,
@@ -256,15 +321,10 @@ class App:
             raise EngineError("the appliance is not running")
         return self.pipeline.stats()
 
-    def _event(self, kind: str, severity: Any, source: str, message: str, **data: Any) -> None:
-        if self.store is None:
-            return
-        try:
-            self.store.record_event(EventRecord(at=self._clock(), kind=kind,
-                                                severity=severity, source=source,
-                                                message=message, data=data))
-        except StoreError:
-            logger.exception("could not record event %s", kind)
+    def _event(self, kind: str, severity: Severity, source: str, message: str,
+               **data: EventValue) -> None:
+        if self.events is not None and self.store is not None:
+            self.events.record(kind, severity, source, message, **data)
 
     # ------------------------------------------------------------------ run
     def run(

@@ -27,9 +27,9 @@ import yaml
 from appliance.app import App, RunSummary, open_model_bundle
 from appliance.capture import make_source
 from appliance.config import ApplianceConfig, load_config
-from appliance.engine import Engine
 from appliance.errors import ApplianceError, ConfigError
-from appliance.stats import PipelineStats
+from appliance.pipeline.engine import Engine
+from appliance.pipeline.stats import PipelineStats
 from models.errors import ModelError
 
 logger = logging.getLogger(__name__)

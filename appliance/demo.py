@@ -16,52 +16,33 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from appliance.app import App, RunSummary
-from appliance.capture.source import SourceRead
+from appliance.capture import SimulatedLineSource
 from appliance.config import DEMO_BUNDLE, ApplianceConfig, load_config
-from appliance.errors import ApplianceError, SourceLost
+from appliance.errors import ApplianceError
+from appliance.pipeline.stats import PipelineStats
 from appliance.records import InspectionRecord
-from appliance.stats import PipelineStats
 from models.bundle import load_bundle
 from models.errors import ModelError
 
 if TYPE_CHECKING:
-    from linesim import LineConfig, SimFrame
+    from linesim import SimFrame
 
 STATION = "line"
 
 
-class TruthRecordingLine:
-    """A `FrameSource` over `linesim` (like `SimulatedLineSource`) that also remembers
-    each part's true defect classes, so the demo can score its verdicts."""
+class GroundTruth:
+    """Each simulated part's true defect classes, by part id (fed by the line source's
+    `on_part`), so the demo can score its verdicts."""
 
-    def __init__(self, line_config: LineConfig, realtime: bool) -> None:
-        self._cfg = line_config
-        self._realtime = realtime
-        self._frames: Iterator[SimFrame] | None = None
-        self._next_part = 0
-        self.truth: dict[str, list[str]] = {}
+    def __init__(self) -> None:
+        self.classes: dict[str, list[str]] = {}
 
-    def open(self) -> None:
-        from linesim import SimulatedLine
-
-        self._frames = iter(SimulatedLine(self._cfg, realtime=self._realtime,
-                                          first_part_id=self._next_part))
-
-    def read(self) -> SourceRead:
-        if self._frames is None:
-            raise SourceLost("simulated line is not open")
-        sim = next(self._frames)
-        self._next_part = sim.part_id + 1
-        self.truth[str(sim.part_id)] = [d.class_name for d in sim.part.defects]
-        return sim.part.image_bgr, str(sim.part_id), None
-
-    def close(self) -> None:
-        self._frames = None
+    def record(self, sim: SimFrame) -> None:
+        self.classes[str(sim.part_id)] = [d.class_name for d in sim.part.defects]
 
 
 def _part_line(record: InspectionRecord, truth: list[str] | None) -> str:
@@ -137,11 +118,13 @@ def main(argv: list[str]) -> int:
               f"(seed {args.seed}{', drift ' + args.drift if args.drift else ''})")
         where = (f"store and kept images in {data_dir}" if args.data_dir else
                  "store in a temporary directory (keep it with --data-dir)")
-        return _run(cfg, args, TruthRecordingLine(line_config, args.realtime), where)
+        truth = GroundTruth()
+        line = SimulatedLineSource(line_config, realtime=args.realtime, on_part=truth.record)
+        return _run(cfg, args, line, truth, where)
 
 
-def _run(cfg: ApplianceConfig, args: argparse.Namespace, line: TruthRecordingLine,
-         data_dir: str) -> int:
+def _run(cfg: ApplianceConfig, args: argparse.Namespace, line: SimulatedLineSource,
+         truth: GroundTruth, data_dir: str) -> int:
     records: list[InspectionRecord] = []
     to_print: queue.Queue[InspectionRecord] = queue.Queue()
 
@@ -157,7 +140,7 @@ def _run(cfg: ApplianceConfig, args: argparse.Namespace, line: TruthRecordingLin
         lines = []
         while True:
             try:
-                lines.append(_part_line(r := to_print.get_nowait(), line.truth.get(
+                lines.append(_part_line(r := to_print.get_nowait(), truth.classes.get(
                     r.part_id or "")))
             except queue.Empty:
                 break
@@ -186,5 +169,5 @@ def _run(cfg: ApplianceConfig, args: argparse.Namespace, line: TruthRecordingLin
             signal.signal(sig, handler)
     if app.pipeline is not None:
         on_status(app.pipeline.stats())
-    _summary(summary, records, line.truth, data_dir)
+    _summary(summary, records, truth.classes, data_dir)
     return 0

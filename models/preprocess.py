@@ -174,6 +174,9 @@ def _normalise_into(
     spec: PreprocessSpec,
 ) -> None:
     """Write ``((src[colour order] * scale) - mean) / std`` into `dst` (CHW or HWC view)."""
+    if spec.layout == "nchw" and dst.dtype == np.float32:
+        _normalise_planes_into(src_hwc, dst, spec)
+        return
     view = src_hwc[:, :, ::-1] if spec.color_order == "rgb" else src_hwc
     chw = spec.layout == "nchw"
     if chw:
@@ -193,9 +196,50 @@ def _normalise_into(
         dst[...] = work
 
 
+def _normalise_planes_into(
+    src_hwc: npt.NDArray[np.uint8], dst: Tensor, spec: PreprocessSpec
+) -> None:
+    """`_normalise_into` for float32 CHW, plane by plane: OpenCV splits the interleaved
+    frame into contiguous planes (SIMD), so numpy's cast-and-divide runs on contiguous
+    memory. The arithmetic per element is the same (uint8 -> float32, then the same
+    float32 operations in the same order), so the bytes are identical."""
+    planes = cv2.split(np.ascontiguousarray(src_hwc))
+    order = (2, 1, 0) if spec.color_order == "rgb" else (0, 1, 2)
+    divisor = _divisor(spec.scale)
+    subtract = any(spec.mean)
+    divide_std = any(s != 1.0 for s in spec.std)
+    for c, source in enumerate(order):
+        out = dst[c]
+        if divisor is not None:
+            np.divide(planes[source], np.float32(divisor), out=out, dtype=np.float32)
+        else:
+            np.multiply(planes[source], np.float32(spec.scale), out=out, dtype=np.float32)
+        if subtract:
+            out -= np.float32(spec.mean[c])
+        if divide_std:
+            out /= np.float32(spec.std[c])
+
+
 def _tensor_shape(spec: PreprocessSpec, input_hw: tuple[int, int]) -> tuple[int, int, int]:
     h, w = input_hw
     return (3, h, w) if spec.layout == "nchw" else (h, w, 3)
+
+
+def _fill_bands(dst: Tensor, value: Tensor, geo: LetterboxGeometry, chw: bool) -> None:
+    """Fill the padding around the resized image (not the image area: it is written
+    next) with `value`."""
+    left, top, right, bottom = geo.pad_ltrb
+    new_w, new_h = geo.resized_wh
+    rows = dst if chw else dst.transpose(2, 0, 1)  # [3, H, W] view either way
+    fill = value.reshape(3, 1, 1)
+    if top:
+        rows[:, :top, :] = fill
+    if bottom:
+        rows[:, top + new_h :, :] = fill
+    if left:
+        rows[:, top : top + new_h, :left] = fill
+    if right:
+        rows[:, top : top + new_h, left + new_w :] = fill
 
 
 def _preprocess_into(
@@ -221,7 +265,7 @@ def _preprocess_into(
         pad = np.full((1, 1, 3), spec.pad_value, dtype=np.uint8)
         pad_value = np.empty((3, 1, 1) if spec.layout == "nchw" else (1, 1, 3), dtype=dst.dtype)
         _normalise_into(pad, pad_value, spec)
-        dst[...] = pad_value
+        _fill_bands(dst, pad_value, geo, spec.layout == "nchw")
     new_w, new_h = geo.resized_wh
     inner = (
         dst[:, top : top + new_h, left : left + new_w]

@@ -26,7 +26,8 @@ class SimulatedLineSource:
     they passed the camera (`clock`, default `time.time`); otherwise they come as fast as
     they render and carry no capture time (the caller stamps them when read), since a
     nominal line time would run ahead of the wall clock. Reopening continues with the next
-    part, so part ids never repeat within one source.
+    part, so part ids never repeat within one source. `on_part(sim_frame)`, if given, sees
+    every part read, with its ground truth (the demo scores its verdicts with it).
     """
 
     def __init__(
@@ -37,8 +38,10 @@ class SimulatedLineSource:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         first_part_id: int = 0,
+        on_part: Callable[[SimFrame], None] | None = None,
     ) -> None:
         self.cfg = cfg
+        self._on_part = on_part
         self._realtime = realtime
         self._clock = clock
         self._sleep = sleep
@@ -64,6 +67,8 @@ class SimulatedLineSource:
             raise SourceLost("simulated line is not open")
         sim = next(self._frames)
         self._next_part_id = sim.part_id + 1
+        if self._on_part is not None:
+            self._on_part(sim)
         captured_at = sim.timestamp_s if self._realtime else None
         return sim.part.image_bgr, str(sim.part_id), captured_at
 

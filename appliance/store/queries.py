@@ -230,3 +230,16 @@ def image_usage(conn: sqlite3.Connection) -> ImageUsage:
         live_fail_count=int(live_fail),
         deleted_by_reason={str(k): int(v) for k, v in deleted.items()},
     )
+
+
+def next_frame_seq(conn: sqlite3.Connection, station: str) -> int:
+    """One more than the highest seq among `station`'s frame ids (``"{station}:{seq}"``),
+    0 if it has none. Reads only the station's range of the UNIQUE frame_id index
+    (station names cannot hold ':', and ';' follows ':'), never table rows."""
+    prefix = f"{station}:"
+    (top,) = conn.execute(
+        "SELECT max(CAST(substr(frame_id, ?) AS INTEGER)) FROM inspections"
+        " WHERE frame_id >= ? AND frame_id < ?",
+        (len(prefix) + 1, prefix, f"{station};"),
+    ).fetchone()
+    return 0 if top is None else int(top) + 1

@@ -285,6 +285,13 @@ class Store:
         finally:
             conn.close()
 
+    def next_sequence(self, station: str) -> int:
+        """The seq the next frame of `station` gets: one more than its highest stored
+        (0 for a new station). Raises StoreError. (Interim: the store branch's version
+        over its migration-v4 index replaces this.)"""
+        with self._reader() as conn:
+            return queries.next_frame_seq(conn, station)
+
     def inspection_count(self) -> int:
         with self._reader() as conn:
             return queries.inspection_count(conn)

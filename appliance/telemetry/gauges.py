@@ -22,8 +22,8 @@ from appliance.telemetry.metrics import Gauges, GaugeSource
 from protocol import DiskUsage, ModelRef
 
 if TYPE_CHECKING:  # the adapter only reads attributes; no import cost at runtime
-    from appliance.engine import ModelInfo
-    from appliance.stats import PipelineStats
+    from appliance.pipeline.engine import ModelInfo
+    from appliance.pipeline.stats import PipelineStats
     from appliance.store import Store
 
 logger = logging.getLogger(__name__)

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from appliance.app import build_pipeline
 from appliance.config import EngineConfig, PipelineConfig
-from appliance.engine import Engine, LoadedModel
-from appliance.intake import Station
 from appliance.pipeline import Pipeline
+from appliance.pipeline.engine import Engine, LoadedModel
+from appliance.pipeline.source_stage import Station
 from appliance.records import EventRecord, InspectionRecord
 from appliance.store import ImageKeepConfig, Store, StoreConfig
 from models.bundle import Bundle
@@ -147,8 +148,8 @@ def make_pipeline(
     stations: Sequence[Station], store: Store, model: LoadedModel | None, engine: Engine,
     *, max_frames: int | None = None, **cfg: object,
 ) -> tuple[Pipeline, RecordLog, EventLog]:
-    pipeline = Pipeline(PipelineConfig(**cfg), stations, engine, store,  # type: ignore[arg-type]
-                        model=model, max_frames=max_frames)
+    pipeline = build_pipeline(PipelineConfig(**cfg), stations, engine, store,  # type: ignore[arg-type]
+                              model=model, max_frames=max_frames)
     records, events = RecordLog(), EventLog()
     pipeline.add_listener(records)
     pipeline.add_event_listener(events)

@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 
-from appliance.app import App, next_frame_seq
+from appliance.app import App
 from appliance.capture import ReplaySource
 from appliance.config import ApplianceConfig, load_config
 from appliance.errors import ConfigError
+from appliance.records import InspectionRecord
+from appliance.store import Store
 from models.bundle import Bundle, pack_bundle
 from tests.appliance.pipeline_helpers import BLACK, WHITE, db_rows, seq_of, tiny_bundle
 
@@ -65,7 +67,8 @@ def test_run_with_a_frame_budget_then_restart_continues_frame_ids(
     assert kinds[0] == "appliance_start" and kinds[-1] == "appliance_stop"
     assert "model_change" in kinds
 
-    assert next_frame_seq(cfg.store.path, "cam") == 30
+    with Store(cfg.store) as store:
+        assert store.next_sequence("cam") == 30
     again = App(cfg, max_frames=20).run(threading.Event())
     assert again.frames == 20 and again.store_inspections == 50
     seqs = sorted(seq_of(r[0]) for r in db_rows(cfg.store.path))
@@ -121,16 +124,17 @@ def test_sources_for_unknown_stations_are_refused(tmp_path: Path,
         App(config(tmp_path, bundles[0].root), sources={"nope": ReplaySource([WHITE])})
 
 
-def test_next_frame_seq_reads_only_its_station(tmp_path: Path) -> None:
-    db = tmp_path / "x.db"
-    assert next_frame_seq(db, "cam") == 0
-    conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE inspections (id INTEGER PRIMARY KEY, frame_id TEXT, station TEXT)")
-    conn.executemany("INSERT INTO inspections (frame_id, station) VALUES (?, ?)",
-                     [("cam:4", "cam"), ("cam:12", "cam"), ("cam:7", "cam"),
-                      ("cam-2:99", "cam-2")])
-    conn.commit()
-    conn.close()
-    assert next_frame_seq(db, "cam") == 13
-    assert next_frame_seq(db, "cam-2") == 100
-    assert next_frame_seq(db, "other") == 0
+def test_next_sequence_reads_only_its_station(tmp_path: Path) -> None:
+    cfg = config(tmp_path, tmp_path / "no-bundle")
+    with Store(cfg.store) as store:
+        assert store.next_sequence("cam") == 0
+        for frame_id in ("cam:4", "cam:12", "cam:7", "cam-2:99", "cam.b:5", "ca:77"):
+            store.submit(InspectionRecord(
+                frame_id=frame_id, station=frame_id.split(":")[0], part_id=None,
+                captured_at=1.0, judged_at=2.0, verdict="pass", reason=None,
+                model_version="tiny:1", preprocess_hash=None, latency_ms={}))
+        store.flush()
+        assert store.next_sequence("cam") == 13
+        assert store.next_sequence("cam-2") == 100
+        assert store.next_sequence("ca") == 78
+        assert store.next_sequence("other") == 0

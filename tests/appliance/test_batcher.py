@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from appliance.batcher import Decision, DynamicBatcher, decide
+from appliance.pipeline.batcher import Decision, DynamicBatcher, decide
 
 MS = 0.001
 

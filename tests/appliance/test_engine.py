@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from appliance.config import EngineConfig
-from appliance.engine import Engine
 from appliance.errors import EngineError
+from appliance.pipeline.engine import Engine
+from appliance.pipeline.judge import Judge
 from models.bundle import Bundle
 from models.golden import build_bundle
 from models.preprocess import Tensor
@@ -65,7 +66,7 @@ def test_detect_and_batch_round_trip(bundle: Bundle) -> None:
     model = engine.load(bundle)
     found = model.detect([WHITE, BLACK, WHITE])  # more frames than max_batch
     assert [len(d) for d in found] == [2, 0, 2]
-    verdict, defects = model.judge.verdict(found[0])
+    verdict, defects = Judge.from_manifest(model.manifest).verdict(found[0])
     assert verdict == "fail"
     assert {(d.class_name, d.box_xyxy) for d in defects} == RAW_WHITE_DEFECTS
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from appliance.capture import Frame
-from appliance.judge import Judge, inspected_record, uninspected_record
+from appliance.pipeline.judge import Judge, inspected_record, uninspected_record
 from appliance.records import UninspectedReason
 from models.manifest import InputSpec, Lineage, Manifest, OutputSpec, PostprocessSpec
 from models.postprocess import Detections

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from appliance.capture import ReplaySource
-from appliance.intake import Station
+from appliance.pipeline.source_stage import Station
 from appliance.records import UninspectedReason
 from models.bundle import Bundle
 from tests.appliance.pipeline_helpers import (

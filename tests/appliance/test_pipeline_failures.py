@@ -11,8 +11,9 @@ import pytest
 
 from appliance.capture import ReplaySource, SourceLost
 from appliance.capture.source import SourceRead
-from appliance.intake import Station
+from appliance.pipeline.source_stage import Station
 from models.bundle import Bundle
+from protocol.backoff import BackoffConfig
 from tests.appliance.pipeline_helpers import (
     BLACK,
     RAW_WHITE_DEFECTS,
@@ -99,16 +100,21 @@ def test_gpu_failure_falls_back_to_cpu_with_an_alarm_and_loses_nothing(
     assert stats.providers == ("CPUExecutionProvider",)
 
 
+@pytest.mark.parametrize(("preprocess", "dying_stage"), [
+    ("worker", "postprocess"),  # postprocessing in its own thread
+    ("engine", "engine"),  # CPU layout: the engine thread postprocesses its batches
+])
 def test_a_stage_that_dies_is_restarted_with_an_event_and_no_frame_is_lost(
-    tmp_path: Path, bundle: Bundle
+    tmp_path: Path, bundle: Bundle, preprocess: str, dying_stage: str
 ) -> None:
     engine = engine_for()
     store = make_store(tmp_path)
     pipeline, _records, events = make_pipeline(
         [Station("cam", ReplaySource([WHITE]))], store, engine.load(bundle), engine,
         max_frames=30, overflow="block", restart_backoff_initial_s=0.01,
+        preprocess=preprocess,
     )
-    original = pipeline._stages.finish
+    original = pipeline.post.finish
     calls = {"n": 0}
 
     def dying_finish(batch: object) -> None:
@@ -117,7 +123,7 @@ def test_a_stage_that_dies_is_restarted_with_an_event_and_no_frame_is_lost(
             raise RuntimeError("injected bug in the postprocess stage")
         original(batch)  # type: ignore[arg-type]
 
-    pipeline._stages.finish = dying_finish  # type: ignore[method-assign]
+    pipeline.post.finish = dying_finish  # type: ignore[method-assign]
     run_until_done(pipeline)
     store.stop()
 
@@ -125,11 +131,11 @@ def test_a_stage_that_dies_is_restarted_with_an_event_and_no_frame_is_lost(
     assert len(rows) == 30
     assert sorted(seq_of(r[0]) for r in rows) == list(range(30))
     restarts = [e for e in events.events if e.kind == "stage_restart"]
-    assert len(restarts) == 1 and restarts[0].data["stage"] == "postprocess"
+    assert len(restarts) == 1 and restarts[0].data["stage"] == dying_stage
     lost = [r for r in rows if r[1] == "uninspected"]
     assert lost and {r[2] for r in lost} == {"engine_failure"}
     assert len(lost) == restarts[0].data["frames_lost_to_engine_failure"]
-    assert pipeline.stats().stage_restarts == {"postprocess": 1}
+    assert pipeline.stats().stage_restarts == {dying_stage: 1}
 
 
 class FlakySource:
@@ -158,7 +164,7 @@ class FlakySource:
 def test_source_loss_and_reconnect_are_events(tmp_path: Path, bundle: Bundle) -> None:
     engine = engine_for()
     store = make_store(tmp_path)
-    station = Station("cam", FlakySource(5), backoff_initial_s=0.01, backoff_max_s=0.02)
+    station = Station("cam", FlakySource(5), backoff=BackoffConfig(initial_s=0.01, max_s=0.02))
     pipeline, records, events = make_pipeline([station], store, engine.load(bundle), engine,
                                               max_frames=12, overflow="block")
     run_until_done(pipeline)

@@ -11,7 +11,7 @@ import pytest
 
 from appliance.capture import ReplaySource
 from appliance.errors import EngineError
-from appliance.intake import Station
+from appliance.pipeline.source_stage import Station
 from appliance.records import InspectionRecord
 from models.bundle import Bundle
 from models.runtime import OnnxDetector
@@ -123,7 +123,7 @@ def test_a_batch_taken_before_a_swap_to_a_smaller_fixed_batch_is_split(
     tmp_path: Path, bundles: tuple[Bundle, Bundle]
 ) -> None:
     from appliance.capture import Frame
-    from appliance.intake import Job
+    from appliance.pipeline.job import Job
     from models.golden import build_bundle
     from tests.models.onnx_builders import (
         build_yolo_raw_model,
@@ -146,10 +146,9 @@ def test_a_batch_taken_before_a_swap_to_a_smaller_fixed_batch_is_split(
     for _, job in jobs:
         pipeline.book.open(job.frame)
     pipeline.activate(engine.load(fixed))  # after the engine "took" 5 frames
-    stages = pipeline._stages
-    stages._run_batch(jobs)
-    while not stages.post_q.empty():
-        stages.finish(stages.post_q.get())  # type: ignore[arg-type]
+    pipeline.infer.run_batch(jobs)
+    while (batch := pipeline.post.inbox.get(0.0)) is not None:
+        pipeline.post.finish(batch)
     store.stop()
     assert len(records.records) == 5
     assert {(r.verdict, r.model_version) for r in records.records} == {("fail", "fixed:2")}

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from appliance.engine import ModelInfo
 from appliance.errors import ConfigError
+from appliance.pipeline.engine import ModelInfo
+from appliance.pipeline.stats import PipelineStats, StationStats
 from appliance.records import DefectRecord
-from appliance.stats import PipelineStats, StationStats
 from appliance.telemetry import Gauges, Telemetry, TelemetryConfig
 from appliance.telemetry.gauges import gauges_from_stats, model_ref
 from appliance.telemetry.messages import (

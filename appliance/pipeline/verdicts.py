@@ -1,16 +1,20 @@
-"""Exactly one verdict per frame: the ledger between the stages and the sinks.
+"""Exactly one verdict per frame: the ledger between the stages and the sinks, and the
+only thing that closes a frame.
 
-Every frame the pipeline accepts from a source is `open`ed here first; whoever has its
-verdict (the postprocess stage, the deadline timer, the shutdown sweep, an engine
-failure) `close`s it with a record; the first close wins and is delivered to the
-sinks (store, statistics, listeners). Frames refused at intake never open; their
-`uninspected: dropped` record is `deliver`ed directly.
+Every frame a source produces is `open`ed here first. Stages then tell the book how it
+ended: the postprocess stage with its `close_inspected` records, any stage that gives
+up on a frame with `close_uninspected(frames, reason)` (dropped at intake, engine
+failure, no model, ROI outside the frame), the deadline timer with `deadline`, and
+`seal` at shutdown. The first close wins and is delivered to the sinks (store,
+statistics, listeners); only the book builds `uninspected` records.
 
 Invariants:
-- every opened frame gets exactly one record delivered: by `close` (first wins), by its
+- every opened frame gets exactly one record delivered: by its first close, by its
   deadline expiring (`uninspected: deadline`, delivered at the deadline, from the timer
-  thread), or by `close_all` at shutdown; a record for a frame that is already closed
-  (a late result) is discarded and counted in `late`, never delivered;
+  thread), or by `seal` at shutdown; a close for a frame that is already closed (a late
+  result) is discarded and counted in `late`, never delivered;
+- after `seal`, `open` delivers `uninspected: <seal reason>` at once and returns False
+  (a straggler read after stop is recorded, never lost);
 - sinks run outside the lock in the thread that closed the frame, in order; a sink that
   raises is logged and counted (`sink_errors`), never propagated into a stage;
 - with no deadline configured no timer thread runs and `open` is a dict insert.
@@ -25,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from appliance.capture import Frame
-from appliance.judge import uninspected_record
+from appliance.pipeline.judge import uninspected_record
 from appliance.records import InspectionRecord, UninspectedReason
 
 logger = logging.getLogger(__name__)
@@ -57,6 +61,7 @@ class VerdictBook:
         self._cv = threading.Condition(threading.Lock())
         self._count_lock = threading.Lock()
         self._stopping = False
+        self._sealed: UninspectedReason | None = None
         self._thread: threading.Thread | None = None
         self.opened = 0
         self.delivered = 0
@@ -85,50 +90,60 @@ class VerdictBook:
 
     # -- the ledger -------------------------------------------------------------------
 
-    def open(self, frame: Frame) -> None:
-        """Register a frame that will get a verdict (and schedule its deadline)."""
+    def open(self, frame: Frame) -> bool:
+        """Register a frame that will get a verdict (and schedule its deadline). After
+        `seal` the frame is closed at once as uninspected and False is returned."""
         with self._cv:
-            self._pending[frame.frame_id] = frame
-            self.opened += 1
-            if self.deadline_s is not None:
-                due = self._mono() + (frame.captured_at + self.deadline_s - self._clock())
-                self._tick += 1
-                heapq.heappush(self._due, (due, self._tick, frame.frame_id))
-                if self._due[0][2] == frame.frame_id:
-                    self._cv.notify_all()
+            sealed = self._sealed
+            if sealed is None:
+                self._pending[frame.frame_id] = frame
+                self.opened += 1
+                if self.deadline_s is not None:
+                    due = self._mono() + (frame.captured_at + self.deadline_s - self._clock())
+                    self._tick += 1
+                    heapq.heappush(self._due, (due, self._tick, frame.frame_id))
+                    if self._due[0][2] == frame.frame_id:
+                        self._cv.notify_all()
+                return True
+        self._send(uninspected_record(frame, sealed, judged_at=self._clock(),
+                                      keep_image=self._keep_images))
+        return False
 
     def is_pending(self, frame_id: str) -> bool:
         """True while the frame has no verdict yet (the engine skips frames whose
         deadline already passed)."""
         return frame_id in self._pending
 
-    def close(self, record: InspectionRecord) -> bool:
-        """Deliver `record` if its frame has no verdict yet; else discard it (a late
-        result) and return False."""
+    def close_inspected(self, records: Sequence[InspectionRecord]) -> int:
+        """Deliver each record whose frame has no verdict yet; discard the others (late
+        results, counted in `late`). Returns how many were delivered."""
         with self._cv:
-            if self._pending.pop(record.frame_id, None) is None:
-                self.late += 1
-                late = True
+            fresh = [self._pending.pop(r.frame_id, None) is not None for r in records]
+            late = len(fresh) - sum(fresh)
+            self.late += late
+        for record, ok in zip(records, fresh, strict=True):
+            if ok:
+                self._send(record)
             else:
-                late = False
-        if late:
-            logger.info("frame %s: late %s result of model %s discarded (already judged)",
-                        record.frame_id, record.verdict, record.model_version)
-            return False
-        self._send(record)
-        return True
+                logger.info("frame %s: late %s result of model %s discarded (already judged)",
+                            record.frame_id, record.verdict, record.model_version)
+        return len(records) - late
 
-    def close_many(self, records: Sequence[InspectionRecord]) -> int:
-        """`close` each record; returns how many were delivered."""
-        return sum(self.close(r) for r in records)
+    def close_uninspected(self, frames: Sequence[Frame], reason: UninspectedReason,
+                          model_version: str | None = None) -> int:
+        """Close these frames (those still pending) as `uninspected: reason`."""
+        now = self._clock()
+        return self.close_inspected([
+            uninspected_record(f, reason, judged_at=now, model_version=model_version,
+                               keep_image=self._keep_images)
+            for f in frames
+        ])
 
-    def deliver(self, record: InspectionRecord) -> None:
-        """Deliver the record of a frame that was never opened (dropped at intake)."""
-        self._send(record)
-
-    def close_all(self, reason: UninspectedReason) -> int:
-        """Close every pending frame as `uninspected: reason` (shutdown sweep)."""
+    def seal(self, reason: UninspectedReason) -> int:
+        """Close every pending frame as `uninspected: reason`, and every frame opened
+        from now on (shutdown). Returns how many were pending."""
         with self._cv:
+            self._sealed = reason
             frames = list(self._pending.values())
             self._pending.clear()
             self._due.clear()
@@ -140,16 +155,6 @@ class VerdictBook:
             logger.warning("%d frames without a verdict closed as uninspected: %s",
                            len(frames), reason)
         return len(frames)
-
-    def close_frames(self, frames: Sequence[Frame], reason: UninspectedReason,
-                     model_version: str | None = None) -> int:
-        """Close these frames (those still pending) as `uninspected: reason`."""
-        now = self._clock()
-        return self.close_many([
-            uninspected_record(f, reason, judged_at=now, model_version=model_version,
-                               keep_image=self._keep_images)
-            for f in frames
-        ])
 
     @property
     def pending(self) -> int:
@@ -166,7 +171,7 @@ class VerdictBook:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the deadline timer (pending frames stay pending: see `close_all`)."""
+        """Stop the deadline timer (pending frames stay pending: see `seal`)."""
         with self._cv:
             self._stopping = True
             self._cv.notify_all()

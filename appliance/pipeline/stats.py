@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from appliance.engine import ModelInfo
+from appliance.pipeline.engine import ModelInfo
 from appliance.records import STAGES, InspectionRecord
 
 PERCENTILES = (50, 95, 99)
@@ -165,6 +165,8 @@ class PipelineStats:
     engine_fallbacks: int
     stage_restarts: dict[str, int] = field(default_factory=dict)
     sink_errors: int = 0
+    stage_cpu_ms: dict[str, float] = field(default_factory=dict)
+    """Thread CPU milliseconds per stage since start (see `appliance.pipeline.cpu`)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -33,13 +33,12 @@ import onnxruntime as ort
 
 from appliance.config import EngineConfig
 from appliance.errors import EngineError
-from appliance.judge import Judge
 from models.bundle import Bundle
 from models.errors import ModelError
 from models.golden import verify_golden
 from models.manifest import Manifest
 from models.postprocess import Detections, postprocess
-from models.preprocess import FrameTransform, Tensor, preprocess_batch
+from models.preprocess import FrameTransform, Tensor, preprocess, preprocess_batch
 from models.runtime import OnnxDetector, check_model_io
 
 logger = logging.getLogger(__name__)
@@ -128,11 +127,12 @@ class LoadedModel:
         self.bundle = bundle
         self.manifest = m
         self.detector = detector
-        self.judge = Judge.from_manifest(m)
         self.input_hw = (m.input.height, m.input.width)
         self.fixed_batch = m.input.batch if isinstance(m.input.batch, int) else None
         self.max_batch = self.fixed_batch or max_batch
         self.preprocess_hash = m.preprocess.version_hash()
+        self.preprocess_key = f"{self.preprocess_hash}:{self.input_hw}"
+        """Which preprocessing a tensor was made for (spec hash and input size)."""
         shape = (3, *self.input_hw) if m.preprocess.layout == "nchw" else (*self.input_hw, 3)
         dtype = np.float16 if m.preprocess.dtype == "float16" else np.float32
         self._buffer: Tensor = np.zeros((self.max_batch, *shape), dtype=dtype)
@@ -167,6 +167,11 @@ class LoadedModel:
         into the preallocated input buffer (engine thread only). Raises ModelError."""
         out = self._buffer if into_buffer else None
         return preprocess_batch(images_bgr, self.manifest.preprocess, self.input_hw, out=out)
+
+    def preprocess_one(self, image_bgr: ImageBGR) -> tuple[Tensor, FrameTransform]:
+        """The bundle's preprocessing of one frame into a new tensor (no batch dim); safe
+        in any thread. Raises ModelError."""
+        return preprocess(image_bgr, self.manifest.preprocess, self.input_hw)
 
     def preprocess_robust(
         self, images_bgr: Sequence[ImageBGR]
