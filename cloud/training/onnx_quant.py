@@ -3,7 +3,8 @@
 `quantize_onnx`: ``quant_pre_process`` (ORT's graph optimiser and ONNX shape
 inference) then ``quantize_static`` on given calibration tensors, with the detection
 head's decode optionally kept float. `decode_tail_nodes` / `output_head_nodes` find
-those nodes from the graph alone (no names assumed). Bundles are `cloud.quantize`'s job.
+those nodes from the graph alone (no names assumed). Bundles are
+`cloud.training.quantize`'s job.
 
 onnx and onnxruntime.quantization are imported inside the functions that use them.
 """
@@ -22,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from cloud.errors import CloudError
-from cloud.graph_rewrite import rewrite_dfl_softmax
+from cloud.training.graph_rewrite import rewrite_dfl_softmax
 from models.preprocess import Tensor
 
 __all__ = [
@@ -186,7 +187,7 @@ def quantize_onnx(
     (min, max), when given, fixes the input's quantization range instead of calibrating
     it: for pixels / 255 that is (0, 1), and every input value is then exact in uint8.
     `rewrite_dfl`: first replace YOLO DFL softmax decodes by the equivalent reductions
-    (`cloud.graph_rewrite`), which ORT runs much faster.
+    (`cloud.training.graph_rewrite`), which ORT runs much faster.
 
     Shape inference: ORT's symbolic shape inference fails on Ultralytics' dynamic-batch
     exports ("Incomplete symbolic shape inference") and is slow, so only ORT's
