@@ -171,8 +171,7 @@ class App:
                     source=self._sources.get(s.name) or make_source(s.source),
                     roi_xywh=s.roi_xywh,
                     first_seq=next_frame_seq(cfg.store.path, s.name),
-                    backoff_initial_s=s.source.backoff_initial_s,
-                    backoff_max_s=s.source.backoff_max_s,
+                    reconnect=s.source.reconnect,
                 )
                 for s in cfg.stations
             ]

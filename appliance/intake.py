@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from appliance.capture import Frame, FrameSource
 from models.preprocess import FrameTransform, Tensor
+from protocol.backoff import BackoffConfig
 
 ImageBGR = npt.NDArray[np.uint8]
 
@@ -32,8 +33,7 @@ class Station:
     source: FrameSource
     roi_xywh: tuple[int, int, int, int] | None = None
     first_seq: int = 0
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
+    reconnect: BackoffConfig = field(default_factory=BackoffConfig)
 
 
 def crop_to_roi(

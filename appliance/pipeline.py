@@ -181,8 +181,7 @@ class Pipeline:
         def supervised(name: str, target: Callable[[], None], stop: threading.Event) -> None:
             thread = SupervisedThread(
                 name, target, stop=stop, on_restart=self._on_restart,
-                backoff_initial_s=cfg.restart_backoff_initial_s,
-                backoff_max_s=cfg.restart_backoff_max_s,
+                backoff=cfg.restart_backoff,
             )
             self._threads[name] = thread
             thread.start()
@@ -328,8 +327,7 @@ class Pipeline:
     def _source_main(self, st: Station) -> None:
         stop = self._station_stop[st.name]
         rs = ResilientSource(
-            st.name, st.source, backoff_initial_s=st.backoff_initial_s,
-            backoff_max_s=st.backoff_max_s, clock=self._clock,
+            st.name, st.source, reconnect=st.reconnect, clock=self._clock,
             on_state=self._on_source_state, first_seq=self._next_seq[st.name],
         )
         self._resilient[st.name] = rs

@@ -3,8 +3,8 @@
 A stage is a function that runs until its work is done (returns) or raises. When it
 raises, the supervisor logs it, calls `on_restart(name, restarts, error, delay_s)`
 (the pipeline records a `stage_restart` event), waits the backoff on the stop event and
-runs the function again. Backoff doubles from `backoff_initial_s` up to
-`backoff_max_s` and starts over once a run lasted longer than `healthy_after_s`.
+runs the function again. The wait follows `protocol.backoff` under the `backoff` bounds
+and starts over once a run lasted longer than `healthy_after_s`.
 (Frigate's watchdog restarts dead processes the same way.)
 """
 
@@ -14,6 +14,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+
+from protocol.backoff import Backoff, BackoffConfig
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +32,14 @@ class SupervisedThread:
         *,
         stop: threading.Event,
         on_restart: RestartCallback | None = None,
-        backoff_initial_s: float = 0.5,
-        backoff_max_s: float = 30.0,
+        backoff: BackoffConfig | None = None,
         healthy_after_s: float = 60.0,
     ) -> None:
         self.name = name
         self._target = target
         self._stop = stop
         self._on_restart = on_restart
-        self._backoff_initial_s = backoff_initial_s
-        self._backoff_max_s = backoff_max_s
+        self._backoff = Backoff(backoff or BackoffConfig())
         self._healthy_after_s = healthy_after_s
         self.restarts = 0
         self.finished = threading.Event()
@@ -59,7 +59,6 @@ class SupervisedThread:
         return self._thread.is_alive()
 
     def _supervise(self) -> None:
-        delay_s = self._backoff_initial_s
         try:
             while True:
                 started = time.monotonic()
@@ -70,7 +69,8 @@ class SupervisedThread:
                 # and the stage restarted; nothing is swallowed silently.
                 except Exception as e:
                     if time.monotonic() - started > self._healthy_after_s:
-                        delay_s = self._backoff_initial_s
+                        self._backoff.reset()
+                    delay_s = self._backoff.next_delay_s()
                     self.restarts += 1
                     logger.exception("stage %s died (restart %d in %.1f s)",
                                      self.name, self.restarts, delay_s)
@@ -81,6 +81,5 @@ class SupervisedThread:
                             logger.exception("stage %s: restart callback failed", self.name)
                     if self._stop.wait(delay_s):
                         return
-                    delay_s = min(delay_s * 2.0, self._backoff_max_s)
         finally:
             self.finished.set()
