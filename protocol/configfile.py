@@ -15,10 +15,12 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from protocol.errors import ProtocolError
+
 M = TypeVar("M", bound=BaseModel)
 
 
-class ConfigFileError(Exception):
+class ConfigFileError(ProtocolError):
     """A config file (or mapping) that cannot be read or does not validate; the
     message is one line naming the source and every bad key."""
 
