@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from cloud.errors import CloudError
-from cloud.training.graph_rewrite import rewrite_dfl_softmax
+from cloud.training.graph_rewrite import graph_index, rewrite_dfl_softmax
 from models.preprocess import Tensor
 
 __all__ = [
@@ -99,12 +99,7 @@ def decode_tail_nodes(model: Any, heavy_min_weights: int = _HEAVY_MIN_WEIGHTS) -
     that is the decode (reshape/concat of the per-level maps, DFL softmax and 1x16 conv,
     sigmoid, anchor arithmetic, the final concat). `model` is an onnx.ModelProto."""
     graph = model.graph
-    initializers = {t.name: t for t in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    initializers, producers, consumers = graph_index(graph)
     heavy = []
     for node in graph.node:
         if node.op_type in _HEAVY_OPS and len(node.input) > 1:
