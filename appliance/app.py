@@ -54,7 +54,6 @@ from appliance.store import Store
 from appliance.telemetry import Telemetry, TelemetryError, pipeline_gauges
 from models.bundle import Bundle, open_bundle
 from models.errors import ModelError
-from protocol.backoff import BackoffConfig
 
 logger = logging.getLogger(__name__)
 
@@ -236,8 +235,7 @@ class App:
                     source=self._sources.get(s.name) or make_source(s.source),
                     roi_xywh=s.roi_xywh,
                     first_seq=self.store.next_sequence(s.name),
-                    backoff=BackoffConfig(initial_s=s.source.backoff_initial_s,
-                                          max_s=s.source.backoff_max_s),
+                    reconnect=s.source.reconnect,
                 )
                 for s in cfg.stations
             ]

@@ -27,17 +27,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from appliance.capture.config import STATION_PATTERN, SimSourceConfig, SourceConfig
 from appliance.errors import ConfigError
 from appliance.store.config import StoreConfig
 from appliance.telemetry.config import TelemetryConfig
+from models.demo import demo_bundle_dir
+from protocol.backoff import BackoffConfig
+from protocol.configfile import ConfigFileError, load_config_file, validate_mapping
 from protocol.fields import ID_PATTERN
 
-DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "demo" / "bundle"
-"""The shipped demo bundle (models/demo/bundle), the default model."""
+DEMO_BUNDLE = demo_bundle_dir()
+"""The demo bundle shipped as package data (models/demo/bundle), the default model."""
 
 DB_NAME = "lineguard.db"
 IMAGES_DIR = "images"
@@ -144,14 +146,8 @@ class PipelineConfig(_Section):
     drain_timeout_s: float = Field(10.0, ge=0.0, le=600.0)
     """On stop, how long queued frames may take to be judged before the rest are
     recorded as `uninspected: shutdown`."""
-    restart_backoff_initial_s: float = Field(0.5, gt=0.0, le=60.0)
-    restart_backoff_max_s: float = Field(30.0, gt=0.0, le=3600.0)
-
-    @model_validator(mode="after")
-    def _backoff_order(self) -> PipelineConfig:
-        if self.restart_backoff_max_s < self.restart_backoff_initial_s:
-            raise ValueError("restart_backoff_max_s must be >= restart_backoff_initial_s")
-        return self
+    restart_backoff: BackoffConfig = Field(default_factory=BackoffConfig)
+    """Backoff before a stage that died is restarted."""
 
 
 class ApplianceConfig(_Section):
@@ -206,44 +202,18 @@ class ApplianceConfig(_Section):
         return self.data_dir / BUNDLES_DIR
 
 
-def format_errors(error: ValidationError) -> str:
-    """One `key.path: why` per pydantic error, joined with '; '."""
-    parts: list[str] = []
-    for item in error.errors():
-        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        msg = item["msg"]
-        if item["type"] == "extra_forbidden":
-            msg = "unknown key (not allowed here; check the spelling)"
-        elif item["type"] == "missing":
-            msg = "required key is missing"
-        msg = msg.removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
-
-
-def config_from_dict(data: dict[str, Any], source: str = "config") -> ApplianceConfig:
+def config_from_dict(data: Mapping[str, Any], source: str = "config") -> ApplianceConfig:
     """Validate a mapping. Raises ConfigError naming each bad key path and why."""
     try:
-        return ApplianceConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(f"{source}: {format_errors(e)}") from None
+        return validate_mapping(ApplianceConfig, data, source)
+    except ConfigFileError as e:
+        raise ConfigError(str(e)) from None
 
 
 def default_config(**overrides: Any) -> ApplianceConfig:
     """The no-file configuration (simulated line, demo bundle), with top-level keys
     replaced by `overrides` (mappings, validated like the file)."""
     return config_from_dict(dict(overrides), "defaults")
-
-
-def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """`base` with `overrides` applied; mappings are merged key by key, recursively."""
-    out = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def load_config(
@@ -254,21 +224,8 @@ def load_config(
     defaults. Raises ConfigError (unreadable file, YAML syntax with line and column,
     not a mapping, invalid keys)."""
     if path is None:
-        return config_from_dict(merge({}, overrides or {}), "defaults")
+        return config_from_dict(dict(overrides or {}), "defaults")
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read the config file: {e}") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections, "
-                          f"got {type(data).__name__}")
-    return config_from_dict(merge(data, overrides or {}), str(path))
+        return load_config_file(ApplianceConfig, path, overrides)
+    except ConfigFileError as e:
+        raise ConfigError(str(e)) from None

@@ -14,7 +14,7 @@ bundled at each size), so (a)-(d) run the model that fits the data:
   device="cpu")` over the same frames, one call per chunk of B frames (a list of arrays
   is one batch for Ultralytics), in a subprocess (`import ultralytics` changes OMP and
   OpenCV thread settings for the whole process);
-- (d) = (b) with an INT8 variant of the bundle (`cloud.quantize.quantize_bundle`);
+- (d) = (b) with an INT8 variant of the bundle (`cloud.training.quantize.quantize_bundle`);
 - (e) with `--telemetry`: (b) with MQTT telemetry on (a local mosquitto on a free port,
   a subscriber in another process, metrics every second, one `events/defect` message per
   failed part: about 3/4 of linesim parts and nearly every NEU-DET image fail, so this is
@@ -158,8 +158,8 @@ def _python_thread_cpu_s() -> dict[str, float]:
 
 
 def int8_bundle(src: Bundle, out_dir: Path, calib: list[ImageBGR]) -> Bundle:
-    """INT8 variant of `src` via cloud.quantize (static, QDQ, minmax)."""
-    from cloud.quantize import quantize_bundle
+    """INT8 variant of `src` via cloud.training.quantize (static, QDQ, minmax)."""
+    from cloud.training.quantize import quantize_bundle
 
     return quantize_bundle(src, out_dir, calib, progress=lambda msg: None)
 

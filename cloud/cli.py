@@ -8,14 +8,14 @@ import sys
 import threading
 from pathlib import Path
 
-# cloud.train's PICO_YAML, spelled out so that `collect` and `serve` never import the
-# training stack (cv2, models; torch lazily) just to build the parser.
-_PICO_YAML = Path(__file__).resolve().parent / "model_cfg" / "lineguard-pico.yaml"
+# cloud.training.train's PICO_YAML, spelled out so that `collect` and `serve` never import
+# the training stack (cv2, models; torch lazily) just to build the parser.
+_PICO_YAML = Path(__file__).resolve().parent / "training" / "model_cfg" / "lineguard-pico.yaml"
 
 
 def _train(args: argparse.Namespace) -> int:
-    from cloud.train import TrainConfig, TrainingError, train_detector
-    from cloud.ultralytics_env import UltralyticsUnavailable
+    from cloud.training.train import TrainConfig, TrainingError, train_detector
+    from cloud.training.ultralytics_env import UltralyticsUnavailable
     from models.errors import ModelError
 
     cfg = TrainConfig(
@@ -98,8 +98,8 @@ def _quantize(args: argparse.Namespace) -> int:
     import tempfile
 
     from cloud.errors import CloudError
-    from cloud.quantize import load_calibration_frames, quantize_bundle
-    from cloud.throughput import measure_throughput
+    from cloud.training.quantize import load_calibration_frames, quantize_bundle
+    from cloud.training.throughput import measure_throughput
     from models.bundle import open_bundle
     from models.errors import ModelError
     from models.evaluate import evaluate, load_data_yaml

@@ -30,11 +30,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from cloud.errors import ConfigError
 from protocol import ProtocolError, validate_id
+from protocol.backoff import BackoffConfig
+from protocol.configfile import ConfigFileError, load_config_file, validate_mapping
 
 # MQTT client ids: printable ASCII without spaces; mosquitto takes up to 65535 bytes,
 # MQTT 3.1.1 brokers only guarantee 23; keep them short and stable.
@@ -133,9 +134,10 @@ class CollectorConfig(_Section):
     # soon as the queue is empty; more: fewer, larger commits under a trickle).
     batch_linger_ms: float = Field(0.0, ge=0.0, le=1000.0)
     # A failed commit (database locked, disk full) is retried after this backoff
-    # (doubling up to the max); the batch is not acknowledged meanwhile.
-    store_retry_min_ms: int = Field(100, ge=1, le=60_000)
-    store_retry_max_ms: int = Field(10_000, ge=1, le=600_000)
+    # (doubling up to the max); the batch is not acknowledged meanwhile. Shorter than a
+    # reconnect's: a locked database frees up in milliseconds.
+    store_retry: BackoffConfig = Field(
+        default_factory=lambda: BackoffConfig(initial_s=0.1, max_s=10.0))
     # Counters go to the log this often (0: never).
     log_interval_s: float = Field(60.0, ge=0.0, le=86_400.0)
     # On SIGTERM: how long to wait for the queue to drain and the last acks to go out.
@@ -152,8 +154,6 @@ class CollectorConfig(_Section):
                 f"queue_max_messages ({self.queue_max_messages}) must be >= "
                 f"receive_maximum ({self.receive_maximum})"
             )
-        if self.store_retry_max_ms < self.store_retry_min_ms:
-            raise ValueError("store_retry_max_ms must be >= store_retry_min_ms")
         return self
 
 
@@ -206,33 +206,19 @@ class CloudConfig(_Section):
     api: ApiConfig | None = None
 
 
-def _describe(error: ValidationError) -> str:
-    parts = []
-    for detail in error.errors(include_url=False, include_input=False):
-        where = ".".join(str(p) for p in detail["loc"]) or "<root>"
-        parts.append(f"{where}: {detail['msg']}")
-    return "; ".join(parts)
-
-
 def parse_config(data: object, source: str = "<config>") -> CloudConfig:
-    """Validate an already-parsed document. Raises ConfigError naming the bad keys."""
-    if data is None:
-        data = {}
+    """Validate an already-parsed document (None counts as empty). Raises ConfigError
+    naming the bad keys."""
     try:
-        return CloudConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(f"{source}: {_describe(e)}") from e
+        return validate_mapping(CloudConfig, data, source)
+    except ConfigFileError as e:
+        raise ConfigError(str(e)) from None
 
 
 def load_config(path: Path) -> CloudConfig:
-    """Read and validate a YAML config file. Raises ConfigError (unreadable, not YAML,
-    or invalid; the message names the key path)."""
+    """Read and validate a YAML config file. Raises ConfigError (unreadable, not YAML
+    (with line and column), not a mapping, or invalid; the message names the key path)."""
     try:
-        text = path.read_text("utf-8")
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    return parse_config(data, str(path))
+        return load_config_file(CloudConfig, path)
+    except ConfigFileError as e:
+        raise ConfigError(str(e)) from None

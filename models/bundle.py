@@ -32,13 +32,13 @@ from models.manifest import (
     format_validation_error,
     parse_manifest,
 )
+from protocol.atomic import atomic_write_bytes, atomic_writer
 
 __all__ = [
     "GOLDEN_DIR",
     "MANIFEST",
     "MODEL",
     "Bundle",
-    "atomic_write_bytes",
     "file_sha256",
     "load_bundle",
     "open_bundle",
@@ -80,25 +80,6 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(_CHUNK_BYTES), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same directory, fsync, os.replace."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def load_bundle(path: Path, *, verify_files: bool = True) -> Bundle:
@@ -231,25 +212,17 @@ def pack_bundle(bundle_dir: Path, tar_path: Path) -> Path:
     gz = tar_path.name.endswith((".gz", ".tgz"))
     names = sorted([MANIFEST, *bundle.manifest.files])
     tar_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tar_path.with_name(f".{tar_path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as raw, _tar_writer(raw, gz) as tar:
-            for name in names:
-                source = bundle.root / name
-                info = tarfile.TarInfo(name)
-                info.size = source.stat().st_size
-                info.mode = 0o644
-                info.mtime = 0
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                with source.open("rb") as fh:
-                    tar.addfile(info, fh)
-        with tmp.open("rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, tar_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(tar_path.parent)
+    with atomic_writer(tar_path) as raw, _tar_writer(raw, gz) as tar:
+        for name in names:
+            source = bundle.root / name
+            info = tarfile.TarInfo(name)
+            info.size = source.stat().st_size
+            info.mode = 0o644
+            info.mtime = 0
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with source.open("rb") as fh:
+                tar.addfile(info, fh)
     return tar_path
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from models.bundle import GOLDEN_DIR, MODEL, Bundle, atomic_write_bytes, write_bundle
+from models.bundle import GOLDEN_DIR, MODEL, Bundle, write_bundle
 from models.errors import GoldenMismatchError, ManifestError, ModelError
 from models.manifest import (
     InputSpec,
@@ -38,6 +38,7 @@ from models.manifest import (
 from models.postprocess import Detections, postprocess
 from models.preprocess import Tensor, preprocess_batch, tensor_sha256
 from models.runtime import Detector, OnnxDetector, check_model_io
+from protocol.atomic import atomic_write_bytes
 
 __all__ = [
     "GOLDEN_JSON",

@@ -22,6 +22,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.errors import ManifestError
+from protocol.configfile import format_validation_error as _format_validation_error
 
 __all__ = [
     "MANIFEST_NAME",
@@ -264,17 +265,9 @@ class Manifest(_Frozen):
 
 
 def format_validation_error(error: ValidationError) -> str:
-    """One line per pydantic error: ``field.path: message`` joined with ``; ``."""
-    parts: list[str] = []
-    for item in error.errors():
-        loc = ".".join(str(p) for p in item["loc"]) or "(root)"
-        msg = item["msg"]
-        if item["type"] == "extra_forbidden":
-            msg = "unknown field (not allowed by the schema)"
-        elif item["type"] == "missing":
-            msg = "required field is missing"
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
+    """One ``field.path: why`` per pydantic error, joined with ``; ``
+    (`protocol.configfile`'s formatter, in the manifest's words)."""
+    return _format_validation_error(error, noun="field")
 
 
 def parse_manifest(text_or_path: str | Path) -> Manifest:

@@ -22,14 +22,15 @@ Everything that is wrong raises `DatasetError` naming the file (and line).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import yaml
 
 from models.errors import ModelError
+from protocol.configfile import ConfigFileError, read_yaml_mapping
 
 __all__ = ["IMAGE_SUFFIXES", "DatasetError", "YoloDataset", "label_path_for", "load_data_yaml"]
 
@@ -172,7 +173,7 @@ class YoloDataset:
         return _parse_label_file(path, len(self.names))
 
 
-def _names_from(data: dict[object, object], where: str) -> list[str]:
+def _names_from(data: Mapping[str, object], where: str) -> list[str]:
     raw = data.get("names")
     nc = data.get("nc")
     if raw is None:
@@ -210,18 +211,12 @@ def load_data_yaml(path: Path) -> YoloDataset:
     """
     yaml_path = Path(path).resolve()
     where = str(yaml_path)
+    if not yaml_path.exists():
+        raise DatasetError(f"data.yaml not found: {yaml_path}")
     try:
-        text = yaml_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DatasetError(f"data.yaml not found: {yaml_path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"cannot read {where}: {exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise DatasetError(f"{where}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise DatasetError(f"{where}: expected a mapping with path/train/val/names")
+        data = read_yaml_mapping(yaml_path)
+    except ConfigFileError as exc:
+        raise DatasetError(f"{exc} (expected path/train/val/names)") from None
     root_value = data.get("path")
     if root_value is None or root_value == "":
         root = yaml_path.parent

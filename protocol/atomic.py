@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+_TEMP_PREFIX = "."
+_TEMP_SUFFIX = ".tmp"
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether a file name is one of `atomic_writer`'s temporary files (a crash can leave
+    them behind; a directory's owner may delete them at start)."""
+    return name.startswith(_TEMP_PREFIX) and name.endswith(_TEMP_SUFFIX)
 
 
 def fsync_dir(path: Path) -> None:
@@ -29,24 +38,49 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _create_temp_beside(path: Path) -> Path:
+    """Create an empty temporary file beside `path`, named so `is_temp_name` knows it.
+    Its mode is 0666 less the umask, like any new file (mkstemp's 0600 would make
+    bundles, images and schemas unreadable to other users)."""
+    for _ in range(100):
+        tmp = path.with_name(f"{_TEMP_PREFIX}{path.name}.{secrets.token_hex(4)}{_TEMP_SUFFIX}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
 @contextlib.contextmanager
-def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
-    """Open a temporary file beside `path` for binary writing; on a clean exit it is
-    fsynced and renamed over `path`, on an exception it is removed and `path` is left
-    as it was. Raises OSError from the filesystem."""
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield the path of a new, empty temporary file beside `path`, for writers that
+    need a path rather than a file object (an SQLite backup, an external tool). On a
+    clean exit it is fsynced and renamed over `path` and the directory is fsynced; on
+    an exception it is removed and `path` is left as it was. Raises OSError."""
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
+    tmp = _create_temp_beside(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
+    """Open a temporary file beside `path` for binary writing; on a clean exit it is
+    fsynced and renamed over `path` (and the directory fsynced), on an exception it is
+    removed and `path` is left as it was. Raises OSError from the filesystem."""
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        yield fh
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -11,6 +11,7 @@ from typing import Final, NamedTuple, NoReturn
 
 from pydantic import ValidationError
 
+from protocol.configfile import format_validation_error
 from protocol.errors import MalformedPayload, PayloadTooLarge, TopicMismatch, UnknownSchema
 from protocol.registry import SCHEMAS, Message
 from protocol.topics import TOPIC_POLICY, parse_topic, topic_for
@@ -71,18 +72,6 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return result
 
 
-def _describe(error: ValidationError) -> str:
-    details = error.errors(include_url=False, include_input=False)
-    parts = [
-        f"{'.'.join(str(p) for p in d['loc']) or '<root>'}: {d['msg']}"
-        for d in details[:_MAX_REPORTED_ERRORS]
-    ]
-    more = len(details) - _MAX_REPORTED_ERRORS
-    if more > 0:
-        parts.append(f"and {more} more")
-    return "; ".join(parts)
-
-
 def decode(topic: str, payload: bytes) -> Message:
     """Validate a received MQTT message and return its payload model.
 
@@ -125,7 +114,8 @@ def decode(topic: str, payload: bytes) -> Message:
     try:
         message = model.model_validate_json(text)
     except ValidationError as e:
-        raise MalformedPayload(f"{schema} payload is invalid: {_describe(e)}") from e
+        why = format_validation_error(e, noun="field", max_errors=_MAX_REPORTED_ERRORS)
+        raise MalformedPayload(f"{schema} payload is invalid: {why}") from e
     if message.site != site or message.line != line:
         raise TopicMismatch(
             f"payload is from {message.site}/{message.line}, topic is for {site}/{line}"

@@ -15,25 +15,37 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from protocol.errors import ProtocolError
+
 M = TypeVar("M", bound=BaseModel)
 
 
-class ConfigFileError(Exception):
+class ConfigFileError(ProtocolError):
     """A config file (or mapping) that cannot be read or does not validate; the
     message is one line naming the source and every bad key."""
 
 
-def format_validation_error(error: ValidationError) -> str:
-    """One ``key.path: why`` per pydantic error, joined with ``; ``; never echoes input."""
+def format_validation_error(
+    error: ValidationError, *, noun: str = "key", max_errors: int | None = None
+) -> str:
+    """One ``key.path: why`` per pydantic error, joined with ``; ``; never echoes input.
+
+    `noun` names what the document is made of in the messages for unknown and missing
+    entries (``key`` in config files, ``field`` in manifests and payloads); with
+    `max_errors`, only the first that many are listed, then ``and N more``."""
+    items = error.errors(include_url=False, include_input=False)
+    shown = items if max_errors is None else items[:max_errors]
     parts: list[str] = []
-    for item in error.errors(include_url=False, include_input=False):
+    for item in shown:
         loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
         msg = item["msg"]
         if item["type"] == "extra_forbidden":
-            msg = "unknown key (not allowed here; check the spelling)"
+            msg = f"unknown {noun} (not allowed here; check the spelling)"
         elif item["type"] == "missing":
-            msg = "required key is missing"
+            msg = f"required {noun} is missing"
         parts.append(f"{loc}: {msg.removeprefix('Value error, ')}")
+    if len(items) > len(shown):
+        parts.append(f"and {len(items) - len(shown)} more")
     return "; ".join(parts)
 
 
@@ -63,7 +75,7 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigFileError(f"{path}: cannot read the config file: {e}") from e
+        raise ConfigFileError(f"{path}: cannot read the file: {e}") from e
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -74,7 +86,7 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigFileError(f"{path}: the top level must be a mapping of sections, "
+        raise ConfigFileError(f"{path}: the top level must be a mapping, "
                               f"got {type(data).__name__}")
     return data
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 
 class ProtocolError(Exception):
-    """Base of every error raised for a topic or payload that breaks the contract."""
+    """Base of every error `protocol` raises on bad input: a topic or payload that
+    breaks the contract, or a config file its shared loader cannot use
+    (`protocol.configfile.ConfigFileError`)."""
 
 
 class InvalidTopic(ProtocolError):

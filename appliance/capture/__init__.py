@@ -19,7 +19,7 @@ from appliance.capture.config import (
 )
 from appliance.capture.devices import CameraSource, StreamSource
 from appliance.capture.files import ImageFolderSource, VideoFileSource
-from appliance.capture.resilient import ResilientSource, StateCallback, backoff_delay_s
+from appliance.capture.resilient import ResilientSource, StateCallback
 from appliance.capture.sim import ReplaySource, SimulatedLineSource
 from appliance.capture.source import Frame, FramePacer, FrameSource, ImageBGR, SourceState
 from appliance.errors import CaptureError, SourceEnded, SourceLost
@@ -47,7 +47,6 @@ __all__ = [
     "StreamSourceConfig",
     "VideoFileSource",
     "VideoSourceConfig",
-    "backoff_delay_s",
     "make_resilient_source",
     "make_source",
     "parse_source_config",

@@ -1,7 +1,8 @@
 """Source configuration (one per station) and the factory that builds sources from it.
 
 `SourceConfig` is a pydantic union discriminated on `kind`; every variant forbids unknown
-keys and carries the station name and the reconnect backoff. The ROI is not here: it
+keys and carries the station name and the reconnect backoff (`reconnect`, a
+`protocol.backoff.BackoffConfig`). The ROI is not here: it
 belongs to the station's preprocessing.
 """
 
@@ -11,13 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, assert_never
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from appliance.capture.devices import CameraSource, StreamSource
 from appliance.capture.files import ImageFolderSource, VideoFileSource
 from appliance.capture.resilient import ResilientSource, StateCallback
 from appliance.capture.sim import SimulatedLineSource
 from appliance.capture.source import FrameSource
+from protocol.backoff import BackoffConfig
 
 if TYPE_CHECKING:
     from linesim import LineConfig
@@ -32,14 +34,8 @@ class _SourceBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     station: str = Field("station-1", pattern=STATION_PATTERN)
-    backoff_initial_s: float = Field(0.5, gt=0.0, le=60.0)
-    backoff_max_s: float = Field(30.0, gt=0.0, le=3600.0)
-
-    @model_validator(mode="after")
-    def _backoff_order(self) -> _SourceBase:
-        if self.backoff_max_s < self.backoff_initial_s:
-            raise ValueError("backoff_max_s must be >= backoff_initial_s")
-        return self
+    reconnect: BackoffConfig = Field(default_factory=BackoffConfig)
+    """Backoff between attempts to (re)open a lost source."""
 
 
 class SimSourceConfig(_SourceBase):
@@ -177,8 +173,7 @@ def make_resilient_source(
     return ResilientSource(
         cfg.station,
         make_source(cfg),
-        backoff_initial_s=cfg.backoff_initial_s,
-        backoff_max_s=cfg.backoff_max_s,
+        reconnect=cfg.reconnect,
         on_state=on_state,
         first_seq=first_seq,
     )

@@ -6,9 +6,9 @@ Invariants:
   the callback may read `reconnects`, `attempts` and `last_gap_s`;
 - a loss goes STREAMING -> LOST, each retry LOST -> CONNECTING, and a failed retry
   CONNECTING -> LOST again; success is CONNECTING -> STREAMING;
-- the backoff before retry `k` (1-based) of one outage is
-  `min(backoff_initial_s * 2 ** (k - 1), backoff_max_s)`, and it is reset only once the
-  reopened source has delivered a frame (a source that opens and then fails at once
+- the backoff before retry `k` (1-based) of one outage is `protocol.backoff`'s
+  `min(initial_s * 2 ** (k - 1), max_s)` under the `reconnect` bounds, and it is reset
+  only once the reopened source has delivered a frame (a source that opens and then fails at once
   does not retry in a tight loop);
 - waits happen on the caller's stop event, never past it; the source is closed whenever
   `frames_until` returns, raises or is closed.
@@ -23,6 +23,7 @@ from collections.abc import Callable, Generator
 
 from appliance.capture.source import Frame, FrameSource, SourceState
 from appliance.errors import SourceEnded, SourceLost
+from protocol.backoff import Backoff, BackoffConfig
 
 logger = logging.getLogger(__name__)
 
@@ -33,15 +34,6 @@ Waiter = Callable[[float, threading.Event], None]
 """`sleep(seconds, stop)`: wait up to `seconds`, returning early once `stop` is set."""
 
 
-def backoff_delay_s(retry: int, initial_s: float, max_s: float) -> float:
-    """Seconds to wait before retry number `retry` (1-based) of one outage:
-    `initial_s * 2 ** (retry - 1)`, capped at `max_s`. Raises ValueError if retry < 1."""
-    if retry < 1:
-        raise ValueError(f"retry is 1-based, got {retry}")
-    # Cap the exponent so a long outage cannot overflow a float.
-    return float(min(initial_s * 2.0 ** min(retry - 1, 64), max_s))
-
-
 def _wait_on_event(seconds: float, stop: threading.Event) -> None:
     stop.wait(seconds)
 
@@ -49,8 +41,9 @@ def _wait_on_event(seconds: float, stop: threading.Event) -> None:
 class ResilientSource:
     """Drives one station's `FrameSource`: reconnects, states, counters, `Frame`s.
 
-    `clock` stamps frames that come without a capture time and measures gaps (unix
-    seconds); `sleep(seconds, stop)` is the backoff wait (injectable for tests).
+    `reconnect` bounds the backoff between open attempts (None: `BackoffConfig()`'s
+    defaults); `clock` stamps frames that come without a capture time and measures gaps
+    (unix seconds); `sleep(seconds, stop)` is the backoff wait (injectable for tests).
     """
 
     def __init__(
@@ -58,22 +51,15 @@ class ResilientSource:
         station: str,
         source: FrameSource,
         *,
-        backoff_initial_s: float = 0.5,
-        backoff_max_s: float = 30.0,
+        reconnect: BackoffConfig | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Waiter = _wait_on_event,
         on_state: StateCallback | None = None,
         first_seq: int = 0,
     ) -> None:
-        if backoff_initial_s <= 0 or backoff_max_s < backoff_initial_s:
-            raise ValueError(
-                "need 0 < backoff_initial_s <= backoff_max_s, got "
-                f"{backoff_initial_s} and {backoff_max_s}"
-            )
         self.station = station
         self.source = source
-        self._backoff_initial_s = backoff_initial_s
-        self._backoff_max_s = backoff_max_s
+        self._backoff = Backoff(reconnect or BackoffConfig())
         self._clock = clock
         self._sleep = sleep
         self._on_state = on_state
@@ -115,7 +101,7 @@ class ResilientSource:
         ever_opened = False
         lost_at: float | None = None  # start of the current outage (last frame or loss)
         last_frame_at: float | None = None
-        retry = 0  # retries in the current outage, reset by the first frame after reopen
+        self._backoff.reset()  # retries of the current outage: reset by a frame after reopen
         try:
             while not stop.is_set():
                 if not opened:
@@ -125,12 +111,10 @@ class ResilientSource:
                         self.source.open()
                     except SourceLost as e:
                         self.attempts += 1
-                        retry += 1
                         self.last_error = str(e)
                         if lost_at is None:
                             lost_at = self._clock() if last_frame_at is None else last_frame_at
-                        delay_s = backoff_delay_s(retry, self._backoff_initial_s,
-                                                  self._backoff_max_s)
+                        delay_s = self._backoff.next_delay_s()
                         self._set_state(
                             SourceState.LOST,
                             f"open failed (attempt {self.attempts}): {e}; "
@@ -155,18 +139,16 @@ class ResilientSource:
                 except SourceLost as e:
                     self.source.close()
                     opened = False
-                    retry += 1
                     self.last_error = str(e)
                     lost_at = self._clock() if last_frame_at is None else last_frame_at
-                    delay_s = backoff_delay_s(retry, self._backoff_initial_s,
-                                              self._backoff_max_s)
+                    delay_s = self._backoff.next_delay_s()
                     self._set_state(SourceState.LOST, f"{e}; retry in {delay_s:.1f} s")
                     self._sleep(delay_s, stop)
                     continue
 
                 now = self._clock()
                 last_frame_at = now
-                retry = 0
+                self._backoff.reset()
                 self.attempts = 0
                 seq = self._next_seq
                 self._next_seq += 1

@@ -44,7 +44,6 @@ from appliance.pipeline.verdicts import VerdictBook
 from appliance.records import EventRecord, InspectionRecord
 from appliance.records import UninspectedReason as Reason
 from models.bundle import Bundle
-from protocol.backoff import BackoffConfig
 
 logger = logging.getLogger(__name__)
 
@@ -155,8 +154,6 @@ class Pipeline:
     def start(self) -> None:
         """Start the stages: postprocess, engine, workers, then the sources."""
         self.book.start()
-        backoff = BackoffConfig(initial_s=self.cfg.restart_backoff_initial_s,
-                                max_s=self.cfg.restart_backoff_max_s)
         # In engine mode the engine thread postprocesses its own batches (`Inline`): no
         # postprocess thread is started.
         stages: list[tuple[Stage, threading.Event]] = [
@@ -166,7 +163,8 @@ class Pipeline:
         ]
         for stage, stop in stages:
             thread = SupervisedThread(stage.name, stage.run, stop=stop,
-                                      on_restart=self._on_restart, backoff=backoff)
+                                      on_restart=self._on_restart,
+                                      backoff=self.cfg.restart_backoff)
             self._stages[stage.name] = stage
             self._threads[stage.name] = thread
             thread.start()

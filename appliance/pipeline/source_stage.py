@@ -56,7 +56,7 @@ class Station:
     source: FrameSource
     roi_xywh: tuple[int, int, int, int] | None = None
     first_seq: int = 0
-    backoff: BackoffConfig = field(default_factory=BackoffConfig)
+    reconnect: BackoffConfig = field(default_factory=BackoffConfig)
 
 
 def crop_to_roi(
@@ -148,8 +148,8 @@ class SourceStage:
         self.dropped = 0
         self._roi_alarmed = False
         self.source = ResilientSource(
-            station.name, station.source, backoff_initial_s=station.backoff.initial_s,
-            backoff_max_s=station.backoff.max_s, clock=clock, on_state=self._on_state,
+            station.name, station.source, reconnect=station.reconnect, clock=clock,
+            on_state=self._on_state,
             first_seq=station.first_seq,
         )
 

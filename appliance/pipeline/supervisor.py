@@ -3,8 +3,8 @@
 A stage is a function that runs until its work is done (returns) or raises. When it
 raises, the supervisor logs it, calls `on_restart(name, restarts, error, delay_s)`
 (the pipeline records a `stage_restart` event), waits the backoff on the stop event and
-runs the function again. The waits follow the `BackoffConfig` (doubling up to its
-maximum) and start over once a run lasted longer than `healthy_after_s`.
+runs the function again. The wait follows `protocol.backoff` under the `backoff` bounds
+and starts over once a run lasted longer than `healthy_after_s`.
 (Frigate's watchdog restarts dead processes the same way.)
 """
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import shutil
 import threading
@@ -35,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from appliance.store.config import ImageKeepConfig
+from protocol.atomic import atomic_write_bytes, is_temp_name
 
 logger = logging.getLogger(__name__)
 
@@ -232,10 +232,11 @@ class ImageKeeper:
             self._index_add(_Live(frame_id, path, size, verdict))
         known = {item.path for item in (*self._fail.values(), *self._other.values())}
         removed = 0
-        # only files of our own layout (<day>/<verdict>/<name>.jpg[.tmp]); anything else
-        # in the directory is not ours to delete
+        # only files of our own layout (<day>/<verdict>/<name>.jpg, or a temporary file
+        # of an atomic write); anything else in the directory is not ours to delete
         for file in sorted(self._dir.glob("*/*/*")):
-            ours = file.name.endswith((".jpg", ".jpg.tmp")) and file.is_file()
+            name = file.name
+            ours = (name.endswith((".jpg", ".jpg.tmp")) or is_temp_name(name)) and file.is_file()
             if ours and file.relative_to(self._dir).as_posix() not in known:
                 file.unlink()
                 removed += 1
@@ -388,11 +389,4 @@ class ImageKeeper:
 
     def _write(self, file: Path, data: bytes) -> None:
         file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(file.name + ".tmp")
-        try:
-            with tmp.open("wb") as f:
-                f.write(data)
-            os.replace(tmp, file)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(file, data)

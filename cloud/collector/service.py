@@ -71,8 +71,7 @@ class Collector:
             collector_id=cfg.client_id,
             batch_max_messages=cfg.batch_max_messages,
             batch_linger_ms=cfg.batch_linger_ms,
-            retry_min_ms=cfg.store_retry_min_ms,
-            retry_max_ms=cfg.store_retry_max_ms,
+            retry=cfg.store_retry,
             take_counters=self._take_counters,
             on_committed=on_committed,
         )

@@ -24,6 +24,7 @@ from cloud.collector.validate import STORE_REJECTED, Delivery, classify
 from cloud.errors import StoreRejected, StoreUnavailable
 from cloud.fleet import FleetStore, IngestResult, Received, Rejected
 from protocol import topic_of
+from protocol.backoff import Backoff, BackoffConfig
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,7 @@ class BatchWriter:
         collector_id: str,
         batch_max_messages: int,
         batch_linger_ms: float,
-        retry_min_ms: int,
-        retry_max_ms: int,
+        retry: BackoffConfig,
         take_counters: Callable[[], dict[str, int]] = dict,
         on_committed: Callable[[Sequence[Delivery], IngestResult], None] | None = None,
     ) -> None:
@@ -68,8 +68,7 @@ class BatchWriter:
         self._collector_id = collector_id
         self._batch_max = batch_max_messages
         self._linger_s = batch_linger_ms / 1000.0
-        self._retry_min_s = retry_min_ms / 1000.0
-        self._retry_max_s = retry_max_ms / 1000.0
+        self._retry = retry
         self._take_counters = take_counters
         self._on_committed = on_committed
         self._stop = threading.Event()
@@ -155,7 +154,7 @@ class BatchWriter:
     def _commit(
         self, received: list[Received], rejected: list[Rejected], counters: dict[str, int]
     ) -> IngestResult | None:
-        delay_s = self._retry_min_s
+        backoff = Backoff(self._retry)
         split = False
         while True:
             try:
@@ -176,9 +175,9 @@ class BatchWriter:
                     logger.error("stopping with %d messages not stored (%s); the broker "
                                  "keeps them for the next run", len(received), e)
                     return None
+                delay_s = backoff.next_delay_s()
                 logger.warning("fleet store unavailable (%s); retrying in %.1f s", e, delay_s)
                 time.sleep(delay_s)
-                delay_s = min(delay_s * 2.0, self._retry_max_s)
 
     def _commit_one_by_one(
         self, received: list[Received], rejected: list[Rejected], counters: dict[str, int]

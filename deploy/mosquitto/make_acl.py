@@ -27,7 +27,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -114,18 +114,35 @@ def render_acl(
     return "\n".join(out)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def replace_file(path: Path, fill: Callable[[Path], None], mode: int = 0o640) -> None:
+    """Replace `path` atomically and durably with a file that `fill(tmp)` writes: `tmp`
+    is a new, empty 0600 file beside `path` (so secrets are never readable by others
+    on the way); it is then fsynced, given `mode`, renamed over `path`, and the
+    directory is fsynced. On an exception `tmp` is removed and `path` left as it was.
+
+    The deploy scripts' copy of lineguard's `protocol.atomic` (they run on the broker
+    host with only the standard library); make_passwd.py uses this one.
+    """
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o640)
+        fill(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def main(argv: list[str]) -> int:
@@ -146,7 +163,7 @@ def main(argv: list[str]) -> int:
     if args.output is None:
         sys.stdout.write(text)
     else:
-        _write_atomic(args.output, text)
+        replace_file(args.output, lambda tmp: tmp.write_text(text, "utf-8"))
         logger.info("wrote %s (%d lines)", args.output, len(lines))
     return 0
 

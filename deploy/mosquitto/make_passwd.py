@@ -24,9 +24,16 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+
+# make_acl.py beside this script holds the one atomic file writer of these stdlib-only
+# scripts; run as a script its folder is on the path already, loaded from elsewhere
+# (the tests) it is put there.
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.append(_HERE)
+from make_acl import replace_file  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +42,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}")
 DEFAULT_MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
 
 
-class PasswdError(RuntimeError):
+class PasswdError(Exception):
     """An account name is unusable, or mosquitto_passwd is missing or failed."""
 
 
@@ -97,22 +104,19 @@ def write_password_file(
     for name, secret in credentials.items():
         if _NAME_RE.fullmatch(name) is None or not secret or ":" in secret or "\n" in secret:
             raise PasswdError(f"unusable account {name!r} or its password")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+
+    def fill(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8") as f:
             f.writelines(f"{name}:{secret}\n" for name, secret in credentials.items())
         done = subprocess.run(
-            [tool, "-U", tmp], capture_output=True, text=True, timeout=120, check=False
+            [tool, "-U", str(tmp)], capture_output=True, text=True, timeout=120, check=False
         )
         if done.returncode != 0:
             raise PasswdError(f"mosquitto_passwd -U failed: {done.stderr.strip()}")
-        # mosquitto 2.x reads the file after dropping to its own user; keep it private
-        # to the owner and group (chgrp it to mosquitto on a real broker).
-        os.chmod(tmp, 0o640)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    # mosquitto 2.x reads the file after dropping to its own user; keep it private to
+    # the owner and group (chgrp it to mosquitto on a real broker).
+    replace_file(path, fill, mode=0o640)
 
 
 def main(argv: list[str]) -> int:

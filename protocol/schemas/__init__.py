@@ -7,11 +7,10 @@ when they differ from the models. Regenerate with `python -m protocol.schemas`.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Final
 
+from protocol.atomic import atomic_write_text
 from protocol.registry import MESSAGE_TYPES, Message, schema_of
 
 SCHEMA_DIR: Final = Path(__file__).resolve().parent
@@ -60,19 +59,6 @@ def json_schema_files() -> dict[str, str]:
     }
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json_schemas(directory: Path) -> list[Path]:
     """Write every payload's JSON Schema into `directory` (created if missing).
 
@@ -82,7 +68,7 @@ def write_json_schemas(directory: Path) -> list[Path]:
     written = []
     for name, text in json_schema_files().items():
         path = directory / name
-        _write_atomic(path, text)
+        atomic_write_text(path, text)
         written.append(path)
     return written
 

@@ -22,6 +22,7 @@ from appliance.capture import (
     parse_source_config,
 )
 from appliance.capture.devices import redact_url
+from protocol.backoff import BackoffConfig
 
 
 @pytest.mark.parametrize(
@@ -45,9 +46,11 @@ def test_each_kind_builds_its_source(data: dict[str, Any], cls: type) -> None:
 
 
 def test_defaults_and_resilient_wrapper() -> None:
-    cfg = parse_source_config({"kind": "sim", "station": "press-2", "backoff_max_s": 5})
+    cfg = parse_source_config({"kind": "sim", "station": "press-2",
+                               "reconnect": {"max_s": 5}})
     assert isinstance(cfg, SimSourceConfig)
     assert (cfg.width_px, cfg.height_px, cfg.realtime) == (640, 480, True)
+    assert cfg.reconnect == BackoffConfig(initial_s=BackoffConfig().initial_s, max_s=5)
     rs = make_resilient_source(cfg, first_seq=10)
     assert rs.station == "press-2"
     assert isinstance(rs.source, SimulatedLineSource)
@@ -93,8 +96,11 @@ def test_bad_config_names_the_field(data: dict[str, Any], field: str, text: str)
 def test_unknown_kind_and_backoff_order() -> None:
     locs, message = _error_locs({"kind": "gige"})
     assert "kind" in message or locs
-    _, message = _error_locs({"kind": "sim", "backoff_initial_s": 5, "backoff_max_s": 1})
-    assert "backoff_max_s" in message
+    locs, message = _error_locs({"kind": "sim", "reconnect": {"initial_s": 5, "max_s": 1}})
+    assert ("sim", "reconnect") in locs
+    assert "max_s (1.0) must be >= initial_s (5.0)" in message
+    locs, _ = _error_locs({"kind": "sim", "backoff_initial_s": 5})
+    assert ("sim", "backoff_initial_s") in locs  # the old flat keys are refused by name
 
 
 def test_configs_are_frozen() -> None:

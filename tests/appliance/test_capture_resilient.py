@@ -1,4 +1,4 @@
-"""ResilientSource: backoff schedule, state machine, counters, gap reports, stop handling.
+"""ResilientSource: backoff use, state machine, counters, gap reports, stop handling.
 
 The state machine is driven by a scripted source (the logic under test is the wrapper,
 not a device) with an injected clock and sleep; the real sources are exercised against
@@ -20,9 +20,9 @@ from appliance.capture import (
     SourceEnded,
     SourceLost,
     SourceState,
-    backoff_delay_s,
 )
 from appliance.capture.source import SourceRead
+from protocol.backoff import BackoffConfig
 
 S = SourceState
 
@@ -89,28 +89,10 @@ def _run(src: ResilientSource, limit: int = 1000) -> list[Frame]:
     return frames
 
 
-@pytest.mark.parametrize(
-    ("initial_s", "max_s", "expected"),
-    [
-        (0.5, 30.0, [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]),
-        (1.0, 5.0, [1.0, 2.0, 4.0, 5.0, 5.0, 5.0, 5.0, 5.0]),
-        (0.25, 0.25, [0.25] * 8),
-    ],
-)
-def test_backoff_schedule(initial_s: float, max_s: float, expected: list[float]) -> None:
-    assert [backoff_delay_s(k, initial_s, max_s) for k in range(1, 9)] == expected
-
-
-def test_backoff_survives_long_outage_and_rejects_zero() -> None:
-    assert backoff_delay_s(10_000, 0.5, 30.0) == 30.0
-    with pytest.raises(ValueError, match="1-based"):
-        backoff_delay_s(0, 0.5, 30.0)
-
-
 def test_failed_opens_back_off_exponentially_then_stream() -> None:
     clock = FakeClock()
     src = ScriptedSource(opens=["lost"] * 5 + ["ok"], reads=["frame", "frame"])
-    rs = ResilientSource("st1", src, backoff_initial_s=0.5, backoff_max_s=4.0,
+    rs = ResilientSource("st1", src, reconnect=BackoffConfig(initial_s=0.5, max_s=4.0),
                          clock=clock, sleep=clock.sleep)
     frames = _run(rs)
     assert clock.sleeps == [0.5, 1.0, 2.0, 4.0, 4.0]
@@ -131,7 +113,7 @@ def test_loss_reconnects_reports_states_and_gap() -> None:
     def on_state(station: str, old: S, new: S, detail: str) -> None:
         events.append((station, old, new, detail, rs.reconnects, rs.last_gap_s))
 
-    rs = ResilientSource("st1", src, backoff_initial_s=0.5, backoff_max_s=30.0,
+    rs = ResilientSource("st1", src, reconnect=BackoffConfig(initial_s=0.5, max_s=30.0),
                          clock=clock, sleep=clock.sleep, on_state=on_state)
     frames = _run(rs)
 
@@ -165,7 +147,7 @@ def test_backoff_resets_only_after_a_frame() -> None:
     clock = FakeClock()
     src = ScriptedSource(opens=[], reads=["frame", "lost", "lost", "lost", "frame", "lost",
                                           "ended"])
-    rs = ResilientSource("s", src, backoff_initial_s=1.0, backoff_max_s=60.0,
+    rs = ResilientSource("s", src, reconnect=BackoffConfig(initial_s=1.0, max_s=60.0),
                          clock=clock, sleep=clock.sleep)
     frames = _run(rs)
     assert clock.sleeps == [1.0, 2.0, 4.0, 1.0]
@@ -215,7 +197,7 @@ def test_stop_is_honoured_during_backoff() -> None:
     (bounded join, not a speed assert)."""
     src = ScriptedSource(opens=["lost"] * 1000, reads=[])
     lost = threading.Event()
-    rs = ResilientSource("s", src, backoff_initial_s=30.0, backoff_max_s=30.0,
+    rs = ResilientSource("s", src, reconnect=BackoffConfig(initial_s=30.0, max_s=30.0),
                          on_state=lambda _s, _o, n, _d: lost.set() if n == S.LOST else None)
     stop = threading.Event()
     got: list[Frame] = []
@@ -253,11 +235,6 @@ def test_consumer_closing_generator_closes_source() -> None:
     next(gen)
     gen.close()
     assert not src.is_open and src.close_calls >= 1
-
-
-def test_rejects_bad_backoff() -> None:
-    with pytest.raises(ValueError, match="backoff"):
-        ResilientSource("s", ScriptedSource([], []), backoff_initial_s=2.0, backoff_max_s=1.0)
 
 
 class PacerClock:

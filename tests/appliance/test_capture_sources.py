@@ -25,6 +25,7 @@ from appliance.capture import (
 )
 from appliance.capture.files import natural_key
 from linesim import LineConfig, render
+from protocol.backoff import BackoffConfig
 
 S = SourceState
 
@@ -161,8 +162,8 @@ def test_video_missing_then_appearing_is_retried(tmp_path: Path) -> None:
             _write_video(path, n=3)
 
     events: list[tuple[S, S]] = []
-    rs = ResilientSource("v", VideoFileSource(path), backoff_initial_s=0.5, sleep=sleep,
-                         on_state=lambda _s, o, n, _d: events.append((o, n)))
+    rs = ResilientSource("v", VideoFileSource(path), reconnect=BackoffConfig(initial_s=0.5),
+                         sleep=sleep, on_state=lambda _s, o, n, _d: events.append((o, n)))
     frames = _collect(rs)
     assert sleeps == [0.5, 1.0]
     assert len(frames) == 3
@@ -240,7 +241,8 @@ def test_folder_removed_and_recreated_reconnects(tmp_path: Path) -> None:
 
     events: list[tuple[S, S, str]] = []
     rs = ResilientSource(
-        "f", ImageFolderSource(folder, part_id_from_name=True), backoff_initial_s=0.5,
+        "f", ImageFolderSource(folder, part_id_from_name=True),
+        reconnect=BackoffConfig(initial_s=0.5),
         clock=lambda: clock[0], sleep=sleep,
         on_state=lambda _s, o, n, d: events.append((o, n, d)),
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from appliance.capture import Frame, ResilientSource, SourceState, StreamSource
+from protocol.backoff import BackoffConfig
 
 S = SourceState
 REPO = Path(__file__).resolve().parents[2]
@@ -82,8 +83,7 @@ class Consumer:
         self.rs = ResilientSource(
             "cam1",
             StreamSource(url, open_timeout_ms=1000, read_timeout_ms=1000),
-            backoff_initial_s=0.1,
-            backoff_max_s=0.4,
+            reconnect=BackoffConfig(initial_s=0.1, max_s=0.4),
             on_state=self._on_state,
         )
         self.thread = threading.Thread(target=self._run, daemon=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import DEMO_BUNDLE, load_config, merge
+from appliance.config import DEMO_BUNDLE, load_config
 from appliance.errors import ConfigError
 
 
@@ -80,8 +80,12 @@ store: {batch_max_rows: 500, images: {quota_bytes: 1000000}}
         ("stations: [{name: 'bad name'}]", ["stations.0.name", "pattern"]),
         ("stations: []", ["stations", "at least 1"]),
         ("store: {queue_max_rows: 0}", ["store.queue_max_rows"]),
-        ("pipeline: {restart_backoff_initial_s: 10, restart_backoff_max_s: 1}",
-         ["pipeline", "restart_backoff_max_s must be >= restart_backoff_initial_s"]),
+        ("pipeline: {restart_backoff: {initial_s: 10, max_s: 1}}",
+         ["pipeline.restart_backoff", "max_s (1.0) must be >= initial_s (10.0)"]),
+        ("pipeline: {restart_backoff_initial_s: 10}",
+         ["pipeline.restart_backoff_initial_s", "unknown key"]),
+        ("stations: [{name: a, source: {kind: sim, reconnect: {initial_s: 0}}}]",
+         ["stations.0.source.sim.reconnect.initial_s", "greater than 0"]),
         ("tuning: {}", ["tuning", "unknown key"]),
     ],
 )
@@ -123,7 +127,3 @@ def test_an_explicit_store_path_wins_over_data_dir(tmp_path: Path) -> None:
     assert cfg.store.path == Path("/x/db.sqlite")
     assert cfg.store.images.dir == Path("/d/images")
 
-
-def test_merge() -> None:
-    assert merge({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 9}, "e": 4}) == {
-        "a": {"b": 9, "c": 2}, "d": 3, "e": 4}

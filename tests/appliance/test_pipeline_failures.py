@@ -111,7 +111,7 @@ def test_a_stage_that_dies_is_restarted_with_an_event_and_no_frame_is_lost(
     store = make_store(tmp_path)
     pipeline, _records, events = make_pipeline(
         [Station("cam", ReplaySource([WHITE]))], store, engine.load(bundle), engine,
-        max_frames=30, overflow="block", restart_backoff_initial_s=0.01,
+        max_frames=30, overflow="block", restart_backoff={"initial_s": 0.01},
         preprocess=preprocess,
     )
     original = pipeline.post.finish
@@ -164,7 +164,8 @@ class FlakySource:
 def test_source_loss_and_reconnect_are_events(tmp_path: Path, bundle: Bundle) -> None:
     engine = engine_for()
     store = make_store(tmp_path)
-    station = Station("cam", FlakySource(5), backoff=BackoffConfig(initial_s=0.01, max_s=0.02))
+    station = Station("cam", FlakySource(5),
+                      reconnect=BackoffConfig(initial_s=0.01, max_s=0.02))
     pipeline, records, events = make_pipeline([station], store, engine.load(bundle), engine,
                                               max_frames=12, overflow="block")
     run_until_done(pipeline)

@@ -226,6 +226,8 @@ def test_restart_reconciles_directory_and_enforces_a_smaller_quota(tmp_path: Pat
     orphan.parent.mkdir(parents=True)
     orphan.write_bytes(b"x" * 10)
     (cfg.images.dir / (str(rows[0][1]) + ".tmp")).write_bytes(b"partial")
+    torn = cfg.images.dir / str(rows[1][1])  # an atomic write's temp file, left by a crash
+    torn.with_name(f".{torn.name}.k3j9x.tmp").write_bytes(b"partial")
     # the quota now fits one image: pass images go first, then the oldest fail
     quota = max(int(str(r[2])) for r in rows) + 1
     images = cfg.images.model_copy(update={"quota_bytes": quota})

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from cloud.graph_rewrite import rewrite_dfl_softmax
+from cloud.training.graph_rewrite import rewrite_dfl_softmax
 
 
 def _dfl_model(opset: int, softmax_axis: int = 1, perm: tuple[int, ...] = (0, 2, 1, 3)

@@ -14,8 +14,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from cloud.cli import main as cloud_main
-from cloud.onnx_quant import decode_tail_nodes, output_head_nodes, quantized_op_counts
-from cloud.quantize import QuantizationError, input_range, load_calibration_frames, quantize_bundle
+from cloud.training.onnx_quant import decode_tail_nodes, output_head_nodes, quantized_op_counts
+from cloud.training.quantize import (
+    QuantizationError,
+    input_range,
+    load_calibration_frames,
+    quantize_bundle,
+)
 from models.bundle import Bundle, load_bundle
 from models.evaluate import evaluate, read_image
 from models.golden import build_bundle, verify_golden

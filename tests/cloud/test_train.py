@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cloud.cli import main as cloud_main
-from cloud.train import dataset_fingerprint
+from cloud.training.train import dataset_fingerprint
 from linesim import LineConfig, export_yolo
 from models.bundle import load_bundle
 from models.golden import verify_golden

@@ -107,7 +107,7 @@ def test_absolute_path_and_missing_path_key(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("val: [unclosed\n", "not valid YAML"),
-        ("- a\n- b\n", "expected a mapping"),
+        ("- a\n- b\n", "top level must be a mapping"),
         ("path: nowhere\nval: images/val\nnames: [a]\n", "is not a directory"),
         ("path: 3\nval: images/val\nnames: [a]\n", "'path' must be a string"),
         ("names: [a]\n", "no split given"),

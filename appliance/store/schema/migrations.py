@@ -25,7 +25,6 @@ defect boxes as xyxy original-frame pixels (x1_px, y1_px, x2_px, y2_px).
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from appliance.errors import StoreError
+from protocol.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -169,16 +169,12 @@ def backup_database(conn: sqlite3.Connection, dest: Path) -> None:
 
     Raises sqlite3.Error or OSError.
     """
-    tmp = dest.with_name(dest.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    target = sqlite3.connect(str(tmp))
-    try:
-        conn.backup(target)
-    finally:
-        target.close()
-    with tmp.open("rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, dest)
+    with atomic_path(dest) as tmp:
+        target = sqlite3.connect(str(tmp))
+        try:
+            conn.backup(target)
+        finally:
+            target.close()
 
 
 def _backup_path(path: Path, version: int, now_s: float) -> Path:

@@ -3,7 +3,8 @@
 `quantize_onnx`: ``quant_pre_process`` (ORT's graph optimiser and ONNX shape
 inference) then ``quantize_static`` on given calibration tensors, with the detection
 head's decode optionally kept float. `decode_tail_nodes` / `output_head_nodes` find
-those nodes from the graph alone (no names assumed). Bundles are `cloud.quantize`'s job.
+those nodes from the graph alone (no names assumed). Bundles are
+`cloud.training.quantize`'s job.
 
 onnx and onnxruntime.quantization are imported inside the functions that use them.
 """
@@ -22,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from cloud.errors import CloudError
-from cloud.graph_rewrite import rewrite_dfl_softmax
+from cloud.training.graph_rewrite import graph_index, rewrite_dfl_softmax
 from models.preprocess import Tensor
 
 __all__ = [
@@ -98,12 +99,7 @@ def decode_tail_nodes(model: Any, heavy_min_weights: int = _HEAVY_MIN_WEIGHTS) -
     that is the decode (reshape/concat of the per-level maps, DFL softmax and 1x16 conv,
     sigmoid, anchor arithmetic, the final concat). `model` is an onnx.ModelProto."""
     graph = model.graph
-    initializers = {t.name: t for t in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    initializers, producers, consumers = graph_index(graph)
     heavy = []
     for node in graph.node:
         if node.op_type in _HEAVY_OPS and len(node.input) > 1:
@@ -186,7 +182,7 @@ def quantize_onnx(
     (min, max), when given, fixes the input's quantization range instead of calibrating
     it: for pixels / 255 that is (0, 1), and every input value is then exact in uint8.
     `rewrite_dfl`: first replace YOLO DFL softmax decodes by the equivalent reductions
-    (`cloud.graph_rewrite`), which ORT runs much faster.
+    (`cloud.training.graph_rewrite`), which ORT runs much faster.
 
     Shape inference: ORT's symbolic shape inference fails on Ultralytics' dynamic-batch
     exports ("Incomplete symbolic shape inference") and is slow, so only ORT's

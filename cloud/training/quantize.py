@@ -2,8 +2,8 @@
 
 `quantize_bundle`: frames are preprocessed with the source bundle's own
 `models.preprocess`, so calibration sees exactly the tensors inference sees ->
-`cloud.onnx_quant.quantize_onnx` (ORT's pre-processing, then ``quantize_static``, QDQ
-by default) -> a new bundle with the same name, classes, preprocessing and
+`cloud.training.onnx_quant.quantize_onnx` (ORT's pre-processing, then
+``quantize_static``, QDQ by default) -> a new bundle with the same name, classes, preprocessing and
 postprocessing, a golden set re-made by the INT8 model on the source bundle's golden
 images, lineage pointing at the source (parent_version; quantization settings in
 training_config) and metrics from `models.evaluate`.
@@ -24,7 +24,7 @@ Defaults, as measured on NEU-DET yolo11n (val, 360 images; AVX2 CPU without VNNI
   min-max's ranges.
 - the input's range comes from the preprocessing spec ((0, 1) for pixels / 255), so
   every input pixel is exact in uint8.
-- the DFL decode's softmax is rewritten as reductions (`cloud.graph_rewrite`): same
+- the DFL decode's softmax is rewritten as reductions (`cloud.training.graph_rewrite`): same
   numbers, no slow transposes; it was 15-18% of the demo detector's CPU time.
 """
 
@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from cloud.onnx_quant import (
+from cloud.training.onnx_quant import (
     HeadExclusion,
     QuantFormatName,
     QuantizationError,
@@ -49,7 +49,7 @@ from cloud.onnx_quant import (
     QuantMethod,
     quantize_onnx,
 )
-from cloud.train import code_revision
+from cloud.training.train import code_revision
 from models.bundle import Bundle
 from models.errors import ModelError
 from models.evaluate import evaluate

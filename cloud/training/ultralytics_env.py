@@ -12,8 +12,10 @@ import shutil
 from pathlib import Path
 from types import ModuleType
 
+from cloud.errors import CloudError
 
-class UltralyticsUnavailable(RuntimeError):
+
+class UltralyticsUnavailable(CloudError):
     """The `train` extra (torch, ultralytics) is not installed."""
 
 

@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from cloud.ultralytics_env import import_ultralytics
+from cloud.errors import CloudError
+from cloud.training.ultralytics_env import import_ultralytics
 from models.bundle import Bundle
 from models.evaluate import evaluate
 from models.golden import build_bundle
@@ -36,7 +37,7 @@ PICO_YAML = Path(__file__).resolve().parent / "model_cfg" / "lineguard-pico.yaml
 """YOLO11 at half yolo11n's width: the demo detector's architecture."""
 
 
-class TrainingError(RuntimeError):
+class TrainingError(CloudError):
     """Training, export or bundle building failed; the message says which step."""
 
 

@@ -28,6 +28,20 @@ def _opset(model: Any) -> int:
                default=0)
 
 
+def graph_index(
+    graph: Any,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, list[Any]]]:
+    """(initializers by name, the node producing each tensor, the nodes consuming each
+    tensor) of an onnx.GraphProto, for walking it in both directions."""
+    initializers = {t.name: t for t in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return initializers, producers, consumers
+
+
 def _attrs(node: Any) -> dict[str, Any]:
     from onnx import helper
 
@@ -78,12 +92,7 @@ def rewrite_dfl_softmax(model: Any) -> int:
     if opset < 13:
         return 0
     graph = model.graph
-    initializers = {t.name: t for t in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    initializers, producers, consumers = graph_index(graph)
     replaced = 0
     for softmax in [n for n in graph.node if n.op_type == "Softmax"]:
         match = _dfl_match(graph, softmax, producers, consumers, initializers)
