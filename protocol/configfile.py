@@ -311,7 +311,7 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigFileError(f"{path}: cannot read the config file: {e}") from e
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as e:
         raise ConfigFileError(f"{path}: not valid YAML{yaml_error_text(e)}") from None
     if data is None:
