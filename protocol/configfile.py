@@ -222,8 +222,8 @@ def _why(it: _Item) -> str:
     """What is wrong, in words a person can act on."""
     if it.type == "extra_forbidden":
         if it.suggestion:
-            return f"unknown key; did you mean `{it.suggestion}`?"
-        return "unknown key (not allowed here; check the spelling)"
+            return f"unknown key (did you mean `{it.suggestion}`?)"
+        return "unknown key (not allowed here: check the spelling)"
     if it.type == "missing":
         return "required key is missing"
     if it.type == "string_pattern_mismatch":
@@ -234,10 +234,14 @@ def _why(it: _Item) -> str:
         key = str(it.ctx.get("discriminator", "kind")).strip("'")
         tags = ", ".join(it.tags) or str(it.ctx.get("expected_tags", ""))
         if it.type == "union_tag_not_found":
-            return f"`{key}` is missing; it says which kind this is: one of {tags}"
-        close = difflib.get_close_matches(str(it.ctx.get("tag", "")), list(it.tags), n=1)
-        hint = f"; did you mean `{close[0]}`?" if close else ""
-        return f"`{key}` must be one of {tags}{hint}"
+            return f"`{key}` is missing (it says which kind this is: one of {tags})"
+        # The tag is echoed: it names a kind (a Literal), never a secret.
+        tag = str(it.ctx.get("tag", ""))
+        close = difflib.get_close_matches(tag, list(it.tags), n=1)
+        hint = f" (did you mean `{close[0]}`?)" if close else ""
+        return f"`{key}` must be one of {tags}, not `{tag}`{hint}"
+    if it.type == "path_type":
+        return "must be a file or folder path (text)"
     if it.type in ("model_type", "model_attributes_type", "dict_type"):
         return "must be a section (a mapping of keys), not a single value or a list"
     return it.msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
@@ -276,7 +280,7 @@ def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any
         if isinstance(key, Hashable) and key in first_line:
             raise yaml.constructor.ConstructorError(
                 None, None, f"key `{key}` is written twice in one mapping (first on line "
-                f"{first_line[key] + 1}); keep one", key_node.start_mark)
+                f"{first_line[key] + 1}): keep one", key_node.start_mark)
         if isinstance(key, Hashable):
             first_line[key] = key_node.start_mark.line
     return loader.construct_mapping(node, deep=True)
@@ -298,7 +302,7 @@ def yaml_error_text(error: yaml.YAMLError) -> str:
         text += f" ({context} that started on line {context_mark.line + 1}, column " \
                 f"{context_mark.column + 1})"
     if "'\\t'" in text:
-        text += "; indent with spaces, YAML does not allow tabs there"
+        text += " (indent with spaces: YAML does not allow tabs there)"
     return text
 
 
