@@ -1,6 +1,7 @@
 """`lineguard appliance ...`: check a configuration, or run the appliance.
 
     lineguard appliance check-config [--config FILE] [--print] [--skip-model]
+    lineguard appliance config-reference
     lineguard appliance run [--config FILE] [--frames N] [--json] [--data-dir DIR]
                             [--bundle PATH] [--status-interval-s S] [--log-level L]
 
@@ -131,6 +132,8 @@ def main(argv: list[str]) -> int:
     check.add_argument("--data-dir", type=Path)
     check.add_argument("--bundle", type=Path)
     check.add_argument("--log-level", default="warning")
+    sub.add_parser("config-reference",
+                   help="print every config key with its default, unit and bounds (Markdown)")
     go = sub.add_parser("run", help="run the appliance")
     go.add_argument("--config", type=Path, help="YAML file (default: built-in defaults)")
     go.add_argument("--frames", type=int, help="stop after N frames (all stations)")
@@ -140,6 +143,12 @@ def main(argv: list[str]) -> int:
     go.add_argument("--status-interval-s", type=float, default=None)
     go.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
+    if args.command == "config-reference":
+        from protocol.configref import config_reference
+
+        print(config_reference(ApplianceConfig, "Appliance configuration",
+                               "lineguard appliance config-reference"), end="")
+        return 0
     if getattr(args, "frames", None) is not None and args.frames < 1:
         parser.error("--frames must be >= 1")
     _configure_logging(args.log_level, to_stderr=getattr(args, "json", False))

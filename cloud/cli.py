@@ -94,6 +94,35 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
     return 0
 
 
+def _check_config(config_path: Path, read_secrets: bool) -> int:
+    from cloud.config import load_config
+    from cloud.errors import CloudError
+
+    try:
+        cfg = load_config(config_path)
+        if read_secrets and cfg.collector is not None:
+            cfg.collector.broker.secret()
+        if read_secrets and cfg.api is not None:
+            cfg.api.secret()
+    except CloudError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    sections = [name for name in ("collector", "api") if getattr(cfg, name) is not None]
+    print(f"config ok: fleet store {cfg.store.path}; sections: "
+          f"{', '.join(sections) or 'none (collect and serve need collector and api)'}"
+          + ("" if read_secrets else "; secret files not read"))
+    return 0
+
+
+def _reference() -> int:
+    from cloud.config import CloudConfig
+    from protocol.configref import config_reference
+
+    print(config_reference(CloudConfig, "Cloud configuration",
+                           "lineguard cloud config-reference"), end="")
+    return 0
+
+
 def _quantize(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -197,6 +226,13 @@ def main(argv: list[str]) -> int:
     se.add_argument("--config", type=Path, required=True, help="cloud YAML config file")
     se.add_argument("--host", help="override api.host (default 127.0.0.1)")
     se.add_argument("--port", type=int, help="override api.port")
+    ck = sub.add_parser("check-config", help="validate a cloud config file (and read its "
+                        "secret files)")
+    ck.add_argument("--config", type=Path, required=True, help="cloud YAML config file")
+    ck.add_argument("--skip-secrets", action="store_true",
+                    help="do not read password_file / token_file (check on another machine)")
+    sub.add_parser("config-reference",
+                   help="print every config key with its default, unit and bounds (Markdown)")
     qu = sub.add_parser("quantize", help="make an INT8 (static, calibrated) variant of a bundle")
     qu.add_argument("bundle", type=Path, help="FP32 bundle directory or .tar/.tar.gz")
     qu.add_argument("out", type=Path, help="INT8 bundle directory to write")
@@ -231,5 +267,9 @@ def main(argv: list[str]) -> int:
         return _serve(args.config, args.host, args.port)
     if args.cmd == "quantize":
         return _quantize(args)
+    if args.cmd == "check-config":
+        return _check_config(args.config, read_secrets=not args.skip_secrets)
+    if args.cmd == "config-reference":
+        return _reference()
     parser.error(f"unknown command {args.cmd}")
     return 2

@@ -57,7 +57,8 @@ def _error(model: type[BaseModel], data: Any) -> ValidationError:
         (Strict, {}, {"noun": "field"}, "needed: required field is missing"),
         (Doc, {"nope": 1}, {"noun": "field"},
          "nope: unknown field (not allowed here; check the spelling)"),
-        (Doc, [1], {}, "(top level): Input should be a valid dictionary or instance of Doc"),
+        (Doc, [1], {}, "(top level): must be a section (a mapping of keys), "
+                            "not a single value or a list"),
     ],
 )
 def test_format_names_the_key_path(model: type[BaseModel], data: Any,
