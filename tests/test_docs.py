@@ -91,8 +91,8 @@ def test_cloud_check_config_names_a_bad_key(tmp_path: Path,
 
 def _recorded_events_and_alarms() -> tuple[set[str], set[str]]:
     """Event kinds and alarm codes the appliance's code records, read from its source:
-    `_event("kind", ...)`, `events.record("kind", ...)`, `event_row(at, "kind", ...)`, `alarm="code"` and
-    `alarms.append("code")`."""
+    `_event("kind", ...)`, `events.record("kind", ...)`, `event_row(at, "kind", ...)`,
+    `alarm="code"` and `alarms.append("code")`."""
     kinds: set[str] = set()
     alarms: set[str] = set()
     for path in sorted((REPO / "appliance").rglob("*.py")):
