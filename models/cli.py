@@ -53,7 +53,6 @@ def build_parser() -> _Parser:
 
     def command(name: str, help_: str) -> _Parser:
         cmd: _Parser = sub.add_parser(name, help=help_, formatter_class=HelpFormatter)
-        add_logging_arguments(cmd)
         return cmd
 
     verify = command("verify", "check files, model IO and the golden set")
@@ -98,6 +97,8 @@ def build_parser() -> _Parser:
     wrap.add_argument("--providers", type=comma_list, default=None,
                       help="ONNX Runtime providers for the golden set, comma-separated "
                       "(default: best available)")
+    for cmd in sub.choices.values():
+        add_logging_arguments(cmd)
     return parser
 
 

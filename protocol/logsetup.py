@@ -13,6 +13,7 @@ Invariants:
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -27,6 +28,7 @@ __all__ = [
     "LogFormat",
     "LogLevel",
     "LogStreamHandler",
+    "PlainTextWriter",
     "configure_logging",
     "strip_ansi",
 ]
@@ -110,3 +112,38 @@ def configure_logging(
         old.close()
     root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+class PlainTextWriter(io.TextIOBase):
+    """A text stream for output meant for a terminal (colours, progress bars redrawn
+    with carriage returns) that writes to `target` as plain lines: colour codes are
+    removed and only the last frame before each newline is kept."""
+
+    def __init__(self, target: TextIO) -> None:
+        super().__init__()
+        self._target = target
+        self._line = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        pending = self._line + strip_ansi(text)
+        *lines, self._line = pending.split("\n")
+        for line in lines:
+            self._target.write(line.rpartition("\r")[2] + "\n")
+        self._line = self._line.rpartition("\r")[2]
+        return len(text)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def close(self) -> None:
+        """Write out an unfinished last line (not the target: it is not ours)."""
+        if self._line:
+            self._target.write(self._line + "\n")
+            self._line = ""
+        super().close()
