@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="weight integer type")
     qu.add_argument("--exclude-head", choices=["decode", "output", "none"], default="decode",
                     help="head nodes kept float (decode: everything after the last convs)")
-    qu.add_argument("--exclude", type=comma_list, metavar="NODE[,NODE...]",
+    qu.add_argument("--exclude", type=comma_list, metavar="NAME[,NAME...]",
                     help="more node names kept float, comma-separated (default: none)")
     qu.add_argument("--rewrite-dfl", action=argparse.BooleanOptionalAction, default=True,
                     help="compute the YOLO DFL softmax decode without transposes (same result)")

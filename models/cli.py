@@ -57,7 +57,7 @@ def build_parser() -> _Parser:
 
     verify = command("verify", "check files, model IO and the golden set")
     verify.add_argument("bundle", type=Path, help="bundle directory or .tar/.tar.gz")
-    verify.add_argument("--providers", type=comma_list, default=None,
+    verify.add_argument("--providers", type=comma_list, default=None, metavar="NAME[,NAME...]",
                         help="ONNX Runtime providers, comma-separated in preference order, "
                         "e.g. cpu or cuda,cpu (default: best available)")
 
@@ -76,7 +76,7 @@ def build_parser() -> _Parser:
     wrap = command("wrap", "wrap an existing ONNX detector as a bundle")
     wrap.add_argument("onnx", type=Path, help="ONNX detector (YOLO raw or end-to-end output)")
     wrap.add_argument("out", type=Path, help="bundle directory to create")
-    wrap.add_argument("--classes", type=comma_list,
+    wrap.add_argument("--classes", type=comma_list, metavar="NAME[,NAME...]",
                       help="class names, comma-separated (default: the ONNX metadata's)")
     wrap.add_argument("--imgsz", help="H or HxW input size (default: the ONNX metadata's)")
     wrap.add_argument("--golden-from", type=Path, required=True,
@@ -94,7 +94,7 @@ def build_parser() -> _Parser:
                       help="lineage: the training data's fingerprint (default: unknown)")
     wrap.add_argument("--code-revision", default=None,
                       help="lineage: the training code's revision (default: unknown)")
-    wrap.add_argument("--providers", type=comma_list, default=None,
+    wrap.add_argument("--providers", type=comma_list, default=None, metavar="NAME[,NAME...]",
                       help="ONNX Runtime providers for the golden set, comma-separated "
                       "(default: best available)")
     for cmd in sub.choices.values():

@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--providers",
         type=comma_list,
+        metavar="NAME[,NAME...]",
         help="ONNX Runtime providers, comma-separated in preference order (cpu, cuda, "
         "tensorrt or full names), e.g. cuda,cpu (default: best available)",
     )
