@@ -72,9 +72,13 @@ def main(argv: list[str]) -> int:
         return 2
 
     if args.cmd == "export":
+        tty = sys.stdout.isatty()  # redraw in place on a terminal, else one line per split
+
         def progress(split: str, done: int, total: int) -> None:
-            if done == total or done % 50 == 0:
+            if tty and (done == total or done % 50 == 0):
                 print(f"\r{split}: {done}/{total}", end="\n" if done == total else "", flush=True)
+            elif done == total:
+                print(f"{split}: {done}/{total}", flush=True)
 
         data_yaml = export_yolo(args.out, cfg, n_train=args.train, n_val=args.val,
                                 progress=progress)

@@ -97,8 +97,8 @@ def build_parser() -> _Parser:
     wrap.add_argument("--providers", type=comma_list, default=None, metavar="NAME[,NAME...]",
                       help="ONNX Runtime providers for the golden set, comma-separated "
                       "(default: best available)")
-    for cmd in sub.choices.values():
-        add_logging_arguments(cmd)
+    for cmd in sub.choices.values():  # a failure stays one `error:` line on stderr
+        add_logging_arguments(cmd, default_level="warning")
     return parser
 
 
@@ -140,7 +140,8 @@ def _inspect(args: argparse.Namespace) -> int:
             return 0
         pre, post = m.preprocess, m.postprocess
         lines = [
-            f"bundle:      {m.name} v{m.version} ({m.label})",
+            f"bundle:      {m.name} v{m.version} ({m.label})"
+            + (f", variant {m.variant}" if m.variant else ""),
             f"classes:     {len(m.classes)}: {', '.join(m.classes)}",
             f"input:       {m.input.name} {m.input.height}x{m.input.width} {m.input.dtype}, "
             f"batch {m.input.batch}",

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one class per box, as served (default: multi-label, as Ultralytics val)",
     )
     parser.add_argument("--json", action="store_true", help="print the Metrics JSON only")
-    add_logging_arguments(parser)
+    add_logging_arguments(parser, default_level="warning")
     return parser
 
 
