@@ -4,11 +4,13 @@
     lineguard appliance config-reference
     lineguard appliance run [--config FILE] [--frames N] [--json] [--data-dir DIR]
                             [--bundle PATH] [--status-interval-s S] [--log-level L]
+                            [--log-format text|json]
 
 With no `--config` the defaults run one simulated station with the demo bundle.
 `run` stops on SIGTERM/SIGINT (orderly: queued frames are judged, the store flushed)
 or after `--frames N` frames, and prints a summary (`--json`: one JSON object on
-stdout, logs go to stderr). On a terminal it keeps a live one-line status.
+stdout). On a terminal it keeps a live one-line status. Logs always go to stderr
+(`--log-format json`: one JSON object per line).
 Exit status: 0 done, 1 runtime failure (store, source), 2 bad configuration or model.
 """
 
@@ -32,17 +34,14 @@ from appliance.errors import ApplianceError, ConfigError
 from appliance.pipeline.engine import Engine
 from appliance.pipeline.stats import PipelineStats
 from models.errors import ModelError
+from protocol.cliargs import (
+    HelpFormatter,
+    add_logging_arguments,
+    configure_logging_from,
+    positive_int,
+)
 
 logger = logging.getLogger(__name__)
-
-
-def _configure_logging(level: str, to_stderr: bool) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr if to_stderr else sys.stdout,
-        force=True,
-    )
 
 
 def _load(args: argparse.Namespace) -> ApplianceConfig:
@@ -121,37 +120,45 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lineguard appliance",
-                                     description="run or check the inspection appliance")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lineguard appliance", formatter_class=HelpFormatter,
+                                     description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check-config", help="validate a config (and load its model)")
+    check = sub.add_parser("check-config", help="validate a config (and load its model)",
+                           formatter_class=HelpFormatter)
     check.add_argument("--config", type=Path, help="YAML file (default: built-in defaults)")
     check.add_argument("--print", action="store_true", help="print the effective config")
     check.add_argument("--skip-model", action="store_true", help="do not load the bundle")
-    check.add_argument("--data-dir", type=Path)
-    check.add_argument("--bundle", type=Path)
-    check.add_argument("--log-level", default="warning")
-    sub.add_parser("config-reference",
-                   help="print every config key with its default, unit and bounds (Markdown)")
-    go = sub.add_parser("run", help="run the appliance")
+    check.add_argument("--data-dir", type=Path,
+                       help="override data_dir (store, images) (default: the config's)")
+    check.add_argument("--bundle", type=Path, help="override model.bundle (default: the config's)")
+    add_logging_arguments(check, default_level="warning")
+    ref = sub.add_parser("config-reference", formatter_class=HelpFormatter,
+                         help="print every config key with its default, unit and bounds (Markdown)")
+    add_logging_arguments(ref, default_level="warning")
+    go = sub.add_parser("run", help="run the appliance", formatter_class=HelpFormatter)
     go.add_argument("--config", type=Path, help="YAML file (default: built-in defaults)")
-    go.add_argument("--frames", type=int, help="stop after N frames (all stations)")
-    go.add_argument("--json", action="store_true", help="print the summary as JSON")
-    go.add_argument("--data-dir", type=Path, help="override data_dir (store, images)")
-    go.add_argument("--bundle", type=Path, help="override model.bundle")
-    go.add_argument("--status-interval-s", type=float, default=None)
-    go.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
+    go.add_argument("--frames", type=positive_int,
+                    help="stop after N frames, all stations (default: run until stopped)")
+    go.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    go.add_argument("--data-dir", type=Path,
+                    help="override data_dir (store, images) (default: the config's)")
+    go.add_argument("--bundle", type=Path, help="override model.bundle (default: the config's)")
+    go.add_argument("--status-interval-s", type=float, default=None,
+                    help="seconds between status lines (default: 1 on a terminal, else 10)")
+    add_logging_arguments(go, default_level="info")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging_from(args)
     if args.command == "config-reference":
         from protocol.configref import config_reference
 
         print(config_reference(ApplianceConfig, "Appliance configuration",
                                "lineguard appliance config-reference"), end="")
         return 0
-    if getattr(args, "frames", None) is not None and args.frames < 1:
-        parser.error("--frames must be >= 1")
-    _configure_logging(args.log_level, to_stderr=getattr(args, "json", False))
     try:
         return check_config(args) if args.command == "check-config" else run(args)
     except ConfigError as e:

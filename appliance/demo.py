@@ -10,7 +10,6 @@ parts. The store and kept images go to a temporary directory unless `--data-dir`
 from __future__ import annotations
 
 import argparse
-import logging
 import queue
 import signal
 import sys
@@ -27,6 +26,12 @@ from appliance.pipeline.stats import PipelineStats
 from appliance.records import InspectionRecord
 from models.bundle import load_bundle
 from models.errors import ModelError
+from protocol.cliargs import (
+    HelpFormatter,
+    add_logging_arguments,
+    configure_logging_from,
+    positive_int,
+)
 
 if TYPE_CHECKING:
     from linesim import SimFrame
@@ -76,21 +81,31 @@ def _summary(s: RunSummary, records: list[InspectionRecord], truth: dict[str, li
     print(f"model {model} on {', '.join(s.providers) or '-'}; {data_dir}")
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lineguard demo", description=__doc__)
-    parser.add_argument("--bundle", type=Path, default=DEMO_BUNDLE)
-    parser.add_argument("--frames", type=int, default=200, help="parts to inspect")
-    parser.add_argument("--batch", type=int, default=8, help="max batch size")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lineguard demo", description=__doc__,
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--bundle", type=Path, default=DEMO_BUNDLE,
+                        help="model bundle directory or .tar")
+    parser.add_argument("--frames", type=positive_int, default=200, help="parts to inspect")
+    parser.add_argument("--batch", type=positive_int, default=8, help="max batch size")
     parser.add_argument("--seed", type=int, default=7, help="simulated line seed")
-    parser.add_argument("--drift", default="", help="linesim drift knobs, e.g. blur_sigma_px=2")
+    parser.add_argument("--drift", default="",
+                        help="linesim drift knobs, comma-separated, e.g. blur_sigma_px=2 "
+                        "(default: none)")
     parser.add_argument("--realtime", action="store_true",
                         help="parts arrive at the line's rate (default: as fast as judged)")
     parser.add_argument("--data-dir", type=Path, help="keep the store here (default: temp)")
-    parser.add_argument("--verbose", action="store_true", help="show the appliance's logs")
-    args = parser.parse_args(argv)
-    if args.frames < 1:
-        parser.error("--frames must be >= 1")
-    logging.getLogger().setLevel(logging.INFO if args.verbose else logging.WARNING)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the appliance's logs (same as --log-level info)")
+    add_logging_arguments(parser, default_level="warning")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.verbose and args.log_level == "warning":
+        args.log_level = "info"
+    configure_logging_from(args)
 
     from linesim import ConfigError, Drift, LineConfig
 

@@ -8,6 +8,15 @@ import sys
 import threading
 from pathlib import Path
 
+from protocol.cliargs import (
+    HelpFormatter,
+    add_logging_arguments,
+    comma_list,
+    configure_logging_from,
+    nonnegative_int,
+    positive_int,
+)
+
 # cloud.training.train's PICO_YAML, spelled out so that `collect` and `serve` never import
 # the training stack (cv2, models; torch lazily) just to build the parser.
 _PICO_YAML = Path(__file__).resolve().parent / "training" / "model_cfg" / "lineguard-pico.yaml"
@@ -149,7 +158,7 @@ def _quantize(args: argparse.Namespace) -> int:
                 reduce_range=args.reduce_range, quant_format=args.format,
                 activation_type=args.activation_type, weight_type=args.weight_type,
                 exclude_head=args.exclude_head, nodes_to_exclude=args.exclude or (),
-                rewrite_dfl=args.rewrite_dfl, version=args.version, label=args.label,
+                rewrite_dfl=args.rewrite_dfl, label=args.label,
                 eval_dataset=dataset, eval_split=args.split, progress=say)
             fp32: Metrics | None = src.manifest.metrics
             if dataset is None and fp32 is not None:
@@ -170,8 +179,8 @@ def _quantize(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     q = int8.manifest.metrics
-    print(f"bundle {int8.root} version {int8.manifest.version} ({int8.manifest.label}), "
-          f"parent {src.manifest.version}")
+    print(f"bundle {int8.root}: {int8.manifest.name} version {int8.manifest.version} "
+          f"variant int8 ({int8.manifest.label}) of {src.root}")
     print(f"{'':18}{'FP32':>10}{'INT8':>10}{'INT8 vs FP32':>16}")
     for title, key in (("mAP50", "map50"), ("mAP50-95", "map50_95")):
         a = getattr(fp32, key) if fp32 else None
@@ -190,75 +199,108 @@ def _cell(value: float | None) -> str:
     return f"{value:>10.4f}" if value is not None else f"{'-':>10}"
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lineguard cloud", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lineguard cloud", description=__doc__,
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    tr = sub.add_parser("train", help="train a detector (Ultralytics, offline) into a bundle")
+
+    def command(name: str, help_: str, more: str = "") -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=help_ + more,
+                              formatter_class=HelpFormatter)
+
+    tr = command("train", "train a detector (Ultralytics, offline, CPU) into a bundle",
+                 ".\nEvery argument the bundle needs is checked before training starts.")
     tr.add_argument("--data", type=Path, required=True, help="YOLO data.yaml to train on")
-    tr.add_argument("--holdout", type=Path, help="data.yaml whose val split gives the metrics")
-    tr.add_argument("--out", type=Path, required=True, help="bundle directory to write")
-    tr.add_argument("--name", default="detector")
-    tr.add_argument("--version", type=int, default=1)
-    tr.add_argument("--label", default="")
-    tr.add_argument("--parent-version", type=int)
+    tr.add_argument("--holdout", type=Path,
+                    help="data.yaml whose val split gives the metrics (default: --data's)")
+    tr.add_argument("--out", type=Path, required=True,
+                    help="bundle directory to write (must not exist or be empty)")
+    tr.add_argument("--name", default="detector",
+                    help="model name (letters, digits, '.', '_', '-')")
+    tr.add_argument("--version", type=positive_int, default=1, help="model version")
+    tr.add_argument("--label", default=None,
+                    help="human label (default: <name>-<first 8 hex digits of the dataset "
+                    "fingerprint>)")
+    tr.add_argument("--parent-version", type=positive_int,
+                    help="version this model was fine-tuned from (default: none)")
     tr.add_argument("--model", default=str(_PICO_YAML),
-                    help="model YAML (default: the demo's YOLO11 pico) or our own .pt weights")
+                    help="model YAML, or our own .pt weights to fine-tune (default: "
+                    "lineguard-pico, the demo's YOLO11 at half yolo11n's width)")
     tr.add_argument("--trained-weights", type=Path,
                     help="best.pt of an earlier run with the same arguments: skip to export")
-    tr.add_argument("--epochs", type=int, default=40)
-    tr.add_argument("--imgsz", type=int, default=256, help="training image size (px)")
-    tr.add_argument("--serve-imgsz", type=int,
-                    help="input size of the bundle (default: --imgsz)")
-    tr.add_argument("--batch", type=int, default=16)
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--workers", type=int, default=0)
-    tr.add_argument("--patience", type=int, default=100)
+    tr.add_argument("--epochs", type=positive_int, default=40, help="training epochs")
+    tr.add_argument("--imgsz", type=positive_int, default=256, help="training image size (px)")
+    tr.add_argument("--serve-imgsz", type=positive_int,
+                    help="input size of the bundle in px (default: --imgsz)")
+    tr.add_argument("--batch", type=positive_int, default=16, help="images per batch")
+    tr.add_argument("--seed", type=int, default=0, help="random seed (deterministic training)")
+    tr.add_argument("--workers", type=nonnegative_int, default=0,
+                    help="dataloader worker processes")
+    tr.add_argument("--patience", type=nonnegative_int, default=100,
+                    help="stop after N epochs without improvement")
     tr.add_argument("--optimizer", default="auto", help="Ultralytics optimizer, e.g. AdamW")
-    tr.add_argument("--lr0", type=float, help="initial learning rate")
-    tr.add_argument("--warmup-epochs", type=float, default=3.0)
-    tr.add_argument("--close-mosaic", type=int, default=10,
+    tr.add_argument("--lr0", type=float,
+                    help="initial learning rate (default: Ultralytics' for the optimizer)")
+    tr.add_argument("--warmup-epochs", type=float, default=3.0, help="learning-rate warmup")
+    tr.add_argument("--close-mosaic", type=nonnegative_int, default=10,
                     help="last N epochs without mosaic augmentation")
-    tr.add_argument("--threads", type=int, help="torch threads (default: all cores)")
-    tr.add_argument("--work-dir", type=Path, default=Path("runs/train"))
-    co = sub.add_parser("collect", help="collect every line's MQTT telemetry into the fleet store")
+    tr.add_argument("--threads", type=positive_int, help="torch threads (default: all cores)")
+    tr.add_argument("--work-dir", type=Path, default=Path("runs/train"),
+                    help="Ultralytics' run directory (weights, staging)")
+    co = command("collect", "collect every line's MQTT telemetry into the fleet store")
     co.add_argument("--config", type=Path, required=True, help="cloud YAML config file")
-    se = sub.add_parser("serve", help="serve the fleet API (FastAPI, uvicorn)")
+    se = command("serve", "serve the fleet API (FastAPI, uvicorn)")
     se.add_argument("--config", type=Path, required=True, help="cloud YAML config file")
-    se.add_argument("--host", help="override api.host (default 127.0.0.1)")
-    se.add_argument("--port", type=int, help="override api.port")
-    ck = sub.add_parser("check-config", help="validate a cloud config file (and read its "
-                        "secret files)")
+    se.add_argument("--host", help="override api.host (default: the config's)")
+    se.add_argument("--port", type=positive_int, help="override api.port (default: the config's)")
+    ck = command("check-config", "validate a cloud config file (and read its secret files)")
     ck.add_argument("--config", type=Path, required=True, help="cloud YAML config file")
     ck.add_argument("--skip-secrets", action="store_true",
                     help="do not read password_file / token_file (check on another machine)")
-    sub.add_parser("config-reference",
-                   help="print every config key with its default, unit and bounds (Markdown)")
-    qu = sub.add_parser("quantize", help="make an INT8 (static, calibrated) variant of a bundle")
+    command("config-reference",
+            "print every config key with its default, unit and bounds (Markdown)")
+    qu = command("quantize", "make an INT8 (static, calibrated) variant of a bundle",
+                 ":\nsame name and version as the source, `variant: int8` in the manifest.")
     qu.add_argument("bundle", type=Path, help="FP32 bundle directory or .tar/.tar.gz")
     qu.add_argument("out", type=Path, help="INT8 bundle directory to write")
     qu.add_argument("--calib", type=Path, required=True,
                     help="calibration frames: a data.yaml (its --calib-split) or an image folder")
-    qu.add_argument("--calib-count", type=int, default=64)
-    qu.add_argument("--calib-split", default="train")
-    qu.add_argument("--eval", type=Path, help="data.yaml to measure FP32 and INT8 mAP on")
-    qu.add_argument("--split", default="val", help="split of --eval (default val)")
-    qu.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax")
-    qu.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True)
+    qu.add_argument("--calib-count", type=positive_int, default=64, help="calibration frames")
+    qu.add_argument("--calib-split", default="train", help="split of a --calib data.yaml")
+    qu.add_argument("--eval", type=Path,
+                    help="data.yaml to measure FP32 and INT8 mAP on (default: no measurement)")
+    qu.add_argument("--split", default="val", help="split of --eval")
+    qu.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax",
+                    help="calibration method")
+    qu.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
+                    help="one weight scale per output channel")
     qu.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=True,
-                    help="7-bit weights: no u8s8 saturation on CPUs without VNNI (default on)")
-    qu.add_argument("--format", choices=["qdq", "qoperator"], default="qdq")
-    qu.add_argument("--activation-type", choices=["uint8", "int8"], default="uint8")
-    qu.add_argument("--weight-type", choices=["int8", "uint8"], default="int8")
+                    help="7-bit weights: no u8s8 saturation on CPUs without VNNI")
+    qu.add_argument("--format", choices=["qdq", "qoperator"], default="qdq",
+                    help="quantized graph format")
+    qu.add_argument("--activation-type", choices=["uint8", "int8"], default="uint8",
+                    help="activation integer type")
+    qu.add_argument("--weight-type", choices=["int8", "uint8"], default="int8",
+                    help="weight integer type")
     qu.add_argument("--exclude-head", choices=["decode", "output", "none"], default="decode",
-                    help="head nodes kept float (default: the whole decode after the last convs)")
-    qu.add_argument("--exclude", nargs="+", metavar="NODE", help="more node names kept float")
+                    help="head nodes kept float (decode: everything after the last convs)")
+    qu.add_argument("--exclude", type=comma_list, metavar="NAME[,NAME...]",
+                    help="more node names kept float, comma-separated (default: none)")
     qu.add_argument("--rewrite-dfl", action=argparse.BooleanOptionalAction, default=True,
                     help="compute the YOLO DFL softmax decode without transposes (same result)")
-    qu.add_argument("--version", type=int, help="new bundle version (default: source's + 1)")
-    qu.add_argument("--label", help="new bundle label (default: source's + '-int8')")
-    qu.add_argument("--threads", type=int, default=2, help="ORT threads for the timing")
-    qu.add_argument("--bench-rounds", type=int, default=5, help="timing rounds (0: no timing)")
+    qu.add_argument("--label", help="label of the variant (default: source's + '-int8')")
+    qu.add_argument("--threads", type=positive_int, default=2, help="ORT threads for the timing")
+    qu.add_argument("--bench-rounds", type=nonnegative_int, default=5,
+                    help="timing rounds (0: no timing)")
+    for cmd in sub.choices.values():
+        add_logging_arguments(cmd)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging_from(args)
     if args.cmd == "train":
         return _train(args)
     if args.cmd == "collect":

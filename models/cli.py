@@ -25,8 +25,14 @@ from models.errors import ModelError
 from models.golden import build_bundle, verify_golden
 from models.manifest import Lineage, PostprocessSpec
 from models.runtime import OnnxDetector, check_model_io
+from protocol.cliargs import (
+    HelpFormatter,
+    add_logging_arguments,
+    comma_list,
+    configure_logging_from,
+)
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
@@ -40,47 +46,60 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-def _build_parser() -> _Parser:
-    parser = _Parser(prog="lineguard bundle", description="Model bundle tools.")
+def build_parser() -> _Parser:
+    parser = _Parser(prog="lineguard bundle", description="Model bundle tools.",
+                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    verify = sub.add_parser("verify", help="check files, model IO and the golden set")
-    verify.add_argument("bundle", type=Path, help="bundle directory or .tar/.tar.gz")
-    verify.add_argument("--providers", default=None, help="e.g. cpu or cuda,cpu (default: best)")
+    def command(name: str, help_: str) -> _Parser:
+        cmd: _Parser = sub.add_parser(name, help=help_, formatter_class=HelpFormatter)
+        return cmd
 
-    pack = sub.add_parser("pack", help="verify a bundle directory and pack it into one tar")
-    pack.add_argument("bundle_dir", type=Path)
+    verify = command("verify", "check files, model IO and the golden set")
+    verify.add_argument("bundle", type=Path, help="bundle directory or .tar/.tar.gz")
+    verify.add_argument("--providers", type=comma_list, default=None, metavar="NAME[,NAME...]",
+                        help="ONNX Runtime providers, comma-separated in preference order, "
+                        "e.g. cpu or cuda,cpu (default: best available)")
+
+    pack = command("pack", "verify a bundle directory and pack it into one tar")
+    pack.add_argument("bundle_dir", type=Path, help="bundle directory")
     pack.add_argument("tar", type=Path, help="output .tar or .tar.gz")
 
-    unpack = sub.add_parser("unpack", help="safely unpack a bundle tar and check its files")
-    unpack.add_argument("tar", type=Path)
+    unpack = command("unpack", "safely unpack a bundle tar and check its files")
+    unpack.add_argument("tar", type=Path, help="bundle .tar or .tar.gz")
     unpack.add_argument("dest", type=Path, help="directory (must not exist or be empty)")
 
-    inspect = sub.add_parser("inspect", help="show a bundle's manifest")
+    inspect = command("inspect", "show a bundle's manifest")
     inspect.add_argument("bundle", type=Path, help="bundle directory or .tar/.tar.gz")
     inspect.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
-    wrap = sub.add_parser("wrap", help="wrap an existing ONNX detector as a bundle")
-    wrap.add_argument("onnx", type=Path)
+    wrap = command("wrap", "wrap an existing ONNX detector as a bundle")
+    wrap.add_argument("onnx", type=Path, help="ONNX detector (YOLO raw or end-to-end output)")
     wrap.add_argument("out", type=Path, help="bundle directory to create")
-    wrap.add_argument("--classes", help="comma-separated names (default: ONNX metadata)")
-    wrap.add_argument("--imgsz", help="H or HxW input size (default: ONNX metadata)")
-    wrap.add_argument("--golden-from", type=Path, required=True, help="folder of images")
-    wrap.add_argument("--golden-count", type=int, default=4, help="images to use (default 4)")
-    wrap.add_argument("--name", required=True)
-    wrap.add_argument("--version", type=int, default=1)
-    wrap.add_argument("--label", default=None, help="default: v<version>")
-    wrap.add_argument("--output-format", choices=["yolo_raw", "end2end"], default="yolo_raw")
-    wrap.add_argument("--score-threshold", type=float, default=0.25)
-    wrap.add_argument("--iou-threshold", type=float, default=0.7)
-    wrap.add_argument("--dataset-fingerprint", default=None)
-    wrap.add_argument("--code-revision", default=None)
-    wrap.add_argument("--providers", default=None)
+    wrap.add_argument("--classes", type=comma_list, metavar="NAME[,NAME...]",
+                      help="class names, comma-separated (default: the ONNX metadata's)")
+    wrap.add_argument("--imgsz", help="H or HxW input size (default: the ONNX metadata's)")
+    wrap.add_argument("--golden-from", type=Path, required=True,
+                      help="folder of images for the golden set")
+    wrap.add_argument("--golden-count", type=int, default=4, help="images to use")
+    wrap.add_argument("--name", required=True, help="model name (letters, digits, . _ -)")
+    wrap.add_argument("--version", type=int, default=1, help="model version (integer >= 1)")
+    wrap.add_argument("--label", default=None, help="human label (default: v<version>)")
+    wrap.add_argument("--output-format", choices=["yolo_raw", "end2end"], default="yolo_raw",
+                      help="yolo_raw [B, 4+nc, N] or end2end [B, K, 6]")
+    wrap.add_argument("--score-threshold", type=float, default=0.25,
+                      help="minimum score of a detection (0..1)")
+    wrap.add_argument("--iou-threshold", type=float, default=0.7, help="NMS IoU (0..1)")
+    wrap.add_argument("--dataset-fingerprint", default=None,
+                      help="lineage: the training data's fingerprint (default: unknown)")
+    wrap.add_argument("--code-revision", default=None,
+                      help="lineage: the training code's revision (default: unknown)")
+    wrap.add_argument("--providers", type=comma_list, default=None, metavar="NAME[,NAME...]",
+                      help="ONNX Runtime providers for the golden set, comma-separated "
+                      "(default: best available)")
+    for cmd in sub.choices.values():  # a failure stays one `error:` line on stderr
+        add_logging_arguments(cmd, default_level="warning")
     return parser
-
-
-def _providers(text: str | None) -> list[str] | None:
-    return [p for p in text.split(",") if p.strip()] if text else None
 
 
 @contextmanager
@@ -97,7 +116,7 @@ def _verify(args: argparse.Namespace) -> int:
     with _opened(args.bundle) as bundle:
         m = bundle.manifest
         print(f"files: {len(m.files)} listed, sha256 ok")
-        detector = OnnxDetector(bundle.model_path, _providers(args.providers))
+        detector = OnnxDetector(bundle.model_path, args.providers)
         check_model_io(detector, m)
         print(
             f"model: input {detector.input_name} {detector.input_shape}, output "
@@ -121,7 +140,8 @@ def _inspect(args: argparse.Namespace) -> int:
             return 0
         pre, post = m.preprocess, m.postprocess
         lines = [
-            f"bundle:      {m.name} v{m.version} ({m.label})",
+            f"bundle:      {m.name} v{m.version} ({m.label})"
+            + (f", variant {m.variant}" if m.variant else ""),
             f"classes:     {len(m.classes)}: {', '.join(m.classes)}",
             f"input:       {m.input.name} {m.input.height}x{m.input.width} {m.input.dtype}, "
             f"batch {m.input.batch}",
@@ -171,7 +191,7 @@ def _wrap_defaults(args: argparse.Namespace) -> tuple[list[str], tuple[int, int]
     if args.classes is None or args.imgsz is None:
         metadata = OnnxDetector(args.onnx, ["cpu"]).metadata
     if args.classes is not None:
-        classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+        classes = list(args.classes)
     else:
         try:
             names = ast.literal_eval(metadata["names"])
@@ -209,7 +229,7 @@ def _wrap(args: argparse.Namespace) -> int:
             created_at=datetime.now(UTC),
         ),
         golden_images=_read_images(args.golden_from, args.golden_count),
-        providers=_providers(args.providers),
+        providers=args.providers,
     )
     m = bundle.manifest
     print(f"ok: wrote {m.name} v{m.version} to {bundle.root} ({len(m.files)} files, verified)")
@@ -219,7 +239,8 @@ def _wrap(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str]) -> int:
     """Entry point of ``lineguard bundle``; returns the exit status (0 ok, 2 error)."""
     try:
-        args = _build_parser().parse_args(list(argv))
+        args = build_parser().parse_args(list(argv))
+        configure_logging_from(args)
         if args.command == "verify":
             return _verify(args)
         if args.command == "pack":

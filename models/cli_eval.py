@@ -1,15 +1,14 @@
 """`lineguard eval BUNDLE DATA_YAML`: measure a bundle on a YOLO dataset.
 
 Prints Ultralytics' per-class validation table (images, instances, P, R, mAP50,
-mAP50-95) or, with ``--json``, the `Metrics` JSON a manifest stores. Progress goes to
-stderr. Bad input (missing bundle, bad yaml, unreadable files) is one
+mAP50-95) or, with ``--json``, the `Metrics` JSON a manifest stores. Progress and logs
+go to stderr. Bad input (missing bundle, bad yaml, unreadable files) is one
 ``error: ...`` line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -18,36 +17,34 @@ from typing import TextIO
 from models.bundle import open_bundle
 from models.errors import ModelError
 from models.evaluate import EvalReport, evaluate_report, load_data_yaml
+from protocol.cliargs import (
+    HelpFormatter,
+    add_logging_arguments,
+    comma_list,
+    configure_logging_from,
+    positive_int,
+)
 
 _ROW = "%22s%11s%11s%11s%11s%11s%11s"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lineguard eval",
         description="Evaluate a model bundle on a YOLO-format dataset with Ultralytics' "
         "validation metrics (conf 0.001, NMS IoU 0.7, max 300 boxes).",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("bundle", type=Path, help="bundle directory or .tar/.tar.gz")
     parser.add_argument("data_yaml", type=Path, help="Ultralytics data.yaml")
-    parser.add_argument("--split", default="val", help="dataset split (default: val)")
-    parser.add_argument("--batch", type=_positive_int, default=8, help="batch size (default 8)")
+    parser.add_argument("--split", default="val", help="dataset split")
+    parser.add_argument("--batch", type=positive_int, default=8, help="batch size")
     parser.add_argument(
         "--providers",
-        nargs="+",
-        metavar="PROVIDER",
-        help="ONNX Runtime providers in preference order (cpu, cuda, tensorrt or full "
-        "names; commas allowed); default: best available",
+        type=comma_list,
+        metavar="NAME[,NAME...]",
+        help="ONNX Runtime providers, comma-separated in preference order (cpu, cuda, "
+        "tensorrt or full names), e.g. cuda,cpu (default: best available)",
     )
     parser.add_argument(
         "--single-label",
@@ -55,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         help="one class per box, as served (default: multi-label, as Ultralytics val)",
     )
     parser.add_argument("--json", action="store_true", help="print the Metrics JSON only")
+    add_logging_arguments(parser, default_level="warning")
     return parser
 
 
@@ -94,24 +92,10 @@ def format_table(report: EvalReport) -> str:
     return "\n".join(lines)
 
 
-def _logs_to_stderr() -> None:
-    # --json owns stdout; the `lineguard` router logs to stdout, so move those handlers.
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
-            handler.setStream(sys.stderr)
-
-
-def _split_providers(values: list[str] | None) -> list[str] | None:
-    if values is None:
-        return None
-    return [name for value in values for name in value.split(",") if name.strip()]
-
-
 def main(argv: list[str]) -> int:
     """Entry point of `lineguard eval`; returns the exit status (0 ok, 2 bad input)."""
-    args = _parser().parse_args(argv)
-    if args.json:
-        _logs_to_stderr()
+    args = build_parser().parse_args(argv)
+    configure_logging_from(args)
     try:
         dataset = load_data_yaml(args.data_yaml)
         with tempfile.TemporaryDirectory(prefix="lineguard-eval-") as tmp:
@@ -121,7 +105,7 @@ def main(argv: list[str]) -> int:
                 dataset,
                 args.split,
                 batch_size=args.batch,
-                providers=_split_providers(args.providers),
+                providers=args.providers,
                 multi_label=not args.single_label,
                 progress=_Progress(sys.stderr),
             )

@@ -33,6 +33,7 @@ from models.manifest import (
     OutputSpec,
     PostprocessSpec,
     PreprocessSpec,
+    Variant,
     format_validation_error,
 )
 from models.postprocess import Detections, postprocess
@@ -303,6 +304,7 @@ def build_bundle(
     name: str,
     version: int,
     label: str,
+    variant: Variant | None = None,
     classes: Sequence[str],
     input_hw: tuple[int, int],
     preprocess: PreprocessSpec | None = None,
@@ -331,6 +333,7 @@ def build_bundle(
                 "name": name,
                 "version": version,
                 "label": label,
+                "variant": variant,
                 "classes": list(classes),
                 "input": InputSpec(
                     name=detector.input_name,

@@ -35,6 +35,7 @@ __all__ = [
     "OutputSpec",
     "PostprocessSpec",
     "PreprocessSpec",
+    "Variant",
     "check_relative_path",
     "format_validation_error",
     "parse_manifest",
@@ -49,6 +50,8 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Variant = Literal["fp32", "int8"]
+"""The numeric builds of one trained model a bundle can hold."""
 
 
 class _Frozen(BaseModel):
@@ -215,6 +218,11 @@ class Manifest(_Frozen):
     name: str = Field(min_length=1, max_length=128, pattern=_NAME_RE)
     version: int = Field(ge=1)
     label: str = Field(min_length=1, max_length=128)
+    variant: Variant | None = None
+    """Which numeric build of the trained model `version` this is. A quantized build
+    keeps its source's name and version and says ``int8`` here, so only training (one
+    version allocator per name) ever claims a new version. None: not stated (bundles
+    made before this field, or wrapped from an ONNX file)."""
     classes: list[str] = Field(min_length=1)
     input: InputSpec
     output: OutputSpec
@@ -259,8 +267,12 @@ class Manifest(_Frozen):
         return self
 
     def to_json(self) -> str:
-        """Canonical, human-readable JSON (sorted keys, 2-space indent, trailing newline)."""
+        """Canonical, human-readable JSON (sorted keys, 2-space indent, trailing newline).
+        An unstated `variant` is left out, so such a manifest stays readable by
+        appliances that predate the field."""
         data = self.model_dump(mode="json")
+        if data.get("variant") is None:
+            data.pop("variant", None)
         return json.dumps(data, sort_keys=True, indent=2) + "\n"
 
 

@@ -6,7 +6,9 @@
 ``quantize_static``, QDQ by default) -> a new bundle with the same name, classes, preprocessing and
 postprocessing, a golden set re-made by the INT8 model on the source bundle's golden
 images, lineage pointing at the source (parent_version; quantization settings in
-training_config) and metrics from `models.evaluate`.
+training_config) and metrics from `models.evaluate`. The variant keeps its source's
+version and says ``variant: int8``: versions are claimed by training alone (one
+allocator per model name), so a later training can never collide with a variant.
 
 Defaults, as measured on NEU-DET yolo11n (val, 360 images; AVX2 CPU without VNNI):
 - uint8 activations, int8 weights, per channel, ``reduce_range`` (7-bit weights). MLAS'
@@ -172,7 +174,6 @@ def quantize_bundle(
     exclude_head: HeadExclusion = "decode",
     nodes_to_exclude: Sequence[str] = (),
     rewrite_dfl: bool = True,
-    version: int | None = None,
     label: str | None = None,
     eval_dataset: YoloDataset | None = None,
     eval_split: str = "val",
@@ -184,14 +185,17 @@ def quantize_bundle(
 
     `calibration_images`: BGR uint8 frames as the camera gives them; they are
     preprocessed with `src`'s own spec. The new bundle has `src`'s name, classes and
-    pre/postprocessing, version `version` (default src's + 1), label `label` (default
-    src's + "-int8"), lineage parent_version = src's version with the quantization
+    pre/postprocessing and version, ``variant="int8"``, label `label` (default src's +
+    "-int8"), lineage parent_version = src's version with the quantization
     settings in training_config, a golden set made by the INT8 model on `src`'s golden
     images, and metrics from `evaluate` on `eval_dataset`'s `eval_split` (none without
-    a dataset). Raises QuantizationError, and the ModelErrors of building/evaluating.
+    a dataset). Raises QuantizationError (also for a source that is already INT8), and
+    the ModelErrors of building/evaluating.
     """
     say = progress or (lambda msg: logger.info("%s", msg))
     manifest = src.manifest
+    if manifest.variant == "int8":
+        raise QuantizationError(f"{src.root}: already an INT8 variant; quantize its source")
     if manifest.input.dtype != "float32":
         raise QuantizationError(
             f"{src.root}: input dtype {manifest.input.dtype}; quantize the float32 export")
@@ -232,8 +236,7 @@ def quantize_bundle(
 
         def build(out: Path, metrics: Metrics | None) -> Bundle:
             return build_bundle(
-                out, int8_path, name=manifest.name,
-                version=manifest.version + 1 if version is None else version,
+                out, int8_path, name=manifest.name, version=manifest.version, variant="int8",
                 label=f"{manifest.label}-int8" if label is None else label,
                 classes=manifest.classes, input_hw=(manifest.input.height, manifest.input.width),
                 preprocess=manifest.preprocess, postprocess=manifest.postprocess,

@@ -1,6 +1,8 @@
 """Training a detector with Ultralytics, fully offline, into a lineguard bundle.
 
-Steps: train (from a model YAML or our own weights) -> export ONNX with a dynamic batch
+Steps: check every argument the bundle will need (`plan_training`, before any epoch
+runs, so a bad name or a full output directory fails in a second, not after the whole
+run) -> train (from a model YAML or our own weights) -> export ONNX with a dynamic batch
 axis -> evaluate with `lineguard eval` (our preprocessing, ONNX Runtime and
 postprocessing) on a holdout -> build the bundle with its golden set, metrics and
 lineage. torch and ultralytics are imported lazily, inside `train_detector`.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -21,13 +24,15 @@ from types import ModuleType
 import cv2
 import numpy as np
 import numpy.typing as npt
+from pydantic import ValidationError
 
 from cloud.errors import CloudError
-from cloud.training.ultralytics_env import import_ultralytics
+from cloud.training.ultralytics_env import import_ultralytics, ultralytics_output
 from models.bundle import Bundle
+from models.errors import ModelError
 from models.evaluate import evaluate
 from models.golden import build_bundle
-from models.manifest import Lineage, Metrics, PreprocessSpec
+from models.manifest import Lineage, Manifest, Metrics, PreprocessSpec
 from models.yolo_dataset import YoloDataset, label_path_for, load_data_yaml
 
 logger = logging.getLogger(__name__)
@@ -38,7 +43,8 @@ PICO_YAML = Path(__file__).resolve().parent / "model_cfg" / "lineguard-pico.yaml
 
 
 class TrainingError(CloudError):
-    """Training, export or bundle building failed; the message says which step."""
+    """Bad training arguments, or training, export or bundle building failed; the
+    message says which argument or step."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,8 @@ class TrainConfig:
     out_bundle: Path
     name: str
     version: int
-    label: str
+    label: str | None = None
+    """Human label of the bundle; None or "": `default_label` (name and dataset)."""
     model: str = str(PICO_YAML)
     epochs: int = 40
     imgsz: int = 256
@@ -116,6 +123,107 @@ def _golden_images(ds: YoloDataset, count: int) -> list[npt.NDArray[np.uint8]]:
     return images
 
 
+def default_label(name: str, fingerprint: str) -> str:
+    """The label of a bundle trained without ``--label``: ``<name>-<first 8 hex digits
+    of the dataset fingerprint>``, so two runs on different data read differently."""
+    return f"{name}-{fingerprint[:8]}"
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """Everything about the bundle that is known before training, checked."""
+
+    dataset: YoloDataset
+    holdout: YoloDataset
+    fingerprint: str
+    label: str
+    golden_images: list[npt.NDArray[np.uint8]]
+
+
+def plan_training(cfg: TrainConfig, trained_weights: Path | None = None) -> TrainPlan:
+    """Check every argument the bundle will need, before any training, and derive the
+    defaults (label). Reads the dataset(s) once: fingerprint and golden images.
+
+    Raises TrainingError naming the argument: a number out of range, an unreadable
+    data.yaml or one without images, holdout classes that differ, a name, version,
+    label or class list the manifest would refuse, model weights that do not exist,
+    an output bundle directory that exists and is not empty, or a directory that
+    cannot be written.
+    """
+    _check_numbers(cfg)
+    model = Path(cfg.model)
+    if model.suffix == ".pt" and not model.is_file():
+        raise TrainingError(f"--model {cfg.model}: no such weights file (nothing is downloaded)")
+    if model.suffix in {".yaml", ".yml"} and len(model.parts) > 1 and not model.is_file():
+        raise TrainingError(f"--model {cfg.model}: no such model YAML")
+    if trained_weights is not None and not trained_weights.is_file():
+        raise TrainingError(f"--trained-weights {trained_weights}: no such file")
+    _check_out_dir(cfg.out_bundle)
+    _check_writable("--work-dir", cfg.work_dir)
+    try:
+        ds = load_data_yaml(cfg.data_yaml)
+        holdout = load_data_yaml(cfg.holdout_yaml) if cfg.holdout_yaml else ds
+        fingerprint = dataset_fingerprint(ds)
+        holdout.images("val")
+    except ModelError as e:
+        raise TrainingError(f"dataset: {e}") from e
+    if list(ds.names) != list(holdout.names):
+        raise TrainingError(f"holdout classes {holdout.names} differ from {ds.names}")
+    label = cfg.label or default_label(cfg.name, fingerprint)
+    _check_manifest_fields(cfg.name, cfg.version, label, list(ds.names))
+    return TrainPlan(ds, holdout, fingerprint, label, _golden_images(holdout, cfg.golden_count))
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    minimum = {"--epochs": (cfg.epochs, 1), "--imgsz": (cfg.imgsz, 32),
+               "--batch": (cfg.batch, 1), "--version": (cfg.version, 1),
+               "--workers": (cfg.workers, 0), "--patience": (cfg.patience, 0),
+               "--close-mosaic": (cfg.close_mosaic, 0), "golden_count": (cfg.golden_count, 1),
+               "--serve-imgsz": (cfg.serve_imgsz, 32), "--threads": (cfg.torch_threads, 1),
+               "--parent-version": (cfg.parent_version, 1)}
+    for flag, (value, low) in minimum.items():
+        if value is not None and value < low:
+            raise TrainingError(f"{flag} must be >= {low}, got {value}")
+
+
+def _check_manifest_fields(name: str, version: int, label: str, classes: list[str]) -> None:
+    """The manifest's own rules for the fields fixed before training (a placeholder
+    input, output and lineage stand in for what training will produce)."""
+    given: dict[str, tuple[str, object]] = {
+        "name": ("--name", name), "version": ("--version", version),
+        "label": ("--label", label), "classes": ("class names (data.yaml `names`)", classes)}
+    try:
+        Manifest.model_validate({
+            "name": name, "version": version, "label": label, "classes": classes,
+            "input": {"height": 1, "width": 1}, "output": {},
+            "lineage": {"created_at": datetime.now(UTC)},
+        })
+    except ValidationError as e:
+        problems = []
+        for err in e.errors(include_url=False):
+            what, value = given.get(str(err["loc"][0]), (str(err["loc"][0]), None))
+            problems.append(f"{what} {value!r}: {err['msg'].removeprefix('Value error, ')}")
+        raise TrainingError("the bundle would be refused: " + "; ".join(problems)) from None
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        raise TrainingError(f"--out {out}: exists and is not empty (nothing is overwritten; "
+                            "remove it or choose another directory)")
+    _check_writable("--out", out.parent if not out.exists() else out)
+
+
+def _check_writable(flag: str, path: Path) -> None:
+    """`path`, or its nearest existing parent (it will be created), is a writable dir."""
+    existing = path.resolve()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise TrainingError(f"{flag} {path}: {existing} is not a writable directory")
+
+
 def train_args(cfg: TrainConfig) -> dict[str, object]:
     """The arguments handed to Ultralytics' `model.train` (recorded in the lineage)."""
     return {
@@ -134,15 +242,13 @@ def train_detector(
     *,
     trained_weights: Path | None = None,
 ) -> Bundle:
-    """Train, export, evaluate and bundle; returns the verified bundle. With
-    `trained_weights` (the best.pt of an earlier run with the same `cfg`), training is
-    skipped and the run resumes at the export. Raises TrainingError (or
-    UltralyticsUnavailable without the train extra)."""
+    """Check the arguments (`plan_training`), then train, export, evaluate and bundle;
+    returns the verified bundle. With `trained_weights` (the best.pt of an earlier run
+    with the same `cfg`), training is skipped and the run resumes at the export.
+    Raises TrainingError (or UltralyticsUnavailable without the train extra)."""
     say = progress or (lambda msg: logger.info("%s", msg))
-    ds = load_data_yaml(cfg.data_yaml)
-    holdout = load_data_yaml(cfg.holdout_yaml) if cfg.holdout_yaml else ds
-    if list(ds.names) != list(holdout.names):
-        raise TrainingError(f"holdout classes {holdout.names} differ from {ds.names}")
+    plan = plan_training(cfg, trained_weights)
+    say(f"bundle {cfg.name} version {cfg.version} label {plan.label!r} -> {cfg.out_bundle}")
     work = cfg.work_dir.resolve()
     ultralytics = import_ultralytics(work / "yolo_config", cfg.torch_threads)
     args = train_args(cfg)
@@ -150,11 +256,12 @@ def train_detector(
 
     say(f"exporting {best} to ONNX with a dynamic batch axis")
     try:
-        onnx_path = Path(ultralytics.YOLO(str(best)).export(
-            format="onnx", imgsz=cfg.imgsz, dynamic=True, simplify=False, device="cpu"))
+        with ultralytics_output():
+            onnx_path = Path(ultralytics.YOLO(str(best)).export(
+                format="onnx", imgsz=cfg.imgsz, dynamic=True, simplify=False, device="cpu"))
     except Exception as e:
         raise TrainingError(f"ONNX export failed: {e}") from e
-    return _bundle(cfg, ds, holdout, onnx_path, best, args, say)
+    return _bundle(cfg, plan, onnx_path, best, args, say)
 
 
 def _train(ultralytics: ModuleType, cfg: TrainConfig, args: dict[str, object],
@@ -164,7 +271,8 @@ def _train(ultralytics: ModuleType, cfg: TrainConfig, args: dict[str, object],
         "(Ultralytics prints per-epoch progress)")
     model = ultralytics.YOLO(cfg.model, task="detect")
     try:
-        model.train(**args)
+        with ultralytics_output():
+            model.train(**args)
     except Exception as e:  # Ultralytics raises bare exceptions of many kinds
         raise TrainingError(f"training failed: {e}") from e
     best = cfg.work_dir.resolve() / cfg.name / "weights" / "best.pt"
@@ -174,11 +282,12 @@ def _train(ultralytics: ModuleType, cfg: TrainConfig, args: dict[str, object],
 
 
 def _bundle(
-    cfg: TrainConfig, ds: YoloDataset, holdout: YoloDataset, onnx_path: Path, weights: Path,
+    cfg: TrainConfig, plan: TrainPlan, onnx_path: Path, weights: Path,
     args: dict[str, object], say: Callable[[str], None],
 ) -> Bundle:
+    ds, holdout = plan.dataset, plan.holdout
     lineage = Lineage(
-        dataset_fingerprint=dataset_fingerprint(ds),
+        dataset_fingerprint=plan.fingerprint,
         code_revision=code_revision(),
         training_config={k: v for k, v in args.items()
                          if isinstance(v, str | int | float | bool) and k != "project"}
@@ -186,16 +295,15 @@ def _bundle(
         parent_version=cfg.parent_version,
         created_at=datetime.now(UTC),
     )
-    golden = _golden_images(holdout, cfg.golden_count)
     serve = cfg.serve_imgsz or cfg.imgsz
 
     def build(out: Path, metrics: Metrics | None) -> Bundle:
         if out.exists():
             shutil.rmtree(out)
         return build_bundle(
-            out, onnx_path, name=cfg.name, version=cfg.version, label=cfg.label,
+            out, onnx_path, name=cfg.name, version=cfg.version, label=plan.label,
             classes=list(ds.names), input_hw=(serve, serve),
-            preprocess=PreprocessSpec(), lineage=lineage, golden_images=golden,
+            preprocess=PreprocessSpec(), lineage=lineage, golden_images=plan.golden_images,
             metrics=metrics,
         )
 

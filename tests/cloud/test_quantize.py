@@ -131,7 +131,9 @@ def test_int8_bundle_loads_verifies_and_points_at_its_parent(
     int8 = quantize_bundle(tiny_bundle, tmp_path / "int8", _frames(16, seed=2))
     bundle = load_bundle(tmp_path / "int8")
     m, src = bundle.manifest, tiny_bundle.manifest
-    assert (m.name, m.version, m.label) == ("tiny", 5, "fp32-int8")
+    # a variant keeps its source's version (training alone claims versions) and says so
+    assert (m.name, m.version, m.label, m.variant) == ("tiny", 4, "fp32-int8", "int8")
+    assert '"variant": "int8"' in (tmp_path / "int8" / "manifest.json").read_text()
     assert m.classes == src.classes
     assert (m.preprocess, m.postprocess) == (src.preprocess, src.postprocess)
     assert m.lineage.parent_version == 4
@@ -203,6 +205,12 @@ def test_bad_calibration_sources_are_named(tmp_path: Path, tiny_bundle: Bundle) 
         quantize_bundle(tiny_bundle, tmp_path / "broken", _frames(2, seed=0))
 
 
+def test_an_int8_variant_is_not_quantized_again(tiny_bundle: Bundle, tmp_path: Path) -> None:
+    int8 = quantize_bundle(tiny_bundle, tmp_path / "int8", _frames(4, seed=2))
+    with pytest.raises(QuantizationError, match="already an INT8 variant"):
+        quantize_bundle(int8, tmp_path / "again", _frames(4, seed=2))
+
+
 def test_cli_prints_the_comparison_table(
     tiny_bundle: Bundle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -212,7 +220,7 @@ def test_cli_prints_the_comparison_table(
                        n_train=8, n_val=6)
     rc = cloud_main(["quantize", str(tiny_bundle.root), str(tmp_path / "int8"),
                      "--calib", str(data), "--calib-count", "8", "--eval", str(data),
-                     "--version", "9", "--label", "int8 test", "--bench-rounds", "1"])
+                     "--label", "int8 test", "--bench-rounds", "1"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "[quantize] 8 calibration frames" in out
@@ -221,7 +229,8 @@ def test_cli_prints_the_comparison_table(
     assert set(rows) == {"mAP50", "mAP50-95", "images/s1", "images/s8"}
     assert " pt" in rows["mAP50"] and " x" in rows["images/s8"]
     m = load_bundle(tmp_path / "int8").manifest
-    assert (m.version, m.label, m.lineage.parent_version) == (9, "int8 test", 4)
+    assert (m.version, m.variant, m.label, m.lineage.parent_version) == (4, "int8", "int8 test", 4)
+    assert "version 4 variant int8 (int8 test)" in out
     assert m.metrics is not None and m.metrics.images == 6
 
     rc = cloud_main(["quantize", str(tiny_bundle.root), str(tmp_path / "x"),

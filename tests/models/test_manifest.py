@@ -129,3 +129,15 @@ def test_threshold_for_applies_per_class_overrides() -> None:
     assert spec.threshold_for(["a", "b"]).dtype == np.float32
     with pytest.raises(ManifestError, match="unknown class"):
         spec.threshold_for(["a", "c"])
+
+
+def test_variant_is_optional_bounded_and_left_out_when_unstated() -> None:
+    plain = parse_manifest(json.dumps(manifest_dict()))
+    assert plain.variant is None
+    assert "variant" not in json.loads(plain.to_json())  # readable by older appliances
+    int8 = parse_manifest(json.dumps(manifest_dict(variant="int8")))
+    assert int8.variant == "int8"
+    assert json.loads(int8.to_json())["variant"] == "int8"
+    assert parse_manifest(int8.to_json()) == int8
+    with pytest.raises(ManifestError, match="variant"):
+        parse_manifest(json.dumps(manifest_dict(variant="int4")))
