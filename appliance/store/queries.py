@@ -16,6 +16,7 @@ from typing import TypedDict
 import numpy as np
 
 from appliance.records import STAGES, VERDICTS, EventValue
+from appliance.store.schema.migrations import FRAME_SEQ, FRAME_SEQ_WELL_FORMED
 
 
 class DefectRow(TypedDict):
@@ -72,6 +73,16 @@ def _window(
         clauses.append(f"{column} < ?")
         params.append(until)
     return (" AND ".join(clauses) or "1"), params
+
+
+def last_sequence(conn: sqlite3.Connection, station: str) -> int | None:
+    """The highest seq among `station`'s frame ids (`"<station>:<seq>"`), None if it has
+    none. One search of the index `inspections_station_seq` (migration v4)."""
+    row = conn.execute(
+        f"SELECT max({FRAME_SEQ}) FROM inspections WHERE station = ? AND {FRAME_SEQ_WELL_FORMED}",
+        (station,),
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def inspection_count(conn: sqlite3.Connection) -> int:

@@ -18,6 +18,9 @@ Invariants:
   counted and written as `duplicate_inspection` / `store_rejected_row` events.
 - Inspection ids are assigned here (single writer, guarded by the store's lock file), so
   defect rows reference them without a round trip per row.
+- Other components write their tables through here too (`TXN` items: a function run in
+  a savepoint of the batch's transaction, see transaction.py), so this thread's
+  connection is the only one that ever writes the file.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from sqlite_utils import Database
 
 from appliance.errors import StoreError
 from appliance.store.images import ImageAdded, ImageDeleted, ImageSkipped, LedgerOp
+from appliance.store.transaction import Pending, T, Work
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ Row = tuple[Any, ...]
 InspectionItem = tuple[Row, Sequence[Row]]  # (inspection row without id, defect rows)
 Item = tuple[int, Any]
 
-INSPECTION, EVENT, LEDGER = 0, 1, 2
+INSPECTION, EVENT, LEDGER, TXN = 0, 1, 2, 3
 
 _INSERT_INSPECTION = (
     "INSERT INTO inspections (id, frame_id, station, part_id, captured_at, judged_at, verdict,"
@@ -84,11 +88,15 @@ class _Batch:
         self.added: list[Row] = []
         self.deleted: list[ImageDeleted] = []
         self.skipped: list[ImageSkipped] = []
+        self.txns: list[Pending[Any]] = []
+        self.outcomes: list[tuple[bool, Any]] = []  # per txn of the last attempt
         for kind, payload in items:
             if kind == INSPECTION:
                 self.inspections.append(payload)
             elif kind == EVENT:
                 self.events.append(payload)
+            elif kind == TXN:
+                self.txns.append(payload)
             elif isinstance(payload, ImageAdded):
                 p = payload
                 self.added.append((p.frame_id, p.path, p.bytes, p.verdict, p.created_at))
@@ -134,6 +142,8 @@ class BatchWriter:
         self._dead: str | None = None
         self._abort = threading.Event()
         self._thread: threading.Thread | None = None
+        self._current: list[Item] = []  # the batch being written (writer thread)
+        self._urgent = False  # an urgent transaction waits: cut the batch now
         self.duplicates = 0
         self.rejected = 0
         self.retries = 0
@@ -176,6 +186,21 @@ class BatchWriter:
                 self.put((LEDGER, op), bounded=False)
             except StoreError as e:
                 logger.error("image ledger operation for %s lost: %s", op.frame_id, e)
+
+    def put_txn(
+        self, work: Work[T], on_done: Callable[[], None] | None = None, *, urgent: bool = False
+    ) -> Pending[T]:
+        """Queue a function to run in the next batch's transaction (unbounded: its caller
+        bounds how many it has outstanding); `urgent` cuts that batch at once instead of
+        waiting out `flush_interval_s`. Raises StoreError once stopped or dead."""
+        seq = [0]
+        pending = Pending(work, on_done, hurry=lambda t: self.wait_committed(seq[0], t))
+        seq[0] = self.put((TXN, pending), bounded=False)
+        if urgent:
+            with self._lock:
+                self._urgent = True
+                self._ready.notify()
+        return pending
 
     # ------------------------------------------------------------------ state
     @property
@@ -231,6 +256,8 @@ class BatchWriter:
         if self._thread.is_alive():
             self._abort.set()
             self._thread.join(5.0)
+            if not self._thread.is_alive():
+                self._fail_unwritten("the store stopped before committing it")
             return False
         return self._committed == self._submitted
 
@@ -242,19 +269,32 @@ class BatchWriter:
                 if batch is None:
                     return
                 t0 = time.thread_time()
-                ok = self._write_with_retry(batch)
+                self._current = batch
+                done = self._write_with_retry(batch)
                 self.cpu_s += time.thread_time() - t0
-                if not ok:
+                if done is None:
                     return
                 with self._lock:
                     self._committed += len(batch)
                     self._done.notify_all()
+                self._current = []
+                _resolve(done)
         except Exception as e:  # a bug: make it loud and stop accepting records
             logger.exception("store writer died")
             with self._lock:
                 self._dead = f"writer died: {e!r}"
                 self._done.notify_all()
                 self._not_full.notify_all()
+            self._fail_unwritten(f"the store writer died: {e!r}")
+
+    def _fail_unwritten(self, why: str) -> None:
+        """Fail the transactions of every item not committed (the writer has ended)."""
+        with self._lock:
+            items, self._items = self._current + self._items, []
+            self._current = []
+        for kind, payload in items:
+            if kind == TXN:
+                payload.fail(StoreError(f"store transaction not committed: {why}"))
 
     def _take(self) -> list[Item] | None:
         with self._lock:
@@ -263,13 +303,15 @@ class BatchWriter:
                     return None
                 self._ready.wait(0.5)
             deadline = self._first_at + self._interval_s
-            while len(self._items) < self._batch_max and not self._stopping and not self._flushers:
+            while (len(self._items) < self._batch_max and not self._stopping
+                   and not self._flushers and not self._urgent):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._ready.wait(remaining)
             if len(self._items) <= self._batch_max:
                 batch, self._items = self._items, []
+                self._urgent = False
             else:
                 batch = self._items[: self._batch_max]
                 del self._items[: self._batch_max]
@@ -277,7 +319,8 @@ class BatchWriter:
             self._not_full.notify_all()
             return batch
 
-    def _write_with_retry(self, items: list[Item]) -> bool:
+    def _write_with_retry(self, items: list[Item]) -> _Batch | None:
+        """Commit one batch; None if `stop` gave up on it."""
         batch = _Batch(items, self._next_id)
         backoff_s = 0.05
         rowwise = False
@@ -285,7 +328,7 @@ class BatchWriter:
             try:
                 self._commit(batch, rowwise=rowwise)
                 self._next_id += len(batch.inspections)
-                return True
+                return batch
             except _REFUSED as e:
                 if rowwise:
                     raise
@@ -297,7 +340,7 @@ class BatchWriter:
                 logger.error("store commit failed (%s); retrying in %.2f s", e, backoff_s)
                 if self._abort.wait(backoff_s):
                     logger.error("store gave up on %d uncommitted items", len(items))
-                    return False
+                    return None
                 backoff_s = min(backoff_s * 2, 5.0)
 
     def _commit(self, batch: _Batch, *, rowwise: bool) -> None:
@@ -317,6 +360,19 @@ class BatchWriter:
             )
             events += self._image_events(batch)
             conn.executemany(_INSERT_EVENT, events)
+            batch.outcomes = [self._run_txn(txn) for txn in batch.txns]
+
+    def _run_txn(self, txn: Pending[Any]) -> tuple[bool, Any]:
+        """Run one transaction function in a savepoint: (True, value), or (False, why)
+        with its writes rolled back. OperationalError fails the whole batch (retried)."""
+        try:
+            with self._db.atomic():
+                return True, txn.work(self._db.conn)
+        except sqlite3.OperationalError:
+            raise
+        except Exception as e:  # the caller's bug or refused rows: fail its work only
+            logger.exception("store transaction function failed; its writes are rolled back")
+            return False, f"{type(e).__name__}: {e}"
 
     def _insert_rowwise(
         self, conn: sqlite3.Connection, batch: _Batch, ids: range
@@ -383,3 +439,12 @@ class BatchWriter:
                 {"count": count, "fail_count": fails, "why": why, "first_frame_id": first},
             ))
         return rows
+
+
+def _resolve(batch: _Batch) -> None:
+    """Hand the committed batch's transaction outcomes to their waiters."""
+    for txn, (ok, value) in zip(batch.txns, batch.outcomes, strict=True):
+        if ok:
+            txn.resolve(value)
+        else:
+            txn.fail(StoreError(f"store transaction rolled back: {value}"))

@@ -111,16 +111,18 @@ class SendWindow:
 
     # ------------------------------------------------------------------ rows
     def admitted(self, rows: Iterable[OutboxRow], evicted_ids: Iterable[int]) -> None:
-        """Rows just written to the outbox (live if connected), and rows the bound
-        evicted (never to be sent)."""
+        """Rows just committed to the outbox (live if connected and newer than the
+        backlog), and rows the bound evicted (never to be sent)."""
         gone = set(evicted_ids)
         if gone:
             self.live = deque(r for r in self.live if r.id not in gone)
             self._backlog_buf = deque(r for r in self._backlog_buf if r.id not in gone)
-        if self.up and self._backlog_end is not None:
-            self.live.extend(r for r in rows if r.id not in gone)
+        end = self._backlog_end
+        if self.up and end is not None:
+            # a row committed before the backlog's end was read is the backlog's to send
+            self.live.extend(r for r in rows if r.id > end and r.id not in gone)
             if len(self.live) > self._live_max:  # the broker is slow: the backlog takes over
-                self._backlog_end = max(self._backlog_end, self.live[-1].id)
+                self._backlog_end = max(end, self.live[-1].id)
                 self.live.clear()
 
     def acknowledged(self, mid: int) -> InFlight | None:
