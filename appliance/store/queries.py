@@ -75,13 +75,15 @@ def _window(
     return (" AND ".join(clauses) or "1"), params
 
 
+LAST_SEQUENCE_SQL = (
+    f"SELECT max({FRAME_SEQ}) FROM inspections WHERE station = ? AND {FRAME_SEQ_WELL_FORMED}"
+)
+
+
 def last_sequence(conn: sqlite3.Connection, station: str) -> int | None:
     """The highest seq among `station`'s frame ids (`"<station>:<seq>"`), None if it has
     none. One search of the index `inspections_station_seq` (migration v4)."""
-    row = conn.execute(
-        f"SELECT max({FRAME_SEQ}) FROM inspections WHERE station = ? AND {FRAME_SEQ_WELL_FORMED}",
-        (station,),
-    ).fetchone()
+    row = conn.execute(LAST_SEQUENCE_SQL, (station,)).fetchone()
     return None if row is None or row[0] is None else int(row[0])
 
 
