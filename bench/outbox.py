@@ -23,6 +23,7 @@ model and thread count, and one JSON line (`{"bench": "outbox", ...}`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -40,6 +41,7 @@ from appliance.errors import StoreError
 from appliance.records import InspectionRecord
 from appliance.store import ImageKeepConfig, Store, StoreConfig
 from appliance.store.transaction import Pending, T, Work
+from appliance.telemetry.errors import OutboxUnavailable
 from appliance.telemetry.outbox import NewMessage, Outbox, OutboxDatabase
 from bench.store import synthetic_records
 
@@ -76,7 +78,8 @@ class SecondConnection:
             value = work(self._conn)
             self._conn.execute("COMMIT")
         except sqlite3.Error as e:
-            self._conn.execute("ROLLBACK")
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
             pending.fail(StoreError(str(e)))
         else:
             pending.resolve(value)
@@ -141,33 +144,43 @@ def bench_outbox(db: OutboxDatabase, n: int, batch: int) -> tuple[float, float]:
 
 
 def telemetry_load(db: OutboxDatabase, rate_per_s: float, stop: threading.Event,
-                   written: list[int]) -> None:
+                   written: list[int], failed: list[int]) -> None:
     """Every 20 ms: the messages due at `rate_per_s`, and the deletes of the last write's
-    rows (their acknowledgements); `rate_per_s` <= 0: as fast as it goes."""
+    rows (their acknowledgements); `rate_per_s` <= 0: as fast as it goes. A failed write
+    (SQLite busy past the timeout) is counted and retried, as the publisher does."""
     outbox = Outbox(db, max_rows=10_000_000, hard_max_rows=10_000_000)
     acked: list[int] = []
-    k = 0
+    k = errors = 0
     t0 = time.perf_counter()
     while not stop.is_set():
         due = int((time.perf_counter() - t0) * rate_per_s) - k if rate_per_s > 0 else 50
-        result = outbox.write(messages(k, max(0, due)), acked_ids=acked)
+        try:
+            result = outbox.write(messages(k, max(0, due)), acked_ids=acked)
+        except OutboxUnavailable:
+            errors += 1
+            continue
         acked = [r.id for r in result.admitted]
         k += max(0, due)
         if rate_per_s > 0:
             stop.wait(0.02)
-    outbox.write([], acked_ids=acked)
+    with contextlib.suppress(OutboxUnavailable):
+        outbox.write([], acked_ids=acked)
     written.append(k)
+    failed.append(errors)
     outbox.close()
 
 
 def bench_verdicts(store: Store, db: OutboxDatabase | None, records: list[InspectionRecord],
-                   rate_per_s: float) -> tuple[float, float, float]:
-    """(verdicts/s, process CPU us per verdict, outbox messages/s meanwhile)."""
+                   rate_per_s: float) -> tuple[float, float, float, int]:
+    """(verdicts/s, process CPU us per verdict, outbox messages/s meanwhile, outbox writes
+    that failed with "database is locked")."""
     stop = threading.Event()
     written: list[int] = []
+    failed: list[int] = []
     thread = None
     if db is not None:
-        thread = threading.Thread(target=telemetry_load, args=(db, rate_per_s, stop, written))
+        thread = threading.Thread(target=telemetry_load,
+                                  args=(db, rate_per_s, stop, written, failed))
         thread.start()
         time.sleep(0.1)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -179,7 +192,7 @@ def bench_verdicts(store: Store, db: OutboxDatabase | None, records: list[Inspec
     if thread is not None:
         thread.join(60)
     msgs = written[0] / elapsed if written else 0.0
-    return len(records) / elapsed, 1e6 * cpu_s / len(records), msgs
+    return len(records) / elapsed, 1e6 * cpu_s / len(records), msgs, sum(failed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,23 +219,25 @@ def main(argv: list[str] | None = None) -> int:
                             enq, dele = bench_outbox(db, args.n, args.batch)
                             r.setdefault("enqueue_per_s", []).append(enq)
                             r.setdefault("delete_per_s", []).append(dele)
-                            v, us, _ = bench_verdicts(store, None, records, 0.0)
+                            v, us, _, _ = bench_verdicts(store, None, records, 0.0)
                         else:
-                            v, us, m = bench_verdicts(store, db, records, load or 0.0)
+                            v, us, m, f = bench_verdicts(store, db, records, load or 0.0)
                             r.setdefault(f"outbox_{case}_msgs_per_s", []).append(m)
+                            r.setdefault("locked_errors", []).append(float(f))
                         r.setdefault(f"verdicts_{case}_per_s", []).append(v)
                         r.setdefault(f"verdicts_{case}_cpu_us", []).append(us)
     cpu = f"{cpu_model()}, {os.cpu_count()} threads, SQLite {sqlite3.sqlite_version}"
     print(f"outbox layouts on {cpu}; best of {args.repeat} (median in the JSON)")
     cols = ["enqueue_per_s", "delete_per_s", "verdicts_alone_per_s",
             "verdicts_rate_per_s", "verdicts_max_per_s", "outbox_max_msgs_per_s",
-            "verdicts_alone_cpu_us", "verdicts_rate_cpu_us"]
+            "verdicts_alone_cpu_us", "verdicts_rate_cpu_us", "locked_errors"]
     heads = ["enqueue/s", "ack-del/s", "verd/s", f"verd/s@{args.rate:.0f}", "verd/s@max",
-             "outbox@max", "us/verd", f"us/verd@{args.rate:.0f}"]
+             "outbox@max", "us/verd", f"us/verd@{args.rate:.0f}", "locked(sum)"]
     print(f"{'layout':<14}" + "".join(f"{h:>13}" for h in heads))
     for name in LAYOUTS:
         r = rows[name]
-        best = [min(r[c]) if c.endswith("_us") else max(r[c]) for c in cols]
+        best = [sum(r[c]) if c == "locked_errors" else min(r[c]) if c.endswith("_us")
+                else max(r[c]) for c in cols]
         print(f"{name:<14}" + "".join(f"{b:>13,.0f}" for b in best))
     print(json.dumps({
         "bench": "outbox", "cpu": cpu, "n": args.n, "verdicts": args.verdicts,

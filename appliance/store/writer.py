@@ -25,7 +25,6 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
@@ -37,74 +36,29 @@ from typing import Any
 from sqlite_utils import Database
 
 from appliance.errors import StoreError
-from appliance.store.images import ImageAdded, ImageDeleted, ImageSkipped, LedgerOp
+from appliance.store.batch import (
+    DELETE_IMAGE,
+    EVENT,
+    INSERT_DEFECT,
+    INSERT_EVENT,
+    INSERT_IMAGE,
+    INSERT_INSPECTION,
+    INSPECTION,
+    LEDGER,
+    REFUSED,
+    TXN,
+    Batch,
+    Item,
+    Row,
+    event_row,
+    resolve_txns,
+)
+from appliance.store.images import ImageDeleted, LedgerOp
 from appliance.store.transaction import Pending, T, Work
 
+__all__ = ["EVENT", "INSPECTION", "LEDGER", "TXN", "BatchWriter", "event_row"]
+
 logger = logging.getLogger(__name__)
-
-Row = tuple[Any, ...]
-InspectionItem = tuple[Row, Sequence[Row]]  # (inspection row without id, defect rows)
-Item = tuple[int, Any]
-
-INSPECTION, EVENT, LEDGER, TXN = 0, 1, 2, 3
-
-_INSERT_INSPECTION = (
-    "INSERT INTO inspections (id, frame_id, station, part_id, captured_at, judged_at, verdict,"
-    " reason, model_version, preprocess_hash, queue_ms, preprocess_ms, batch_wait_ms,"
-    " infer_ms, postprocess_ms, total_ms, defect_count)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_DEFECT = (
-    "INSERT INTO defects (inspection_id, class_id, class_name, score, x1_px, y1_px, x2_px, y2_px)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_EVENT = (
-    "INSERT INTO events (at, kind, severity, source, message, data) VALUES (?, ?, ?, ?, ?, ?)"
-)
-_INSERT_IMAGE = (
-    "INSERT INTO images (frame_id, path, bytes, verdict, created_at) VALUES (?, ?, ?, ?, ?)"
-)
-_DELETE_IMAGE = (
-    "UPDATE images SET deleted_at = ?, delete_reason = ? WHERE id = (SELECT id FROM images"
-    " WHERE frame_id = ? AND path = ? AND deleted_at IS NULL ORDER BY id LIMIT 1)"
-)
-_REFUSED = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
-            sqlite3.DataError)
-
-
-def event_row(
-    at: float, kind: str, severity: str, source: str, message: str, data: dict[str, Any]
-) -> Row:
-    """An events-table row; `data` must hold JSON scalars (raises ValueError otherwise)."""
-    return (at, kind, severity, source, message, json.dumps(data, allow_nan=False))
-
-
-class _Batch:
-    """One batch split into the rows of each statement, with ids assigned."""
-
-    def __init__(self, items: Sequence[Item], first_id: int) -> None:
-        self.inspections: list[InspectionItem] = []
-        self.events: list[Row] = []
-        self.added: list[Row] = []
-        self.deleted: list[ImageDeleted] = []
-        self.skipped: list[ImageSkipped] = []
-        self.txns: list[Pending[Any]] = []
-        self.outcomes: list[tuple[bool, Any]] = []  # per txn of the last attempt
-        for kind, payload in items:
-            if kind == INSPECTION:
-                self.inspections.append(payload)
-            elif kind == EVENT:
-                self.events.append(payload)
-            elif kind == TXN:
-                self.txns.append(payload)
-            elif isinstance(payload, ImageAdded):
-                p = payload
-                self.added.append((p.frame_id, p.path, p.bytes, p.verdict, p.created_at))
-            elif isinstance(payload, ImageDeleted):
-                self.deleted.append(payload)
-            else:
-                self.skipped.append(payload)
-        self.first_id = first_id
 
 
 class BatchWriter:
@@ -278,7 +232,7 @@ class BatchWriter:
                     self._committed += len(batch)
                     self._done.notify_all()
                 self._current = []
-                _resolve(done)
+                resolve_txns(done)
         except Exception as e:  # a bug: make it loud and stop accepting records
             logger.exception("store writer died")
             with self._lock:
@@ -319,9 +273,9 @@ class BatchWriter:
             self._not_full.notify_all()
             return batch
 
-    def _write_with_retry(self, items: list[Item]) -> _Batch | None:
+    def _write_with_retry(self, items: list[Item]) -> Batch | None:
         """Commit one batch; None if `stop` gave up on it."""
-        batch = _Batch(items, self._next_id)
+        batch = Batch(items, self._next_id)
         backoff_s = 0.05
         rowwise = False
         while True:
@@ -329,7 +283,7 @@ class BatchWriter:
                 self._commit(batch, rowwise=rowwise)
                 self._next_id += len(batch.inspections)
                 return batch
-            except _REFUSED as e:
+            except REFUSED as e:
                 if rowwise:
                     raise
                 logger.debug("batch refused (%s); writing it row by row", e)
@@ -343,23 +297,23 @@ class BatchWriter:
                     return None
                 backoff_s = min(backoff_s * 2, 5.0)
 
-    def _commit(self, batch: _Batch, *, rowwise: bool) -> None:
+    def _commit(self, batch: Batch, *, rowwise: bool) -> None:
         conn = self._db.conn
         ids = range(batch.first_id, batch.first_id + len(batch.inspections))
         events = list(batch.events)
         with self._db.atomic():
             if not rowwise:
                 pairs = list(zip(ids, batch.inspections, strict=True))
-                conn.executemany(_INSERT_INSPECTION, [(i, *r) for i, (r, _) in pairs])
-                conn.executemany(_INSERT_DEFECT, [(i, *d) for i, (_, ds) in pairs for d in ds])
+                conn.executemany(INSERT_INSPECTION, [(i, *r) for i, (r, _) in pairs])
+                conn.executemany(INSERT_DEFECT, [(i, *d) for i, (_, ds) in pairs for d in ds])
             else:
                 events += self._insert_rowwise(conn, batch, ids)
-            conn.executemany(_INSERT_IMAGE, batch.added)
+            conn.executemany(INSERT_IMAGE, batch.added)
             conn.executemany(
-                _DELETE_IMAGE, [(d.deleted_at, d.reason, d.frame_id, d.path) for d in batch.deleted]
+                DELETE_IMAGE, [(d.deleted_at, d.reason, d.frame_id, d.path) for d in batch.deleted]
             )
             events += self._image_events(batch)
-            conn.executemany(_INSERT_EVENT, events)
+            conn.executemany(INSERT_EVENT, events)
             batch.outcomes = [self._run_txn(txn) for txn in batch.txns]
 
     def _run_txn(self, txn: Pending[Any]) -> tuple[bool, Any]:
@@ -375,14 +329,14 @@ class BatchWriter:
             return False, f"{type(e).__name__}: {e}"
 
     def _insert_rowwise(
-        self, conn: sqlite3.Connection, batch: _Batch, ids: range
+        self, conn: sqlite3.Connection, batch: Batch, ids: range
     ) -> list[Row]:
         duplicates: list[str] = []
         refused: list[tuple[str, str]] = []
         for i, (row, defects) in zip(ids, batch.inspections, strict=True):
             try:
-                conn.execute(_INSERT_INSPECTION, (i, *row))
-            except _REFUSED as e:
+                conn.execute(INSERT_INSPECTION, (i, *row))
+            except REFUSED as e:
                 if isinstance(e, sqlite3.IntegrityError) and "inspections.frame_id" in str(e):
                     duplicates.append(row[0])
                 else:
@@ -390,8 +344,8 @@ class BatchWriter:
                 continue
             for d in defects:
                 try:
-                    conn.execute(_INSERT_DEFECT, (i, *d))
-                except _REFUSED as e:
+                    conn.execute(INSERT_DEFECT, (i, *d))
+                except REFUSED as e:
                     refused.append((row[0], f"defect: {e}"))
         now = self._clock()
         rows: list[Row] = []
@@ -415,7 +369,7 @@ class BatchWriter:
             ))
         return rows
 
-    def _image_events(self, batch: _Batch) -> list[Row]:
+    def _image_events(self, batch: Batch) -> list[Row]:
         now = self._clock()
         rows: list[Row] = []
         deleted: dict[str, list[ImageDeleted]] = defaultdict(list)
@@ -439,12 +393,3 @@ class BatchWriter:
                 {"count": count, "fail_count": fails, "why": why, "first_frame_id": first},
             ))
         return rows
-
-
-def _resolve(batch: _Batch) -> None:
-    """Hand the committed batch's transaction outcomes to their waiters."""
-    for txn, (ok, value) in zip(batch.txns, batch.outcomes, strict=True):
-        if ok:
-            txn.resolve(value)
-        else:
-            txn.fail(StoreError(f"store transaction rolled back: {value}"))

@@ -354,9 +354,10 @@ class Publisher:
                 return
             self._write_failed(e)
             return
+        written = self._in_write[0]
         self._in_write = ([], [], [])
         self._retry_s = 0.0
-        self._admitted(result)
+        self._admitted(result, written)
 
     def _write_failed(self, error: OutboxUnavailable) -> None:
         carry, acked, sent = self._in_write
@@ -371,10 +372,13 @@ class Publisher:
         logger.error("%s; retrying in %.2f s (%d messages waiting in memory)", error,
                      self._retry_s, len(self._carry) + len(self._pending))
 
-    def _admitted(self, result: WriteResult) -> None:
+    def _admitted(self, result: WriteResult, written: list[NewMessage]) -> None:
         self.duplicates += result.duplicates
-        reported = sum(self._reports.get(r.msg_id, 0) for r in result.admitted)
-        self._reports.clear()  # a refused metrics message reported nothing
+        admitted = {r.msg_id for r in result.admitted}
+        reported = 0
+        for m in written:  # a refused metrics message reported nothing
+            n = self._reports.pop(m.msg_id, 0)
+            reported += n if m.msg_id in admitted else 0
         if result.dropped or reported:
             self._count_dropped(result.dropped)
             with self._lock:
