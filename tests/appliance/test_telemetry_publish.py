@@ -257,8 +257,9 @@ def test_bounded_outbox_keeps_events_and_reports_the_loss(tmp_path: Path, store:
         for i in range(15):
             telemetry.on_verdict(record(i))
         assert wait_for(lambda: stats().dropped.get("events/defect", 0) == 3, 10), stats()
-        time.sleep(1.2)  # more metrics windows: refused now, only events are left
-        assert stats().outbox_depth == 12 and stats().dropped["metrics"] >= 3
+        # more metrics windows: refused now, only events are left
+        assert wait_for(lambda: stats().dropped.get("metrics", 0) >= 3, 10), stats()
+        assert stats().outbox_depth == 12
         assert wait_for(lambda: any(e.kind == "telemetry_dropped" and e.severity == "alarm"
                                     for e in events), 5)
         broker = start_broker(tmp_path, port=port)
