@@ -16,7 +16,7 @@ Row = tuple[Any, ...]
 InspectionItem = tuple[Row, Sequence[Row]]  # (inspection row without id, defect rows)
 Item = tuple[int, Any]
 
-INSPECTION, EVENT, LEDGER, TXN = 0, 1, 2, 3
+INSPECTION, EVENT, LEDGER = 0, 1, 2
 
 INSERT_INSPECTION = (
     "INSERT INTO inspections (id, frame_id, station, part_id, captured_at, judged_at, verdict,"
@@ -52,21 +52,21 @@ def event_row(
 class Batch:
     """One batch split into the rows of each statement, with ids assigned."""
 
-    def __init__(self, items: Sequence[Item], first_id: int) -> None:
+    def __init__(
+        self, items: Sequence[Item], first_id: int, txns: Sequence[Pending[Any]] = ()
+    ) -> None:
         self.inspections: list[InspectionItem] = []
         self.events: list[Row] = []
         self.added: list[Row] = []
         self.deleted: list[ImageDeleted] = []
         self.skipped: list[ImageSkipped] = []
-        self.txns: list[Pending[Any]] = []
+        self.txns = list(txns)
         self.outcomes: list[tuple[bool, Any]] = []  # per txn of the last attempt
         for kind, payload in items:
             if kind == INSPECTION:
                 self.inspections.append(payload)
             elif kind == EVENT:
                 self.events.append(payload)
-            elif kind == TXN:
-                self.txns.append(payload)
             elif isinstance(payload, ImageAdded):
                 p = payload
                 self.added.append((p.frame_id, p.path, p.bytes, p.verdict, p.created_at))

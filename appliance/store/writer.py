@@ -18,9 +18,12 @@ Invariants:
   counted and written as `duplicate_inspection` / `store_rejected_row` events.
 - Inspection ids are assigned here (single writer, guarded by the store's lock file), so
   defect rows reference them without a round trip per row.
-- Other components write their tables through here too (`TXN` items: a function run in
-  a savepoint of the batch's transaction, see transaction.py), so this thread's
-  connection is the only one that ever writes the file.
+- Other components write their tables through here too (`put_txn`: a function run in a
+  savepoint of the batch's transaction, see transaction.py), so this thread's connection
+  is the only one that ever writes the file. Such functions skip the queue: every one
+  waiting runs in the next batch (its tables do not depend on the queued records), so
+  their latency is one batch however long the queue of records is. They are not items:
+  `submitted`, `committed` and `queued` count records, events and ledger operations.
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ from appliance.store.batch import (
     INSPECTION,
     LEDGER,
     REFUSED,
-    TXN,
     Batch,
     Item,
     Row,
@@ -56,7 +58,7 @@ from appliance.store.batch import (
 from appliance.store.images import ImageDeleted, LedgerOp
 from appliance.store.transaction import Pending, T, Work
 
-__all__ = ["EVENT", "INSPECTION", "LEDGER", "TXN", "BatchWriter", "event_row"]
+__all__ = ["EVENT", "INSPECTION", "LEDGER", "BatchWriter", "event_row"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +98,8 @@ class BatchWriter:
         self._dead: str | None = None
         self._abort = threading.Event()
         self._thread: threading.Thread | None = None
-        self._current: list[Item] = []  # the batch being written (writer thread)
+        self._txns: list[Pending[Any]] = []  # transaction functions for the next batch
+        self._current: list[Pending[Any]] = []  # those of the batch being written
         self._urgent = False  # an urgent transaction waits: cut the batch now
         self.duplicates = 0
         self.rejected = 0
@@ -147,14 +150,20 @@ class BatchWriter:
         """Queue a function to run in the next batch's transaction (unbounded: its caller
         bounds how many it has outstanding); `urgent` cuts that batch at once instead of
         waiting out `flush_interval_s`. Raises StoreError once stopped or dead."""
-        seq = [0]
-        pending = Pending(work, on_done, hurry=lambda t: self.wait_committed(seq[0], t))
-        seq[0] = self.put((TXN, pending), bounded=False)
-        if urgent:
-            with self._lock:
-                self._urgent = True
-                self._ready.notify()
+        pending = Pending(work, on_done, hurry=self._hurry)
+        with self._lock:
+            if self._closed or self._dead is not None:
+                raise StoreError(f"store is not accepting records ({self._dead or 'stopped'})")
+            self._txns.append(pending)
+            self._urgent = self._urgent or urgent
+            self._ready.notify()
         return pending
+
+    def _hurry(self, timeout_s: float) -> bool:
+        with self._lock:
+            self._urgent = True
+            self._ready.notify()
+        return True
 
     # ------------------------------------------------------------------ state
     @property
@@ -205,7 +214,7 @@ class BatchWriter:
             self._ready.notify_all()
             self._not_full.notify_all()
         if self._thread is None:
-            return not self._items
+            return not self._items and not self._txns
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             self._abort.set()
@@ -222,14 +231,14 @@ class BatchWriter:
                 batch = self._take()
                 if batch is None:
                     return
+                items, self._current = batch
                 t0 = time.thread_time()
-                self._current = batch
-                done = self._write_with_retry(batch)
+                done = self._write_with_retry(items, self._current)
                 self.cpu_s += time.thread_time() - t0
                 if done is None:
                     return
                 with self._lock:
-                    self._committed += len(batch)
+                    self._committed += len(items)
                     self._done.notify_all()
                 self._current = []
                 resolve_txns(done)
@@ -242,20 +251,20 @@ class BatchWriter:
             self._fail_unwritten(f"the store writer died: {e!r}")
 
     def _fail_unwritten(self, why: str) -> None:
-        """Fail the transactions of every item not committed (the writer has ended)."""
+        """Fail every transaction not committed (the writer has ended)."""
         with self._lock:
-            items, self._items = self._current + self._items, []
-            self._current = []
-        for kind, payload in items:
-            if kind == TXN:
-                payload.fail(StoreError(f"store transaction not committed: {why}"))
+            txns, self._txns, self._current = self._current + self._txns, [], []
+        for txn in txns:
+            txn.fail(StoreError(f"store transaction not committed: {why}"))
 
-    def _take(self) -> list[Item] | None:
+    def _take(self) -> tuple[list[Item], list[Pending[Any]]] | None:
         with self._lock:
-            while not self._items:
+            while not self._items and not self._txns:
                 if self._stopping:
                     return None
                 self._ready.wait(0.5)
+            if not self._items:
+                self._first_at = time.monotonic()
             deadline = self._first_at + self._interval_s
             while (len(self._items) < self._batch_max and not self._stopping
                    and not self._flushers and not self._urgent):
@@ -265,17 +274,18 @@ class BatchWriter:
                 self._ready.wait(remaining)
             if len(self._items) <= self._batch_max:
                 batch, self._items = self._items, []
-                self._urgent = False
             else:
                 batch = self._items[: self._batch_max]
                 del self._items[: self._batch_max]
                 self._first_at = time.monotonic()
             self._not_full.notify_all()
-            return batch
+            txns, self._txns = self._txns, []
+            self._urgent = False
+            return batch, txns
 
-    def _write_with_retry(self, items: list[Item]) -> Batch | None:
+    def _write_with_retry(self, items: list[Item], txns: list[Pending[Any]]) -> Batch | None:
         """Commit one batch; None if `stop` gave up on it."""
-        batch = Batch(items, self._next_id)
+        batch = Batch(items, self._next_id, txns)
         backoff_s = 0.05
         rowwise = False
         while True:
