@@ -9,11 +9,23 @@ committed in the transaction of its next batch. Reads (the depth at start, the b
 use a read-only connection (WAL: they never wait for the writer, and see committed rows
 only).
 
-Why the store's writer and not a file and writer thread of its own (measured with
-bench/outbox.py, AMD EPYC, 2 threads, in the report of this change): one writer thread
-fewer on a 2-core machine, one WAL and one fsync policy, and an outbox write rides in a
-verdict batch's transaction instead of a transaction of its own; the outbox's own file
-was no faster for verdicts and no faster for the outbox.
+Why the store's writer and not a file and writer thread of its own: measured with
+bench/outbox.py (AMD EPYC, 2 threads, SQLite 3.40.1, a machine shared with other work;
+best of 3, 30,000 verdicts submitted as fast as they go, the outbox at 1,000 messages/s
+beside them, each write deleting the previous one's rows as acknowledgements do):
+
+    layout          verdicts/s  CPU us/verdict  outbox alone: enqueue/s  ack-delete/s
+    store's writer      28,219              20                   29,908        26,687
+    own file+writer     18,907              26                   25,689        25,010
+    2nd connection      19,230              28                   18,650        22,699
+    (before; one write failed "database is locked" after its 2 s busy timeout)
+
+One writer thread fewer on a 2-core machine, and an outbox write rides in a verdict
+batch's transaction instead of committing one of its own. Its own file would win only at
+an outbox flooding as fast as it goes (7,554 vs 4,991 messages/s, while verdicts fell to
+15,058/s against 33,273/s), far beyond what a line publishes. Outbox writes skip the
+store's record queue (writer.py), so their latency is one batch however far the verdicts
+queue up.
 
 Invariants:
 - A message is written here before it is published; its row is deleted only when the
