@@ -122,7 +122,7 @@ def bench_naive(records: list[InspectionRecord], workdir: Path) -> float:
             (i, r.frame_id, r.station, r.part_id, r.captured_at, r.judged_at, r.verdict,
              r.reason, r.model_version, r.preprocess_hash, lat.get("queue"),
              lat.get("preprocess"), lat.get("batch_wait"), lat.get("infer"),
-             lat.get("postprocess"), lat.get("total"), len(r.defects)),
+             lat.get("postprocess"), lat.get("total"), len(r.defects), i - 1),
         )
         for d in r.defects:
             conn.execute(INSERT_DEFECT, (i, d.class_id, d.class_name, d.score, *d.box_xyxy))

@@ -21,8 +21,8 @@ INSPECTION, EVENT, LEDGER = 0, 1, 2
 INSERT_INSPECTION = (
     "INSERT INTO inspections (id, frame_id, station, part_id, captured_at, judged_at, verdict,"
     " reason, model_version, preprocess_hash, queue_ms, preprocess_ms, batch_wait_ms,"
-    " infer_ms, postprocess_ms, total_ms, defect_count)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " infer_ms, postprocess_ms, total_ms, defect_count, seq)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_DEFECT = (
     "INSERT INTO defects (inspection_id, class_id, class_name, score, x1_px, y1_px, x2_px, y2_px)"

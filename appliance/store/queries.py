@@ -16,7 +16,6 @@ from typing import TypedDict
 import numpy as np
 
 from appliance.records import STAGES, VERDICTS, EventValue
-from appliance.store.schema.migrations import FRAME_SEQ, FRAME_SEQ_WELL_FORMED
 
 
 class DefectRow(TypedDict):
@@ -75,9 +74,7 @@ def _window(
     return (" AND ".join(clauses) or "1"), params
 
 
-LAST_SEQUENCE_SQL = (
-    f"SELECT max({FRAME_SEQ}) FROM inspections WHERE station = ? AND {FRAME_SEQ_WELL_FORMED}"
-)
+LAST_SEQUENCE_SQL = "SELECT max(seq) FROM inspections WHERE station = ?"
 
 
 def last_sequence(conn: sqlite3.Connection, station: str) -> int | None:

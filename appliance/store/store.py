@@ -74,6 +74,15 @@ class StoreStats:
     images_bytes: int
 
 
+def frame_seq(frame_id: str, station: str) -> int | None:
+    """The seq of a frame id `"<station>:<seq>"` (decimal digits), None for another shape
+    (stored in `inspections.seq`, see `Store.next_sequence`)."""
+    prefix, sep, digits = frame_id.rpartition(":")
+    if sep and prefix == station and digits.isascii() and digits.isdigit():
+        return int(digits)
+    return None
+
+
 def open_writer_db(path: os.PathLike[str] | str, synchronous: str = "NORMAL") -> Database:
     """The write connection: WAL journal, autocommit driver mode (transactions are
     explicit), usable from the writer thread. Raises sqlite3.Error."""
@@ -230,6 +239,7 @@ class Store:
             None if post is None else float(post),
             None if total is None else float(total),
             len(record.defects),
+            frame_seq(record.frame_id, record.station),
         )
         defects: list[tuple[int, str, float, float, float, float, float]] = []
         for d in record.defects:  # a loop: measurably cheaper than a generator here
