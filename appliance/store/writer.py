@@ -57,10 +57,14 @@ from appliance.store.batch import (
 )
 from appliance.store.images import ImageDeleted, LedgerOp
 from appliance.store.transaction import Pending, T, Work
+from protocol.backoff import Backoff, BackoffConfig
 
 __all__ = ["EVENT", "INSPECTION", "LEDGER", "BatchWriter", "event_row"]
 
 logger = logging.getLogger(__name__)
+
+_RETRY = BackoffConfig(initial_s=0.05, max_s=5.0)
+"""A batch SQLite could not commit (busy, disk full, I/O) is tried again this often."""
 
 
 class BatchWriter:
@@ -286,7 +290,7 @@ class BatchWriter:
     def _write_with_retry(self, items: list[Item], txns: list[Pending[Any]]) -> Batch | None:
         """Commit one batch; None if `stop` gave up on it."""
         batch = Batch(items, self._next_id, txns)
-        backoff_s = 0.05
+        backoff = Backoff(_RETRY)
         rowwise = False
         while True:
             try:
@@ -301,11 +305,11 @@ class BatchWriter:
             except sqlite3.OperationalError as e:
                 self.retries += 1
                 self.last_error = str(e)
-                logger.error("store commit failed (%s); retrying in %.2f s", e, backoff_s)
-                if self._abort.wait(backoff_s):
+                delay_s = backoff.next_delay_s()
+                logger.error("store commit failed (%s); retrying in %.2f s", e, delay_s)
+                if self._abort.wait(delay_s):
                     logger.error("store gave up on %d uncommitted items", len(items))
                     return None
-                backoff_s = min(backoff_s * 2, 5.0)
 
     def _commit(self, batch: Batch, *, rowwise: bool) -> None:
         conn = self._db.conn

@@ -51,6 +51,7 @@ from appliance.telemetry.errors import OutboxUnavailable
 from appliance.telemetry.outbox import NewMessage, Outbox, WriteResult
 from appliance.telemetry.sender import SendWindow
 from protocol import Message, MetricsMessage, OutboxStats, Outgoing, ProtocolError, prepare
+from protocol.backoff import Backoff, BackoffConfig
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ EventSink = Callable[[str, Severity, str, dict[str, EventValue]], None]
 """(kind, severity, message, data): an appliance event (recorded in the store)."""
 
 _IDLE_WAIT_S = 0.25
-_RETRY_MAX_S = 5.0
+_RETRY = BackoffConfig(initial_s=0.05, max_s=5.0)
+"""An outbox write the store rolled back is tried again this often."""
 _STOP_WRITE_WAIT_S = 5.0
 
 
@@ -131,7 +133,7 @@ class Publisher:
         self._acked: list[int] = []  # rows whose PUBACK came, not yet deleted
         self._sent: list[int] = []  # rows handed to the client, attempt not yet counted
         self._retry_at = 0.0
-        self._retry_s = 0.0
+        self._retry = Backoff(_RETRY)
         self._next_write_at = 0.0
         self._offline_alarmed = False
         self._unrouted_warned = False  # until the next positive PUBACK
@@ -356,7 +358,7 @@ class Publisher:
             return
         written = self._in_write[0]
         self._in_write = ([], [], [])
-        self._retry_s = 0.0
+        self._retry.reset()
         self._admitted(result, written)
 
     def _write_failed(self, error: OutboxUnavailable) -> None:
@@ -367,10 +369,10 @@ class Publisher:
         self._sent = sent + self._sent
         self.write_errors += 1
         self.last_error = str(error)
-        self._retry_s = min(_RETRY_MAX_S, max(0.05, self._retry_s * 2))
-        self._retry_at = time.monotonic() + self._retry_s
+        delay_s = self._retry.next_delay_s()
+        self._retry_at = time.monotonic() + delay_s
         logger.error("%s; retrying in %.2f s (%d messages waiting in memory)", error,
-                     self._retry_s, len(self._carry) + len(self._pending))
+                     delay_s, len(self._carry) + len(self._pending))
 
     def _admitted(self, result: WriteResult, written: list[NewMessage]) -> None:
         self.duplicates += result.duplicates
