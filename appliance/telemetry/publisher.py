@@ -15,7 +15,8 @@ Threads:
 
 Invariants:
 - Nothing is published that is not committed in the outbox; a row is deleted only after
-  its PUBACK.
+  its PUBACK, and not after the PUBACK of paho's own re-send on a reconnect (it may reach
+  only other subscribers: the row goes out again after `reconnect_settle_s`, sender.py).
   A process restart or a replaced client sends unacknowledged rows again: duplicates are
   possible, losses are not (consumers de-duplicate on `msg_id`).
 - A negative PUBACK (MQTT 5 reason >= 0x80) keeps the row: it is counted, logged, and
@@ -403,6 +404,8 @@ class Publisher:
                 window.disconnected()
             elif (entry := window.acknowledged(mid)) is None:
                 continue  # the status, or a message of a replaced client
+            elif outcome == "ok" and entry.cut:
+                pass  # kept: sent again after the settle (SendWindow.disconnected)
             elif outcome == "ok":
                 self._acked.append(entry.row_id)
                 self.acknowledged += 1

@@ -15,9 +15,10 @@ import pytest
 from appliance.store import Store
 from appliance.telemetry.errors import OutboxUnavailable, TelemetryError
 from appliance.telemetry.outbox import NewMessage, Outbox, plan_admission
+from appliance.telemetry.sender import SendWindow
 from protocol import new_msg_id
 from tests.appliance.store_rig import open_store
-from tests.appliance.telemetry_helpers import record
+from tests.appliance.telemetry_helpers import record, telemetry_cfg
 
 M, E, MODEL = "metrics", "events/defect", "model"
 
@@ -208,4 +209,31 @@ def test_a_stopped_store_refuses_outbox_writes(tmp_path: Path) -> None:
     with pytest.raises(OutboxUnavailable, match="refused"):
         outbox.begin_write([msg(E)])
     assert not outbox.writing
+    outbox.close()
+
+
+def test_a_puback_for_a_row_paho_resent_on_reconnect_is_no_proof_of_delivery(
+    store: Store,
+) -> None:
+    """paho re-sends what was in flight the moment it reconnects, before the settle that
+    lets collectors subscribe again: those rows come back marked `cut` (the publisher
+    keeps them) and go out again with the backlog; rows sent after it do not."""
+    outbox = Outbox(store, max_rows=100, hard_max_rows=100)
+    rows = outbox.write([msg(E, i) for i in range(3)]).admitted
+    mids = iter(range(1, 100))
+    window = SendWindow(telemetry_cfg(1883, reconnect_settle_s=0.0), outbox,
+                        lambda *_: next(mids))
+    window.connected()
+    # (a second later: the backlog's rate bucket has filled)
+    assert window.fill(time.monotonic() + 1.0) == [r.id for r in rows]
+    first = window.acknowledged(1)
+    assert first is not None and not first.cut
+    window.disconnected()
+    window.connected()  # paho re-sends mids 2 and 3 by itself
+    resent = window.acknowledged(2)
+    assert resent is not None and resent.cut and resent.row_id == rows[1].id
+    # the backlog (everything in the outbox) skips only what is still in flight
+    assert window.fill(time.monotonic() + 1.0) == [rows[0].id, rows[1].id]
+    later = window.acknowledged(4)
+    assert later is not None and not later.cut
     outbox.close()
