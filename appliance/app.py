@@ -268,7 +268,7 @@ class App:
         cfg = self.cfg
         if cfg.telemetry is None:
             return None
-        telemetry = Telemetry(cfg.telemetry, cfg.store.path, pipeline_gauges(self.stats, store),
+        telemetry = Telemetry(cfg.telemetry, store, pipeline_gauges(self.stats, store),
                               site=cfg.site, line=cfg.line, clock=self._clock,
                               record_event=store.record_event)
         try:

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from appliance.records import DefectRecord, InspectionRecord
 from appliance.store import ImageKeepConfig, Store, StoreConfig
+from appliance.store.batch import INSERT_DEFECT, INSERT_INSPECTION
 from appliance.store.store import open_writer_db
-from appliance.store.writer import _INSERT_DEFECT, _INSERT_INSPECTION
 
 TARGET_PER_S = 20_000
 CLASSES = ("scratch", "pit", "crack", "stain")
@@ -118,14 +118,14 @@ def bench_naive(records: list[InspectionRecord], workdir: Path) -> float:
         lat = r.latency_ms
         conn.execute("BEGIN")
         conn.execute(
-            _INSERT_INSPECTION,
+            INSERT_INSPECTION,
             (i, r.frame_id, r.station, r.part_id, r.captured_at, r.judged_at, r.verdict,
              r.reason, r.model_version, r.preprocess_hash, lat.get("queue"),
              lat.get("preprocess"), lat.get("batch_wait"), lat.get("infer"),
-             lat.get("postprocess"), lat.get("total"), len(r.defects)),
+             lat.get("postprocess"), lat.get("total"), len(r.defects), i - 1),
         )
         for d in r.defects:
-            conn.execute(_INSERT_DEFECT, (i, d.class_id, d.class_name, d.score, *d.box_xyxy))
+            conn.execute(INSERT_DEFECT, (i, d.class_id, d.class_name, d.score, *d.box_xyxy))
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - t0
     db.close()

@@ -74,6 +74,16 @@ def _window(
     return (" AND ".join(clauses) or "1"), params
 
 
+LAST_SEQUENCE_SQL = "SELECT max(seq) FROM inspections WHERE station = ?"
+
+
+def last_sequence(conn: sqlite3.Connection, station: str) -> int | None:
+    """The highest seq among `station`'s frame ids (`"<station>:<seq>"`), None if it has
+    none. One search of the index `inspections_station_seq` (migration v4)."""
+    row = conn.execute(LAST_SEQUENCE_SQL, (station,)).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
 def inspection_count(conn: sqlite3.Connection) -> int:
     """Rows in `inspections` (one per frame)."""
     return int(conn.execute("SELECT count(*) FROM inspections").fetchone()[0])
@@ -230,16 +240,3 @@ def image_usage(conn: sqlite3.Connection) -> ImageUsage:
         live_fail_count=int(live_fail),
         deleted_by_reason={str(k): int(v) for k, v in deleted.items()},
     )
-
-
-def next_frame_seq(conn: sqlite3.Connection, station: str) -> int:
-    """One more than the highest seq among `station`'s frame ids (``"{station}:{seq}"``),
-    0 if it has none. Reads only the station's range of the UNIQUE frame_id index
-    (station names cannot hold ':', and ';' follows ':'), never table rows."""
-    prefix = f"{station}:"
-    (top,) = conn.execute(
-        "SELECT max(CAST(substr(frame_id, ?) AS INTEGER)) FROM inspections"
-        " WHERE frame_id >= ? AND frame_id < ?",
-        (len(prefix) + 1, prefix, f"{station};"),
-    ).fetchone()
-    return 0 if top is None else int(top) + 1

@@ -3,11 +3,14 @@
 `Store` wires the pieces: it opens the database (WAL, one write connection), migrates it
 (backing it up first), reconciles the image directory with its ledger, and runs the
 writer thread and the image keeper's encoder thread. Queries run on their own read-only
-connections, one per call, from any thread.
+connections, one per call, from any thread. Another component that keeps a table in this
+file (the telemetry outbox) writes it through `transact`, never on a connection of its
+own.
 
 Invariants:
 - One process writes a database: `Store` holds an exclusive `flock` on `<db>.lock` from
-  construction to `stop` (the OS drops it if the process dies).
+  construction to `stop` (the OS drops it if the process dies); one thread (the writer's)
+  writes it, so SQLite's write lock is never contended and never waited for.
 - Every submitted record becomes exactly one `inspections` row, or is reported: a
   duplicate frame id is ignored (the first verdict wins) and counted, see writer.py.
   `submit` never drops a record: on a full queue it blocks, then raises StoreError.
@@ -33,6 +36,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 from sqlite_utils import Database
@@ -43,6 +47,7 @@ from appliance.store import queries
 from appliance.store.config import StoreConfig
 from appliance.store.images import FreeDiskBytes, ImageKeeper, disk_free_bytes
 from appliance.store.schema.migrations import MigrationResult, migrate
+from appliance.store.transaction import Pending, T, Work
 from appliance.store.writer import EVENT, INSPECTION, BatchWriter
 
 logger = logging.getLogger(__name__)
@@ -67,6 +72,15 @@ class StoreStats:
     images_skipped_pass: int
     images_skipped_fail: int
     images_bytes: int
+
+
+def frame_seq(frame_id: str, station: str) -> int | None:
+    """The seq of a frame id `"<station>:<seq>"` (decimal digits), None for another shape
+    (stored in `inspections.seq`, see `Store.next_sequence`)."""
+    prefix, sep, digits = frame_id.rpartition(":")
+    if sep and prefix == station and digits.isascii() and digits.isdigit():
+        return int(digits)
+    return None
 
 
 def open_writer_db(path: os.PathLike[str] | str, synchronous: str = "NORMAL") -> Database:
@@ -139,6 +153,11 @@ class Store:
     @property
     def config(self) -> StoreConfig:
         return self._cfg
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file (readers may open it read-only; see `queries.open_reader`)."""
+        return self._cfg.path
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -220,6 +239,7 @@ class Store:
             None if post is None else float(post),
             None if total is None else float(total),
             len(record.defects),
+            frame_seq(record.frame_id, record.station),
         )
         defects: list[tuple[int, str, float, float, float, float, float]] = []
         for d in record.defects:  # a loop: measurably cheaper than a generator here
@@ -235,6 +255,16 @@ class Store:
         data = json.dumps(dict(event.data), allow_nan=False)
         row = (float(event.at), event.kind, event.severity, event.source, event.message, data)
         self._writer.put((EVENT, row))
+
+    def transact(
+        self, work: Work[T], on_done: Callable[[], None] | None = None, *, urgent: bool = False
+    ) -> Pending[T]:
+        """Run `work(connection)` on the writer thread inside the transaction of its next
+        batch; the returned Pending resolves once that committed (see transaction.py for
+        the rules `work` must follow). `urgent`: commit that batch at once rather than
+        after `flush_interval_ms`. Thread-safe, never blocks. Raises StoreError if the
+        store is stopped."""
+        return self._writer.put_txn(work, on_done, urgent=urgent)
 
     def flush(self, timeout_s: float = 10.0) -> None:
         """Return once every record, event and offered image submitted before this call is
@@ -285,12 +315,19 @@ class Store:
         finally:
             conn.close()
 
-    def next_sequence(self, station: str) -> int:
-        """The seq the next frame of `station` gets: one more than its highest stored
-        (0 for a new station). Raises StoreError. (Interim: the store branch's version
-        over its migration-v4 index replaces this.)"""
+    def last_sequence(self, station: str) -> int | None:
+        """The highest seq among `station`'s committed frame ids (`"<station>:<seq>"`),
+        None if it has none; an indexed search, whatever the table's size.
+        Raises StoreError."""
         with self._reader() as conn:
-            return queries.next_frame_seq(conn, station)
+            return queries.last_sequence(conn, station)
+
+    def next_sequence(self, station: str) -> int:
+        """The seq a restarted `station` numbers its first frame with: one more than its
+        highest stored seq, 0 for a new station. Call it before the station's first
+        frame is submitted (it sees committed rows only). Raises StoreError."""
+        last = self.last_sequence(station)
+        return 0 if last is None else last + 1
 
     def inspection_count(self) -> int:
         with self._reader() as conn:

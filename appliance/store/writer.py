@@ -18,11 +18,16 @@ Invariants:
   counted and written as `duplicate_inspection` / `store_rejected_row` events.
 - Inspection ids are assigned here (single writer, guarded by the store's lock file), so
   defect rows reference them without a round trip per row.
+- Other components write their tables through here too (`put_txn`: a function run in a
+  savepoint of the batch's transaction, see transaction.py), so this thread's connection
+  is the only one that ever writes the file. Such functions skip the queue: every one
+  waiting runs in the next batch (its tables do not depend on the queued records), so
+  their latency is one batch however long the queue of records is. They are not items:
+  `submitted`, `committed` and `queued` count records, events and ledger operations.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
@@ -34,69 +39,32 @@ from typing import Any
 from sqlite_utils import Database
 
 from appliance.errors import StoreError
-from appliance.store.images import ImageAdded, ImageDeleted, ImageSkipped, LedgerOp
+from appliance.store.batch import (
+    DELETE_IMAGE,
+    EVENT,
+    INSERT_DEFECT,
+    INSERT_EVENT,
+    INSERT_IMAGE,
+    INSERT_INSPECTION,
+    INSPECTION,
+    LEDGER,
+    REFUSED,
+    Batch,
+    Item,
+    Row,
+    event_row,
+    resolve_txns,
+)
+from appliance.store.images import ImageDeleted, LedgerOp
+from appliance.store.transaction import Pending, T, Work
+from protocol.backoff import Backoff, BackoffConfig
+
+__all__ = ["EVENT", "INSPECTION", "LEDGER", "BatchWriter", "event_row"]
 
 logger = logging.getLogger(__name__)
 
-Row = tuple[Any, ...]
-InspectionItem = tuple[Row, Sequence[Row]]  # (inspection row without id, defect rows)
-Item = tuple[int, Any]
-
-INSPECTION, EVENT, LEDGER = 0, 1, 2
-
-_INSERT_INSPECTION = (
-    "INSERT INTO inspections (id, frame_id, station, part_id, captured_at, judged_at, verdict,"
-    " reason, model_version, preprocess_hash, queue_ms, preprocess_ms, batch_wait_ms,"
-    " infer_ms, postprocess_ms, total_ms, defect_count)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_DEFECT = (
-    "INSERT INTO defects (inspection_id, class_id, class_name, score, x1_px, y1_px, x2_px, y2_px)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_EVENT = (
-    "INSERT INTO events (at, kind, severity, source, message, data) VALUES (?, ?, ?, ?, ?, ?)"
-)
-_INSERT_IMAGE = (
-    "INSERT INTO images (frame_id, path, bytes, verdict, created_at) VALUES (?, ?, ?, ?, ?)"
-)
-_DELETE_IMAGE = (
-    "UPDATE images SET deleted_at = ?, delete_reason = ? WHERE id = (SELECT id FROM images"
-    " WHERE frame_id = ? AND path = ? AND deleted_at IS NULL ORDER BY id LIMIT 1)"
-)
-_REFUSED = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
-            sqlite3.DataError)
-
-
-def event_row(
-    at: float, kind: str, severity: str, source: str, message: str, data: dict[str, Any]
-) -> Row:
-    """An events-table row; `data` must hold JSON scalars (raises ValueError otherwise)."""
-    return (at, kind, severity, source, message, json.dumps(data, allow_nan=False))
-
-
-class _Batch:
-    """One batch split into the rows of each statement, with ids assigned."""
-
-    def __init__(self, items: Sequence[Item], first_id: int) -> None:
-        self.inspections: list[InspectionItem] = []
-        self.events: list[Row] = []
-        self.added: list[Row] = []
-        self.deleted: list[ImageDeleted] = []
-        self.skipped: list[ImageSkipped] = []
-        for kind, payload in items:
-            if kind == INSPECTION:
-                self.inspections.append(payload)
-            elif kind == EVENT:
-                self.events.append(payload)
-            elif isinstance(payload, ImageAdded):
-                p = payload
-                self.added.append((p.frame_id, p.path, p.bytes, p.verdict, p.created_at))
-            elif isinstance(payload, ImageDeleted):
-                self.deleted.append(payload)
-            else:
-                self.skipped.append(payload)
-        self.first_id = first_id
+_RETRY = BackoffConfig(initial_s=0.05, max_s=5.0)
+"""A batch SQLite could not commit (busy, disk full, I/O) is tried again this often."""
 
 
 class BatchWriter:
@@ -134,6 +102,9 @@ class BatchWriter:
         self._dead: str | None = None
         self._abort = threading.Event()
         self._thread: threading.Thread | None = None
+        self._txns: list[Pending[Any]] = []  # transaction functions for the next batch
+        self._current: list[Pending[Any]] = []  # those of the batch being written
+        self._urgent = False  # an urgent transaction waits: cut the batch now
         self.duplicates = 0
         self.rejected = 0
         self.retries = 0
@@ -176,6 +147,27 @@ class BatchWriter:
                 self.put((LEDGER, op), bounded=False)
             except StoreError as e:
                 logger.error("image ledger operation for %s lost: %s", op.frame_id, e)
+
+    def put_txn(
+        self, work: Work[T], on_done: Callable[[], None] | None = None, *, urgent: bool = False
+    ) -> Pending[T]:
+        """Queue a function to run in the next batch's transaction (unbounded: its caller
+        bounds how many it has outstanding); `urgent` cuts that batch at once instead of
+        waiting out `flush_interval_s`. Raises StoreError once stopped or dead."""
+        pending = Pending(work, on_done, hurry=self._hurry)
+        with self._lock:
+            if self._closed or self._dead is not None:
+                raise StoreError(f"store is not accepting records ({self._dead or 'stopped'})")
+            self._txns.append(pending)
+            self._urgent = self._urgent or urgent
+            self._ready.notify()
+        return pending
+
+    def _hurry(self, timeout_s: float) -> bool:
+        with self._lock:
+            self._urgent = True
+            self._ready.notify()
+        return True
 
     # ------------------------------------------------------------------ state
     @property
@@ -226,11 +218,13 @@ class BatchWriter:
             self._ready.notify_all()
             self._not_full.notify_all()
         if self._thread is None:
-            return not self._items
+            return not self._items and not self._txns
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             self._abort.set()
             self._thread.join(5.0)
+            if not self._thread.is_alive():
+                self._fail_unwritten("the store stopped before committing it")
             return False
         return self._committed == self._submitted
 
@@ -241,29 +235,43 @@ class BatchWriter:
                 batch = self._take()
                 if batch is None:
                     return
+                items, self._current = batch
                 t0 = time.thread_time()
-                ok = self._write_with_retry(batch)
+                done = self._write_with_retry(items, self._current)
                 self.cpu_s += time.thread_time() - t0
-                if not ok:
+                if done is None:
                     return
                 with self._lock:
-                    self._committed += len(batch)
+                    self._committed += len(items)
                     self._done.notify_all()
+                self._current = []
+                resolve_txns(done)
         except Exception as e:  # a bug: make it loud and stop accepting records
             logger.exception("store writer died")
             with self._lock:
                 self._dead = f"writer died: {e!r}"
                 self._done.notify_all()
                 self._not_full.notify_all()
+            self._fail_unwritten(f"the store writer died: {e!r}")
 
-    def _take(self) -> list[Item] | None:
+    def _fail_unwritten(self, why: str) -> None:
+        """Fail every transaction not committed (the writer has ended)."""
         with self._lock:
-            while not self._items:
+            txns, self._txns, self._current = self._current + self._txns, [], []
+        for txn in txns:
+            txn.fail(StoreError(f"store transaction not committed: {why}"))
+
+    def _take(self) -> tuple[list[Item], list[Pending[Any]]] | None:
+        with self._lock:
+            while not self._items and not self._txns:
                 if self._stopping:
                     return None
                 self._ready.wait(0.5)
+            if not self._items:
+                self._first_at = time.monotonic()
             deadline = self._first_at + self._interval_s
-            while len(self._items) < self._batch_max and not self._stopping and not self._flushers:
+            while (len(self._items) < self._batch_max and not self._stopping
+                   and not self._flushers and not self._urgent):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -275,18 +283,21 @@ class BatchWriter:
                 del self._items[: self._batch_max]
                 self._first_at = time.monotonic()
             self._not_full.notify_all()
-            return batch
+            txns, self._txns = self._txns, []
+            self._urgent = False
+            return batch, txns
 
-    def _write_with_retry(self, items: list[Item]) -> bool:
-        batch = _Batch(items, self._next_id)
-        backoff_s = 0.05
+    def _write_with_retry(self, items: list[Item], txns: list[Pending[Any]]) -> Batch | None:
+        """Commit one batch; None if `stop` gave up on it."""
+        batch = Batch(items, self._next_id, txns)
+        backoff = Backoff(_RETRY)
         rowwise = False
         while True:
             try:
                 self._commit(batch, rowwise=rowwise)
                 self._next_id += len(batch.inspections)
-                return True
-            except _REFUSED as e:
+                return batch
+            except REFUSED as e:
                 if rowwise:
                     raise
                 logger.debug("batch refused (%s); writing it row by row", e)
@@ -294,39 +305,52 @@ class BatchWriter:
             except sqlite3.OperationalError as e:
                 self.retries += 1
                 self.last_error = str(e)
-                logger.error("store commit failed (%s); retrying in %.2f s", e, backoff_s)
-                if self._abort.wait(backoff_s):
+                delay_s = backoff.next_delay_s()
+                logger.error("store commit failed (%s); retrying in %.2f s", e, delay_s)
+                if self._abort.wait(delay_s):
                     logger.error("store gave up on %d uncommitted items", len(items))
-                    return False
-                backoff_s = min(backoff_s * 2, 5.0)
+                    return None
 
-    def _commit(self, batch: _Batch, *, rowwise: bool) -> None:
+    def _commit(self, batch: Batch, *, rowwise: bool) -> None:
         conn = self._db.conn
         ids = range(batch.first_id, batch.first_id + len(batch.inspections))
         events = list(batch.events)
         with self._db.atomic():
             if not rowwise:
                 pairs = list(zip(ids, batch.inspections, strict=True))
-                conn.executemany(_INSERT_INSPECTION, [(i, *r) for i, (r, _) in pairs])
-                conn.executemany(_INSERT_DEFECT, [(i, *d) for i, (_, ds) in pairs for d in ds])
+                conn.executemany(INSERT_INSPECTION, [(i, *r) for i, (r, _) in pairs])
+                conn.executemany(INSERT_DEFECT, [(i, *d) for i, (_, ds) in pairs for d in ds])
             else:
                 events += self._insert_rowwise(conn, batch, ids)
-            conn.executemany(_INSERT_IMAGE, batch.added)
+            conn.executemany(INSERT_IMAGE, batch.added)
             conn.executemany(
-                _DELETE_IMAGE, [(d.deleted_at, d.reason, d.frame_id, d.path) for d in batch.deleted]
+                DELETE_IMAGE, [(d.deleted_at, d.reason, d.frame_id, d.path) for d in batch.deleted]
             )
             events += self._image_events(batch)
-            conn.executemany(_INSERT_EVENT, events)
+            conn.executemany(INSERT_EVENT, events)
+            batch.outcomes = [self._run_txn(txn) for txn in batch.txns]
+
+    def _run_txn(self, txn: Pending[Any]) -> tuple[bool, Any]:
+        """Run one transaction function in a savepoint: (True, value), or (False, why)
+        with its writes rolled back. OperationalError fails the whole batch (retried)."""
+        try:
+            with self._db.atomic():
+                return True, txn.work(self._db.conn)
+        except sqlite3.OperationalError:
+            raise
+        except Exception as e:  # the caller's bug or refused rows: fail its work only
+            logger.exception("store transaction function failed; its writes are rolled back")
+            return False, f"{type(e).__name__}: {e}"
 
     def _insert_rowwise(
-        self, conn: sqlite3.Connection, batch: _Batch, ids: range
+        self, conn: sqlite3.Connection, batch: Batch, ids: range
     ) -> list[Row]:
         duplicates: list[str] = []
         refused: list[tuple[str, str]] = []
         for i, (row, defects) in zip(ids, batch.inspections, strict=True):
             try:
-                conn.execute(_INSERT_INSPECTION, (i, *row))
-            except _REFUSED as e:
+                conn.execute(INSERT_INSPECTION, (i, *row))
+            except REFUSED as e:
                 if isinstance(e, sqlite3.IntegrityError) and "inspections.frame_id" in str(e):
                     duplicates.append(row[0])
                 else:
@@ -334,8 +358,8 @@ class BatchWriter:
                 continue
             for d in defects:
                 try:
-                    conn.execute(_INSERT_DEFECT, (i, *d))
-                except _REFUSED as e:
+                    conn.execute(INSERT_DEFECT, (i, *d))
+                except REFUSED as e:
                     refused.append((row[0], f"defect: {e}"))
         now = self._clock()
         rows: list[Row] = []
@@ -359,7 +383,7 @@ class BatchWriter:
             ))
         return rows
 
-    def _image_events(self, batch: _Batch) -> list[Row]:
+    def _image_events(self, batch: Batch) -> list[Row]:
         now = self._clock()
         rows: list[Row] = []
         deleted: dict[str, list[ImageDeleted]] = defaultdict(list)

@@ -4,16 +4,19 @@ Threads:
 - producers (the pipeline's verdict sink, the metrics ticker, the updater) call
   `submit(kind, build)`: an append to a bounded in-memory deque, never a wait. When the
   deque is full the message is refused and counted as dropped (by kind).
-- the worker ("telemetry-outbox") builds the messages, writes them to the outbox in one
-  short transaction per turn (together with the deletes of acknowledged rows and the
-  attempt counts of sent ones), and feeds the connection through a `SendWindow`
-  (sender.py): live messages first, then the backlog oldest first at a bounded rate,
-  within a bounded number of unacknowledged messages.
+- the worker ("telemetry-outbox") builds the messages and hands them to the outbox as
+  one write at a time (together with the deletes of acknowledged rows and the attempt
+  counts of sent ones); the store's writer thread commits it and wakes the worker, which
+  then feeds the connection through a `SendWindow` (sender.py): live messages first,
+  then the backlog oldest first at a bounded rate, within a bounded number of
+  unacknowledged messages. The worker never waits for SQLite's write lock.
 - paho's network thread reports connects, disconnects and PUBACKs; it only leaves a note
-  for the worker.
+  for the worker (it never touches SQLite).
 
 Invariants:
-- Nothing is published that is not in the outbox; a row is deleted only after its PUBACK.
+- Nothing is published that is not committed in the outbox; a row is deleted only after
+  its PUBACK, and not after the PUBACK of paho's own re-send on a reconnect (it may reach
+  only other subscribers: the row goes out again after `reconnect_settle_s`, sender.py).
   A process restart or a replaced client sends unacknowledged rows again: duplicates are
   possible, losses are not (consumers de-duplicate on `msg_id`).
 - A negative PUBACK (MQTT 5 reason >= 0x80) keeps the row: it is counted, logged, and
@@ -49,6 +52,7 @@ from appliance.telemetry.errors import OutboxUnavailable
 from appliance.telemetry.outbox import NewMessage, Outbox, WriteResult
 from appliance.telemetry.sender import SendWindow
 from protocol import Message, MetricsMessage, OutboxStats, Outgoing, ProtocolError, prepare
+from protocol.backoff import Backoff, BackoffConfig
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +62,9 @@ EventSink = Callable[[str, Severity, str, dict[str, EventValue]], None]
 """(kind, severity, message, data): an appliance event (recorded in the store)."""
 
 _IDLE_WAIT_S = 0.25
-_RETRY_MAX_S = 5.0
+_RETRY = BackoffConfig(initial_s=0.05, max_s=5.0)
+"""An outbox write the store rolled back is tried again this often."""
+_STOP_WRITE_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -122,9 +128,13 @@ class Publisher:
         # worker-only state
         self._window = SendWindow(cfg, outbox, self.connection.publish)
         self._reports: dict[str, int] = {}  # metrics msg_id -> losses it reports
-        self._carry: list[NewMessage] = []  # built, not yet written (a failed write)
+        self._carry: list[NewMessage] = []  # built, not yet handed to the outbox
+        # what the outstanding outbox write holds, restored if it is rolled back
+        self._in_write: tuple[list[NewMessage], list[int], list[int]] = ([], [], [])
+        self._acked: list[int] = []  # rows whose PUBACK came, not yet deleted
+        self._sent: list[int] = []  # rows handed to the client, attempt not yet counted
         self._retry_at = 0.0
-        self._retry_s = 0.0
+        self._retry = Backoff(_RETRY)
         self._next_write_at = 0.0
         self._offline_alarmed = False
         self._unrouted_warned = False  # until the next positive PUBACK
@@ -224,7 +234,7 @@ class Publisher:
         if self._thread.is_alive():
             logger.error("telemetry worker did not stop in %.1f s", timeout_s)
             return False
-        return not self._pending and not self._carry
+        return not self._pending and not self._carry and not self._outbox.writing
 
     # ------------------------------------------------------------------ paho notes
     def _note(self, kind: str, mid: int = 0, outcome: AckOutcome = "ok",
@@ -254,8 +264,6 @@ class Publisher:
 
     # ------------------------------------------------------------------ worker
     def _run(self) -> None:
-        acked: list[int] = []
-        sent: list[int] = []
         grace_until: float | None = None
         hard_until = 0.0
         window = self._window
@@ -272,31 +280,39 @@ class Publisher:
                 hard_until = now + max(self._cfg.stop_grace_s, 10.0)
             if grace_until is None and self.connection.supervise():
                 window.forget()
-            self._handle_notes(acked)
+            self._handle_notes()
             self._watch_offline()
             self._carry.extend(self._build_pending())
+            if self._outbox.writing and self._outbox.write_done():
+                self._finish_write(0.0)
             due = now >= self._retry_at and (now >= self._next_write_at or bool(grace_until))
-            if (self._carry or acked or sent) and due and self._write(acked, sent):
-                acked, sent = [], []
+            if (self._carry or self._acked or self._sent) and due and not self._outbox.writing:
+                self._begin_write()
             if window.up:
-                sent.extend(window.fill(now))
+                self._sent.extend(window.fill(now))
             if grace_until is not None:
-                unwritten = bool(self._pending or self._carry)
+                unwritten = bool(self._pending or self._carry or self._outbox.writing)
                 settled = not window.up or (not window.live and not window.inflight)
                 if (not unwritten and (settled or now >= grace_until)) or now >= hard_until:
                     break
-        if acked or sent or self._carry:
-            self._write(acked, sent)
-        if self._carry or self._pending:
+        if self._outbox.writing:
+            self._finish_write(_STOP_WRITE_WAIT_S)
+        if (self._acked or self._sent or self._carry) and not self._outbox.writing:
+            self._begin_write()
+            if self._outbox.writing:
+                self._finish_write(_STOP_WRITE_WAIT_S)
+        if self._carry or self._pending or self._outbox.writing:
             logger.error("telemetry stopped with %d messages not written to the outbox",
-                         len(self._carry) + len(self._pending))
+                         len(self._carry) + len(self._pending) + len(self._in_write[0]))
 
     def _hold_s(self) -> float:
-        if self._stopping.is_set() or not (self._pending or self._carry):
+        if self._stopping.is_set() or self._outbox.writing or not (self._pending or self._carry):
             return 0.0
         return max(self._retry_at, self._next_write_at) - time.monotonic()
 
     def _wait_s(self) -> float:
+        if self._outbox.writing:  # the store's writer wakes us when it has committed
+            return 0.0 if self._outbox.write_done() else self._window.wait_s(_IDLE_WAIT_S)
         if self._pending or self._carry:
             return 0.0
         return self._window.wait_s(_IDLE_WAIT_S)
@@ -317,35 +333,62 @@ class Publisher:
                                     msg_id=message.msg_id, created_at=self._clock()))
         return built
 
-    def _write(self, acked: list[int], sent: list[int]) -> bool:
-        try:
-            result = self._outbox.write(self._carry, acked_ids=acked, sent_ids=sent,
-                                        now=self._clock())
-        except OutboxUnavailable as e:
-            self.write_errors += 1
-            self.last_error = str(e)
-            self._retry_s = min(_RETRY_MAX_S, max(0.05, self._retry_s * 2))
-            self._retry_at = time.monotonic() + self._retry_s
-            logger.error("%s; retrying in %.2f s (%d messages waiting in memory)", e,
-                         self._retry_s, len(self._carry) + len(self._pending))
-            return False
-        self._retry_s = 0.0
+    def _begin_write(self) -> None:
+        """Hand the built messages and the acknowledged and sent rows to the outbox (the
+        store's writer commits them; its `on_done` wakes the worker)."""
+        self._in_write = (self._carry, self._acked, self._sent)
+        self._carry, self._acked, self._sent = [], [], []
+        carry, acked, sent = self._in_write
         self._next_write_at = time.monotonic() + self._cfg.flush_interval_ms / 1000.0
-        self._carry = []
-        self._admitted(result)
-        return True
+        try:
+            self._outbox.begin_write(carry, acked_ids=acked, sent_ids=sent, now=self._clock(),
+                                     on_done=self._wake.set)
+        except OutboxUnavailable as e:
+            self._write_failed(e)
 
-    def _admitted(self, result: WriteResult) -> None:
+    def _finish_write(self, timeout_s: float) -> None:
+        """Apply the outstanding write's outcome; if it was rolled back, what it held is
+        written again after a backoff."""
+        try:
+            result = self._outbox.finish_write(timeout_s)
+        except OutboxUnavailable as e:
+            if self._outbox.writing:  # not known in time (stopping): it may still commit
+                logger.error("%s", e)
+                return
+            self._write_failed(e)
+            return
+        written = self._in_write[0]
+        self._in_write = ([], [], [])
+        self._retry.reset()
+        self._admitted(result, written)
+
+    def _write_failed(self, error: OutboxUnavailable) -> None:
+        carry, acked, sent = self._in_write
+        self._in_write = ([], [], [])
+        self._carry = carry + self._carry
+        self._acked = acked + self._acked
+        self._sent = sent + self._sent
+        self.write_errors += 1
+        self.last_error = str(error)
+        delay_s = self._retry.next_delay_s()
+        self._retry_at = time.monotonic() + delay_s
+        logger.error("%s; retrying in %.2f s (%d messages waiting in memory)", error,
+                     delay_s, len(self._carry) + len(self._pending))
+
+    def _admitted(self, result: WriteResult, written: list[NewMessage]) -> None:
         self.duplicates += result.duplicates
-        reported = sum(self._reports.get(r.msg_id, 0) for r in result.admitted)
-        self._reports.clear()  # a refused metrics message reported nothing
+        admitted = {r.msg_id for r in result.admitted}
+        reported = 0
+        for m in written:  # a refused metrics message reported nothing
+            n = self._reports.pop(m.msg_id, 0)
+            reported += n if m.msg_id in admitted else 0
         if result.dropped or reported:
             self._count_dropped(result.dropped)
             with self._lock:
                 self._unreported -= reported
         self._window.admitted(result.admitted, result.evicted_ids)
 
-    def _handle_notes(self, acked: list[int]) -> None:
+    def _handle_notes(self) -> None:
         with self._lock:
             notes, self._notes = self._notes, []
         window = self._window
@@ -361,8 +404,10 @@ class Publisher:
                 window.disconnected()
             elif (entry := window.acknowledged(mid)) is None:
                 continue  # the status, or a message of a replaced client
+            elif outcome == "ok" and entry.cut:
+                pass  # kept: sent again after the settle (SendWindow.disconnected)
             elif outcome == "ok":
-                acked.append(entry.row_id)
+                self._acked.append(entry.row_id)
                 self.acknowledged += 1
                 self._unrouted_warned = False
             elif outcome == "unrouted":

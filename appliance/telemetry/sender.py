@@ -11,7 +11,10 @@ within a bounded window of unacknowledged messages. Used by the publisher's work
   a reconnect); `forget` drops that knowledge when the client is replaced.
 - Retained messages: one older than a row already sent retained on its topic is sent
   without the retain flag, so the broker keeps the newest.
-- After a reconnect (not the first connect) nothing is sent for `reconnect_settle_s`.
+- After a reconnect (not the first connect) nothing is sent for `reconnect_settle_s`; a
+  row that was in flight at the disconnect (paho re-sends it at once) is not deleted on
+  that PUBACK but sent again with the backlog after the settle (a duplicate, never a
+  loss).
 - A row acknowledged "no matching subscribers" (`unrouted`) stays in the outbox: nothing
   is sent for `unrouted_retry_s`, then everything in the outbox is the backlog again
   (sent oldest first at the backlog rate; rows still in flight are skipped).
@@ -23,7 +26,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from appliance.telemetry.config import TelemetryConfig
 from appliance.telemetry.errors import OutboxUnavailable
@@ -44,6 +47,10 @@ class InFlight:
     row_id: int
     backlog: bool
     topic: str
+    cut: bool = False
+    """It was in flight when the connection went down: paho re-sends it the moment it
+    reconnects, before the collectors can have subscribed again, so its PUBACK does not
+    prove delivery (see `disconnected`)."""
 
 
 class SendWindow:
@@ -85,9 +92,15 @@ class SendWindow:
         self._tokens_at = time.monotonic()
 
     def disconnected(self) -> None:
-        """Rows waiting in memory are in the outbox; the next connect reads them back."""
+        """Rows waiting in memory are in the outbox; the next connect reads them back.
+        Rows in flight are marked `cut`: paho re-sends them at once on reconnect, inside
+        `reconnect_settle_s`, where a broker that lost the collectors' shared
+        subscriptions acknowledges them for any other subscriber (a monitor) and the
+        collectors never get them. Their rows stay in the outbox on that PUBACK and are
+        sent again with the backlog, after the settle."""
         self.up = False
         self.waiting_for_room = False
+        self.inflight = {mid: replace(e, cut=True) for mid, e in self.inflight.items()}
         self._reset_backlog()
 
     def forget(self) -> None:
@@ -111,16 +124,18 @@ class SendWindow:
 
     # ------------------------------------------------------------------ rows
     def admitted(self, rows: Iterable[OutboxRow], evicted_ids: Iterable[int]) -> None:
-        """Rows just written to the outbox (live if connected), and rows the bound
-        evicted (never to be sent)."""
+        """Rows just committed to the outbox (live if connected and newer than the
+        backlog), and rows the bound evicted (never to be sent)."""
         gone = set(evicted_ids)
         if gone:
             self.live = deque(r for r in self.live if r.id not in gone)
             self._backlog_buf = deque(r for r in self._backlog_buf if r.id not in gone)
-        if self.up and self._backlog_end is not None:
-            self.live.extend(r for r in rows if r.id not in gone)
+        end = self._backlog_end
+        if self.up and end is not None:
+            # a row committed before the backlog's end was read is the backlog's to send
+            self.live.extend(r for r in rows if r.id > end and r.id not in gone)
             if len(self.live) > self._live_max:  # the broker is slow: the backlog takes over
-                self._backlog_end = max(self._backlog_end, self.live[-1].id)
+                self._backlog_end = max(end, self.live[-1].id)
                 self.live.clear()
 
     def acknowledged(self, mid: int) -> InFlight | None:

@@ -1,13 +1,15 @@
 """`Telemetry`: the appliance's MQTT reporting, wired from its parts.
 
-    telemetry = Telemetry(cfg.telemetry, cfg.store.path, pipeline_gauges(app.stats, store),
+    telemetry = Telemetry(cfg.telemetry, store, pipeline_gauges(app.stats, store),
                           site=cfg.site, line=cfg.line, record_event=store.record_event)
-    telemetry.start()                  # after the Store (it migrates the outbox table)
+    telemetry.start()                  # after the Store starts (it migrates the outbox
+                                       # table, and its writer writes it)
     pipeline.add_listener(telemetry.on_verdict)
     ...
     telemetry.stop()                   # before the Store stops
 
-Threads: the publisher's worker and paho's network thread (see publisher.py), and a
+Threads: the publisher's worker and paho's network thread (see publisher.py), the
+store's writer (it commits the outbox's writes: outbox.py), and a
 ticker ("telemetry-ticker") that at start and then every `status_poll_s` reads the
 gauges, publishes `status` when model, sources or alarms changed and a `model` report
 when the model changed (the first tick always reports the model), and every
@@ -31,7 +33,6 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Protocol
 
 from appliance.errors import ConfigError
@@ -47,7 +48,7 @@ from appliance.telemetry.messages import (
     utc,
 )
 from appliance.telemetry.metrics import Gauges, GaugeSource, VerdictWindow, build_metrics
-from appliance.telemetry.outbox import Outbox
+from appliance.telemetry.outbox import Outbox, OutboxDatabase
 from appliance.telemetry.publisher import Build, Publisher, PublisherStats
 from protocol import (
     DefectEvent,
@@ -77,7 +78,8 @@ class VerdictSource(Protocol):
 
 
 class Telemetry:
-    """See the module docstring. `stats_source` gives the gauges (None: report counts
+    """See the module docstring. `db` is the database the outbox lives in and its one
+    writer (the running `Store`); `stats_source` gives the gauges (None: report counts
     only); `record_event` records telemetry's own events (the store's `record_event`).
     Raises TelemetryError from `start` if the outbox or the TLS files cannot be opened;
     the constructor raises ConfigError for a site or line id the topics cannot take.
@@ -86,7 +88,7 @@ class Telemetry:
     def __init__(
         self,
         cfg: TelemetryConfig,
-        db_path: Path,
+        db: OutboxDatabase,
         stats_source: GaugeSource | None = None,
         *,
         site: str,
@@ -101,7 +103,7 @@ class Telemetry:
             self.line = validate_id(line, "line")
         except ProtocolError as e:
             raise ConfigError(f"telemetry: {e} (site and line become MQTT topic levels)") from e
-        self._db_path = db_path
+        self._db = db
         self._stats_source = stats_source
         self._clock = clock
         self._record_event = record_event
@@ -131,7 +133,7 @@ class Telemetry:
         if not cfg.enabled:
             logger.info("telemetry disabled (telemetry.enabled: false)")
             return
-        self._outbox = Outbox(self._db_path, max_rows=cfg.outbox_max_rows,
+        self._outbox = Outbox(self._db, max_rows=cfg.outbox_max_rows,
                               hard_max_rows=cfg.outbox_hard_max_rows,
                               busy_timeout_ms=cfg.busy_timeout_ms)
         self._started_at = utc(self._clock())
@@ -151,7 +153,7 @@ class Telemetry:
                                         daemon=True)
         self._ticker.start()
         logger.info("telemetry for %s/%s: broker %s:%d, outbox %s (%d waiting)", self.site,
-                    self.line, cfg.host, cfg.port, self._db_path, self._outbox.depth)
+                    self.line, cfg.host, cfg.port, self._db.path, self._outbox.depth)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Send the last metrics window, write everything handed over to the outbox,

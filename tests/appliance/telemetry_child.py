@@ -1,4 +1,5 @@
-"""A telemetry process for the kill -9 test (run as `python -m tests.appliance.telemetry_child`).
+"""A telemetry process for the kill -9 test (run as `python -m tests.appliance.telemetry_child`):
+the appliance's store on DB (its writer writes the outbox) and the telemetry.
 
     enqueue DB PORT N   hand N defect events over (frames top:0 .. top:N-1), print
                         "ready" once all N are in the outbox, then wait to be killed
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 from appliance.telemetry import Telemetry
+from tests.appliance.store_rig import open_store
 from tests.appliance.telemetry_helpers import LINE, SITE, record, telemetry_cfg
 
 
@@ -37,7 +39,8 @@ def main(argv: list[str]) -> int:
     overrides: dict[str, float] = {"metrics_interval_s": 3600.0}
     if mode == "drain" and len(argv) > 3:
         overrides["backlog_rate_per_s"] = float(argv[3])
-    telemetry = Telemetry(telemetry_cfg(port, **overrides), db, site=SITE, line=LINE)
+    store = open_store(db.parent, path=db)
+    telemetry = Telemetry(telemetry_cfg(port, **overrides), store, site=SITE, line=LINE)
     telemetry.start()
 
     def depth() -> int:
@@ -60,6 +63,7 @@ def main(argv: list[str]) -> int:
     print("drained", flush=True)
     stop.wait(60.0)
     telemetry.stop()
+    store.stop()
     return 0
 
 

@@ -101,12 +101,14 @@ class Collector:
         self.by_kind: dict[str, list[Message]] = defaultdict(list)
         self.errors: list[str] = []
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the SUBACK came (or the session kept it)
         self.client = Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                              protocol=MQTTProtocolVersion.MQTTv5)
         self.client.reconnect_delay_set(1, 1)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
 
     def _on_connect(self, client: Client, userdata: object, flags: ConnectFlags,
                     reason_code: ReasonCode, properties: Properties | None) -> None:
@@ -114,6 +116,8 @@ class Collector:
             return
         if not flags.session_present:  # a resumed session keeps its subscription
             client.subscribe(fleet_filter(), qos=1)
+        else:
+            self.subscribed.set()
         self.connected.set()
 
     def _on_disconnect(self, client: Client, userdata: object, flags: DisconnectFlags,
@@ -145,7 +149,8 @@ class Collector:
         self.client.loop_start()
         if not self.connected.wait(timeout_s):
             raise TimeoutError(f"collector did not connect to {HOST}:{self.port}")
-        time.sleep(0.2)  # let the SUBACK arrive
+        if not self.subscribed.wait(timeout_s):  # what is published before it is lost
+            raise TimeoutError(f"collector did not subscribe on {HOST}:{self.port}")
 
     def wait_until(self, predicate: Callable[[Collector], bool], timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s

@@ -60,6 +60,8 @@ def test_v1_file_is_backed_up_then_migrated_to_current(tmp_path: Path) -> None:
         assert store.defect_counts_by_class() == {"pit": 1, "scratch": 1}
         assert [e["message"] for e in store.events()] == ["old alarm"]
         assert store.image_usage()["live_count"] == 0  # the v2 table exists
+        assert store.next_sequence("old") == 2  # v4 filled `seq` of the rows it found
+        assert store.next_sequence("s1") == 6
     assert backup is not None and backup.exists()
     assert db_rows(backup, "PRAGMA user_version") == [(1,)]
     assert db_rows(backup, "SELECT frame_id FROM inspections") == [("old:1",)]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from appliance.records import EventRecord, InspectionRecord, Verdict
 from appliance.store import Store
+from appliance.store.queries import LAST_SEQUENCE_SQL, open_reader
 from tests.appliance.test_store_writer import CLASSES, T0, make_cfg, rec
 
 
@@ -127,3 +130,36 @@ def test_recent_failures_uses_the_partial_index(store: Store) -> None:
     finally:
         conn.close()
     assert "inspections_fail_judged_at" in " ".join(str(row[-1]) for row in plan)
+
+
+
+def test_next_sequence_comes_from_the_index(tmp_path: Path) -> None:
+    """A station's next seq after a restart: one more than its highest stored seq (not the
+    newest row's), found by one search of the v4 index; ids of another shape and other
+    stations do not count."""
+    s = Store(make_cfg(tmp_path))
+    s.start()
+    try:
+        assert s.next_sequence("top") == 0 and s.last_sequence("top") is None
+        for i in (3, 1200, 7, 99):  # verdicts reach the store out of capture order
+            s.submit(rec(i, "pass", station="top"))
+        s.submit(rec(5000, "pass", station="side"))
+        for odd in ("top:99999x", "other:123456", "top:", "top:-5"):
+            s.submit(replace(rec(0, "pass", station="top"), frame_id=odd))
+        s.flush()
+        assert s.last_sequence("top") == 1200 and s.next_sequence("top") == 1201
+        assert s.next_sequence("side") == 5001 and s.next_sequence("new") == 0
+        conn = open_reader(s.path)
+        try:
+            plan = " ".join(str(r[-1]) for r in conn.execute(
+                f"EXPLAIN QUERY PLAN {LAST_SEQUENCE_SQL}", ("top",)))
+        finally:
+            conn.close()
+        assert "INDEX inspections_station_seq" in plan, plan
+    finally:
+        s.stop()
+    again = Store(make_cfg(tmp_path))  # a restart reads the same from the file
+    try:
+        assert again.next_sequence("top") == 1201
+    finally:
+        again.stop()

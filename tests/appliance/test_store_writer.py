@@ -256,3 +256,48 @@ def test_stop_reports_records_it_could_not_commit(tmp_path: Path) -> None:
         store.flush(timeout_s=0.2)
     with pytest.raises(StoreError, match="7 records not committed"):
         store.stop(timeout_s=0.2)
+
+
+def _insert_event(message: str) -> Callable[[sqlite3.Connection], int]:
+    """A transaction function: one events row; returns the number of rows it wrote."""
+    def work(conn: sqlite3.Connection) -> int:
+        conn.execute("INSERT INTO events (at, kind, severity, source, message)"
+                     " VALUES (1.0, 'test', 'info', 'test', ?)", (message,))
+        return 1
+    return work
+
+
+def test_a_transaction_commits_once_with_its_batch(tmp_path: Path) -> None:
+    """A function handed to the writer commits in the batch's transaction; when that batch
+    is re-run row by row (a duplicate frame id in it), the function's first run is rolled
+    back with it, so its row is there once, and it resolves with its value."""
+    with Store(make_cfg(tmp_path, flush_interval_ms=60_000)) as store:
+        woken = threading.Event()
+        store.submit(rec(1))
+        pending = store.transact(_insert_event("outbox"), on_done=woken.set)
+        store.submit(rec(1, "fail"))  # refused as a whole: the batch is written row-wise
+        assert not pending.done()  # not urgent: it waits for the batch
+        assert pending.result(10.0) == 1 and woken.is_set()
+        urgent = store.transact(_insert_event("urgent"), urgent=True)
+        assert woken.wait(10) and urgent.result(10.0) == 1
+        assert store.stats().duplicates_ignored == 1
+    assert db_rows(store_path(tmp_path),
+                   "SELECT message, count(*) FROM events WHERE kind = 'test' GROUP BY message"
+                   " ORDER BY message") == [("outbox", 1), ("urgent", 1)]
+
+
+def test_a_failing_transaction_rolls_back_alone(tmp_path: Path) -> None:
+    def broken(conn: sqlite3.Connection) -> int:
+        conn.execute("INSERT INTO events (at, kind, severity, source, message)"
+                     " VALUES (1.0, 'test', 'info', 'test', 'half')")
+        raise ValueError("a bug in the caller")
+
+    with Store(make_cfg(tmp_path)) as store:
+        store.submit(rec(1))
+        pending = store.transact(broken)
+        with pytest.raises(StoreError, match="rolled back: ValueError: a bug in the caller"):
+            pending.result(10.0)
+        assert store.inspection_count() == 1
+        assert store.events(kinds=["test"]) == []
+    with pytest.raises(StoreError, match="not accepting"):
+        store.transact(_insert_event("late"))

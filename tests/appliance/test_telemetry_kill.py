@@ -3,9 +3,13 @@ delivered, every message once; killed again in the middle of draining it (messag
 flight, some acknowledged but not yet deleted), the next start delivers the rest and the
 fleet store still holds each once; and the broker publishes the last will of a killed line.
 
-Two real processes (tests/appliance/telemetry_child.py) share one SQLite file; the
-broker is a real mosquitto on 127.0.0.1; what arrives is recorded both by a plain paho
-client (the wire) and by the real cloud collector (the fleet store).
+Two real processes (tests/appliance/telemetry_child.py, each with the appliance's store
+and its one writer) open one SQLite file in turn; the broker is a real mosquitto on
+127.0.0.1; what arrives is recorded both by a plain paho client (the wire) and by the
+real cloud collector (the fleet store). Both receive every message on their own
+schedule, so each is waited for on its own: the fleet store holding everything says
+nothing about the wire probe (which runs its decoding in this busy process) having
+caught up.
 """
 
 from __future__ import annotations
@@ -172,6 +176,10 @@ def test_killed_while_draining_resends_only_what_was_unconfirmed(
             second.expect("drained", timeout_s=60)
             in_fleet = fleet.wait_count("defect_events", n, 30)
             assert in_fleet == n, f"{in_fleet} of {n} events in the fleet store"
+            # the wire probe gets the same messages on its own schedule: wait for it too
+            assert collector.wait_until(lambda c: len(c.frame_ids()) == n, 30), (
+                f"{len(collector.frame_ids())} of {n} events on the wire"
+            )
         finally:
             second.kill()
     finally:

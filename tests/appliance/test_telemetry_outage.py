@@ -12,19 +12,21 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from appliance.store import Store
 from appliance.telemetry import Gauges, Telemetry
 from protocol import ModelRef, UpdateProgress, decode, model_topic
 from tests.appliance.fleet_rig import FleetRig
+from tests.appliance.store_rig import open_store
 from tests.appliance.telemetry_helpers import (
     LINE,
     SITE,
     Collector,
-    migrated_db,
     record,
     telemetry_cfg,
 )
@@ -38,6 +40,15 @@ LIVE_S = 2.0
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow, requires_mosquitto,
               pytest.mark.timeout(OUTAGE_S + 150)]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """The appliance's store: its database holds the outbox, its writer writes it."""
+    s = open_store(tmp_path)
+    yield s
+    s.stop()
+
 
 MODEL = ModelRef(name="neu-det-yolo11n", version=7)
 
@@ -78,7 +89,7 @@ class Producer:
         return sum(since <= t < until for t in self.at)
 
 
-def test_broker_outage_loses_nothing_and_never_blocks(tmp_path: Path) -> None:
+def test_broker_outage_loses_nothing_and_never_blocks(tmp_path: Path, store: Store) -> None:
     broker = start_broker(tmp_path, BROKER_CONF)
     collector = Collector(broker.port)
     fleet = FleetRig(broker.port, tmp_path)
@@ -87,7 +98,7 @@ def test_broker_outage_loses_nothing_and_never_blocks(tmp_path: Path) -> None:
         telemetry_cfg(broker.port, offline_alarm_s=min(10.0, OUTAGE_S / 2),
                       # well above the cloud collector's reconnect (1-2 s) on a busy CI box
                       reconnect_settle_s=8.0),
-        migrated_db(tmp_path),
+        store,
         lambda: Gauges(model=MODEL, sources={"top": "streaming", "side": "streaming"}),
         site=SITE, line=LINE, record_event=lambda e: events.append(e.kind),
     )

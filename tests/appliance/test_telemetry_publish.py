@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 
 from appliance.records import EventRecord
+from appliance.store import Store
 from appliance.telemetry import Gauges, PublisherStats, Telemetry, TelemetryConfig
 from protocol import ModelRef, decode, status_topic
+from tests.appliance.store_rig import open_store
 from tests.appliance.telemetry_helpers import (
     LINE,
     SITE,
     Collector,
-    migrated_db,
     record,
     telemetry_cfg,
     wait_for,
@@ -30,6 +31,14 @@ from tests.appliance.telemetry_helpers import (
 from tests.mqtt_broker import Broker, MqttProbe, free_port, requires_mosquitto, start_broker
 
 pytestmark = [pytest.mark.mqtt, requires_mosquitto, pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """The appliance's store: its database holds the outbox, its writer writes it."""
+    s = open_store(tmp_path)
+    yield s
+    s.stop()
 
 MODEL = ModelRef(name="neu-det-yolo11n", version=7, label="2025-03-10 retrain")
 
@@ -60,12 +69,12 @@ def collector(broker: Broker) -> Iterator[Collector]:
 
 
 def test_live_messages_status_and_model(
-    tmp_path: Path, broker: Broker, collector: Collector
+    store: Store, broker: Broker, collector: Collector
 ) -> None:
     box = GaugeBox(Gauges(model=MODEL, engine_provider="CPUExecutionProvider",
                           sources={"top": "streaming"}, queue_depths={"batcher": 1}))
     events: list[EventRecord] = []
-    telemetry = Telemetry(telemetry_cfg(broker.port), migrated_db(tmp_path), box,
+    telemetry = Telemetry(telemetry_cfg(broker.port), store, box,
                           site=SITE, line=LINE, record_event=events.append,
                           app_version="0.1.0")
     telemetry.start()
@@ -120,8 +129,8 @@ def test_live_messages_status_and_model(
     assert decode(message.topic, message.payload).state == "offline"  # type: ignore[union-attr]
 
 
-def test_mqtt_3_1_1(tmp_path: Path, broker: Broker, collector: Collector) -> None:
-    telemetry = Telemetry(telemetry_cfg(broker.port, protocol="3.1.1"), migrated_db(tmp_path),
+def test_mqtt_3_1_1(store: Store, broker: Broker, collector: Collector) -> None:
+    telemetry = Telemetry(telemetry_cfg(broker.port, protocol="3.1.1"), store,
                           site=SITE, line=LINE)
     telemetry.start()
     try:
@@ -181,10 +190,10 @@ def tls_cfg(port: int, pki: dict[str, Path], password: str) -> TelemetryConfig:
 
 
 def test_tls_client_certificate_and_password(
-    tmp_path: Path, tls_broker: tuple[Broker, dict[str, Path]]
+    store: Store, tls_broker: tuple[Broker, dict[str, Path]]
 ) -> None:
     broker, pki = tls_broker
-    telemetry = Telemetry(tls_cfg(broker.port, pki, "line-secret"), migrated_db(tmp_path),
+    telemetry = Telemetry(tls_cfg(broker.port, pki, "line-secret"), store,
                           site=SITE, line=LINE)
     telemetry.start()
     try:
@@ -199,10 +208,10 @@ def test_tls_client_certificate_and_password(
 
 
 def test_refused_login_keeps_messages_and_says_why(
-    tmp_path: Path, tls_broker: tuple[Broker, dict[str, Path]]
+    store: Store, tls_broker: tuple[Broker, dict[str, Path]]
 ) -> None:
     broker, pki = tls_broker
-    telemetry = Telemetry(tls_cfg(broker.port, pki, "wrong"), migrated_db(tmp_path),
+    telemetry = Telemetry(tls_cfg(broker.port, pki, "wrong"), store,
                           site=SITE, line=LINE)
     telemetry.start()
     try:
@@ -222,7 +231,7 @@ def test_refused_login_keeps_messages_and_says_why(
         telemetry.stop(timeout_s=3.0)
 
 
-def test_bounded_outbox_keeps_events_and_reports_the_loss(tmp_path: Path) -> None:
+def test_bounded_outbox_keeps_events_and_reports_the_loss(tmp_path: Path, store: Store) -> None:
     port = free_port()  # no broker yet
     events: list[EventRecord] = []
     lock = threading.Lock()
@@ -233,7 +242,7 @@ def test_bounded_outbox_keeps_events_and_reports_the_loss(tmp_path: Path) -> Non
 
     cfg = telemetry_cfg(port, metrics_interval_s=0.5, outbox_max_rows=10,
                         outbox_hard_max_rows=12)
-    telemetry = Telemetry(cfg, migrated_db(tmp_path), site=SITE, line=LINE,
+    telemetry = Telemetry(cfg, store, site=SITE, line=LINE,
                           record_event=record_event)
     telemetry.start()
     broker: Broker | None = None
@@ -248,8 +257,9 @@ def test_bounded_outbox_keeps_events_and_reports_the_loss(tmp_path: Path) -> Non
         for i in range(15):
             telemetry.on_verdict(record(i))
         assert wait_for(lambda: stats().dropped.get("events/defect", 0) == 3, 10), stats()
-        time.sleep(1.2)  # more metrics windows: refused now, only events are left
-        assert stats().outbox_depth == 12 and stats().dropped["metrics"] >= 3
+        # more metrics windows: refused now, only events are left
+        assert wait_for(lambda: stats().dropped.get("metrics", 0) >= 3, 10), stats()
+        assert stats().outbox_depth == 12
         assert wait_for(lambda: any(e.kind == "telemetry_dropped" and e.severity == "alarm"
                                     for e in events), 5)
         broker = start_broker(tmp_path, port=port)
@@ -272,12 +282,12 @@ def test_bounded_outbox_keeps_events_and_reports_the_loss(tmp_path: Path) -> Non
     assert set(collector.frame_ids()) == {f"top:{i}" for i in range(12)}
 
 
-def test_messages_the_broker_refuses_stay_in_the_outbox(tmp_path: Path) -> None:
+def test_messages_the_broker_refuses_stay_in_the_outbox(tmp_path: Path, store: Store) -> None:
     acl = tmp_path / "acl"
     acl.write_text(f"pattern write lineguard/{SITE}/%c/status\n", "utf-8")
     broker = start_broker(tmp_path, conf_extra=f"acl_file {acl}")
     cfg = telemetry_cfg(broker.port, client_id=LINE)
-    telemetry = Telemetry(cfg, migrated_db(tmp_path), site=SITE, line=LINE)
+    telemetry = Telemetry(cfg, store, site=SITE, line=LINE)
     telemetry.start()
     try:
         for i in range(5):
@@ -396,10 +406,10 @@ class Mqtt311OnlyProxy:
 
 
 def test_auto_falls_back_to_mqtt_3_1_1_for_an_old_broker(
-    tmp_path: Path, broker: Broker, collector: Collector
+    store: Store, broker: Broker, collector: Collector
 ) -> None:
     proxy = Mqtt311OnlyProxy(broker.port)
-    telemetry = Telemetry(telemetry_cfg(proxy.port, protocol="auto"), migrated_db(tmp_path),
+    telemetry = Telemetry(telemetry_cfg(proxy.port, protocol="auto"), store,
                           site=SITE, line=LINE)
     telemetry.start()
     try:
@@ -415,12 +425,11 @@ def test_auto_falls_back_to_mqtt_3_1_1_for_an_old_broker(
 
 
 def test_backlog_drains_oldest_first_at_a_bounded_rate_beside_live_messages(
-    tmp_path: Path,
+    tmp_path: Path, store: Store,
 ) -> None:
-    db = migrated_db(tmp_path)
     n_backlog, rate_per_s = 200, 100.0
     cfg = telemetry_cfg(free_port(), metrics_interval_s=3600.0)
-    offline = Telemetry(cfg, db, site=SITE, line=LINE)  # the broker is down
+    offline = Telemetry(cfg, store, site=SITE, line=LINE)  # the broker is down
     offline.start()
     for i in range(n_backlog):
         offline.on_verdict(record(i))
@@ -435,7 +444,7 @@ def test_backlog_drains_oldest_first_at_a_bounded_rate_beside_live_messages(
     telemetry = Telemetry(
         telemetry_cfg(broker.port, metrics_interval_s=3600.0, backlog_rate_per_s=rate_per_s,
                       backlog_inflight_max=8),
-        db, site=SITE, line=LINE,
+        store, site=SITE, line=LINE,
     )
     try:
         collector.connect()

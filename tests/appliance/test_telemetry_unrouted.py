@@ -10,16 +10,18 @@ broker-outage test with the real collector (12 of 1,364 events missing).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from appliance.store import Store
 from appliance.telemetry import Telemetry
 from tests.appliance.fleet_rig import FleetRig
+from tests.appliance.store_rig import open_store
 from tests.appliance.telemetry_helpers import (
     LINE,
     SITE,
-    migrated_db,
     record,
     telemetry_cfg,
     wait_for,
@@ -30,14 +32,24 @@ from tests.mqtt_broker import requires_mosquitto, start_broker
 pytestmark = [pytest.mark.mqtt, requires_mosquitto, pytest.mark.timeout(180)]
 
 
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """The appliance's store: its database holds the outbox, its writer writes it."""
+    s = open_store(tmp_path)
+    yield s
+    s.stop()
 
 
-def test_nobody_subscribed_keeps_messages_and_probes_at_a_bounded_rate(tmp_path: Path) -> None:
+
+
+def test_nobody_subscribed_keeps_messages_and_probes_at_a_bounded_rate(
+    tmp_path: Path, store: Store
+) -> None:
     n = 200
     with start_broker(tmp_path, BROKER_CONF) as broker:
         telemetry = Telemetry(
             telemetry_cfg(broker.port, metrics_interval_s=3600.0, unrouted_retry_s=0.5),
-            migrated_db(tmp_path), site=SITE, line=LINE)
+            store, site=SITE, line=LINE)
         telemetry.start()
         fleet: FleetRig | None = None
         try:
@@ -65,7 +77,7 @@ def test_nobody_subscribed_keeps_messages_and_probes_at_a_bounded_rate(tmp_path:
 
 
 def test_events_published_after_a_broker_restart_wait_for_the_shared_subscription(
-    tmp_path: Path,
+    tmp_path: Path, store: Store
 ) -> None:
     n = 100
     with start_broker(tmp_path, BROKER_CONF) as broker:
@@ -75,7 +87,7 @@ def test_events_published_after_a_broker_restart_wait_for_the_shared_subscriptio
         broker.restart()  # orderly: sessions are saved, shared subscriptions are not
         telemetry = Telemetry(
             telemetry_cfg(broker.port, metrics_interval_s=3600.0, unrouted_retry_s=0.5),
-            migrated_db(tmp_path), site=SITE, line=LINE)
+            store, site=SITE, line=LINE)
         telemetry.start()
         fleet = FleetRig(broker.port, tmp_path)
         try:

@@ -143,10 +143,27 @@ def _v3_telemetry_outbox(db: Database) -> None:
     db.execute("CREATE INDEX telemetry_outbox_kind_id ON telemetry_outbox (kind, id)")
 
 
+def _v4_inspections_seq(db: Database) -> None:
+    """`seq`: the number in a frame id `"<station>:<seq>"` (NULL for ids of another
+    shape), indexed with the station, so a station's highest seq (the next one after a
+    restart) is one index search instead of a scan of its newest rows. A plain column,
+    filled by the writer, not an index on an expression over frame_id: measured, the
+    expression index cost 2-5 us of writer CPU per inspection, this one about 0.5."""
+    db.execute("ALTER TABLE inspections ADD COLUMN seq INTEGER")
+    db.execute(
+        "UPDATE inspections SET seq = CAST(substr(frame_id, length(station) + 2) AS INTEGER)"
+        " WHERE substr(frame_id, 1, length(station) + 1) = station || ':'"
+        " AND length(frame_id) > length(station) + 1"
+        " AND ltrim(substr(frame_id, length(station) + 2), '0123456789') = ''"
+    )
+    db.execute("CREATE INDEX inspections_station_seq ON inspections (station, seq)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_inspections_defects_events,
     _v2_images,
     _v3_telemetry_outbox,
+    _v4_inspections_seq,
 )
 
 
