@@ -277,17 +277,27 @@ class PahoClient:
         self._started = False
         client = self._client
         if publish_will and self._options.version != "5":
-            client.loop_stop()
-            sock = client.socket()
-            if sock is not None:
-                sock.close()
-            self._connected = False
+            self._drop()
             return
         reason = ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message") \
             if publish_will else None
         client.disconnect(reasoncode=reason)
         self._disconnected.wait(timeout_s)
         client.loop_stop()
+        self._connected = False
+
+    def abort(self) -> None:
+        """End the connection without a DISCONNECT, as a crash or a cut cable would: the
+        broker publishes the last will. No reconnect follows."""
+        if self._started:
+            self._started = False
+            self._drop()
+
+    def _drop(self) -> None:
+        self._client.loop_stop()
+        sock = self._client.socket()
+        if sock is not None:
+            sock.close()
         self._connected = False
 
     # ------------------------------------------------------------------ requests
