@@ -102,6 +102,10 @@ class CollectorConfig(_Section):
     # After the first message of a batch, wait at most this long for more (0: commit as
     # soon as the queue is empty; more: fewer, larger commits under a trickle).
     batch_linger_ms: float = Field(0.0, ge=0.0, le=1000.0)
+    # Under load (a batch finds a tenth of batch_max already queued) wait up to this long
+    # for the batch to fill: the larger a commit, the fewer index pages it writes per
+    # message, so a burst is stored with less CPU per message; a trickle is not delayed.
+    busy_linger_ms: float = Field(50.0, ge=0.0, le=1000.0)
     # A failed commit (database locked, disk full) is retried after this backoff
     # (doubling up to the max); the batch is not acknowledged meanwhile.
     store_retry_min_ms: int = Field(100, ge=1, le=60_000)

@@ -74,6 +74,7 @@ class Collector:
             collector_id=cfg.broker.client_id,
             batch_max_messages=cfg.batch_max_messages,
             batch_linger_ms=cfg.batch_linger_ms,
+            busy_linger_ms=cfg.busy_linger_ms,
             retry_min_ms=cfg.store_retry_min_ms,
             retry_max_ms=cfg.store_retry_max_ms,
             take_counters=self._take_counters,

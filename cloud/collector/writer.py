@@ -28,6 +28,8 @@ from protocol import topic_of
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.1
+# A batch that found at least 1/N of its maximum already queued is "busy" (see _take).
+_BUSY_FRACTION = 10
 
 
 @dataclass
@@ -57,6 +59,7 @@ class BatchWriter:
         collector_id: str,
         batch_max_messages: int,
         batch_linger_ms: float,
+        busy_linger_ms: float = 0.0,
         retry_min_ms: int,
         retry_max_ms: int,
         take_counters: Callable[[], dict[str, int]] = dict,
@@ -68,6 +71,7 @@ class BatchWriter:
         self._collector_id = collector_id
         self._batch_max = batch_max_messages
         self._linger_s = batch_linger_ms / 1000.0
+        self._busy_linger_s = busy_linger_ms / 1000.0
         self._retry_min_s = retry_min_ms / 1000.0
         self._retry_max_s = retry_max_ms / 1000.0
         self._take_counters = take_counters
@@ -117,13 +121,20 @@ class BatchWriter:
         except queue.Empty:
             return []
         batch = [first]
-        linger_until = time.monotonic() + (self._linger_s if linger else 0.0)
+        started = time.monotonic()
+        linger_until = started + (self._linger_s if linger else 0.0)
+        busy = False
         while len(batch) < limit:
             try:
                 batch.append(self._queue.get_nowait())
                 continue
             except queue.Empty:
                 pass
+            if linger and not busy and len(batch) >= max(2, limit // _BUSY_FRACTION):
+                # Messages arrive faster than batches commit: wait a little for more,
+                # since a commit costs much the same for 50 messages as for 500.
+                busy = True
+                linger_until = max(linger_until, started + self._busy_linger_s)
             left = linger_until - time.monotonic()
             if left <= 0:
                 break
