@@ -272,6 +272,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               for n in ns]
     burst_lines = min(50, max(1, burst // 60))
     phases.append(Phase("burst", burst_lines, [], burst // burst_lines))
+    if args.phases:
+        phases = [p for p in phases if p.name in args.phases.split(",")]
     results: dict[str, dict[str, Any]] = {p.name: {"lines": p.lines} for p in phases}
     with tempfile.TemporaryDirectory(prefix="bench-telemetry-") as tmp_name:
         tmp = Path(tmp_name)
@@ -358,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="collector worker processes (collector.workers)")
     parser.add_argument("--window", type=int, default=100,
                         help="in-flight QoS 1 messages per simulated line")
+    parser.add_argument("--phases", default="",
+                        help="run only these phases (comma-separated, e.g. burst)")
     args = parser.parse_args(argv)
     if not os.access(MOSQUITTO, os.X_OK):
         print(f"{MOSQUITTO} is not installed", file=sys.stderr)
