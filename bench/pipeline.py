@@ -217,7 +217,8 @@ def bench_pipeline(bundle_dir: Path, frames: list[ImageBGR], batch: int, threads
                      "queue_frames": max(32, 4 * batch)},
     }
     if mqtt_port is not None:
-        raw["telemetry"] = {"host": "127.0.0.1", "port": mqtt_port, "metrics_interval_s": 1.0}
+        raw["telemetry"] = {"broker": {"host": "127.0.0.1", "port": mqtt_port},
+                            "metrics_interval_s": 1.0}
     cfg = config_from_dict(raw, "bench")
     n = len(frames)
     captured: list[float] = []
@@ -264,14 +265,16 @@ def bench_pipeline(bundle_dir: Path, frames: list[ImageBGR], batch: int, threads
 
 # ---------------------------------------------------------------------------- (e)
 _SUBSCRIBER_SCRIPT = r"""
-import sys, time
-from paho.mqtt.client import Client
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-client = Client(CallbackAPIVersion.VERSION2, client_id="bench-subscriber",
-                protocol=MQTTProtocolVersion.MQTTv5)
-client.on_connect = lambda c, *a: c.subscribe("lineguard/#", qos=1)
-client.connect("127.0.0.1", int(sys.argv[1]))
-client.loop_forever()
+import sys, threading
+from protocol.mqtt_client import ClientOptions, MqttHandler, paho_client
+from protocol.mqtt_config import BrokerConfig
+class Subscriber(MqttHandler):
+    def on_connect(self, session_present):
+        client.subscribe(["lineguard/#"], 1)
+client = paho_client(BrokerConfig(port=int(sys.argv[1])),
+                     ClientOptions(client_id="bench-subscriber"), Subscriber())
+client.start()
+threading.Event().wait()
 """
 
 

@@ -33,6 +33,7 @@ Prints a table and one JSON line (`{"bench": "telemetry", ...}`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import multiprocessing as mp
@@ -50,6 +51,9 @@ from pathlib import Path
 from typing import Any
 
 from telemetry_load import DEFECT, HOST, METRICS, plain_subscriber, publish_schedule, templates
+
+from protocol.mqtt_client import ClientOptions, MqttHandler, paho_client
+from protocol.mqtt_config import BrokerConfig
 
 REPO = Path(__file__).resolve().parents[1]
 MOSQUITTO = Path("/usr/sbin/mosquitto")
@@ -95,6 +99,15 @@ def cpu_s(pid: int) -> float:
     except OSError:
         return total
     return total + sum(cpu_s(child) for child in children)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), for the report: ratios move between CPUs."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
 
 
 def free_port() -> int:
@@ -210,28 +223,23 @@ def start_collector(tmp: Path, port: int,
     config = tmp / "cloud.yaml"
     config.write_text(
         f"store: {{path: {db}}}\n"
-        f"collector: {{client_id: bench-collector, group: bench, log_interval_s: 0,\n"
-        f"            workers: {workers},\n"
-        f"            broker: {{port: {port}}}}}\n", "utf-8")
+        f"collector: {{group: bench, log_interval_s: 0, workers: {workers},\n"
+        f"            broker: {{port: {port}, client_id: bench-collector}}}}\n", "utf-8")
     log = (tmp / "collector.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "lineguard", "cloud", "collect", "--config", str(config)],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     # Ready once every worker committed a sentinel (its subscription exists from then on).
-    from paho.mqtt.client import Client
-    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
-    probe = Client(CallbackAPIVersion.VERSION2, client_id="bench-sentinel",
-                   protocol=MQTTProtocolVersion.MQTTv5)
-    probe.connect(HOST, port)
-    probe.loop_start()
+    probe = paho_client(BrokerConfig(host=HOST, port=port),
+                        ClientOptions(client_id="bench-sentinel"), MqttHandler())
+    probe.start()
     sentinel = templates("sentinel", "l00")[0]
     deadline = time.monotonic() + 180
     try:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"collector exited: see {tmp / 'collector.log'}")
-            probe.publish(sentinel.topic, sentinel.render(), qos=1)
+            probe.publish(sentinel.topic, sentinel.render(), 1, False)
             time.sleep(0.5)
             if db.exists():
                 try:
@@ -241,8 +249,7 @@ def start_collector(tmp: Path, port: int,
                     pass
         raise RuntimeError("collector did not start storing")
     finally:
-        probe.disconnect()
-        probe.loop_stop()
+        probe.stop()
 
 
 def workers_storing(db: Path) -> int:
@@ -265,6 +272,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               for n in ns]
     burst_lines = min(50, max(1, burst // 60))
     phases.append(Phase("burst", burst_lines, [], burst // burst_lines))
+    if args.phases:
+        phases = [p for p in phases if p.name in args.phases.split(",")]
     results: dict[str, dict[str, Any]] = {p.name: {"lines": p.lines} for p in phases}
     with tempfile.TemporaryDirectory(prefix="bench-telemetry-") as tmp_name:
         tmp = Path(tmp_name)
@@ -327,13 +336,14 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
     complete = all(r[k]["count"] == r[k]["expected"] for r in results.values()
                    for k in ("plain", "collector"))
     load = os.getloadavg()
-    print(f"collector workers {args.workers}; cpus {os.cpu_count()}, load average "
-          f"{load[0]:.1f}; target ratio >= {TARGET_RATIO}; complete: {complete}")
+    print(f"collector workers {args.workers}; CPU {cpu_model()}, {os.cpu_count()} threads, "
+          f"load average {load[0]:.1f}; target ratio >= {TARGET_RATIO}; complete: {complete}")
     print(json.dumps({
         "bench": "telemetry", "quick": args.quick, "speed": args.speed,
         "workers": args.workers, "target_ratio": TARGET_RATIO,
         "min_ratio": min(ratios) if ratios else None, "complete": complete,
-        "cpus": os.cpu_count(), "load_avg_1m": round(load[0], 2), "phases": results,
+        "cpu": cpu_model(), "cpus": os.cpu_count(), "load_avg_1m": round(load[0], 2),
+        "phases": results,
     }))
 
 
@@ -350,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="collector worker processes (collector.workers)")
     parser.add_argument("--window", type=int, default=100,
                         help="in-flight QoS 1 messages per simulated line")
+    parser.add_argument("--phases", default="",
+                        help="run only these phases (comma-separated, e.g. burst)")
     args = parser.parse_args(argv)
     if not os.access(MOSQUITTO, os.X_OK):
         print(f"{MOSQUITTO} is not installed", file=sys.stderr)

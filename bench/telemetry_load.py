@@ -3,8 +3,9 @@
 - `publish_schedule`: simulated lines, one MQTT connection each, publishing a timed
   schedule (metrics every simulated second, defect events at the line's fail rate) or,
   for the burst, each line's outbox backlog as fast as its in-flight window allows.
-- `plain_subscriber`: a bare paho subscriber (no validation, no storage, automatic
-  acks) that records receive time and `sent_at` per message, per site.
+- `plain_subscriber`: a bare subscriber (the shared MQTT client of protocol/, no
+  validation, no storage, automatic acks) that records receive time and `sent_at` per
+  message, per site.
 
 Payloads are the protocol's own messages, encoded once as templates; only `msg_id` and
 `sent_at` are substituted at publish time, so `sent_at` is when the message left the
@@ -17,17 +18,15 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from typing import Final
 
-from paho.mqtt.client import Client, ConnectFlags, MQTTMessage
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-
 from protocol import DefectEvent, Detection, MetricsMessage, ModelRef, VerdictCounts, prepare
+from protocol.mqtt_client import ClientOptions, Inbound, MqttHandler, Reason, paho_client
+from protocol.mqtt_config import BrokerConfig
 
 HOST: Final = "127.0.0.1"
 METRICS: Final = 0
@@ -74,7 +73,7 @@ def templates(site: str, line: str) -> tuple[Template, Template]:
     return out[0], out[1]
 
 
-class _Line:
+class _Line(MqttHandler):
     """One simulated line: its own connection and an in-flight window of `window`."""
 
     def __init__(self, port: int, site: str, line: str, window: int) -> None:
@@ -82,21 +81,15 @@ class _Line:
         self.window = threading.BoundedSemaphore(window)
         self.connected = threading.Event()
         self.acked = 0
-        self.client = Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{site}-{line}",
-                             protocol=MQTTProtocolVersion.MQTTv5)
-        self.client.max_inflight_messages_set(window)
-        self.client.on_connect = self._on_connect
-        self.client.on_publish = self._on_publish
-        self.client.connect(HOST, port, keepalive=60)
-        self.client.loop_start()
+        self.client = paho_client(
+            BrokerConfig(host=HOST, port=port, keepalive_s=60),
+            ClientOptions(client_id=f"bench-{site}-{line}", max_inflight=window), self)
+        self.client.start()
 
-    def _on_connect(self, client: Client, userdata: object, flags: ConnectFlags,
-                    reason_code: ReasonCode, properties: Properties | None) -> None:
-        if not reason_code.is_failure:
-            self.connected.set()
+    def on_connect(self, session_present: bool) -> None:
+        self.connected.set()
 
-    def _on_publish(self, client: Client, userdata: object, mid: int, reason_code: ReasonCode,
-                    properties: Properties | None) -> None:
+    def on_publish_ack(self, mid: int, reason: Reason) -> None:
         self.acked += 1
         self.window.release()
 
@@ -104,11 +97,10 @@ class _Line:
         template = self.templates[kind]
         if not self.window.acquire(timeout=60.0):
             raise TimeoutError("no PUBACK from the broker for 60 s")
-        self.client.publish(template.topic, template.render(), qos=1)
+        self.client.publish(template.topic, template.render(), 1, False)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.client.stop()
 
 
 def publish_schedule(
@@ -166,16 +158,20 @@ def plain_subscriber(port: int, commands: Connection) -> None:
     received: dict[str, list[tuple[float, bytes]]] = defaultdict(list)
     subscribed = threading.Event()
 
-    def on_message(client: Client, userdata: object, message: MQTTMessage) -> None:
-        received[message.topic.split("/", 2)[1]].append((time.time(), bytes(message.payload)))
+    class Plain(MqttHandler):
+        def on_connect(self, session_present: bool) -> None:
+            client.subscribe(["$share/plain/lineguard/+/+/#"], 1)
 
-    client = Client(CallbackAPIVersion.VERSION2, client_id="bench-plain",
-                    protocol=MQTTProtocolVersion.MQTTv5)
-    client.on_message = on_message
-    client.on_subscribe = lambda *args: subscribed.set()
-    client.on_connect = lambda c, *a: c.subscribe("$share/plain/lineguard/+/+/#", qos=1)
-    client.connect(HOST, port, keepalive=60)
-    client.loop_start()
+        def on_subscribe_ack(self, mid: int, reasons: Sequence[Reason]) -> None:
+            subscribed.set()
+
+        def on_message(self, message: Inbound) -> None:
+            topic = message.topic or ""
+            received[topic.split("/", 2)[1]].append((time.time(), message.payload))
+
+    client = paho_client(BrokerConfig(host=HOST, port=port, keepalive_s=60),
+                         ClientOptions(client_id="bench-plain"), Plain())
+    client.start()
     if not subscribed.wait(30.0):
         raise TimeoutError("plain subscriber did not subscribe")
     commands.send("ready")
@@ -192,5 +188,4 @@ def plain_subscriber(port: int, commands: Connection) -> None:
         # Parse sent_at only now, outside the receive path.
         rows = [(int(t * 1000), _sent_ms(p)) for t, p in received[site]]
         commands.send((len(rows), rows))
-    client.disconnect()
-    client.loop_stop()
+    client.stop()

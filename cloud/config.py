@@ -8,9 +8,9 @@ Example::
 
     store: {path: /var/lib/lineguard-cloud/fleet.db}
     collector:
-      client_id: collector-a          # fixed per instance: it names the persistent session
       group: collectors               # instances in one group share the messages
-      broker:
+      broker:                         # the same keys as a line's `telemetry.broker`
+        client_id: collector-a        # fixed per instance: it names the persistent session
         host: mqtt.plant1.example
         port: 8883
         username: collector
@@ -36,10 +36,8 @@ from cloud.errors import ConfigError
 from protocol import ProtocolError, validate_id
 from protocol.backoff import BackoffConfig
 from protocol.configfile import ConfigFileError, load_config_file, validate_mapping
-
-# MQTT client ids: printable ASCII without spaces; mosquitto takes up to 65535 bytes,
-# MQTT 3.1.1 brokers only guarantee 23; keep them short and stable.
-CLIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+from protocol.mqtt_config import CLIENT_ID_PATTERN, BrokerSetupError
+from protocol.mqtt_config import BrokerConfig as MqttBrokerConfig
 
 
 class _Section(BaseModel):
@@ -57,64 +55,35 @@ def _read_secret(path: Path, what: str) -> SecretStr:
     return SecretStr(first)
 
 
-class TlsConfig(_Section):
-    """TLS to the broker. `ca_file` None: the system's trust store."""
+class BrokerConfig(MqttBrokerConfig):
+    """The shared broker settings (protocol/mqtt_config.py, the same keys as a line's
+    `telemetry.broker`) with a collector's defaults: a fixed client id, and short
+    reconnects: after a broker restart Mosquitto has forgotten the shared subscription
+    until the collector is back, and lines wait only `reconnect_settle_s` (10 s by
+    default) after their own reconnect before sending."""
 
-    ca_file: Path | None = None
-    # A client certificate, where the broker requires one (both or neither).
-    cert_file: Path | None = None
-    key_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _pair(self) -> TlsConfig:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together")
-        return self
-
-
-class BrokerConfig(_Section):
-    """Where the MQTT broker is and how to log in."""
-
-    host: str = Field("127.0.0.1", min_length=1, max_length=253)
-    port: int = Field(1883, ge=1, le=65535)
-    keepalive_s: int = Field(30, ge=5, le=3600)
-    username: str | None = Field(None, min_length=1, max_length=128)
-    password: SecretStr | None = None
-    password_file: Path | None = None
-    tls: TlsConfig | None = None
-    # Reconnect backoff: paho doubles the delay from min to max after each failure. Kept
-    # short: after a broker restart Mosquitto has forgotten the shared subscription until
-    # the collector is back, and lines wait only `reconnect_settle_s` (10 s by default)
-    # after their own reconnect before sending.
-    reconnect_min_s: int = Field(1, ge=1, le=60)
-    reconnect_max_s: int = Field(5, ge=1, le=3600)
-
-    @model_validator(mode="after")
-    def _check(self) -> BrokerConfig:
-        if self.password is not None and self.password_file is not None:
-            raise ValueError("set password or password_file, not both")
-        if self.reconnect_max_s < self.reconnect_min_s:
-            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
-        return self
+    client_id: str = Field("lineguard-collector-1", pattern=CLIENT_ID_PATTERN)
+    """Fixed per instance: the broker keeps this id's session (subscription and queued
+    QoS 1 messages) while the collector is down. Two live instances must never share it."""
+    reconnect: BackoffConfig = Field(
+        default_factory=lambda: BackoffConfig(initial_s=1.0, max_s=5.0))
 
     def secret(self) -> SecretStr | None:
         """The password, read from `password_file` if that is set. Raises ConfigError."""
-        if self.password_file is not None:
-            return _read_secret(self.password_file, "password")
-        return self.password
+        try:
+            return super().secret()
+        except BrokerSetupError as e:
+            raise ConfigError(str(e)) from e
 
 
 class CollectorConfig(_Section):
     """`lineguard cloud collect`: one collector instance."""
 
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
-    # Fixed per instance: the broker keeps this id's session (subscription and queued
-    # QoS 1 messages) while the collector is down. Two live instances must never share it.
-    client_id: str = Field("lineguard-collector-1", pattern=CLIENT_ID_PATTERN)
     # Instances with the same group split the fleet's messages (MQTT 5 shared subscription).
     group: str = "collectors"
     # Worker processes (validation is CPU-bound: one process uses one core). With K > 1
-    # the workers' client ids are `<client_id>-0` ... `<client_id>-<K-1>`; see
+    # the workers' client ids are `<broker.client_id>-0` ... `-<K-1>`; see
     # cloud/collector/workers.py before lowering K.
     workers: int = Field(1, ge=1, le=64)
     # Also subscribe (not shared) to every line's retained `status` and `model`: MQTT 5
@@ -133,6 +102,10 @@ class CollectorConfig(_Section):
     # After the first message of a batch, wait at most this long for more (0: commit as
     # soon as the queue is empty; more: fewer, larger commits under a trickle).
     batch_linger_ms: float = Field(0.0, ge=0.0, le=1000.0)
+    # Under load (a batch finds a tenth of batch_max already queued) wait up to this long
+    # for the batch to fill: the larger a commit, the fewer index pages it writes per
+    # message, so a burst is stored with less CPU per message; a trickle is not delayed.
+    busy_linger_ms: float = Field(50.0, ge=0.0, le=1000.0)
     # A failed commit (database locked, disk full) is retried after this backoff
     # (doubling up to the max); the batch is not acknowledged meanwhile. Shorter than a
     # reconnect's: a locked database frees up in milliseconds.

@@ -6,8 +6,11 @@ validated by versioned pydantic models (see `protocol.registry`); `decode` and `
 imports nothing else of lineguard. The contract for other teams is README.md here.
 
 It also holds the few helpers both processes share, each written once:
-`protocol.backoff` (retry policy), `protocol.atomic` (durable file writes) and
-`protocol.configfile` (YAML config files with errors that name the key).
+`protocol.backoff` (retry policy), `protocol.atomic` (durable file writes),
+`protocol.configfile` (YAML config files with errors that name the key), and the MQTT
+plumbing: `protocol.mqtt_config` (broker settings, one spelling for both processes) and
+`protocol.mqtt_client` (the paho client factory behind the `MqttClient` seam; imported
+on its own, so `import protocol` does not load paho).
 """
 
 from protocol.codec import MAX_PAYLOAD_BYTES, Outgoing, decode, encode, prepare, topic_of

@@ -15,7 +15,8 @@ this mark themselves `@pytest.mark.mqtt` and skip with `requires_mosquitto` wher
 broker is not installed.
 
 Invariants: every wait is bounded; a broker process is always reaped by `stop()`;
-`MqttProbe` never raises from a paho callback (they run on paho's thread).
+`MqttProbe` is the shared client of protocol/mqtt_client.py, which never lets a handler
+raise into paho's thread.
 """
 
 from __future__ import annotations
@@ -30,15 +31,23 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import SecretStr
+
+from protocol import Outgoing
+from protocol.mqtt_client import (
+    SUCCESS,
+    ClientOptions,
+    Inbound,
+    MqttHandler,
+    Reason,
+    paho_client,
+)
+from protocol.mqtt_config import BrokerConfig
 
 MOSQUITTO = Path("/usr/sbin/mosquitto")
 HOST = "127.0.0.1"
@@ -201,8 +210,9 @@ def start_broker(tmp_path: Path, conf_extra: str = "", port: int | None = None) 
     raise error
 
 
-class MqttProbe:
-    """An MQTT 5 test client: received messages go to a queue; every call waits bounded.
+class MqttProbe(MqttHandler):
+    """An MQTT 5 test client on the shared client of protocol/: received messages go to
+    a queue; every call waits bounded.
 
     Not a pytest test class (the name does not start with Test).
     """
@@ -220,102 +230,74 @@ class MqttProbe:
         self.port = port
         self.clean_start = clean_start
         self.session_expiry_s = session_expiry_s
-        self.messages: queue.Queue[MQTTMessage] = queue.Queue(maxsize=10_000)
-        self.connect_result: ReasonCode | None = None
-        self._connected = threading.Event()
+        self.messages: queue.Queue[Inbound] = queue.Queue(maxsize=10_000)
+        self.connect_result: Reason | None = None
+        self._will: Outgoing | None = None
         self._lock = threading.Condition()
-        self._acks: dict[int, list[ReasonCode]] = {}
-        self.client = Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
+        self._acks: dict[int, list[Reason]] = {}
+        self.client = paho_client(
+            BrokerConfig(
+                host=HOST, port=port, keepalive_s=30, username=username,
+                password=SecretStr(password) if password is not None else None,
+            ),
+            ClientOptions(client_id=client_id, clean_start=clean_start,
+                          session_expiry_s=session_expiry_s),
+            self,
         )
-        if username is not None:
-            self.client.username_pw_set(username, password)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
-        self.client.on_publish = self._on_publish
-        self.client.on_subscribe = self._on_subscribe
 
-    # -- paho callbacks (paho's network thread) --
-    def _on_connect(
-        self,
-        client: Client,
-        userdata: object,
-        flags: ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        self.connect_result = reason_code
-        self._connected.set()
+    # -- client events (the client's network thread) --
+    def will(self) -> Outgoing | None:
+        return self._will
 
-    def _on_disconnect(
-        self,
-        client: Client,
-        userdata: object,
-        flags: DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        self._connected.clear()
+    def on_connect(self, session_present: bool) -> None:
+        with self._lock:
+            self.connect_result = SUCCESS
+            self._lock.notify_all()
 
-    def _on_message(self, client: Client, userdata: object, message: MQTTMessage) -> None:
+    def on_connect_refused(self, reason: Reason) -> None:
+        with self._lock:
+            self.connect_result = reason
+            self._lock.notify_all()
+
+    def on_message(self, message: Inbound) -> None:
         # A test that lets 10,000 messages pile up has already failed; drop the rest.
         with contextlib.suppress(queue.Full):
             self.messages.put_nowait(message)
 
-    def _ack(self, mid: int, codes: list[ReasonCode]) -> None:
+    def _ack(self, mid: int, codes: list[Reason]) -> None:
         with self._lock:
             self._acks[mid] = codes
             self._lock.notify_all()
 
-    def _on_publish(
-        self,
-        client: Client,
-        userdata: object,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        self._ack(mid, [reason_code])
+    def on_publish_ack(self, mid: int, reason: Reason) -> None:
+        self._ack(mid, [reason])
 
-    def _on_subscribe(
-        self,
-        client: Client,
-        userdata: object,
-        mid: int,
-        reason_codes: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
-        self._ack(mid, list(reason_codes))
+    def on_subscribe_ack(self, mid: int, reasons: Sequence[Reason]) -> None:
+        self._ack(mid, list(reasons))
 
-    def _wait_ack(self, mid: int, timeout_s: float) -> list[ReasonCode]:
+    def _wait_ack(self, mid: int | None, timeout_s: float) -> list[Reason]:
         with self._lock:
-            if not self._lock.wait_for(lambda: mid in self._acks, timeout=timeout_s):
+            if mid is None or not self._lock.wait_for(lambda: mid in self._acks,
+                                                      timeout=timeout_s):
                 raise TimeoutError(f"no acknowledgement for message id {mid}")
             return self._acks.pop(mid)
 
     # -- API for tests --
     def will_set(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Register a last will; call before `connect`."""
-        self.client.will_set(topic, payload, qos=qos, retain=retain)
+        self._will = Outgoing(topic, payload, qos, retain)
 
-    def connect(self, timeout_s: float = 5.0) -> ReasonCode:
+    def connect(self, timeout_s: float = 5.0) -> Reason:
         """Connect and return the CONNACK reason code (a failure code does not raise).
 
         Raises TimeoutError if no CONNACK arrives within `timeout_s`.
         """
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = self.session_expiry_s
-        self._connected.clear()
-        self.connect_result = None
-        self.client.connect(
-            HOST, self.port, keepalive=30, clean_start=self.clean_start, properties=properties
-        )
-        self.client.loop_start()
-        deadline = time.monotonic() + timeout_s
-        while self.connect_result is None and time.monotonic() < deadline:
-            self._connected.wait(0.05)
-        result = self.connect_result
+        with self._lock:
+            self.connect_result = None
+        self.client.start()
+        with self._lock:
+            self._lock.wait_for(lambda: self.connect_result is not None, timeout=timeout_s)
+            result = self.connect_result
         if result is None:
             self.close()
             raise TimeoutError(f"no CONNACK from 127.0.0.1:{self.port}")
@@ -323,22 +305,20 @@ class MqttProbe:
             self.close()
         return result
 
-    def subscribe(self, topic: str, qos: int = 1, timeout_s: float = 5.0) -> list[ReasonCode]:
+    def subscribe(self, topic: str, qos: int = 1, timeout_s: float = 5.0) -> list[Reason]:
         """Subscribe and return the SUBACK reason codes (failure codes do not raise)."""
-        _, mid = self.client.subscribe(topic, qos=qos)
-        assert mid is not None
-        return self._wait_ack(mid, timeout_s)
+        return self._wait_ack(self.client.subscribe([topic], qos), timeout_s)
 
     def publish(
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, timeout_s: float = 5.0
-    ) -> ReasonCode | None:
+    ) -> Reason | None:
         """Publish; for QoS 1 wait for the PUBACK and return its reason code."""
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        mid = self.client.publish(topic, payload, qos, retain)
         if qos == 0:
             return None
-        return self._wait_ack(info.mid, timeout_s)[0]
+        return self._wait_ack(mid, timeout_s)[0]
 
-    def get(self, timeout_s: float = 5.0) -> MQTTMessage | None:
+    def get(self, timeout_s: float = 5.0) -> Inbound | None:
         """The next received message, or None after `timeout_s`."""
         try:
             return self.messages.get(timeout=timeout_s)
@@ -347,7 +327,7 @@ class MqttProbe:
 
     def received_until(
         self, topic: str, payload: bytes | None = None, timeout_s: float = 5.0
-    ) -> list[MQTTMessage]:
+    ) -> list[Inbound]:
         """All messages received up to and including the first one on `topic`
         (with exactly `payload`, if given).
 
@@ -356,7 +336,7 @@ class MqttProbe:
         one publisher's order, so anything it let through comes before the sentinel.
         """
         deadline = time.monotonic() + timeout_s
-        seen: list[MQTTMessage] = []
+        seen: list[Inbound] = []
         while (left := deadline - time.monotonic()) > 0:
             message = self.get(left)
             if message is None:
@@ -367,13 +347,9 @@ class MqttProbe:
         raise TimeoutError(f"nothing on {topic} within {timeout_s} s; got {len(seen)} others")
 
     def close(self) -> None:
-        """Disconnect (no will is sent) and stop paho's thread; safe to call twice."""
-        self.client.disconnect()
-        self.client.loop_stop()
+        """Disconnect (no will is sent) and stop the network thread; safe to call twice."""
+        self.client.stop()
 
     def drop(self) -> None:
         """Close the socket without DISCONNECT, so the broker publishes the will."""
-        self.client.loop_stop()
-        sock = self.client.socket()
-        if sock is not None:
-            sock.close()
+        self.client.abort()

@@ -40,7 +40,7 @@ def test_config_reference_covers_every_key(capsys: pytest.CaptureFixture[str]) -
     for heading, key in [("## `pipeline`", "`max_wait_ms`"), ("## `store.images`",
                                                                "`quota_bytes`"),
                          ("## `stations[].source` with `kind: stream`", "`url`"),
-                         ("## `collector`", "`client_id`"), ("## `api`", "`token_file`")]:
+                         ("## `collector.broker`", "`client_id`"), ("## `api`", "`token_file`")]:
         section = text[text.index(heading):]
         section = section[:section.index("\n## ", 1)] if "\n## " in section[1:] else section
         assert f"| {key} |" in section, (heading, key)

@@ -1,37 +1,21 @@
 """Configuration of the appliance's MQTT telemetry (pydantic, extra="forbid").
 
-Secrets (`password`) are `SecretStr`: they never appear in a repr, a log line or a
-validation error. Paths of TLS files are checked when the client is built, not here, so
+The broker settings (`telemetry.broker`) are the shared `BrokerConfig` of
+protocol/mqtt_config.py, spelled exactly as the cloud collector's `collector.broker`.
+Secrets are `SecretStr`: they never appear in a repr, a log line or a validation error.
+Paths of TLS and password files are read when the client is built, not here, so
 `check-config` on another machine does not need the files.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from protocol.mqtt_config import BrokerConfig, TlsConfig
 
-class TlsConfig(BaseModel):
-    """TLS to the broker: the CA that signed the broker's certificate and, for brokers
-    that require client certificates, this line's certificate and key (PEM files)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    ca_path: Path | None = None
-    """CA bundle to verify the broker with; None: the system's default CAs."""
-    cert_path: Path | None = None
-    key_path: Path | None = None
-    check_hostname: bool = True
-    """Verify that the broker's certificate names `host`. Turn off only for a broker
-    reached by an address its certificate does not list (the chain is still verified)."""
-
-    @model_validator(mode="after")
-    def _cert_and_key(self) -> TlsConfig:
-        if (self.cert_path is None) != (self.key_path is None):
-            raise ValueError("cert_path and key_path go together (client certificate)")
-        return self
+__all__ = ["BrokerConfig", "TelemetryConfig", "TlsConfig"]
 
 
 class TelemetryConfig(BaseModel):
@@ -44,19 +28,10 @@ class TelemetryConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
-    host: str = Field("127.0.0.1", min_length=1, max_length=253)
-    port: int = Field(1883, ge=1, le=65535)
-    client_id: str | None = Field(None, min_length=1, max_length=64)
-    """MQTT client id; None: `lineguard-<site>-<line>`."""
-    username: str | None = Field(None, min_length=1, max_length=256)
-    password: SecretStr | None = None
-    tls: TlsConfig | None = None
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    """Where the broker is and how to log in; `client_id` None: `lineguard-<site>-<line>`."""
     protocol: Literal["auto", "5", "3.1.1"] = "auto"
     """`auto`: MQTT 5, falling back to 3.1.1 if the broker refuses the protocol version."""
-    keepalive_s: int = Field(30, ge=5, le=3600)
-    reconnect_min_s: int = Field(1, ge=1, le=3600)
-    """First reconnect delay; it doubles after each failed attempt up to reconnect_max_s."""
-    reconnect_max_s: int = Field(60, ge=1, le=86_400)
     offline_alarm_s: float = Field(60.0, gt=0.0, le=86_400.0)
     """Raise a `telemetry_offline` event after the broker was unreachable this long."""
 
@@ -83,13 +58,14 @@ class TelemetryConfig(BaseModel):
     flush_interval_ms: int = Field(20, ge=1, le=10_000)
     """Longest a handed-over message waits before it is written to the outbox."""
     busy_timeout_ms: int = Field(2000, ge=0, le=60_000)
-    """SQLite busy timeout of the outbox connection (the store's writer shares the file)."""
+    """SQLite busy timeout of the outbox's read-only connection (all writes go through the
+    store's single writer thread)."""
     reconnect_settle_s: float = Field(10.0, ge=0.0, le=600.0)
     """After a reconnect (not the first connect of the process) only the `status` goes
     out at once; outbox messages wait this long, so that collectors can subscribe again
     first: after a broker restart Mosquitto restores sessions but not their shared
     subscriptions, and what is published before a collector is back never reaches it.
-    Keep it above the collectors' `reconnect_max_s`."""
+    Keep it above the collectors' `broker.reconnect.max_s`."""
     unrouted_retry_s: float = Field(2.0, ge=0.1, le=300.0)
     """MQTT 5 only: when the broker acknowledges a message with "no matching
     subscribers" (0x10; e.g. just after a broker restart, before the collector's shared
@@ -101,12 +77,8 @@ class TelemetryConfig(BaseModel):
 
     @model_validator(mode="after")
     def _bounds(self) -> TelemetryConfig:
-        if self.reconnect_max_s < self.reconnect_min_s:
-            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
         if self.outbox_hard_max_rows < self.outbox_max_rows:
             raise ValueError("outbox_hard_max_rows must be >= outbox_max_rows")
         if self.backlog_inflight_max > self.inflight_max:
             raise ValueError("backlog_inflight_max must be <= inflight_max")
-        if self.password is not None and self.username is None:
-            raise ValueError("password needs a username")
         return self

@@ -53,6 +53,7 @@ from appliance.telemetry.outbox import NewMessage, Outbox, WriteResult
 from appliance.telemetry.sender import SendWindow
 from protocol import Message, MetricsMessage, OutboxStats, Outgoing, ProtocolError, prepare
 from protocol.backoff import Backoff, BackoffConfig
+from protocol.mqtt_client import ClientFactory, paho_client
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class Publisher:
         first_message: Callable[[], Outgoing | None],
         on_event: EventSink | None = None,
         clock: Callable[[], float] = time.time,
+        client_factory: ClientFactory = paho_client,
     ) -> None:
         self._cfg = cfg
         self._outbox = outbox
@@ -115,6 +117,7 @@ class Publisher:
         self.connection = BrokerConnection(
             cfg, client_id=client_id, will=will, first_message=first_message,
             on_up=self._note_up, on_down=self._note_down, on_ack=self._note_ack,
+            client_factory=client_factory,
         )
         self._pending: deque[tuple[str, Build]] = deque()
         self._wake = threading.Event()
@@ -432,8 +435,8 @@ class Publisher:
                 down_s > self._cfg.offline_alarm_s:
             self._offline_alarmed = True
             self._event("telemetry_offline", "warning",
-                        f"MQTT broker {self._cfg.host}:{self._cfg.port} unreachable for "
-                        f"{down_s:.0f} s; messages wait in the outbox",
+                        f"MQTT broker {self._cfg.broker.host}:{self._cfg.broker.port} "
+                        f"unreachable for {down_s:.0f} s; messages wait in the outbox",
                         outbox_depth=self._outbox.depth, last_error=self.connection.last_error)
 
     def _event(self, kind: str, severity: Severity, message: str, **data: EventValue) -> None:

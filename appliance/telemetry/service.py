@@ -108,7 +108,7 @@ class Telemetry:
         self._clock = clock
         self._record_event = record_event
         self._app_version = app_version
-        self._client_id = cfg.client_id or f"lineguard-{site}-{line}"
+        self._client_id = cfg.broker.client_id or f"lineguard-{site}-{line}"
         self.window = VerdictWindow()
         self._gauges: Gauges | None = None
         self._status_key: tuple[object, ...] | None = None
@@ -153,7 +153,8 @@ class Telemetry:
                                         daemon=True)
         self._ticker.start()
         logger.info("telemetry for %s/%s: broker %s:%d, outbox %s (%d waiting)", self.site,
-                    self.line, cfg.host, cfg.port, self._db.path, self._outbox.depth)
+                    self.line, cfg.broker.host, cfg.broker.port, self._db.path,
+                    self._outbox.depth)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Send the last metrics window, write everything handed over to the outbox,

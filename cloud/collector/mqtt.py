@@ -1,11 +1,12 @@
-"""The collector's MQTT session (paho-mqtt 2, MQTT 5): a persistent shared subscription
-whose QoS 1 messages are acknowledged only when the caller says so.
+"""The collector's MQTT session: what is specific to a collector on top of the shared
+MQTT client (protocol/mqtt_client.py): a persistent MQTT 5 shared subscription whose
+QoS 1 messages are acknowledged only when the caller says so.
 
 Invariants:
 - clean_start is off and the session expires `session_expiry_s` after we go away, with
   a fixed client id, so the broker queues what is published while we are down and
   resends what we received but did not acknowledge.
-- paho never acknowledges on its own (`manual_ack=True`); `ack` is called after the
+- The client never acknowledges on its own (manual acks); `ack` is called after the
   batch is committed. An ack is sent only on the connection that delivered the message
   (the broker resends unacknowledged messages on the next one).
 - We never unsubscribe: dropping the subscription from the session would lose what is
@@ -13,31 +14,35 @@ Invariants:
 - Besides the shared subscription, each collector subscribes (not shared) to every
   line's retained `status` and `model`, which MQTT 5 never sends to shared
   subscriptions; those messages then arrive more than once, and the store keeps one.
-- paho's callbacks never raise; a refused connection or subscription is logged (and the
-  latter reported through `failure`), never taken for success.
+- Nothing here raises into the client's network thread (the shared client logs and
+  counts what a handler raises); a refused connection or subscription is logged (and
+  the latter reported through `failure`), never taken for success.
 """
 
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import SecretStr
 
 from cloud.collector.validate import UNDECODABLE_TOPIC, Delivery
 from cloud.config import CollectorConfig
 from cloud.errors import CollectorError
 from protocol import TopicKind, shared_fleet_filter
+from protocol.mqtt_client import (
+    ClientFactory,
+    ClientOptions,
+    Inbound,
+    MqttClient,
+    MqttHandler,
+    Reason,
+    paho_client,
+)
+from protocol.mqtt_config import BrokerSetupError
 from protocol.topics import TOPIC_ROOT
 
 logger = logging.getLogger(__name__)
@@ -47,9 +52,9 @@ _QOS: Final = 1
 _BARRIER_FILTER: Final = "lineguard-collector/flush-barrier"
 
 
-class MqttSession:
-    """One collector's connection. `deliver` is called on paho's thread for every
-    message; it must be quick and must not raise."""
+class MqttSession(MqttHandler):
+    """One collector's connection. `deliver` is called on the client's thread for every
+    message; it must be quick."""
 
     def __init__(
         self,
@@ -58,8 +63,10 @@ class MqttSession:
         deliver: Callable[[Delivery], None],
         *,
         clock: Callable[[], float] = time.time,
+        client_factory: ClientFactory = paho_client,
     ) -> None:
         self._cfg = cfg
+        self._client_id = cfg.broker.client_id
         self._deliver = deliver
         self._clock = clock
         self.topic_filter = shared_fleet_filter(cfg.group)
@@ -76,94 +83,61 @@ class MqttSession:
         self.subscribed = threading.Event()
         # Set (with a message) when the broker refuses our subscription: fatal.
         self.failure: str | None = None
-        self._client = Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
+        broker = cfg.broker
+        if password is not None:  # read once by the caller (e.g. before forking workers)
+            broker = broker.model_copy(update={"password": password, "password_file": None})
+        options = ClientOptions(
+            client_id=self._client_id, version="5", clean_start=False,
+            session_expiry_s=cfg.session_expiry_s, receive_maximum=cfg.receive_maximum,
             manual_ack=True,
         )
-        broker = cfg.broker
-        if broker.username is not None:
-            self._client.username_pw_set(
-                broker.username, password.get_secret_value() if password else None
-            )
-        if broker.tls is not None:
-            try:
-                self._client.tls_set(
-                    ca_certs=str(broker.tls.ca_file) if broker.tls.ca_file else None,
-                    certfile=str(broker.tls.cert_file) if broker.tls.cert_file else None,
-                    keyfile=str(broker.tls.key_file) if broker.tls.key_file else None,
-                )
-            except (OSError, ssl.SSLError, ValueError) as e:
-                raise CollectorError(f"cannot set up TLS to the broker: {e}") from e
-        self._client.reconnect_delay_set(broker.reconnect_min_s, broker.reconnect_max_s)
-        self._client.on_connect = self._on_connect
-        self._client.on_connect_fail = self._on_connect_fail
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
-        self._client.on_unsubscribe = self._on_unsubscribe
+        try:
+            self._client: MqttClient = client_factory(broker, options, self)
+        except BrokerSetupError as e:
+            raise CollectorError(f"collector.broker: {e}") from e
 
-    # ---- paho callbacks (paho's network thread; never raise)
+    @property
+    def callback_errors(self) -> int:
+        """Exceptions raised by our handlers on the client's thread (logged)."""
+        return self._client.callback_errors
 
-    def _on_connect(
-        self,
-        client: Client,
-        userdata: object,
-        flags: ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason_code.is_failure:
-            logger.error(
-                "broker %s:%d refused the collector %s: %s; retrying with backoff",
-                self._cfg.broker.host, self._cfg.broker.port, self._cfg.client_id, reason_code,
-            )
-            return
+    # ---- client events (the client's network thread)
+
+    def on_connect_refused(self, reason: Reason) -> None:
+        logger.error(
+            "broker %s:%d refused the collector %s: %s; retrying with backoff",
+            self._cfg.broker.host, self._cfg.broker.port, self._client_id, reason,
+        )
+
+    def on_connect(self, session_present: bool) -> None:
         self.generation += 1
-        if self.generation > 1 and not flags.session_present:
+        if self.generation > 1 and not session_present:
             logger.warning(
                 "the broker had no session for %s (expired or broker state lost): messages "
-                "published while the collector was away may be missing", self._cfg.client_id,
+                "published while the collector was away may be missing", self._client_id,
             )
         logger.info(
             "connected to %s:%d as %s (session present: %s)", self._cfg.broker.host,
-            self._cfg.broker.port, self._cfg.client_id, flags.session_present,
+            self._cfg.broker.port, self._client_id, session_present,
         )
         self.connected.set()
         # Always (re)subscribe: harmless when the session kept it, essential when not.
-        options = SubscribeOptions(qos=_QOS)
-        client.subscribe([(f, options) for f in (self.topic_filter, *self.state_filters)])
+        self._client.subscribe([self.topic_filter, *self.state_filters], _QOS)
 
-    def _on_connect_fail(self, client: Client, userdata: object) -> None:
+    def on_connect_fail(self) -> None:
         logger.warning(
             "cannot reach the broker %s:%d; retrying with backoff",
             self._cfg.broker.host, self._cfg.broker.port,
         )
 
-    def _on_disconnect(
-        self,
-        client: Client,
-        userdata: object,
-        flags: DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        was_connected = self.connected.is_set()
+    def on_disconnect(self, reason: Reason) -> None:
         self.connected.clear()
         self.subscribed.clear()
-        if was_connected and reason_code.is_failure:
-            logger.warning("disconnected from the broker: %s; reconnecting", reason_code)
+        if reason.is_failure:
+            logger.warning("disconnected from the broker: %s; reconnecting", reason)
 
-    def _on_subscribe(
-        self,
-        client: Client,
-        userdata: object,
-        mid: int,
-        reason_codes: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
-        failed = [code for code in reason_codes if code.is_failure]
+    def on_subscribe_ack(self, mid: int, reasons: Sequence[Reason]) -> None:
+        failed = [code for code in reasons if code.is_failure]
         if failed:
             self.failure = (
                 f"the broker refused a subscription of {self.topic_filter} "
@@ -175,47 +149,29 @@ class MqttSession:
         logger.info("subscribed to %s", " ".join((self.topic_filter, *self.state_filters)))
         self.subscribed.set()
 
-    def _on_unsubscribe(
-        self,
-        client: Client,
-        userdata: object,
-        mid: int,
-        reason_codes: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
+    def on_unsubscribe_ack(self, mid: int) -> None:
         with self._barrier:
             self._barriers_done.add(mid)
             self._barrier.notify_all()
 
-    def _on_message(self, client: Client, userdata: object, message: MQTTMessage) -> None:
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:
-            topic = UNDECODABLE_TOPIC
+    def on_message(self, message: Inbound) -> None:
         self._deliver(Delivery(
-            topic=topic, payload=bytes(message.payload), mid=message.mid, qos=message.qos,
+            topic=UNDECODABLE_TOPIC if message.topic is None else message.topic,
+            payload=message.payload, mid=message.mid, qos=message.qos,
             received_at_ms=int(self._clock() * 1000), generation=self.generation,
         ))
 
     # ---- API
 
     def start(self) -> None:
-        """Start connecting in the background (paho's thread retries with backoff).
+        """Start connecting in the background (the client's thread retries with backoff).
 
         Raises CollectorError if the broker address cannot even be used.
         """
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = self._cfg.session_expiry_s
-        properties.ReceiveMaximum = self._cfg.receive_maximum
-        broker = self._cfg.broker
         try:
-            self._client.connect_async(
-                broker.host, broker.port, keepalive=broker.keepalive_s, clean_start=False,
-                properties=properties,
-            )
-        except (OSError, ValueError) as e:
-            raise CollectorError(f"cannot connect to {broker.host}:{broker.port}: {e}") from e
-        self._client.loop_start()
+            self._client.start()
+        except BrokerSetupError as e:
+            raise CollectorError(str(e)) from e
 
     def ack(self, deliveries: Sequence[Delivery]) -> int:
         """Acknowledge the QoS 1/2 deliveries of the current connection; return how many.
@@ -224,15 +180,9 @@ class MqttSession:
         store de-duplicates them.
         """
         generation = self.generation
-        sent = 0
-        for d in deliveries:
-            if (
-                d.qos > 0
-                and d.generation == generation
-                and self._client.ack(d.mid, d.qos) == MQTTErrorCode.MQTT_ERR_SUCCESS
-            ):
-                sent += 1
-        return sent
+        ack = self._client.ack
+        return sum(1 for d in deliveries
+                   if d.qos > 0 and d.generation == generation and ack(d.mid, d.qos))
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Return once the broker has processed everything sent before (our acks);
@@ -246,8 +196,8 @@ class MqttSession:
         """
         if not self.connected.is_set():
             return False
-        rc, mid = self._client.unsubscribe(_BARRIER_FILTER)
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+        mid = self._client.unsubscribe(_BARRIER_FILTER)
+        if mid is None:
             return False
         with self._barrier:
             done = self._barrier.wait_for(lambda: mid in self._barriers_done, timeout_s)
@@ -256,9 +206,6 @@ class MqttSession:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Send the queued acks, then DISCONNECT (the broker keeps the session) and
-        stop paho's thread, waiting at most about `timeout_s`."""
-        self._client.disconnect()
-        deadline = time.monotonic() + timeout_s
-        while self.connected.is_set() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        self._client.loop_stop()
+        stop the client's thread, waiting at most about `timeout_s`."""
+        self._client.stop(timeout_s)
+        self.connected.clear()

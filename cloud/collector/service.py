@@ -29,6 +29,7 @@ from cloud.collector.validate import Delivery
 from cloud.collector.writer import BatchWriter, WriterStats
 from cloud.config import CollectorConfig
 from cloud.fleet import FleetStore, IngestResult
+from protocol.mqtt_client import ClientFactory, paho_client
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class Collector:
         password: SecretStr | None = None,
         clock: Callable[[], float] = time.time,
         on_committed: Callable[[Sequence[Delivery], IngestResult], None] | None = None,
+        client_factory: ClientFactory = paho_client,
     ) -> None:
         self._cfg = cfg
         self._queue: queue.Queue[Delivery] = queue.Queue(maxsize=cfg.queue_max_messages)
@@ -65,13 +67,15 @@ class Collector:
         self._dropped_lock = threading.Lock()
         self._dropped_qos0 = 0
         self._dropped_unreported = 0
-        self._session = MqttSession(cfg, password, self._deliver, clock=clock)
+        self._session = MqttSession(cfg, password, self._deliver, clock=clock,
+                                    client_factory=client_factory)
         self._writer = BatchWriter(
             self._queue, store, self._session.ack,
-            collector_id=cfg.client_id,
+            collector_id=cfg.broker.client_id,
             batch_max_messages=cfg.batch_max_messages,
             batch_linger_ms=cfg.batch_linger_ms,
             retry=cfg.store_retry,
+            busy_linger_ms=cfg.busy_linger_ms,
             take_counters=self._take_counters,
             on_committed=on_committed,
         )
@@ -149,7 +153,7 @@ class Collector:
         logger.info(
             "collector %s: received %d, stored %d, duplicates %d, quarantined %d %s, "
             "dropped qos0 %d, acked %d, batches %d, store retries %d, queue %d, connected %s",
-            self._cfg.client_id, w.received, w.stored, w.duplicates, w.quarantined,
+            self._cfg.broker.client_id, w.received, w.stored, w.duplicates, w.quarantined,
             w.quarantined_by_reason or "", s.dropped_qos0, w.acked, w.batches,
             w.store_retries, s.queue_depth, s.connected,
         )

@@ -1,7 +1,7 @@
 """Several collector processes in one command: `collector.workers: K`.
 
 Validation is CPU-bound Python, so one process tops out at one core. K worker
-processes, each a full `Collector` with client id `<client_id>-<k>` in the same shared
+processes, each a full `Collector` with client id `<broker.client_id>-<k>` in the same shared
 subscription group, split the fleet's messages between them (the broker deals them out)
 and write to the same fleet store. This is the same thing as running K collectors by
 hand, supervised by one parent.
@@ -50,7 +50,8 @@ _FATAL_EXIT: Final = 2
 
 def worker_config(cfg: CollectorConfig, index: int) -> CollectorConfig:
     """Worker `index`'s config: its own fixed client id, one worker."""
-    return cfg.model_copy(update={"client_id": f"{cfg.client_id}-{index}", "workers": 1})
+    broker = cfg.broker.model_copy(update={"client_id": f"{cfg.broker.client_id}-{index}"})
+    return cfg.model_copy(update={"broker": broker, "workers": 1})
 
 
 def run_collector(
@@ -113,11 +114,11 @@ class WorkerPool:
         cfg = worker_config(self._cfg, slot.index)
         process = self._ctx.Process(
             target=_worker_main, args=(cfg, self._store_cfg, self._password, os.getpid()),
-            name=f"collector-{cfg.client_id}",
+            name=f"collector-{cfg.broker.client_id}",
         )
         process.start()
         slot.process, slot.started_at, slot.restart_at = process, time.monotonic(), None
-        logger.info("started collector worker %s (pid %s)", cfg.client_id, process.pid)
+        logger.info("started collector worker %s (pid %s)", cfg.broker.client_id, process.pid)
 
     def run(self, stop: threading.Event) -> int:
         """Start the workers and supervise them until `stop`; returns an exit status."""

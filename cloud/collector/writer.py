@@ -29,6 +29,8 @@ from protocol.backoff import Backoff, BackoffConfig
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.1
+# A batch that found at least 1/N of its maximum already queued is "busy" (see _take).
+_BUSY_FRACTION = 10
 
 
 @dataclass
@@ -59,6 +61,7 @@ class BatchWriter:
         batch_max_messages: int,
         batch_linger_ms: float,
         retry: BackoffConfig,
+        busy_linger_ms: float = 0.0,
         take_counters: Callable[[], dict[str, int]] = dict,
         on_committed: Callable[[Sequence[Delivery], IngestResult], None] | None = None,
     ) -> None:
@@ -69,6 +72,7 @@ class BatchWriter:
         self._batch_max = batch_max_messages
         self._linger_s = batch_linger_ms / 1000.0
         self._retry = retry
+        self._busy_linger_s = busy_linger_ms / 1000.0
         self._take_counters = take_counters
         self._on_committed = on_committed
         self._stop = threading.Event()
@@ -116,13 +120,20 @@ class BatchWriter:
         except queue.Empty:
             return []
         batch = [first]
-        linger_until = time.monotonic() + (self._linger_s if linger else 0.0)
+        started = time.monotonic()
+        linger_until = started + (self._linger_s if linger else 0.0)
+        busy = False
         while len(batch) < limit:
             try:
                 batch.append(self._queue.get_nowait())
                 continue
             except queue.Empty:
                 pass
+            if linger and not busy and len(batch) >= max(2, limit // _BUSY_FRACTION):
+                # Messages arrive faster than batches commit: wait a little for more,
+                # since a commit costs much the same for 50 messages as for 500.
+                busy = True
+                linger_until = max(linger_until, started + self._busy_linger_s)
             left = linger_until - time.monotonic()
             if left <= 0:
                 break

@@ -19,6 +19,7 @@ from typing import Any
 from cloud.collector import Collector
 from cloud.config import BrokerConfig, CollectorConfig, FleetStoreConfig
 from cloud.fleet import FleetStore
+from protocol.backoff import BackoffConfig
 
 _COUNTED = {"defect_events", "model_reports", "metrics"}
 
@@ -29,8 +30,9 @@ class FleetRig:
         # retained_state off: its second subscription would deliver status and model
         # messages twice (stored once either way, but counted as duplicates)
         self.collector = Collector(CollectorConfig(
-            client_id=client_id, group="test", retained_state=False,
-            broker=BrokerConfig(port=port, reconnect_min_s=1, reconnect_max_s=2),
+            group="test", retained_state=False,
+            broker=BrokerConfig(port=port, client_id=client_id,
+                                reconnect=BackoffConfig(initial_s=1, max_s=2)),
             log_interval_s=0, stop_timeout_s=5,
         ), self.store)
 

@@ -1,25 +1,23 @@
 """Helpers for the telemetry tests: a migrated database, records, and a collector
-stand-in (a plain paho client that records what arrives, by msg_id)."""
+stand-in (the shared MQTT client of protocol/, recording what arrives, by msg_id)."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from appliance.records import DefectRecord, InspectionRecord
 from appliance.telemetry import TelemetryConfig
 from protocol import Message, ProtocolError, decode, fleet_filter
+from protocol.backoff import BackoffConfig
+from protocol.mqtt_client import ClientOptions, Inbound, MqttHandler, Reason, paho_client
+from protocol.mqtt_config import BrokerConfig
 
 # Not imported from tests.mqtt_broker: the child process (telemetry_child.py) imports
 # this module, and pytest (which tests.mqtt_broker imports) would double its start time.
@@ -51,13 +49,18 @@ def wait_for(predicate: Callable[[], object], timeout_s: float) -> bool:
     return False
 
 
+_BROKER_KEYS = frozenset(BrokerConfig.model_fields)
+
+
 def telemetry_cfg(port: int, **overrides: Any) -> TelemetryConfig:
-    """A config for a test broker on 127.0.0.1: fast reconnects and windows."""
-    base: dict[str, Any] = {
+    """A config for a test broker on 127.0.0.1: fast reconnects and windows. Overrides
+    named like a broker setting (`username`, `tls`, `client_id`, ...) go to `broker`."""
+    broker: dict[str, Any] = {
         "host": HOST,
         "port": port,
-        "reconnect_min_s": 1,
-        "reconnect_max_s": 2,
+        "reconnect": {"initial_s": 1, "max_s": 2},
+    }
+    base: dict[str, Any] = {
         "metrics_interval_s": 1.0,
         "status_poll_s": 0.2,
         "backlog_rate_per_s": 2000.0,
@@ -65,8 +68,9 @@ def telemetry_cfg(port: int, **overrides: Any) -> TelemetryConfig:
         "reconnect_settle_s": 3.0,
         "stop_grace_s": 2.0,
     }
-    base.update(overrides)
-    return TelemetryConfig.model_validate(base)
+    for key, value in overrides.items():
+        (broker if key in _BROKER_KEYS else base)[key] = value
+    return TelemetryConfig.model_validate({**base, "broker": broker})
 
 
 def record(i: int, verdict: str = "fail", station: str = "top", now: float | None = None,
@@ -87,7 +91,7 @@ def record(i: int, verdict: str = "fail", station: str = "top", now: float | Non
     )
 
 
-class Collector:
+class Collector(MqttHandler):
     """The cloud collector's stand-in: a persistent MQTT 5 session (survives a broker
     restart) subscribed once to `lineguard/+/+/#`; every message is decoded with the
     protocol and recorded. Thread-safe; every wait is bounded."""
@@ -101,38 +105,39 @@ class Collector:
         self.by_kind: dict[str, list[Message]] = defaultdict(list)
         self.errors: list[str] = []
         self.connected = threading.Event()
-        self.subscribed = threading.Event()  # the SUBACK came (or the session kept it)
-        self.client = Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=MQTTProtocolVersion.MQTTv5)
-        self.client.reconnect_delay_set(1, 1)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.subscribed = threading.Event()
+        # clean_start False from the first connect: mosquitto 2.0 does not keep (through a
+        # restart) the session of a client that ever connected with clean_start True
+        self.client = paho_client(
+            BrokerConfig(host=HOST, port=port, reconnect=BackoffConfig(initial_s=1, max_s=1)),
+            ClientOptions(client_id=client_id, clean_start=False, session_expiry_s=600),
+            self,
+        )
 
-    def _on_connect(self, client: Client, userdata: object, flags: ConnectFlags,
-                    reason_code: ReasonCode, properties: Properties | None) -> None:
-        if reason_code.is_failure:
-            return
-        if not flags.session_present:  # a resumed session keeps its subscription
-            client.subscribe(fleet_filter(), qos=1)
-        else:
+    def on_connect(self, session_present: bool) -> None:
+        if session_present:  # a resumed session keeps its subscription
             self.subscribed.set()
+        else:
+            self.client.subscribe([fleet_filter()], 1)
         self.connected.set()
 
-    def _on_disconnect(self, client: Client, userdata: object, flags: DisconnectFlags,
-                       reason_code: ReasonCode, properties: Properties | None) -> None:
+    def on_subscribe_ack(self, mid: int, reasons: Sequence[Reason]) -> None:
+        if not any(r.is_failure for r in reasons):
+            self.subscribed.set()
+
+    def on_disconnect(self, reason: Reason) -> None:
         self.connected.clear()
 
-    def _on_message(self, client: Client, userdata: object, message: MQTTMessage) -> None:
+    def on_message(self, message: Inbound) -> None:
+        topic = message.topic or "<not UTF-8>"
         try:
-            decoded = decode(message.topic, message.payload)
+            decoded = decode(topic, message.payload)
         except ProtocolError as e:
             with self.lock:
-                self.errors.append(f"{message.topic}: {e}")
+                self.errors.append(f"{topic}: {e}")
             return
         with self.lock:
-            self.messages.append((message.topic, decoded))
+            self.messages.append((topic, decoded))
             self.arrived_at.append(time.monotonic())
             self.seen[decoded.msg_id] += 1
             if self.seen[decoded.msg_id] == 1:
@@ -140,17 +145,11 @@ class Collector:
             self.lock.notify_all()
 
     def connect(self, timeout_s: float = 10.0) -> None:
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = 600
-        # clean_start False from the first connect: mosquitto 2.0 does not keep (through a
-        # restart) the session of a client that ever connected with clean_start True
-        self.client.connect(HOST, self.port, keepalive=30, clean_start=False,
-                            properties=properties)
-        self.client.loop_start()
-        if not self.connected.wait(timeout_s):
-            raise TimeoutError(f"collector did not connect to {HOST}:{self.port}")
-        if not self.subscribed.wait(timeout_s):  # what is published before it is lost
-            raise TimeoutError(f"collector did not subscribe on {HOST}:{self.port}")
+        """Connect and wait until the subscription is in place (SUBACK, or a resumed
+        session that keeps it). Raises TimeoutError."""
+        self.client.start()
+        if not self.subscribed.wait(timeout_s):
+            raise TimeoutError(f"collector not subscribed on {HOST}:{self.port}")
 
     def wait_until(self, predicate: Callable[[Collector], bool], timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -178,5 +177,4 @@ class Collector:
             return sum(n - 1 for n in self.seen.values())
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.client.stop()

@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(180), requires_mosquitto]
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo" / "bundle"
 
 
-def config(tmp_path: Path, port: int, **telemetry: Any) -> ApplianceConfig:
+def config(tmp_path: Path, port: int, broker: dict[str, Any] | None = None,
+           **telemetry: Any) -> ApplianceConfig:
     return load_config(None, {
         "site": "plant-a", "line": "line-7",
         "data_dir": str(tmp_path / "data"),
@@ -30,7 +31,8 @@ def config(tmp_path: Path, port: int, **telemetry: Any) -> ApplianceConfig:
         "model": {"bundle": str(DEMO)},
         "engine": {"intra_op_threads": 1},
         "pipeline": {"overflow": "block"},
-        "telemetry": {"port": port, "metrics_interval_s": 0.5, **telemetry},
+        "telemetry": {"broker": {"port": port, **(broker or {})}, "metrics_interval_s": 0.5,
+                      **telemetry},
     })
 
 
@@ -76,7 +78,7 @@ def test_run_publishes_status_model_metrics_and_every_defect(tmp_path: Path) -> 
 
 def test_without_a_broker_every_part_is_still_judged(tmp_path: Path) -> None:
     port = 1  # nothing listens there: telemetry keeps its outbox and retries
-    cfg = config(tmp_path, port, reconnect_min_s=1, reconnect_max_s=1)
+    cfg = config(tmp_path, port, broker={"reconnect": {"initial_s": 1, "max_s": 1}})
     summary = App(cfg, max_frames=12, require_model=True).run(threading.Event())
     assert summary.frames == 12
     conn = sqlite3.connect(cfg.store.path)

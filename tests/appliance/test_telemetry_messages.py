@@ -219,14 +219,14 @@ def test_model_ref_survives_a_label_the_wire_cannot_carry() -> None:
 
 
 def test_config_is_strict_and_keeps_secrets_out_of_sight() -> None:
-    cfg = TelemetryConfig.model_validate({"username": "line-7", "password": "s3cret"})
+    cfg = TelemetryConfig.model_validate({"broker": {"username": "line-7", "password": "s3cret"}})
     assert "s3cret" not in repr(cfg) and "s3cret" not in str(cfg.model_dump())
     with pytest.raises(ValidationError, match="extra"):
         TelemetryConfig.model_validate({"hots": "broker"})
     with pytest.raises(ValidationError, match="password needs a username"):
-        TelemetryConfig.model_validate({"password": "x"})
-    with pytest.raises(ValidationError, match="cert_path and key_path"):
-        TelemetryConfig.model_validate({"tls": {"cert_path": "/a.pem"}})
+        TelemetryConfig.model_validate({"broker": {"password": "x"}})
+    with pytest.raises(ValidationError, match="cert_file and key_file"):
+        TelemetryConfig.model_validate({"broker": {"tls": {"cert_file": "/a.pem"}}})
     with pytest.raises(ValidationError, match="backlog_inflight_max"):
         TelemetryConfig.model_validate({"inflight_max": 4, "backlog_inflight_max": 8})
 

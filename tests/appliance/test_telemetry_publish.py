@@ -185,7 +185,7 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[Broker, dict[str, Path]]]:
 
 def tls_cfg(port: int, pki: dict[str, Path], password: str) -> TelemetryConfig:
     return telemetry_cfg(port, username=LINE, password=password, tls={
-        "ca_path": pki["ca.pem"], "cert_path": pki["client.pem"], "key_path": pki["client.key"],
+        "ca_file": pki["ca.pem"], "cert_file": pki["client.pem"], "key_file": pki["client.key"],
     })
 
 

@@ -146,7 +146,7 @@ def write_config(path: Path, port: int, db: Path, client_id: str = "collector-te
 
     doc = {
         "store": {"path": str(db)},
-        "collector": {"client_id": client_id, "broker": {"port": port},
+        "collector": {"broker": {"port": port, "client_id": client_id},
                       "log_interval_s": 1.0, **collector},
     }
     path.write_text(yaml.safe_dump(doc), "utf-8")

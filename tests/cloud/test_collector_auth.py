@@ -7,13 +7,13 @@ import subprocess
 import threading
 
 import pytest
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr
 
 from cloud.collector import Collector
 from cloud.config import BrokerConfig, CollectorConfig, FleetStoreConfig
 from cloud.fleet import FleetStore
+from protocol.backoff import BackoffConfig
+from protocol.mqtt_client import Reason
 from tests.cloud import fleet_helpers as h
 from tests.mqtt_broker import MqttProbe, requires_mosquitto, start_broker
 
@@ -54,9 +54,10 @@ def secured(tmp_path):
 
 def config(port: int, user: str, password_file=None) -> CollectorConfig:
     return CollectorConfig(
-        client_id=f"c-{user}", group="auth",
-        broker=BrokerConfig(port=port, username=user, password_file=password_file,
-                            reconnect_min_s=1, reconnect_max_s=2),
+        group="auth",
+        broker=BrokerConfig(port=port, client_id=f"c-{user}", username=user,
+                            password_file=password_file,
+                            reconnect=BackoffConfig(initial_s=1, max_s=2)),
         log_interval_s=0, stop_timeout_s=5,
     )
 
@@ -99,8 +100,7 @@ def test_a_refused_subscription_stops_the_collector_with_status_2(secured):
     broker, store, _ = secured
     collector = Collector(config(broker.port, "collector"), store,
                           password=SecretStr(ACCOUNTS["collector"]))
-    suback = ReasonCode(PacketTypes.SUBACK, identifier=0x87)
-    collector.session._on_subscribe(None, None, 1, [suback], None)  # type: ignore[arg-type]
+    collector.session.on_subscribe_ack(1, [Reason(0x87, "Not authorized", True)])
     assert collector.run(threading.Event()) == 2
     assert collector.session.failure is not None
     assert "ACL" in collector.session.failure

@@ -18,10 +18,9 @@ def test_defaults_and_a_full_file(tmp_path):
     path.write_text(f"""
 store: {{path: {tmp_path / 'fleet.db'}, synchronous: FULL}}
 collector:
-  client_id: collector-a
   group: plant1-collectors
   workers: 2
-  broker: {{host: mqtt.example, port: 8883, username: collector,
+  broker: {{client_id: collector-a, host: mqtt.example, port: 8883, username: collector,
            password_file: {secret}, tls: {{ca_file: /etc/ssl/ca.crt}}}}
 api: {{port: 9000, token_file: {token}}}
 """, "utf-8")
@@ -42,7 +41,7 @@ api: {{port: 9000, token_file: {token}}}
         ("collector: {nope: 1}", "collector.nope"),
         ("collector: {broker: {port: 70000}}", "collector.broker.port"),
         ("collector: {group: 'Bad/Group'}", "collector"),
-        ("collector: {client_id: 'has space'}", "collector.client_id"),
+        ("collector: {broker: {client_id: 'has space'}}", "collector.broker.client_id"),
         ("collector: {receive_maximum: 5000, queue_max_messages: 100}", "collector"),
         ("collector: {broker: {password: x, password_file: /x}}", "collector.broker"),
         ("collector: {broker: {tls: {cert_file: /c}}}", "collector.broker.tls"),
@@ -70,7 +69,8 @@ def test_unreadable_or_broken_files(tmp_path):
 
 def test_secrets_that_cannot_be_used(tmp_path):
     cfg = parse_config({"api": {"token": "short"},
-                        "collector": {"broker": {"password_file": str(tmp_path / "no")}}})
+                        "collector": {"broker": {"username": "c",
+                                                       "password_file": str(tmp_path / "no")}}})
     assert cfg.api is not None
     assert cfg.collector is not None
     with pytest.raises(ConfigError, match="16 characters"):

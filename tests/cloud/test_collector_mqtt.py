@@ -15,6 +15,7 @@ from cloud.collector import Collector, MqttSession
 from cloud.config import BrokerConfig, CollectorConfig, FleetStoreConfig
 from cloud.fleet import FleetStore
 from protocol import MAX_PAYLOAD_BYTES
+from protocol.backoff import BackoffConfig
 from tests.cloud import fleet_helpers as h
 from tests.mqtt_broker import MqttProbe, requires_mosquitto, start_broker
 
@@ -28,8 +29,9 @@ def collector_config(port: int, client_id: str = "c-test",
     # retained_state off by default here: its second subscription delivers status and
     # model messages twice, which would blur the exact counts these tests check.
     return CollectorConfig(
-        client_id=client_id, group="test", retained_state=retained_state,
-        broker=BrokerConfig(port=port, reconnect_min_s=1, reconnect_max_s=2),
+        group="test", retained_state=retained_state,
+        broker=BrokerConfig(port=port, client_id=client_id,
+                            reconnect=BackoffConfig(initial_s=1, max_s=2)),
         log_interval_s=0, stop_timeout_s=5,
     )
 
@@ -270,7 +272,7 @@ def test_an_orderly_stop_mid_stream_leaves_no_committed_message_unacknowledged(r
         messages = [h.metrics() for _ in range(150)]
         before = counter(store, "received")
         publisher = threading.Thread(
-            target=lambda ms=messages: [probe.client.publish(*h.wire(m), qos=1) for m in ms])
+            target=lambda ms=messages: [probe.client.publish(*h.wire(m), 1, False) for m in ms])
         publisher.start()
         h.wait_for(lambda b=before: counter(store, "received") >= b + 20, WAIT_S, "a flow")
         collector.stop()

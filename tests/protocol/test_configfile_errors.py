@@ -138,8 +138,8 @@ REAL: list[tuple[type[BaseModel], dict[str, Any], str]] = [
      "`file` (did you mean `folder`?)"),
     (ApplianceConfig, {"stations": [{"name": "top", "roi_xywh": [0, 0, 10]}]},
      "stations.0.roi_xywh: needs 4 values, got 3"),
-    (CloudConfig, {"collector": {"client_id": "my collector"}},
-     "collector.client_id: must be 1 to 64 characters: letters, digits, `-`, `.`, `:` "
+    (CloudConfig, {"collector": {"broker": {"client_id": "my collector"}}},
+     "collector.broker.client_id: must be 1 to 64 characters: letters, digits, `-`, `.`, `:` "
      "and `_`, starting with a letter or digit"),
     (CloudConfig, {"stroe": {}}, "stroe: unknown key (did you mean `store`?)"),
 ]
