@@ -88,6 +88,7 @@ def gauges_from_stats(
         model=model_ref(stats.model),
         engine_provider=stats.providers[0] if stats.providers else None,
         queue_depths=depths,
+        frames_captured=stats.frames,
         sources=sources,
         disk=disk,
         alarms=tuple(alarms),

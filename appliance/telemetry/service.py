@@ -118,6 +118,7 @@ class Telemetry:
         self._sizes: dict[str, tuple[int, int]] = {}
         self._started_at: datetime | None = None
         self._window_start = time.monotonic()
+        self._window_frames: int | None = None  # frames captured when the window began
         self._outbox: Outbox | None = None
         self._publisher: Publisher | None = None
         self._last_publisher: Publisher | None = None
@@ -140,6 +141,7 @@ class Telemetry:
         self._window_start = time.monotonic()
         self._stop.clear()
         self._read_gauges()
+        self._window_frames = self._gauges.frames_captured if self._gauges is not None else 0
         publisher = Publisher(cfg, self._outbox, client_id=self._client_id, will=self._will,
                               first_message=self._online_status, on_event=self._event,
                               clock=self._clock)
@@ -270,6 +272,10 @@ class Telemetry:
         # `outbox` is filled in by the publisher when the message is written.
         publisher = self._publisher
         counts = self.window.take()
+        frames = self._gauges.frames_captured if self._gauges is not None else None
+        captured = None if frames is None or self._window_frames is None else \
+            frames - self._window_frames
+        self._window_frames = frames
         dropped = publisher.take_dropped() if publisher is not None else {}
         if dropped:
             precious = {k: n for k, n in dropped.items() if k != "metrics"}
@@ -281,6 +287,7 @@ class Telemetry:
             site=self.site, line=self.line, msg_id=new_msg_id(), sent_at=utc(self._clock()),
             window_s=window_s, counts=counts, gauges=self._gauges, outbox_depth=0,
             outbox_dropped=0, telemetry_pending=publisher.pending if publisher else 0,
+            frames_captured=captured,
         )
 
     def _close_window(self) -> None:
