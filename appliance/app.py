@@ -54,6 +54,7 @@ from appliance.store import Store
 from appliance.telemetry import Telemetry, TelemetryError, pipeline_gauges
 from models.bundle import Bundle, open_bundle
 from models.errors import ModelError
+from protocol.app_version import app_version
 
 logger = logging.getLogger(__name__)
 
@@ -270,7 +271,7 @@ class App:
             return None
         telemetry = Telemetry(cfg.telemetry, store, pipeline_gauges(self.stats, store),
                               site=cfg.site, line=cfg.line, clock=self._clock,
-                              record_event=store.record_event)
+                              record_event=store.record_event, app_version=app_version())
         try:
             telemetry.start()
         except TelemetryError as e:

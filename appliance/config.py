@@ -187,6 +187,18 @@ class ApplianceConfig(_Section):
             store["images"] = images
         return {**data, "store": store}
 
+    @model_validator(mode="after")
+    def _identity_with_telemetry(self) -> ApplianceConfig:
+        # The defaults name the offline demo; two lines left at them collide in the fleet.
+        if self.telemetry is not None and self.telemetry.enabled:
+            missing = [k for k in ("site", "line") if k not in self.model_fields_set]
+            if missing:
+                raise ValueError(
+                    f"{' and '.join(missing)} must be set when telemetry is on: site and "
+                    "line name this line in the fleet (its MQTT topics); the defaults "
+                    "site-1/line-1 are only for running offline")
+        return self
+
     @field_validator("stations")
     @classmethod
     def _unique_stations(cls, value: list[StationConfig]) -> list[StationConfig]:

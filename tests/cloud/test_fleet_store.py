@@ -4,6 +4,7 @@ quarantine, counters and migrations."""
 from __future__ import annotations
 
 import base64
+import json
 import sqlite3
 from datetime import timedelta
 
@@ -14,7 +15,7 @@ from cloud.config import FleetStoreConfig
 from cloud.errors import FleetStoreError
 from cloud.fleet import FleetStore, Received, Rejected, migrate, to_ms
 from cloud.fleet import sql as fleet_sql
-from protocol import Message, encode
+from protocol import Message, decode, encode
 from tests.cloud import fleet_helpers as h
 
 NOW_MS = to_ms(h.T0 + timedelta(hours=1))
@@ -211,3 +212,25 @@ def test_reading_a_missing_database_is_a_store_error(tmp_path):
     (tmp_path / "fleet.db").unlink()
     with pytest.raises(FleetStoreError):
         store.lines()
+
+
+def test_metrics_v1_from_older_lines_fill_end_to_end(tmp_path):
+    # Issue 8 item 1: appliances up to 0.1.0 send metrics/1 with the stage `total`.
+    payload = json.dumps({
+        "schema": "lineguard.metrics/1", "msg_id": "e" * 32, "site": "plant1",
+        "line": "line-1", "sent_at": "2025-03-14T09:00:00Z", "window_s": 10.0, "fps": 1.0,
+        "verdicts": {"passed": 10, "failed": 0, "uninspected": 0},
+        "latency_ms": {"infer": {"p50_ms": 2.0, "p95_ms": 3.0, "p99_ms": 4.0, "samples": 10},
+                       "total": {"p50_ms": 9.0, "p95_ms": 11.0, "p99_ms": 12.0,
+                                 "samples": 10}},
+        "queue_depths": {"post": 0},
+    }).encode()
+    message = decode("lineguard/plant1/line-1/metrics", payload)
+    store = FleetStore(FleetStoreConfig(path=tmp_path / "fleet.db"))
+    try:
+        store.ingest([Received(message, payload, 1)], [], collector_id="c1")
+        (point,) = store.metrics("plant1", "line-1", since=None, until=None, limit=10)
+        assert point.end_to_end is not None and point.end_to_end.p50_ms == 9.0
+        assert point.input_fps is None and point.queue_depths == {"post": 0}
+    finally:
+        store.close()
