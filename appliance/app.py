@@ -21,7 +21,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,6 +29,7 @@ from appliance.capture import FrameSource, make_source
 from appliance.config import ApplianceConfig, PipelineConfig
 from appliance.errors import ConfigError, EngineError
 from appliance.pipeline.batcher import DynamicBatcher
+from appliance.pipeline.behind import BehindMonitor
 from appliance.pipeline.cpu import CpuMeter
 from appliance.pipeline.engine import (
     DetectorFactory,
@@ -210,6 +211,7 @@ class App:
         self.events: Events | None = None
         self.telemetry: Telemetry | None = None
         self.pipeline: Pipeline | None = None
+        self._behind: BehindMonitor | None = None
         self._started_at = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -254,6 +256,9 @@ class App:
             if self.telemetry is not None:
                 self.telemetry.attach(self.pipeline)
             self.pipeline.start()
+            self._behind = BehindMonitor(cfg.pipeline.behind, self.pipeline.stats,
+                                         self.events, clock=self._clock)
+            self._behind.start()
         except BaseException:
             if self.telemetry is not None:
                 self.telemetry.stop()
@@ -296,6 +301,8 @@ class App:
 
     def stop(self, timeout_s: float | None = None) -> None:
         """Stop the pipeline (drain), then flush and close the store. Idempotent."""
+        if self._behind is not None:
+            self._behind.stop()
         if self.pipeline is not None:
             self.pipeline.stop(timeout_s)
         if self.telemetry is not None:
@@ -318,7 +325,10 @@ class App:
         """Live statistics (see `PipelineStats`). Raises EngineError if not started."""
         if self.pipeline is None:
             raise EngineError("the appliance is not running")
-        return self.pipeline.stats()
+        stats = self.pipeline.stats()
+        if self._behind is None:
+            return stats
+        return replace(stats, behind=self._behind.state)
 
     def _event(self, kind: str, severity: Severity, source: str, message: str,
                **data: EventValue) -> None:
@@ -343,7 +353,7 @@ class App:
             while not stop.wait(min(0.1, status_interval_s)):
                 if on_status is not None and time.monotonic() >= next_status:
                     next_status += status_interval_s
-                    on_status(pipeline.stats())
+                    on_status(self.stats())
                 if pipeline.sources_finished.is_set():
                     budget_used = self._max_frames is not None and \
                         pipeline.stats().frames >= self._max_frames

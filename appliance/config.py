@@ -117,6 +117,24 @@ class EngineConfig(_Section):
         return max(1, len(os.sched_getaffinity(0)))
 
 
+class BehindConfig(_Section):
+    """The `falling_behind` alarm: the line produces more than the machine can judge
+    (see appliance/pipeline/behind.py)."""
+
+    enabled: bool = True
+    after_s: float = Field(10.0, gt=0.0, le=3600.0)
+    """Raise the alarm once the line has been behind this long."""
+    clear_after_s: float = Field(5.0, gt=0.0, le=3600.0)
+    """Clear it once the line has kept up this long."""
+    window_s: float = Field(5.0, gt=0.0, le=600.0)
+    """Rates and latency growth are measured over this window."""
+    rate_margin: float = Field(0.05, ge=0.0, le=10.0)
+    """Behind when frames are captured faster than parts are judged by more than this
+    fraction (0.05: 5 %)."""
+    latency_growth_ms_per_s: float = Field(100.0, gt=0.0, le=1_000_000.0)
+    """...or when the capture-to-verdict latency grows faster than this (ms per s)."""
+
+
 class PipelineConfig(_Section):
     """Batching, queues, overflow, deadlines and stage supervision."""
 
@@ -148,6 +166,8 @@ class PipelineConfig(_Section):
     recorded as `uninspected: shutdown`."""
     restart_backoff: BackoffConfig = Field(default_factory=BackoffConfig)
     """Backoff before a stage that died is restarted."""
+    behind: BehindConfig = Field(default_factory=BehindConfig)
+    """When falling behind becomes an alarm."""
 
 
 class ApplianceConfig(_Section):
