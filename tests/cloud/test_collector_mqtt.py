@@ -154,7 +154,7 @@ _VALID_DOC = json.loads(h.wire(h.metrics())[1])
 
 _mutations = st.sampled_from([
     ("fps", -1.0), ("fps", "fast"), ("window_s", 0), ("verdicts", {"passed": 1}),
-    ("schema", "lineguard.metrics/2"), ("schema", "lineguard.status/1"), ("site", "other"),
+    ("schema", "lineguard.metrics/99"), ("schema", "lineguard.status/1"), ("site", "other"),
     ("msg_id", "not-an-id"), ("sent_at", "2025-01-01T00:00:00"), ("extra_field", 1),
 ])
 _wrong_schema = _mutations.map(lambda kv: json.dumps({**_VALID_DOC, kv[0]: kv[1]}).encode())
