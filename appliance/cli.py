@@ -3,6 +3,8 @@
     lineguard appliance check-config [--config FILE] [--print] [--skip-model]
                                      [--skip-sources] [--source-timeout-ms MS]
     lineguard appliance config-reference
+    lineguard appliance report [--since 1h|all] [--json]      (see appliance/cli_report.py)
+    lineguard appliance show PART_OR_FRAME [--out FILE] [--json]
     lineguard appliance run [--config FILE] [--frames N] [--json] [--data-dir DIR]
                             [--bundle PATH] [--status-interval-s S] [--log-level L]
                             [--log-format text|json]
@@ -31,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from appliance import cli_report
 from appliance.app import App, RunSummary, open_model_bundle
 from appliance.capture import make_source
 from appliance.capture.probe import SourceProbe, config_errors, probe_sources
@@ -171,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     go.add_argument("--status-interval-s", type=float, default=None,
                     help="seconds between status lines (default: 1 on a terminal, else 10)")
     add_logging_arguments(go, default_level="info")
+    cli_report.add_parsers(sub)
     return parser
 
 
@@ -183,8 +187,10 @@ def main(argv: list[str]) -> int:
         print(config_reference(ApplianceConfig, "Appliance configuration",
                                "lineguard appliance config-reference"), end="")
         return 0
+    commands = {"check-config": check_config, "run": run, "report": cli_report.report,
+                "show": cli_report.show}
     try:
-        return check_config(args) if args.command == "check-config" else run(args)
+        return commands[args.command](args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

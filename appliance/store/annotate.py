@@ -47,7 +47,7 @@ def annotate(image_bgr: ImageBGR, detections: Sequence[Detection]) -> ImageBGR:
         else image_bgr.copy()
     height, width = out.shape[:2]
     size = min(height, width)
-    thickness = max(1, round(size / 320))
+    thickness = max(2, round(size / 320))  # 1 px lines do not survive JPEG
     scale = max(0.35, size / 900)
     for class_name, score, (x1, y1, x2, y2) in detections:
         colour = class_colour(class_name)
