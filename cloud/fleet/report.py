@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections import Counter
 from datetime import datetime
 from typing import Final
 
@@ -87,19 +86,29 @@ class LineReport(BaseModel):
 class _Sum:
     def __init__(self) -> None:
         self.windows = self.passed = self.failed = self.uninspected = 0
-        self.reasons: Counter[str] = Counter()
-        self.classes: Counter[str] = Counter()
+        self.reasons: dict[str, int] = {}
+        self.classes: dict[str, int] = {}
 
     def add(self, passed: int, failed: int, uninspected: int, payload: dict[str, object]) -> None:
         self.windows += 1
         self.passed += passed
         self.failed += failed
         self.uninspected += uninspected
-        for key, counter in (("uninspected_by_reason", self.reasons),
-                             ("failed_parts_by_class", self.classes)):
+        for key, sums in (("uninspected_by_reason", self.reasons),
+                          ("failed_parts_by_class", self.classes)):
             values = payload.get(key)
             if isinstance(values, dict):
-                counter.update({str(k): int(v) for k, v in values.items()})
+                for name, n in values.items():
+                    sums[name] = sums.get(name, 0) + int(n)
+
+    def merge(self, other: _Sum) -> None:
+        self.windows += other.windows
+        self.passed += other.passed
+        self.failed += other.failed
+        self.uninspected += other.uninspected
+        for mine, theirs in ((self.reasons, other.reasons), (self.classes, other.classes)):
+            for name, n in theirs.items():
+                mine[name] = mine.get(name, 0) + n
 
     def fields(self) -> dict[str, object]:
         parts = self.passed + self.failed + self.uninspected
@@ -139,9 +148,9 @@ def line_report(
                     f"more than {MAX_BUCKETS} buckets of {bucket_s} s: narrow since/until "
                     "or use a larger bucket_s")
             bucket = buckets[start] = _Sum()
-        payload = json.loads(text)
-        bucket.add(int(passed), int(failed), int(uninspected), payload)
-        total.add(int(passed), int(failed), int(uninspected), payload)
+        bucket.add(passed, failed, uninspected, json.loads(text))
+    for bucket in buckets.values():
+        total.merge(bucket)
     return LineReport(
         site=site, line=line, since=since, until=until, bucket_s=bucket_s,
         total=ReportTally.model_validate(total.fields()),
