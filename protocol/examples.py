@@ -59,6 +59,7 @@ def _metrics_example(current: ModelRef) -> MetricsMessage:
         fps=29.8,
         verdicts=VerdictCounts(passed=281, failed=14, uninspected=3),
         defects_by_class={"scratches": 9, "inclusion": 4, "patches": 2},
+        failed_parts_by_class={"scratches": 8, "inclusion": 4, "patches": 2},
         uninspected_by_reason={"deadline": 2, "frame_dropped": 1},
         latency_ms={
             "preprocess": LatencyStats(p50_ms=1.9, p95_ms=2.6, p99_ms=3.4, samples=298),
