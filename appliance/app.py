@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from appliance.capture import FrameSource, make_source
+from appliance.capture.probe import require_file_sources
 from appliance.config import ApplianceConfig, PipelineConfig
-from appliance.errors import ConfigError, EngineError
+from appliance.errors import ConfigError, EngineError, NoModelError
 from appliance.pipeline.batcher import DynamicBatcher
 from appliance.pipeline.behind import BehindMonitor
 from appliance.pipeline.cpu import CpuMeter
@@ -50,6 +51,7 @@ from appliance.pipeline.slot import ModelSlot
 from appliance.pipeline.source_stage import FrameBudget, SourceStage, Station, StationsDone
 from appliance.pipeline.stats import PipelineStats, VerdictCounters
 from appliance.pipeline.verdicts import VerdictBook
+from appliance.readiness import Readiness, readiness_of
 from appliance.records import EventRecord, EventValue, InspectionRecord, Severity
 from appliance.store import Store
 from appliance.telemetry import Telemetry, TelemetryError, pipeline_gauges
@@ -181,9 +183,10 @@ class RunSummary:
 class App:
     """One appliance process. `sources` replaces the configured source of the named
     stations (benchmarks and tests pass in-memory ones); `listeners` get every verdict
-    (see `Pipeline.add_listener`); `require_model` makes a bundle that cannot load an
-    error at start instead of a run of `uninspected: no_model`; `detector_factory` is
-    the seam in front of ONNX Runtime."""
+    (see `Pipeline.add_listener`); `require_model` says whether a bundle that cannot
+    load is an error at start (`NoModelError`) or a run of `uninspected: no_model` with
+    the `no_model` alarm (None: as the config says, `model.allow_start_without_model`);
+    `detector_factory` is the seam in front of ONNX Runtime."""
 
     def __init__(
         self,
@@ -192,7 +195,7 @@ class App:
         max_frames: int | None = None,
         sources: Mapping[str, FrameSource] | None = None,
         listeners: Sequence[Callable[[InspectionRecord], None]] = (),
-        require_model: bool = False,
+        require_model: bool | None = None,
         detector_factory: DetectorFactory = default_detector_factory,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -203,7 +206,8 @@ class App:
         self._max_frames = max_frames
         self._sources = dict(sources or {})
         self._listeners = list(listeners)
-        self._require_model = require_model
+        self._require_model = (not cfg.model.allow_start_without_model
+                               if require_model is None else require_model)
         self._clock = clock
         self.engine = Engine(cfg.engine, max_batch=cfg.pipeline.max_batch,
                              factory=detector_factory)
@@ -219,11 +223,15 @@ class App:
         """Open the store, load the model, build the stations, start the pipeline
         (returned).
         Raises StoreError (store cannot open) or CaptureError/ConfigError (a source
-        cannot be built). A model that cannot load raises EngineError with
-        `require_model`; otherwise frames are recorded as `uninspected: no_model` and
-        an alarm is raised."""
+        cannot be built, a video file or image folder that cannot be opened). A model
+        that cannot load raises NoModelError unless starting without one is allowed
+        (see the class docstring); then frames are recorded as `uninspected: no_model`
+        and the `no_model` alarm is raised."""
         cfg = self.cfg
         self._started_at = time.monotonic()
+        # A video file or image folder that cannot be opened is a config error before
+        # anything is written; a camera or stream that is down is retried (and alarmed).
+        require_file_sources([s.source for s in cfg.stations if s.name not in self._sources])
         self.store = Store(cfg.store, clock=self._clock)
         self.store.start()
         self.events = Events(self.store, clock=self._clock)
@@ -292,11 +300,16 @@ class App:
             return self.engine.load(bundle, verify=self.cfg.model.verify_golden)
         except (ModelError, EngineError) as e:
             if self._require_model:
-                raise EngineError(f"cannot load model bundle {path}: {e}") from e
-            logger.error("no model: %s", e)
+                raise NoModelError(
+                    f"cannot load model bundle {path}: {e}. A line without a model cannot "
+                    "judge parts: fix model.bundle, or set model.allow_start_without_model: "
+                    "true to start and wait for the first update") from e
+            logger.error("starting without a model (model.allow_start_without_model): "
+                         "cannot load %s: %s; every part is uninspected: no_model", path, e)
             self._event("alarm", "alarm", "engine",
-                        f"cannot load model bundle {path}: {e}; parts are recorded as "
-                        "uninspected", alarm="no_model", bundle=str(path))
+                        f"cannot load model bundle {path}: {e}; started without a model "
+                        "(model.allow_start_without_model), parts are recorded as "
+                        "uninspected: no_model", alarm="no_model", bundle=str(path))
             return None
 
     def stop(self, timeout_s: float | None = None) -> None:
@@ -329,6 +342,13 @@ class App:
         if self._behind is None:
             return stats
         return replace(stats, behind=self._behind.state)
+
+    def readiness(self) -> Readiness:
+        """Whether this appliance can judge parts now, and if not why: the hook for the
+        panel's `/readyz` (not ready: 503 with the reasons)."""
+        if self.pipeline is None:
+            return Readiness(ready=False, reasons=("not_started",))
+        return readiness_of(self.pipeline.stats())
 
     def _event(self, kind: str, severity: Severity, source: str, message: str,
                **data: EventValue) -> None:

@@ -1,7 +1,10 @@
 """`lineguard appliance ...`: check a configuration, or run the appliance.
 
     lineguard appliance check-config [--config FILE] [--print] [--skip-model]
+                                     [--skip-sources] [--source-timeout-ms MS]
     lineguard appliance config-reference
+    lineguard appliance report [--since 1h|all] [--json]      (see appliance/cli_report.py)
+    lineguard appliance show PART_OR_FRAME [--out FILE] [--json]
     lineguard appliance run [--config FILE] [--frames N] [--json] [--data-dir DIR]
                             [--bundle PATH] [--status-interval-s S] [--log-level L]
                             [--log-format text|json]
@@ -11,7 +14,10 @@ With no `--config` the defaults run one simulated station with the demo bundle.
 or after `--frames N` frames, and prints a summary (`--json`: one JSON object on
 stdout). On a terminal it keeps a live one-line status. Logs always go to stderr
 (`--log-format json`: one JSON object per line).
-Exit status: 0 done, 1 runtime failure (store, source), 2 bad configuration or model.
+Exit status: 0 done, 1 runtime failure (store, source), 2 bad configuration or model
+(a bundle that cannot load is exit 2 unless `model.allow_start_without_model` is set; a
+video file or image folder that cannot be opened is exit 2, a camera or stream that is
+down is retried).
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ from typing import Any
 
 import yaml
 
+from appliance import cli_report
 from appliance.app import App, RunSummary, open_model_bundle
 from appliance.capture import make_source
+from appliance.capture.probe import SourceProbe, config_errors, probe_sources
 from appliance.config import ApplianceConfig, load_config
-from appliance.errors import ApplianceError, ConfigError
+from appliance.errors import ApplianceError, ConfigError, NoModelError
 from appliance.pipeline.engine import Engine
 from appliance.pipeline.stats import PipelineStats
 from models.errors import ModelError
@@ -55,10 +63,22 @@ def _load(args: argparse.Namespace) -> ApplianceConfig:
 
 def check_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    for station in cfg.stations:
-        make_source(station.source)  # builds (does not open) every source
+    probes: list[SourceProbe] = []
+    if args.skip_sources:
+        for station in cfg.stations:
+            make_source(station.source)  # builds (does not open) every source
+    else:
+        probes = probe_sources([s.source for s in cfg.stations],
+                               timeout_ms=args.source_timeout_ms)
+        errors = config_errors(probes)
+        if errors:
+            for probe in probes:
+                print(f"source {probe.line()}")
+            raise ConfigError("; ".join(errors))
     print(f"config ok: site {cfg.site}, line {cfg.line}, {len(cfg.stations)} station(s): "
           + ", ".join(f"{s.name} ({s.source.kind})" for s in cfg.stations))
+    for probe in probes:
+        print(f"source {probe.line()}")
     print(f"store: {cfg.store.path} (images in {cfg.store.images.dir})")
     if not args.skip_model:
         engine = Engine(cfg.engine, max_batch=cfg.pipeline.max_batch)
@@ -124,11 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lineguard appliance", formatter_class=HelpFormatter,
                                      description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check-config", help="validate a config (and load its model)",
+    check = sub.add_parser("check-config",
+                           help="validate a config, open its sources once, load its model",
                            formatter_class=HelpFormatter)
     check.add_argument("--config", type=Path, help="YAML file (default: built-in defaults)")
     check.add_argument("--print", action="store_true", help="print the effective config")
     check.add_argument("--skip-model", action="store_true", help="do not load the bundle")
+    check.add_argument("--skip-sources", action="store_true",
+                       help="do not open the sources (by default each is opened once and "
+                            "its state reported; a missing video file or image folder is "
+                            "a config error, a camera or stream that is down is reported)")
+    check.add_argument("--source-timeout-ms", type=positive_int, default=2000,
+                       help="longest wait for a stream to connect and give a frame")
     check.add_argument("--data-dir", type=Path,
                        help="override data_dir (store, images) (default: the config's)")
     check.add_argument("--bundle", type=Path, help="override model.bundle (default: the config's)")
@@ -147,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     go.add_argument("--status-interval-s", type=float, default=None,
                     help="seconds between status lines (default: 1 on a terminal, else 10)")
     add_logging_arguments(go, default_level="info")
+    cli_report.add_parsers(sub)
     return parser
 
 
@@ -159,12 +187,14 @@ def main(argv: list[str]) -> int:
         print(config_reference(ApplianceConfig, "Appliance configuration",
                                "lineguard appliance config-reference"), end="")
         return 0
+    commands = {"check-config": check_config, "run": run, "report": cli_report.report,
+                "show": cli_report.show}
     try:
-        return check_config(args) if args.command == "check-config" else run(args)
+        return commands[args.command](args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except ModelError as e:
+    except (ModelError, NoModelError) as e:
         print(f"model error: {e}", file=sys.stderr)
         return 2
     except ApplianceError as e:

@@ -92,6 +92,10 @@ class ModelConfig(_Section):
     bundle: Path = DEMO_BUNDLE
     verify_golden: bool = True
     """Refuse a bundle whose golden set does not reproduce on this machine."""
+    allow_start_without_model: bool = False
+    """Start even if `bundle` cannot load (a line waiting for its first update): every
+    part is then `uninspected: no_model`, the `no_model` alarm is raised and the status
+    topic reports no model. False: a bundle that cannot load stops the start (exit 2)."""
 
 
 class EngineConfig(_Section):

@@ -31,6 +31,11 @@ class EngineError(ApplianceError):
     """The inference engine failed to load or run a model."""
 
 
+class NoModelError(EngineError):
+    """No model could be loaded at start and the config does not allow starting without
+    one (`model.allow_start_without_model`)."""
+
+
 class StoreError(ApplianceError):
     """The local store could not persist or read records."""
 

@@ -6,7 +6,8 @@
 - `add_logging_arguments`: ``--log-level`` (choices, so a typo is a usage error) and
   ``--log-format text|json``; `configure_logging_from` applies them (logs on stderr).
 - list options take one argument, comma-separated (``--providers cuda,cpu``), parsed by
-  `comma_list`; counts and sizes are checked by `positive_int` / `nonnegative_int`.
+  `comma_list`; counts and sizes are checked by `positive_int` / `nonnegative_int`,
+  durations (``30m``, ``1h``, ``7d``) read by `duration_s`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = [
     "add_logging_arguments",
     "comma_list",
     "configure_logging_from",
+    "duration_s",
     "nonnegative_int",
     "positive_int",
 ]
@@ -76,3 +78,22 @@ def _int_at_least(text: str, low: int) -> int:
     if value < low:
         raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
     return value
+
+
+_DURATION_UNITS_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def duration_s(text: str) -> float:
+    """A duration such as ``90s``, ``30m``, ``1h``, ``7d``, ``2w`` (or plain seconds) in
+    seconds, > 0 (an argparse type)."""
+    value = text.strip().lower()
+    scale = _DURATION_UNITS_S.get(value[-1:])
+    number = value[:-1] if scale is not None else value
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (e.g. 90s, 30m, 1h, 7d)") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return seconds

@@ -69,6 +69,7 @@ def _metrics_example(current: ModelRef) -> MetricsMessage:
         input_fps=29.8,
         verdicts=VerdictCounts(passed=281, failed=14, uninspected=3),
         defects_by_class={"scratches": 9, "inclusion": 4, "patches": 2},
+        failed_parts_by_class={"scratches": 8, "inclusion": 4, "patches": 2},
         uninspected_by_reason={UninspectedReason.DEADLINE: 2, UninspectedReason.DROPPED: 1},
         latency_ms={
             LatencyStage.QUEUE: LatencyStats(p50_ms=0.8, p95_ms=2.1, p99_ms=3.0, samples=295),

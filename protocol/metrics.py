@@ -1,6 +1,7 @@
 """`metrics`: what a line did during one window (published every `window_s` seconds).
 
-Counts (`verdicts`, `defects_by_class`, `uninspected_by_reason`, `outbox.dropped`) are
+Counts (`verdicts`, `defects_by_class`, `failed_parts_by_class`, `uninspected_by_reason`,
+`outbox.dropped`) are
 for this window only, never cumulative, so a lost or duplicated message shifts nothing
 else. Gauges (`queue_depths`, `disk`, `outbox.depth`, `sources`) are read when the
 message is built.
@@ -137,7 +138,12 @@ class MetricsMessageV1(Envelope):
     window_s: float = Field(gt=0.0, le=86_400.0)
     fps: float = Field(ge=0.0, le=100_000.0)
     verdicts: VerdictCounts
+    # Detections (boxes) per class.
     defects_by_class: dict[ClassName, Count] = Field(default_factory=dict, max_length=1024)
+    # Failed parts with at least one detection of the class (a part with three scratches
+    # is one); a part with two classes counts under both. Absent from older appliances.
+    failed_parts_by_class: dict[ClassName, Count] = Field(default_factory=dict,
+                                                          max_length=1024)
     # Reasons such as frame_dropped, engine_down, deadline, queue_full; they sum to
     # `verdicts.uninspected`.
     uninspected_by_reason: dict[Name, Count] = Field(default_factory=dict, max_length=64)
@@ -175,7 +181,12 @@ class MetricsMessage(Envelope):
     # produces more than the machine judges (see the `falling_behind` alarm). None: unknown.
     input_fps: float | None = Field(None, ge=0.0, le=100_000.0)
     verdicts: VerdictCounts
+    # Detections (boxes) per class.
     defects_by_class: dict[ClassName, Count] = Field(default_factory=dict, max_length=1024)
+    # Failed parts with at least one detection of the class (a part with three scratches
+    # is one); a part with two classes counts under both.
+    failed_parts_by_class: dict[ClassName, Count] = Field(default_factory=dict,
+                                                          max_length=1024)
     # They sum to `verdicts.uninspected` when present.
     uninspected_by_reason: dict[UninspectedReason, Count] = Field(default_factory=dict)
     # Only stages with samples in the window are present.

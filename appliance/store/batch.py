@@ -32,7 +32,8 @@ INSERT_EVENT = (
     "INSERT INTO events (at, kind, severity, source, message, data) VALUES (?, ?, ?, ?, ?, ?)"
 )
 INSERT_IMAGE = (
-    "INSERT INTO images (frame_id, path, bytes, verdict, created_at) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO images (frame_id, path, bytes, verdict, created_at, annotated_path,"
+    " annotated_bytes) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 DELETE_IMAGE = (
     "UPDATE images SET deleted_at = ?, delete_reason = ? WHERE id = (SELECT id FROM images"
@@ -69,7 +70,8 @@ class Batch:
                 self.events.append(payload)
             elif isinstance(payload, ImageAdded):
                 p = payload
-                self.added.append((p.frame_id, p.path, p.bytes, p.verdict, p.created_at))
+                self.added.append((p.frame_id, p.path, p.bytes, p.verdict, p.created_at,
+                                   p.annotated_path, p.annotated_bytes))
             elif isinstance(payload, ImageDeleted):
                 self.deleted.append(payload)
             else:

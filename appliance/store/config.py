@@ -26,6 +26,9 @@ class ImageKeepConfig(BaseModel):
     min_free_disk_bytes: int = Field(default=1 * GiB, ge=0)
     """No image is written if it would leave less than this free on the images' disk."""
     jpeg_quality: int = Field(default=90, ge=1, le=100)
+    annotate_fails: bool = True
+    """Keep an annotated copy (boxes, classes, scores drawn) beside each kept `fail` image;
+    it counts against `quota_bytes` with its original and is deleted with it."""
     queue_max_images: int = Field(default=64, ge=1, le=10_000)
     """Frames waiting for the encoder; a full queue skips `pass` frames at once."""
     fail_offer_timeout_ms: int = Field(default=1000, ge=0, le=60_000)

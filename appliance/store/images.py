@@ -14,6 +14,10 @@ Invariants (after `load`, and after every step of the encoder thread):
   newer fail image when nothing else is left (or when the quota shrank between runs).
 - Every deletion and every skipped fail frame is reported with a reason; nothing leaves
   the directory silently. After `start`, only the encoder thread touches the directory.
+- A kept `fail` frame with detections gets an annotated copy beside it (`annotate_fails`:
+  boxes, classes, scores drawn by `annotate.annotate`), `<name>.annotated.jpg`. The pair
+  is one ledger entry: its bytes count against the quota together, room is made for both
+  before either is written, and they are evicted together.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from appliance.store.annotate import Detection, annotate
 from appliance.store.config import ImageKeepConfig
 from protocol.atomic import atomic_write_bytes, is_temp_name
 
@@ -51,16 +56,18 @@ def disk_free_bytes(path: Path) -> int:
 class ImageAdded:
     frame_id: str
     path: str  # relative to the images dir
-    bytes: int
+    bytes: int  # of `path`
     verdict: str
     created_at: float
+    annotated_path: str | None = None  # the annotated copy, relative to the images dir
+    annotated_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class ImageDeleted:
     frame_id: str
     path: str
-    bytes: int
+    bytes: int  # of the original and its annotated copy together
     verdict: str
     deleted_at: float
     reason: str  # "quota", "disk_floor", "missing"
@@ -82,8 +89,25 @@ PostOps = Callable[[Sequence[LedgerOp]], None]
 class _Live:
     frame_id: str
     path: str
-    bytes: int
+    bytes: int  # the original and its annotated copy together
     verdict: str
+    annotated_path: str | None = None
+
+    def paths(self) -> tuple[str, ...]:
+        return (self.path,) if self.annotated_path is None else (self.path, self.annotated_path)
+
+
+LiveRow = tuple[str, str, int, str, float, str | None, int | None]
+"""A live ledger row: frame_id, path, bytes, verdict, created_at, annotated_path,
+annotated_bytes (the `images` table's columns)."""
+
+
+def _size_of(file: Path) -> int:
+    """The file's size in bytes, -1 if it does not exist."""
+    try:
+        return file.stat().st_size
+    except FileNotFoundError:
+        return -1
 
 
 def keep_fraction_selects(frame_id: str, fraction: float) -> bool:
@@ -123,6 +147,11 @@ def image_relpath(frame_id: str, verdict: str, created_at: float) -> str:
     return f"{day}/{verdict}/{safe}-{digest}.jpg"
 
 
+def annotated_relpath(relpath: str) -> str:
+    """Where the annotated copy of the image at `relpath` goes: beside it."""
+    return relpath.removesuffix(".jpg") + ".annotated.jpg"
+
+
 class ImageKeeper:
     """Keeps JPEGs within `cfg.quota_bytes` and above `cfg.min_free_disk_bytes`.
 
@@ -149,7 +178,8 @@ class ImageKeeper:
         self._used = 0
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
-        self._jobs: list[tuple[str, str, npt.NDArray[np.uint8], float]] = []
+        self._jobs: list[tuple[str, str, npt.NDArray[np.uint8], float,
+                               Sequence[Detection]]] = []
         self._enqueued = 0
         self._handled = 0
         self._closed = False
@@ -165,8 +195,10 @@ class ImageKeeper:
         `uninspected` when their frame id is in the `keep_pass_fraction` sample."""
         return verdict == "fail" or keep_fraction_selects(frame_id, self._cfg.keep_pass_fraction)
 
-    def offer(self, frame_id: str, verdict: str, image_bgr: npt.NDArray[np.uint8]) -> bool:
-        """Queue a frame for keeping if `wants` it. Non-fail frames are skipped at once when
+    def offer(self, frame_id: str, verdict: str, image_bgr: npt.NDArray[np.uint8],
+              detections: Sequence[Detection] = ()) -> bool:
+        """Queue a frame for keeping if `wants` it (with its `detections`, drawn on the
+        annotated copy of a `fail` frame). Non-fail frames are skipped at once when
         the queue is full; fail frames wait up to `fail_offer_timeout_ms`, then are skipped
         and the skip reported. Returns whether the frame was queued. Thread-safe."""
         if not self.wants(frame_id, verdict):
@@ -190,7 +222,7 @@ class ImageKeeper:
                     skipped = ImageSkipped(frame_id, verdict, at, "backlog")
                     self._post([skipped])
                     return False
-            self._jobs.append((frame_id, verdict, image_bgr, at))
+            self._jobs.append((frame_id, verdict, image_bgr, at, detections))
             self._enqueued += 1
             self._cv.notify_all()
         return True
@@ -208,29 +240,32 @@ class ImageKeeper:
     def queued(self) -> int:
         return len(self._jobs)
 
-    def load(self, live: Sequence[tuple[str, str, int, str, float]]) -> list[LedgerOp]:
-        """Adopt the ledger's live rows (frame_id, path, bytes, verdict, created_at),
-        oldest first; reconcile them with the directory and enforce the limits. Returns
-        the ledger operations to persist: rows whose file is missing or has the wrong
-        size are marked deleted ("missing"); files without a row (a crash between file
-        and commit) and temp files are removed; then the quota is enforced. Call before
-        `start`. Raises OSError if the directory cannot be created or read."""
+    def load(self, live: Sequence[LiveRow]) -> list[LedgerOp]:
+        """Adopt the ledger's live rows (`LiveRow`), oldest first; reconcile them with the
+        directory and enforce the limits. Returns the ledger operations to persist: rows
+        whose file (or annotated copy) is missing or has the wrong size are marked deleted
+        ("missing"; the other file of the pair is then removed as one without a row); files
+        without a row (a crash
+        between file and commit) and temp files are removed; then the quota is enforced.
+        Call before `start`. Raises OSError if the directory cannot be created or read."""
         self._dir.mkdir(parents=True, exist_ok=True)
         now = self._clock()
         ops: list[LedgerOp] = []
-        for frame_id, path, size, verdict, _created in live:
-            file = self._dir / path
-            try:
-                actual = file.stat().st_size
-            except FileNotFoundError:
-                actual = -1
-            if actual != size or frame_id in self._fail or frame_id in self._other:
-                if actual >= 0 and actual != size:
-                    file.unlink(missing_ok=True)
-                ops.append(ImageDeleted(frame_id, path, size, verdict, now, "missing"))
+        for frame_id, path, size, verdict, _created, annotated, annotated_size in live:
+            files = [(self._dir / path, size)]
+            if annotated is not None:
+                files.append((self._dir / annotated, annotated_size or 0))
+            total = sum(expected for _, expected in files)
+            intact = all(_size_of(file) == expected for file, expected in files)
+            if not intact or frame_id in self._fail or frame_id in self._other:
+                for file, expected in files:  # the pair's intact file is an orphan now
+                    if _size_of(file) not in (-1, expected):
+                        file.unlink(missing_ok=True)
+                ops.append(ImageDeleted(frame_id, path, total, verdict, now, "missing"))
                 continue
-            self._index_add(_Live(frame_id, path, size, verdict))
-        known = {item.path for item in (*self._fail.values(), *self._other.values())}
+            self._index_add(_Live(frame_id, path, total, verdict, annotated))
+        known = {p for item in (*self._fail.values(), *self._other.values())
+                 for p in item.paths()}
         removed = 0
         # only files of our own layout (<day>/<verdict>/<name>.jpg, or a temporary file
         # of an atomic write); anything else in the directory is not ours to delete
@@ -285,26 +320,35 @@ class ImageKeeper:
                     self._cv.wait(0.5)
                 if not self._jobs:
                     return
-                frame_id, verdict, image, at = self._jobs.pop(0)
+                frame_id, verdict, image, at, detections = self._jobs.pop(0)
                 self._cv.notify_all()
             try:
-                self._post(self._keep(frame_id, verdict, image, at))
+                self._post(self._keep(frame_id, verdict, image, at, detections))
             finally:
                 with self._cv:
                     self._handled += 1
                     self._cv.notify_all()
 
+    def _encode(self, image: npt.NDArray[np.uint8]) -> bytes | None:
+        params = [int(cv2.IMWRITE_JPEG_QUALITY), self._cfg.jpeg_quality]
+        ok, buf = cv2.imencode(".jpg", image, params)
+        return buf.tobytes() if ok else None
+
     def _keep(
-        self, frame_id: str, verdict: str, image: npt.NDArray[np.uint8], at: float
+        self, frame_id: str, verdict: str, image: npt.NDArray[np.uint8], at: float,
+        detections: Sequence[Detection] = (),
     ) -> list[LedgerOp]:
         if frame_id in self._fail or frame_id in self._other:
             return []  # a duplicate frame id; the store ignores the duplicate record too
-        params = [int(cv2.IMWRITE_JPEG_QUALITY), self._cfg.jpeg_quality]
-        ok, buf = cv2.imencode(".jpg", image, params)
-        if not ok:
+        data = self._encode(image)
+        if data is None:
             return [self._skip(frame_id, verdict, at, "encode_failed")]
-        data = buf.tobytes()
-        size = len(data)
+        annotated: bytes | None = None
+        if verdict == "fail" and detections and self._cfg.annotate_fails:
+            annotated = self._encode(annotate(image, detections))
+            if annotated is None:
+                logger.warning("annotated copy of %s not kept: encode failed", frame_id)
+        size = len(data) + (0 if annotated is None else len(annotated))
         if size > self._cfg.quota_bytes:
             return [self._skip(frame_id, verdict, at, "too_large")]
         try:
@@ -330,9 +374,18 @@ class ImageKeeper:
             self._write(self._dir / rel, data)
         except OSError as e:
             return [*ops, self._skip(frame_id, verdict, at, f"write_failed: {e}")]
-        self._index_add(_Live(frame_id, rel, size, verdict))
+        annotated_rel: str | None = None
+        if annotated is not None:
+            annotated_rel = annotated_relpath(rel)
+            try:
+                self._write(self._dir / annotated_rel, annotated)
+            except OSError as e:  # the original is what matters; keep it alone
+                logger.warning("annotated copy of %s not kept: %s", frame_id, e)
+                annotated_rel, size = None, len(data)
+        self._index_add(_Live(frame_id, rel, size, verdict, annotated_rel))
         self.kept += 1
-        ops.append(ImageAdded(frame_id, rel, size, verdict, at))
+        ops.append(ImageAdded(frame_id, rel, len(data), verdict, at, annotated_rel,
+                              size - len(data)))
         return ops
 
     # ----------------------------------------------------------------- helpers
@@ -375,7 +428,8 @@ class ImageKeeper:
         ops: list[LedgerOp] = []
         for item in victims:
             try:
-                (self._dir / item.path).unlink(missing_ok=True)
+                for path in reversed(item.paths()):  # the copy first: never left alone
+                    (self._dir / path).unlink(missing_ok=True)
             except OSError as e:
                 logger.error("cannot delete image %s: %s", item.path, e)
                 continue

@@ -34,6 +34,7 @@ class FailureRow(TypedDict):
     model_version: str | None
     defects: list[DefectRow]
     image_path: str | None  # absolute path of the kept JPEG, None if not kept (or deleted)
+    annotated_image_path: str | None  # its copy with the boxes drawn, None if none
 
 
 class EventRow(TypedDict):
@@ -175,13 +176,13 @@ def recent_failures(
             DefectRow(class_id=cid, class_name=name, score=score, box_xyxy=(x1, y1, x2, y2))
         )
     frame_ids = [r[1] for r in rows]
-    images = dict(
-        conn.execute(
-            f"SELECT frame_id, path FROM images WHERE frame_id IN ({marks})"
+    images: dict[str, tuple[str, str | None]] = {
+        fid: (path, annotated) for fid, path, annotated in conn.execute(
+            f"SELECT frame_id, path, annotated_path FROM images WHERE frame_id IN ({marks})"
             " AND deleted_at IS NULL",
             frame_ids,
-        ).fetchall()
-    )
+        )
+    }
     return [
         FailureRow(
             frame_id=fid,
@@ -191,7 +192,10 @@ def recent_failures(
             judged_at=judged,
             model_version=model_version,
             defects=defects[iid],
-            image_path=str(images_dir / images[fid]) if fid in images else None,
+            image_path=str(images_dir / images[fid][0]) if fid in images else None,
+            annotated_image_path=(str(images_dir / annotated)
+                                  if fid in images and (annotated := images[fid][1])
+                                  else None),
         )
         for iid, fid, station, part_id, captured, judged, model_version in rows
     ]
@@ -225,7 +229,8 @@ def events(
 def image_usage(conn: sqlite3.Connection) -> ImageUsage:
     """What the image ledger holds: live images and deletions by reason."""
     live_count, live_bytes, live_fail = conn.execute(
-        "SELECT count(*), coalesce(sum(bytes), 0), coalesce(sum(verdict = 'fail'), 0)"
+        "SELECT count(*), coalesce(sum(bytes + annotated_bytes), 0),"
+        " coalesce(sum(verdict = 'fail'), 0)"
         " FROM images WHERE deleted_at IS NULL"
     ).fetchone()
     deleted = dict(

@@ -137,8 +137,8 @@ class Store:
                 free_disk_bytes=free_disk_bytes,
             )
             live = db.execute(
-                "SELECT frame_id, path, bytes, verdict, created_at FROM images"
-                " WHERE deleted_at IS NULL ORDER BY created_at, id"
+                "SELECT frame_id, path, bytes, verdict, created_at, annotated_path,"
+                " annotated_bytes FROM images WHERE deleted_at IS NULL ORDER BY created_at, id"
             ).fetchall()
             self._writer.put_ledger(self._keeper.load(live))
             self._db = db
@@ -248,7 +248,8 @@ class Store:
                             float(x1), float(y1), float(x2), float(y2)))
         self._writer.put((INSPECTION, (row, defects)))
         if record.image_bgr is not None:
-            self._keeper.offer(record.frame_id, record.verdict, record.image_bgr)
+            self._keeper.offer(record.frame_id, record.verdict, record.image_bgr,
+                               [(d.class_name, d.score, d.box_xyxy) for d in record.defects])
 
     def record_event(self, event: EventRecord) -> None:
         """Queue one event. Thread-safe; blocks like `submit` on a full queue."""

@@ -92,6 +92,8 @@ class WindowCounts:
     uninspected_by_reason: Mapping[str, int]
     defects_by_class: Mapping[str, int]
     latency_ms: Mapping[str, list[float]]
+    failed_parts_by_class: Mapping[str, int] = field(default_factory=dict)
+    """Failed parts with a detection of the class (each part once per class)."""
 
     @property
     def parts(self) -> int:
@@ -118,6 +120,7 @@ class VerdictWindow:
         self._verdicts: Counter[str] = Counter()
         self._reasons: Counter[str] = Counter()
         self._defects: Counter[str] = Counter()
+        self._failed_parts: Counter[str] = Counter()
         self._latency: dict[str, list[float]] = {}
         self._seen: Counter[str] = Counter()
 
@@ -130,6 +133,8 @@ class VerdictWindow:
                 return
             for d in record.defects:
                 self._defects[d.class_name] += 1
+            if record.verdict == "fail":
+                self._failed_parts.update({d.class_name for d in record.defects})
             for stage, value in record.latency_ms.items():
                 seen = self._seen[stage] = self._seen[stage] + 1
                 values = self._latency.get(stage)
@@ -150,6 +155,7 @@ class VerdictWindow:
                 uninspected_by_reason=dict(self._reasons),
                 defects_by_class=dict(self._defects),
                 latency_ms=self._latency,
+                failed_parts_by_class=dict(self._failed_parts),
             )
             self._reset()
         return counts
@@ -241,6 +247,9 @@ def build_metrics(
     defects: Counter[str] = Counter()
     for name, n in counts.defects_by_class.items():
         defects[clean_class_name(name)] += int(n)
+    failed_parts: Counter[str] = Counter()
+    for name, n in counts.failed_parts_by_class.items():
+        failed_parts[clean_class_name(name)] += int(n)
     g = gauges or Gauges()
     depths = wire_queue_depths({**g.queue_depths, "telemetry": telemetry_pending})
     input_fps = None if frames_captured is None else \
@@ -257,6 +266,7 @@ def build_metrics(
         verdicts=VerdictCounts(passed=int(v.get("pass", 0)), failed=int(v.get("fail", 0)),
                                uninspected=uninspected),
         defects_by_class=dict(sorted(defects.items())[:_MAX_CLASSES]),
+        failed_parts_by_class=dict(sorted(failed_parts.items())[:_MAX_CLASSES]),
         uninspected_by_reason=reasons,
         latency_ms=wire_latency(counts.latency_ms),
         engine_provider=provider,

@@ -31,6 +31,7 @@ from cloud.fleet import (
     MetricsPoint,
     QuarantineSummary,
 )
+from cloud.fleet.report import LineReport, ReportTooLarge
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +176,28 @@ def create_app(store: FleetStore, token: SecretStr | str) -> FastAPI:
             raise _not_found(site, line)
         points = fleet.metrics(site, line, since=since, until=until, limit=limit)
         return MetricsSeries(site=site, line=line, points=points)
+
+    @router.get("/lines/{site}/{line}/report", tags=["lines"])
+    def line_report(
+        fleet: Store,
+        site: SiteParam,
+        line: LineParam,
+        since: SinceQuery = None,
+        until: UntilQuery = None,
+        bucket_s: Annotated[int, Query(ge=1, le=31 * 86_400,
+                                       description="bucket length, seconds")] = 3600,
+    ) -> LineReport:
+        """Parts, pass, fail, uninspected by reason, yield and failed parts per class
+        (parts, not boxes), in total and per time bucket (epoch-aligned; a metrics window
+        counts in the bucket of its end; only buckets with data), from the line's metrics
+        messages. 422 when the range holds more than 10000 buckets of data."""
+        _check_range(since, until)
+        if fleet.line(site, line) is None:
+            raise _not_found(site, line)
+        try:
+            return fleet.line_report(site, line, since=since, until=until, bucket_s=bucket_s)
+        except ReportTooLarge as e:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(e)) from e
 
     @router.get("/lines/{site}/{line}/model", tags=["lines"])
     def line_model(fleet: Store, site: SiteParam, line: LineParam) -> LineModelView:

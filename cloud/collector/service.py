@@ -44,6 +44,8 @@ class CollectorStats:
     subscribed: bool
     queue_depth: int
     dropped_qos0: int
+    callback_errors: int
+    """Exceptions our MQTT handlers raised on the client's thread (logged, not raised)."""
     writer: WriterStats
 
 
@@ -114,6 +116,7 @@ class Collector:
             subscribed=self._session.subscribed.is_set(),
             queue_depth=self._queue.qsize(),
             dropped_qos0=self._dropped_qos0,
+            callback_errors=self._session.callback_errors,
             writer=self._writer.stats,
         )
 
@@ -152,10 +155,11 @@ class Collector:
         w = s.writer
         logger.info(
             "collector %s: received %d, stored %d, duplicates %d, quarantined %d %s, "
-            "dropped qos0 %d, acked %d, batches %d, store retries %d, queue %d, connected %s",
+            "dropped qos0 %d, acked %d, batches %d, store retries %d, queue %d, connected %s, "
+            "handler errors %d",
             self._cfg.broker.client_id, w.received, w.stored, w.duplicates, w.quarantined,
             w.quarantined_by_reason or "", s.dropped_qos0, w.acked, w.batches,
-            w.store_retries, s.queue_depth, s.connected,
+            w.store_retries, s.queue_depth, s.connected, s.callback_errors,
         )
 
     def stop(self) -> None:

@@ -33,7 +33,7 @@ from sqlite_utils import Database
 
 from cloud.config import FleetStoreConfig
 from cloud.errors import FleetStoreError, StoreRejected, StoreUnavailable
-from cloud.fleet import queries, sql
+from cloud.fleet import queries, report, sql
 from cloud.fleet.rows import (
     MessageRows,
     Received,
@@ -333,6 +333,15 @@ class FleetStore:
     ) -> list[MetricsPoint]:
         """A line's metrics, newest first, `since` <= sent_at < `until`."""
         return self._read(lambda c: queries.metrics(c, site, line, since, until, limit))
+
+    def line_report(
+        self, site: str, line: str, *, since: datetime | None = None,
+        until: datetime | None = None, bucket_s: int = 3600,
+    ) -> report.LineReport:
+        """A line's parts, verdicts, yield and fails per class per time bucket (see
+        cloud.fleet.report). Raises FleetStoreError, report.ReportTooLarge."""
+        return self._read(lambda c: report.line_report(
+            c, site, line, since=since, until=until, bucket_s=bucket_s))
 
     def defect_events(
         self, *, site: str | None = None, line: str | None = None,

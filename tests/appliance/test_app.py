@@ -1,5 +1,6 @@
 """The App wiring: a run with a frame budget, frame ids that continue across restarts,
-a missing model (uninspected + alarm), hot swap from a .tar bundle, source overrides."""
+a missing model where allowed (uninspected + alarm), hot swap from a .tar bundle, source
+overrides."""
 
 from __future__ import annotations
 
@@ -76,7 +77,10 @@ def test_run_with_a_frame_budget_then_restart_continues_frame_ids(
 
 
 def test_a_model_that_cannot_load_means_uninspected_and_an_alarm(tmp_path: Path) -> None:
+    # only where the config allows starting without a model (else: test_start_checks.py)
     cfg = config(tmp_path, tmp_path / "no-such-bundle")
+    cfg = cfg.model_copy(update={
+        "model": cfg.model.model_copy(update={"allow_start_without_model": True})})
     summary = App(cfg, max_frames=10).run(threading.Event())
     assert summary.model is None
     assert summary.verdicts == {"pass": 0, "fail": 0, "uninspected": 10}

@@ -65,16 +65,17 @@ def live_files(root: Path) -> set[str]:
 def ledger(cfg: StoreConfig) -> list[tuple[object, ...]]:
     return db_rows(
         cfg.path,
-        "SELECT frame_id, path, bytes, verdict, created_at, deleted_at, delete_reason"
-        " FROM images ORDER BY id",
+        "SELECT frame_id, path, bytes, verdict, created_at, deleted_at, delete_reason,"
+        " annotated_path, annotated_bytes FROM images ORDER BY id",
     )
 
 
 def assert_ledger_matches_disk(cfg: StoreConfig) -> None:
     rows = ledger(cfg)
     live = [r for r in rows if r[5] is None]
-    assert {str(r[1]) for r in live} == live_files(cfg.images.dir)
-    assert sum(int(str(r[2])) for r in live) == dir_bytes(cfg.images.dir)
+    # a kept fail image's annotated copy is part of its ledger row
+    assert {str(p) for r in live for p in (r[1], r[7]) if p} == live_files(cfg.images.dir)
+    assert sum(int(str(r[2])) + int(str(r[8])) for r in live) == dir_bytes(cfg.images.dir)
     deleted = [r for r in rows if r[5] is not None]
     events = db_rows(cfg.path, "SELECT data FROM events WHERE kind = 'image_deleted'")
     assert sum(json.loads(str(e[0]))["count"] for e in events) == len(deleted)
@@ -118,7 +119,9 @@ def test_image_paths_are_safe_and_distinct() -> None:
 # ---------------------------------------------------------------------- quota
 def test_tiny_quota_is_never_exceeded_and_keeps_every_fail_image_it_can(tmp_path: Path) -> None:
     quota = int(jpeg_size(0) * 5.5)
-    cfg = make_cfg(tmp_path, images={"keep_pass_fraction": 1.0, "quota_bytes": quota})
+    # one JPEG per frame, so the sizes above hold (annotated copies: test_annotated_*)
+    cfg = make_cfg(tmp_path, images={"keep_pass_fraction": 1.0, "quota_bytes": quota,
+                                     "annotate_fails": False})
     disk = FakeDisk(cfg.images.dir, capacity=10**12)
     verdicts: list[Verdict] = ["fail" if i % 3 == 0 else "pass" for i in range(60)]
     with Store(cfg, clock=counter_clock(), free_disk_bytes=disk) as store:
@@ -135,7 +138,7 @@ def test_tiny_quota_is_never_exceeded_and_keeps_every_fail_image_it_can(tmp_path
     assert_ledger_matches_disk(cfg)
     rows = ledger(cfg)
     # fail images only went when no pass image was left to delete
-    for fid, _, _, row_verdict, _, deleted_at, _ in rows:
+    for fid, _, _, row_verdict, _, deleted_at, *_ in rows:
         if row_verdict == "fail" and deleted_at is not None:
             alive_pass = [
                 r for r in rows
@@ -166,7 +169,8 @@ def test_free_disk_floor_with_injected_disk_usage(tmp_path: Path) -> None:
     floor = capacity - int(size * 3.5)
     cfg = make_cfg(
         tmp_path,
-        images={"keep_pass_fraction": 1.0, "quota_bytes": 10**9, "min_free_disk_bytes": floor},
+        images={"keep_pass_fraction": 1.0, "quota_bytes": 10**9, "min_free_disk_bytes": floor,
+                "annotate_fails": False},  # sized in single JPEGs
     )
     disk = FakeDisk(cfg.images.dir, capacity=capacity)
     with Store(cfg, clock=counter_clock(), free_disk_bytes=disk) as store:
@@ -229,7 +233,7 @@ def test_restart_reconciles_directory_and_enforces_a_smaller_quota(tmp_path: Pat
     torn = cfg.images.dir / str(rows[1][1])  # an atomic write's temp file, left by a crash
     torn.with_name(f".{torn.name}.k3j9x.tmp").write_bytes(b"partial")
     # the quota now fits one image: pass images go first, then the oldest fail
-    quota = max(int(str(r[2])) for r in rows) + 1
+    quota = max(int(str(r[2])) + int(str(r[8])) for r in rows) + 1  # with annotated copy
     images = cfg.images.model_copy(update={"quota_bytes": quota})
     smaller = cfg.model_copy(update={"images": images})
     with Store(smaller, clock=counter_clock()) as store:

@@ -11,7 +11,8 @@ from appliance.telemetry.outbox import Outbox
 from appliance.telemetry.publisher import Publisher
 from protocol import Outgoing, topic_of
 from protocol.mqtt_client import Reason
-from tests.appliance.telemetry_helpers import migrated_db, telemetry_cfg, wait_for
+from tests.appliance.store_rig import open_store
+from tests.appliance.telemetry_helpers import telemetry_cfg, wait_for
 from tests.cloud import fleet_helpers as h
 from tests.mqtt_fake import FakeClients
 
@@ -22,7 +23,8 @@ WAIT_S = 20.0
 
 def test_outbox_rows_leave_only_on_their_puback(tmp_path: Path) -> None:
     clients = FakeClients()
-    outbox = Outbox(migrated_db(tmp_path), max_rows=100, hard_max_rows=1000)
+    store = open_store(tmp_path)
+    outbox = Outbox(store, max_rows=100, hard_max_rows=1000)
     publisher = Publisher(telemetry_cfg(1883, metrics_interval_s=3600.0, unrouted_retry_s=0.2),
                           outbox, client_id="line-1", will=lambda: WILL,
                           first_message=lambda: ONLINE, client_factory=clients)
@@ -48,3 +50,4 @@ def test_outbox_rows_leave_only_on_their_puback(tmp_path: Path) -> None:
         publisher.stop(1.0)
         publisher.connection.stop()
         outbox.close()
+        store.stop()

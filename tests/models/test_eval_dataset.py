@@ -68,7 +68,7 @@ def test_names_list_or_dict(tmp_path: Path, names_yaml: str, expected: list[str]
         ("names: {a: dent}", "keys must be class ids"),
         ("names: dent", "must be a list or a mapping"),
         ("names: []", "'names' is empty"),
-        ("val: images/val", "'names' is missing"),
+        ("# no names", "'names' is missing"),
     ],
 )
 def test_bad_names(tmp_path: Path, names_yaml: str, message: str) -> None:

@@ -159,11 +159,24 @@ def _v4_inspections_seq(db: Database) -> None:
     db.execute("CREATE INDEX inspections_station_seq ON inspections (station, seq)")
 
 
+def _v5_annotated_images_part_index(db: Database) -> None:
+    """The annotated copy of a kept image (`annotated_path`, `annotated_bytes`: one
+    ledger entry with its original, see images.py), and an index on `part_id` so that
+    `lineguard appliance show PART` finds a part's verdicts without a scan (partial:
+    frames without a part id cost no entry)."""
+    db.execute("ALTER TABLE images ADD COLUMN annotated_path TEXT")
+    db.execute("ALTER TABLE images ADD COLUMN annotated_bytes INTEGER NOT NULL DEFAULT 0"
+               " CHECK (annotated_bytes >= 0)")
+    db.execute("CREATE INDEX inspections_part_id ON inspections (part_id)"
+               " WHERE part_id IS NOT NULL")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_inspections_defects_events,
     _v2_images,
     _v3_telemetry_outbox,
     _v4_inspections_seq,
+    _v5_annotated_images_part_index,
 )
 
 
