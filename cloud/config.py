@@ -84,7 +84,9 @@ class CollectorConfig(_Section):
     group: str = "collectors"
     # Worker processes (validation is CPU-bound: one process uses one core). With K > 1
     # the workers' client ids are `<broker.client_id>-0` ... `-<K-1>`; see
-    # cloud/collector/workers.py before lowering K.
+    # cloud/collector/workers.py before lowering K. They share `broker.username`: on a
+    # broker with `use_username_as_clientid` (the shipped deploy/mosquitto config) that
+    # makes them one session; there, run one worker per account (deploy/mosquitto/README.md).
     workers: int = Field(1, ge=1, le=64)
     # Also subscribe (not shared) to every line's retained `status` and `model`: MQTT 5
     # never sends retained messages to a shared subscription, so without this a new
