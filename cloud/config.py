@@ -157,6 +157,9 @@ class ApiConfig(_Section):
     # Bearer token for every endpoint but /health; at least 16 characters.
     token: SecretStr | None = None
     token_file: Path | None = None
+    # Serve the OpenAPI spec (/openapi.json) without the token. Off: the spec needs the
+    # token like the data does; /docs asks for the token and loads the spec with it.
+    public_docs: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> ApiConfig:
