@@ -60,6 +60,7 @@ from protocol import (
     StatusMessage,
     UpdateProgress,
     last_will,
+    line_client_id,
     new_msg_id,
     prepare,
     validate_id,
@@ -108,7 +109,7 @@ class Telemetry:
         self._clock = clock
         self._record_event = record_event
         self._app_version = app_version
-        self._client_id = cfg.broker.client_id or f"lineguard-{site}-{line}"
+        self._client_id = cfg.broker.client_id or line_client_id(self.site, self.line)
         self.window = VerdictWindow()
         self._gauges: Gauges | None = None
         self._status_key: tuple[object, ...] | None = None

@@ -37,6 +37,16 @@ Row = tuple[object, ...]
 V1_END_TO_END: Final = "total"
 """The end-to-end stage's name in `lineguard.metrics/1` as appliances up to 0.1.0 sent it."""
 
+# Quarantine reason of a valid message whose msg_id is already stored with other content.
+CONFLICTING_DUPLICATE: Final = "conflicting_duplicate"
+
+
+def content_digest(message: Message) -> str:
+    """sha256 (hex) of the message's canonical JSON: the same for a redelivery of the
+    same message however its payload was spaced or ordered, different for any change
+    of content."""
+    return hashlib.sha256(message.model_dump_json().encode("utf-8")).hexdigest()
+
 
 def to_ms(value: datetime) -> int:
     """Milliseconds since the Unix epoch of an aware datetime (floored).
@@ -102,7 +112,7 @@ def rows_for(item: Received, stored_at_ms: int) -> MessageRows:
     head = (m.msg_id, m.site, m.line, sent_ms, recv_ms)
     rows = MessageRows(
         message=(m.msg_id, m.KIND.value, m.schema_id, m.site, m.line, sent_ms, recv_ms,
-                 stored_at_ms)
+                 stored_at_ms, content_digest(m))
     )
     text = item.payload.decode("utf-8")
     if isinstance(m, StatusMessage):
