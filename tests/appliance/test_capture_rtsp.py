@@ -45,7 +45,7 @@ PACKAGES = "python3-gi gir1.2-gst-rtsp-server-1.0 (see .ci/run)"
 WIDTH_PX, HEIGHT_PX = 320, 240
 OUTAGE_S = 10.0
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -65,32 +65,29 @@ def rtsp_available() -> None:
 class RtspServer:
     """The rtsp_server.py process: start, kill, restart on one port, freeze."""
 
-    def __init__(self) -> None:
+    def __init__(self, log_path: Path) -> None:
         self.port = 0
         self.proc: subprocess.Popen[str] | None = None
+        # GStreamer's warnings go to a file: a pipe nobody reads could fill and block it
+        self.log_path = log_path
 
     def start(self, timeout_s: float = 30.0) -> None:
         assert self.proc is None
-        self.proc = subprocess.Popen(
-            [str(SYSTEM_PYTHON), str(SERVER), "--port", str(self.port),
-             "--fps", "15", "--width", str(WIDTH_PX), "--height", str(HEIGHT_PX)],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
+        with self.log_path.open("a", encoding="utf-8") as log:  # the child keeps its copy
+            self.proc = subprocess.Popen(
+                [str(SYSTEM_PYTHON), str(SERVER), "--port", str(self.port),
+                 "--fps", "15", "--width", str(WIDTH_PX), "--height", str(HEIGHT_PX)],
+                cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
+            )
         assert self.proc.stdout is not None
         # The server prints its port once it listens; never block on a silent one.
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
         line = self.proc.stdout.readline() if ready else ""
         if not line.startswith("PORT "):
-            err = self._stop_and_read_stderr()
+            self.stop()
+            err = self.log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
             pytest.fail(f"RTSP server did not start in {timeout_s:.0f} s: {line!r} {err!r}")
         self.port = int(line.split()[1])
-
-    def _stop_and_read_stderr(self) -> str:
-        proc = self.proc
-        self.stop()
-        if proc is None or proc.stderr is None:
-            return ""
-        return proc.stderr.read()[-2000:]
 
     def stop(self) -> None:
         """Kill it (a camera that loses power): no TEARDOWN, the sockets just close."""
@@ -100,9 +97,8 @@ class RtspServer:
             os.kill(self.proc.pid, signal.SIGCONT)  # in case a test left it frozen
             self.proc.kill()
         self.proc.wait(timeout=10)
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         self.proc = None
 
     def signal(self, sig: signal.Signals) -> None:
@@ -115,8 +111,8 @@ class RtspServer:
 
 
 @pytest.fixture
-def server(rtsp_available: None) -> Iterator[RtspServer]:
-    s = RtspServer()
+def server(rtsp_available: None, tmp_path: Path) -> Iterator[RtspServer]:
+    s = RtspServer(tmp_path / "rtsp_server.log")
     s.start()
     try:
         yield s
@@ -180,6 +176,7 @@ def test_rtsp_camera_outage_is_one_gap_and_frames_after_it_are_judged(
         down_at = time.time()
         server.stop()
         wait_for("the loss", lambda: station().state != "streaming", detail=station)
+        lost_seen_at = time.time()  # FFmpeg's buffered frames were all read before it
         wait_for("a failed reopen while the camera is down",
                  lambda: app.pipeline is not None
                  and app.pipeline.sources[0].source.attempts >= 1, detail=station)
@@ -211,7 +208,7 @@ def test_rtsp_camera_outage_is_one_gap_and_frames_after_it_are_judged(
 
     # Every frame has exactly one verdict, ids run on across the reconnect, nothing was
     # captured while the camera was off (but the frames FFmpeg had buffered), and the
-    # frames after the outage were judged, at the camera's size.
+    # frames after the outage were judged.
     rows = _query(db, "SELECT frame_id, verdict, reason, captured_at FROM inspections "
                       "ORDER BY id")
     seqs = sorted(int(fid.rsplit(":", 1)[1]) for fid, _, _, _ in rows)
@@ -219,7 +216,7 @@ def test_rtsp_camera_outage_is_one_gap_and_frames_after_it_are_judged(
     # judged, or read in the moment of the stop (the sealed book records those)
     assert {(v, r) for _, v, r, _ in rows} <= {("pass", None), ("fail", None),
                                                ("uninspected", "shutdown")}
-    assert [r for r in rows if down_at + 2.0 < r[3] < up_at] == []
+    assert [r for r in rows if lost_seen_at < r[3] < up_at] == []
     after = [v for _, v, _, at in rows if at > up_at]
     assert len(after) >= 10 and set(after[:10]) <= {"pass", "fail"}
 
