@@ -15,8 +15,9 @@ that still send it (appliances up to 0.1.0: stages `infer` and `total`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -127,6 +128,16 @@ class OutboxStats(BaseModel):
 
 # Version 1, kept to read lines that still send it (free-form map keys). Its docstring and
 # title are the published schema's: a published version never changes.
+
+
+def _check_uninspected_sum(verdicts: VerdictCounts, by_reason: Mapping[Any, int]) -> None:
+    """Raise ValueError unless the per-reason counts (when given) sum to the total."""
+    total = sum(by_reason.values())
+    if by_reason and total != verdicts.uninspected:
+        raise ValueError(f"uninspected_by_reason sums to {total}, "
+                         f"verdicts.uninspected is {verdicts.uninspected}")
+
+
 class MetricsMessageV1(Envelope):
     """Throughput, verdicts, defects, latency and health of a line over one window."""
 
@@ -140,10 +151,6 @@ class MetricsMessageV1(Envelope):
     verdicts: VerdictCounts
     # Detections (boxes) per class.
     defects_by_class: dict[ClassName, Count] = Field(default_factory=dict, max_length=1024)
-    # Failed parts with at least one detection of the class (a part with three scratches
-    # is one); a part with two classes counts under both. Absent from older appliances.
-    failed_parts_by_class: dict[ClassName, Count] = Field(default_factory=dict,
-                                                          max_length=1024)
     # Reasons such as frame_dropped, engine_down, deadline, queue_full; they sum to
     # `verdicts.uninspected`.
     uninspected_by_reason: dict[Name, Count] = Field(default_factory=dict, max_length=64)
@@ -159,12 +166,7 @@ class MetricsMessageV1(Envelope):
 
     @model_validator(mode="after")
     def _uninspected_adds_up(self) -> MetricsMessageV1:
-        by_reason = sum(self.uninspected_by_reason.values())
-        if self.uninspected_by_reason and by_reason != self.verdicts.uninspected:
-            raise ValueError(
-                f"uninspected_by_reason sums to {by_reason}, "
-                f"verdicts.uninspected is {self.verdicts.uninspected}"
-            )
+        _check_uninspected_sum(self.verdicts, self.uninspected_by_reason)
         return self
 
 
@@ -201,10 +203,5 @@ class MetricsMessage(Envelope):
 
     @model_validator(mode="after")
     def _uninspected_adds_up(self) -> MetricsMessage:
-        by_reason = sum(self.uninspected_by_reason.values())
-        if self.uninspected_by_reason and by_reason != self.verdicts.uninspected:
-            raise ValueError(
-                f"uninspected_by_reason sums to {by_reason}, "
-                f"verdicts.uninspected is {self.verdicts.uninspected}"
-            )
+        _check_uninspected_sum(self.verdicts, self.uninspected_by_reason)
         return self
