@@ -33,6 +33,7 @@ from appliance.capture.config import STATION_PATTERN, SimSourceConfig, SourceCon
 from appliance.errors import ConfigError
 from appliance.store.config import StoreConfig
 from appliance.telemetry.config import TelemetryConfig
+from models.bundle import DEFAULT_MAX_UNPACKED_BYTES
 from models.demo import demo_bundle_dir
 from protocol.backoff import BackoffConfig
 from protocol.configfile import ConfigFileError, load_config_file, validate_mapping
@@ -90,6 +91,10 @@ class ModelConfig(_Section):
     """Which bundle to run at start (a directory or a .tar/.tar.gz)."""
 
     bundle: Path = DEMO_BUNDLE
+    max_unpacked_bytes: int = Field(DEFAULT_MAX_UNPACKED_BYTES, ge=1024 * 1024,
+                                    le=64 * 1024**3)
+    """The most a .tar bundle may unpack to (bytes, all files together); a larger one is
+    refused before anything is written to the data disk."""
     verify_golden: bool = True
     """Refuse a bundle whose golden set does not reproduce on this machine."""
     allow_start_without_model: bool = False
