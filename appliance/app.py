@@ -245,6 +245,8 @@ class App:
                     roi_xywh=s.roi_xywh,
                     first_seq=self.store.next_sequence(s.name),
                     reconnect=s.source.reconnect,
+                    min_frame_px=s.min_frame_px,
+                    frame_wh=s.frame_wh,
                 )
                 for s in cfg.stations
             ]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -62,6 +62,14 @@ class StationConfig(_Section):
     name: str = Field("station-1", pattern=STATION_PATTERN)
     roi_xywh: tuple[int, int, int, int] | None = None
     source: SourceConfig = Field(default_factory=SimSourceConfig)
+    min_frame_px: int = Field(32, ge=1, le=16384)
+    """Frames narrower or lower than this (pixels) are not judged: `uninspected:
+    wrong_size` (a 1x1 image is no picture of a part)."""
+    frame_wh: tuple[Annotated[int, Field(ge=1, le=65_535)],
+                    Annotated[int, Field(ge=1, le=65_535)]] | None = None
+    """The frame size (width, height in pixels) this station's camera delivers; a frame
+    of any other size is `uninspected: wrong_size`. None: any size of at least
+    `min_frame_px`."""
 
     @model_validator(mode="before")
     @classmethod

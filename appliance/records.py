@@ -36,6 +36,12 @@ class UninspectedReason(StrEnum):
     SHUTDOWN = "shutdown"
     DEADLINE = "deadline"
     NO_MODEL = "no_model"
+    UNREADABLE = "unreadable"
+    """The source could not read the frame (an empty or non-image file, a read error)."""
+    CORRUPT = "corrupt"
+    """The frame's image is damaged (truncated, header and pixels disagree)."""
+    WRONG_SIZE = "wrong_size"
+    """The frame is smaller than the station's `min_frame_px` or not its `frame_wh`."""
 
 
 def _finite(value: float) -> bool:

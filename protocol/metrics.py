@@ -83,7 +83,8 @@ class MetricsMessage(Envelope):
     # is one); a part with two classes counts under both. Absent from older appliances.
     failed_parts_by_class: dict[ClassName, Count] = Field(default_factory=dict,
                                                           max_length=1024)
-    # Reasons such as frame_dropped, engine_down, deadline, queue_full; they sum to
+    # Reasons (the appliance's UninspectedReason: dropped, engine_failure, shutdown,
+    # deadline, no_model, unreadable, corrupt, wrong_size, ...); they sum to
     # `verdicts.uninspected`.
     uninspected_by_reason: dict[Name, Count] = Field(default_factory=dict, max_length=64)
     # Per stage, e.g. capture, preprocess, batch_wait, inference, postprocess, end_to_end.
