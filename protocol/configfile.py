@@ -319,7 +319,7 @@ def yaml_error_text(error: yaml.YAMLError) -> str:
                 f"{context_mark.column + 1})"
     if "'\\t'" in text:
         text += " (indent with spaces: YAML does not allow tabs there)"
-    return text
+    return text.replace("\n", " ")  # one line: a reader error spans two
 
 
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -334,8 +334,9 @@ many of them nested expand exponentially (the "billion laughs")."""
 
 def _check_shape(text: str, path: Path) -> None:
     """Walk the YAML event stream (PyYAML's parser keeps an explicit stack; only the
-    constructor recurses) and refuse too deep nesting or too many aliases, with the
-    line where the limit is crossed. Syntax errors surface here as yaml.YAMLError."""
+    constructor recurses) and refuse too deep nesting, too many aliases or an integer
+    of more digits than Python converts, with the line where it is. Syntax errors
+    surface here as yaml.YAMLError."""
     depth = aliases = 0
     for event in yaml.parse(text, Loader=_UniqueKeyLoader):
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
@@ -346,6 +347,12 @@ def _check_shape(text: str, path: Path) -> None:
                                       f"deep (line {line})")
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             depth -= 1
+        elif (isinstance(event, yaml.ScalarEvent) and event.style is None
+              and len(event.value) > 1000
+              and event.value.lstrip("+-").replace("_", "").isdigit()):
+            line = event.start_mark.line + 1 if event.start_mark else 0
+            raise ConfigFileError(f"{path}: a number of {len(event.value)} digits (line "
+                                  f"{line})")
         elif isinstance(event, yaml.AliasEvent):
             aliases += 1
             if aliases > MAX_YAML_ALIASES:
@@ -375,6 +382,8 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         raise ConfigFileError(f"{path}: not valid YAML{yaml_error_text(e)}") from None
     except RecursionError:  # defensive: _check_shape bounds the depth
         raise ConfigFileError(f"{path}: nested too deeply") from None
+    except ValueError as e:  # defensive: a value the constructor cannot convert
+        raise ConfigFileError(f"{path}: a value cannot be read ({e})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

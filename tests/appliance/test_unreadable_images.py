@@ -55,7 +55,7 @@ FILES: dict[str, tuple[bytes, str]] = {
 }
 
 
-def _run(tmp_path: Path, bundle: Bundle) -> tuple[dict[str, object], Path]:
+def _run(tmp_path: Path, bundle: Bundle) -> dict[str, object]:
     folder = tmp_path / "images"
     folder.mkdir()
     for name, (data, _) in FILES.items():
@@ -78,11 +78,11 @@ def _run(tmp_path: Path, bundle: Bundle) -> tuple[dict[str, object], Path]:
         capture_output=True, text=True, timeout=150, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    return summary, tmp_path / "data" / "lineguard.db"
+    return summary
 
 
 def test_every_listed_image_gets_exactly_one_verdict(tmp_path: Path, bundle: Bundle) -> None:
-    summary, _ = _run(tmp_path, bundle)
+    summary = _run(tmp_path, bundle)
     db = next((tmp_path / "data").rglob("*.db"))
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         rows = conn.execute("SELECT part_id, verdict, reason FROM inspections").fetchall()
