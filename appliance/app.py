@@ -140,15 +140,16 @@ def build_pipeline(
                     draining=draining, abort=abort, cpu=cpu, clock=clock)
 
 
-def open_model_bundle(path: Path, bundles_dir: Path) -> Bundle:
-    """A bundle directory, or a .tar/.tar.gz unpacked (safely) under `bundles_dir`.
+def open_model_bundle(path: Path, bundles_dir: Path, max_unpacked_bytes: int) -> Bundle:
+    """A bundle directory, or a .tar/.tar.gz unpacked (safely, at most
+    `max_unpacked_bytes`) under `bundles_dir`; a refused one leaves nothing there.
     Raises ModelError."""
     if path.is_dir():
         return open_bundle(path, bundles_dir)
     work_dir = bundles_dir / path.name.replace(".", "_")
     if work_dir.exists():
         shutil.rmtree(work_dir)
-    return open_bundle(path, work_dir)
+    return open_bundle(path, work_dir, max_unpacked_bytes=max_unpacked_bytes)
 
 
 @dataclass(frozen=True)
@@ -247,6 +248,8 @@ class App:
                     roi_xywh=s.roi_xywh,
                     first_seq=self.store.next_sequence(s.name),
                     reconnect=s.source.reconnect,
+                    min_frame_px=s.min_frame_px,
+                    frame_wh=s.frame_wh,
                 )
                 for s in cfg.stations
             ]
@@ -296,7 +299,8 @@ class App:
 
     def _load_model(self, path: Path) -> LoadedModel | None:
         try:
-            bundle = open_model_bundle(path, self.cfg.bundles_dir)
+            bundle = open_model_bundle(path, self.cfg.bundles_dir,
+                                       self.cfg.model.max_unpacked_bytes)
             return self.engine.load(bundle, verify=self.cfg.model.verify_golden)
         except (ModelError, EngineError) as e:
             if self._require_model:
@@ -331,7 +335,8 @@ class App:
         Raises ModelError / EngineError; the running model then stays."""
         if self.pipeline is None:
             raise EngineError("the appliance is not running")
-        bundle = open_model_bundle(bundle_path, self.cfg.bundles_dir)
+        bundle = open_model_bundle(bundle_path, self.cfg.bundles_dir,
+                                   self.cfg.model.max_unpacked_bytes)
         return self.pipeline.swap_model(bundle, verify=verify)
 
     def stats(self) -> PipelineStats:

@@ -23,10 +23,12 @@ down is retried).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -81,15 +83,34 @@ def check_config(args: argparse.Namespace) -> int:
         print(f"source {probe.line()}")
     print(f"store: {cfg.store.path} (images in {cfg.store.images.dir})")
     if not args.skip_model:
-        engine = Engine(cfg.engine, max_batch=cfg.pipeline.max_batch)
-        bundle = open_model_bundle(cfg.model.bundle, cfg.bundles_dir)
-        model = engine.load(bundle, verify=cfg.model.verify_golden)
-        golden = "golden set reproduces" if cfg.model.verify_golden else "golden set not checked"
-        print(f"model ok: {model.version_id} ({model.manifest.label}) on "
-              f"{','.join(model.info.providers)}, {golden}, batch 1..{model.max_batch} warmed")
+        _check_model(cfg)
     if args.print:
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
     return 0
+
+
+def _check_model(cfg: ApplianceConfig) -> None:
+    """Load, verify and warm the configured bundle; a .tar is unpacked into a temporary
+    folder under the bundles folder (same disk) that is removed afterwards, so a check
+    leaves nothing behind, whatever its outcome."""
+    engine = Engine(cfg.engine, max_batch=cfg.pipeline.max_batch)
+    made = [p for p in (cfg.bundles_dir, *cfg.bundles_dir.parents) if not p.exists()]
+    try:
+        with contextlib.ExitStack() as stack:
+            work = cfg.bundles_dir
+            if not cfg.model.bundle.is_dir():
+                cfg.bundles_dir.mkdir(parents=True, exist_ok=True)
+                work = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                    prefix=".check-config-", dir=cfg.bundles_dir)))
+            bundle = open_model_bundle(cfg.model.bundle, work, cfg.model.max_unpacked_bytes)
+            model = engine.load(bundle, verify=cfg.model.verify_golden)
+    finally:
+        for folder in made:  # nearest first: only the empty folders made here
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+    golden = "golden set reproduces" if cfg.model.verify_golden else "golden set not checked"
+    print(f"model ok: {model.version_id} ({model.manifest.label}) on "
+          f"{','.join(model.info.providers)}, {golden}, batch 1..{model.max_batch} warmed")
 
 
 def _print_summary(s: RunSummary) -> None:

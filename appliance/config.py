@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -33,6 +33,7 @@ from appliance.capture.config import STATION_PATTERN, SimSourceConfig, SourceCon
 from appliance.errors import ConfigError
 from appliance.store.config import StoreConfig
 from appliance.telemetry.config import TelemetryConfig
+from models.bundle import DEFAULT_MAX_UNPACKED_BYTES
 from models.demo import demo_bundle_dir
 from protocol.backoff import BackoffConfig
 from protocol.configfile import ConfigFileError, load_config_file, validate_mapping
@@ -61,6 +62,14 @@ class StationConfig(_Section):
     name: str = Field("station-1", pattern=STATION_PATTERN)
     roi_xywh: tuple[int, int, int, int] | None = None
     source: SourceConfig = Field(default_factory=SimSourceConfig)
+    min_frame_px: int = Field(32, ge=1, le=16384)
+    """Frames narrower or lower than this (pixels) are not judged: `uninspected:
+    wrong_size` (a 1x1 image is no picture of a part)."""
+    frame_wh: tuple[Annotated[int, Field(ge=1, le=65_535)],
+                    Annotated[int, Field(ge=1, le=65_535)]] | None = None
+    """The frame size (width, height in pixels) this station's camera delivers; a frame
+    of any other size is `uninspected: wrong_size`. None: any size of at least
+    `min_frame_px`."""
 
     @model_validator(mode="before")
     @classmethod
@@ -90,6 +99,10 @@ class ModelConfig(_Section):
     """Which bundle to run at start (a directory or a .tar/.tar.gz)."""
 
     bundle: Path = DEMO_BUNDLE
+    max_unpacked_bytes: int = Field(DEFAULT_MAX_UNPACKED_BYTES, ge=1024 * 1024,
+                                    le=64 * 1024**3)
+    """The most a .tar bundle may unpack to (bytes, all files together); a larger one is
+    refused before anything is written to the data disk."""
     verify_golden: bool = True
     """Refuse a bundle whose golden set does not reproduce on this machine."""
     allow_start_without_model: bool = False

@@ -23,6 +23,17 @@ class SourceLost(CaptureError):
     """The device or stream went away (or could not be opened); retrying may help."""
 
 
+class FrameUnreadable(CaptureError):
+    """One frame could not be read (an empty or non-image file) or is damaged (a
+    truncated or inconsistent image); the source goes on with the next. `fault` is
+    ``unreadable`` or ``corrupt``; the frame is recorded `uninspected` with that reason."""
+
+    def __init__(self, fault: str, message: str, part_id: str | None = None) -> None:
+        super().__init__(message)
+        self.fault = fault
+        self.part_id = part_id
+
+
 class SourceEnded(CaptureError):
     """The source has no more frames (end of a file or folder that does not loop)."""
 

@@ -5,17 +5,23 @@ A bundle directory holds ``manifest.json`` and exactly the files its ``files`` m
 lists, each with a matching sha256; anything else is an integrity error. Archives
 are validated member by member *before* anything is written, and extraction is done
 by hand (no ``extractall``): only regular files and directories, no absolute paths,
-no ``..``, no links or devices, bounded sizes, no duplicates.
+no ``..``, no links or devices, bounded sizes, no duplicates. The archive's manifest is
+read (in memory) and parsed first, so a member it does not list is refused before a
+byte is written; the listed members are extracted into a temporary directory beside
+the destination (same disk), which is removed on any refusal and renamed into place
+only when everything was written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import logging
 import os
 import shutil
 import tarfile
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +33,7 @@ from pydantic import ValidationError
 from models.errors import BundleIntegrityError, ManifestError, ModelError, UnsafeArchiveError
 from models.manifest import (
     MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
     Manifest,
     check_relative_path,
     format_validation_error,
@@ -35,6 +42,7 @@ from models.manifest import (
 from protocol.atomic import atomic_write_bytes, atomic_writer
 
 __all__ = [
+    "DEFAULT_MAX_UNPACKED_BYTES",
     "GOLDEN_DIR",
     "MANIFEST",
     "MODEL",
@@ -54,6 +62,9 @@ MODEL = "model.onnx"
 GOLDEN_DIR = "golden"
 MiB = 1024 * 1024
 _MAX_MEMBERS = 10_000
+DEFAULT_MAX_UNPACKED_BYTES = 1024 * MiB
+"""The default bound on a bundle archive's unpacked size (bytes); the appliance's
+`model.max_unpacked_bytes` refers to this value."""
 _CHUNK_BYTES = 1 * MiB
 
 
@@ -121,9 +132,12 @@ def load_bundle(path: Path, *, verify_files: bool = True) -> Bundle:
     return Bundle(root=root, manifest=manifest)
 
 
-def open_bundle(path: Path, work_dir: Path) -> Bundle:
+def open_bundle(
+    path: Path, work_dir: Path, *, max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES
+) -> Bundle:
     """Load a bundle from a directory, or from a ``.tar``/``.tar.gz`` which is first
-    unpacked safely into `work_dir` (which must not exist or be empty).
+    unpacked safely into `work_dir` (which must not exist or be empty; it is left empty
+    if the bundle is refused), at most `max_unpacked_bytes` in all.
 
     Raises what `load_bundle` and `unpack_bundle` raise.
     """
@@ -132,13 +146,23 @@ def open_bundle(path: Path, work_dir: Path) -> Bundle:
         return load_bundle(source)
     if not source.exists():
         raise BundleIntegrityError(f"bundle not found: {source}")
-    root = unpack_bundle(source, Path(work_dir))
-    if not (root / MANIFEST).exists():
-        # Also accept archives made with a single top-level folder (tar -C parent dir).
-        children = [p for p in root.iterdir()]
-        if len(children) == 1 and (children[0] / MANIFEST).is_file():
-            root = children[0]
-    return load_bundle(root)
+    work = Path(work_dir)
+    existed = work.exists()
+    root = unpack_bundle(source, work, max_total_bytes=max_unpacked_bytes)
+    try:
+        if not (root / MANIFEST).exists():
+            # Also accept archives made with a single top-level folder (tar -C parent dir).
+            children = [p for p in root.iterdir()]
+            if len(children) == 1 and (children[0] / MANIFEST).is_file():
+                root = children[0]
+        return load_bundle(root)
+    except ModelError:
+        # A refused bundle leaves nothing behind.
+        if existed:
+            _empty_dir(work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 def _prepare_empty_dir(path: Path, what: str) -> None:
@@ -281,20 +305,70 @@ def _validate_members(
     return checked
 
 
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> bytes:
+    if member.size > limit:
+        raise ManifestError(f"archive member {member.name!r}: larger than {limit} bytes")
+    fh = tar.extractfile(member)
+    if fh is None:
+        raise UnsafeArchiveError(f"archive member {member.name!r}: unreadable")
+    with fh:
+        data = fh.read(limit + 1)
+    if len(data) != member.size:
+        raise BundleIntegrityError(f"archive member {member.name!r}: truncated")
+    return data
+
+
+def _check_against_manifest(
+    tar: tarfile.TarFile, members: list[tuple[str, tarfile.TarInfo]]
+) -> None:
+    """Parse the archive's manifest (``manifest.json`` at the top or in its one top-level
+    folder) from memory and refuse any file it does not list, or a listed one that is
+    missing, before anything is written."""
+    files = {name: info for name, info in members if not info.isdir()}
+    prefix = ""
+    if MANIFEST not in files:
+        tops = {name.split("/", 1)[0] for name in files}
+        if len(tops) == 1 and f"{next(iter(tops))}/{MANIFEST}" in files:
+            prefix = f"{next(iter(tops))}/"
+        else:
+            raise BundleIntegrityError(f"archive has no {MANIFEST} (not a model bundle)")
+    text = _read_member(tar, files[prefix + MANIFEST], MAX_MANIFEST_BYTES)
+    try:
+        manifest = parse_manifest(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ManifestError(f"{MANIFEST}: not UTF-8 text") from None
+    listed = {prefix + name for name in manifest.files} | {prefix + MANIFEST}
+    for name, info in members:
+        if info.isdir():
+            if not any(item.startswith(name + "/") for item in listed):
+                raise BundleIntegrityError(
+                    f"archive member {info.name!r}: folder not in the manifest")
+        elif name not in listed:
+            raise BundleIntegrityError(
+                f"archive member {info.name!r}: not listed in the manifest")
+    for name in sorted(listed - set(files)):
+        raise BundleIntegrityError(
+            f"{name.removeprefix(prefix)}: listed in the manifest but missing from the archive")
+
+
 def unpack_bundle(
     tar_path: Path,
     dest: Path,
     *,
     max_member_bytes: int = 512 * MiB,
-    max_total_bytes: int = 1024 * MiB,
+    max_total_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
 ) -> Path:
     """Unpack a bundle tar (plain or gzip) into `dest` (must not exist or be empty).
 
     Every member is validated first; rejects absolute paths, ``..``, symlinks,
     hard links, devices and FIFOs, members over `max_member_bytes`, archives over
     `max_total_bytes` (bytes, uncompressed) and duplicate names with
-    UnsafeArchiveError naming the member. A missing or unreadable archive raises
-    BundleIntegrityError. On failure nothing is left in `dest`. Returns `dest`.
+    UnsafeArchiveError naming the member; then the manifest inside is parsed and a
+    member it does not list (or a listed file the archive lacks) raises
+    BundleIntegrityError (ManifestError for a bad manifest). A missing or unreadable
+    archive raises BundleIntegrityError. Members are written into a temporary folder
+    beside `dest`, renamed to `dest` at the end; on failure it is removed and nothing
+    is left in `dest`. Returns `dest`.
     """
     source, dest = Path(tar_path), Path(dest)
     if not source.is_file():
@@ -306,13 +380,23 @@ def unpack_bundle(
     with tar:
         try:
             members = _validate_members(tar, max_member_bytes, max_total_bytes)
+            _check_against_manifest(tar, members)
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise BundleIntegrityError(f"{source}: corrupt tar archive ({exc})") from None
+        existed = dest.exists()
         _prepare_empty_dir(dest, "unpack destination")
+        partial = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
         try:
-            _extract(tar, members, dest)
+            _extract(tar, members, partial)
+            dest.rmdir()  # empty (checked above); the finished folder takes its place
+            os.replace(partial, dest)
         except (tarfile.TarError, OSError, EOFError, ModelError) as exc:
-            _empty_dir(dest)
+            shutil.rmtree(partial, ignore_errors=True)
+            if existed:
+                dest.mkdir(exist_ok=True)
+            else:
+                with contextlib.suppress(OSError):  # made here: leave no empty folder
+                    dest.rmdir()
             if isinstance(exc, ModelError):
                 raise
             raise BundleIntegrityError(f"{source}: extraction failed ({exc})") from None

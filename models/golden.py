@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import cv2
 import numpy as np
@@ -25,7 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.bundle import GOLDEN_DIR, MODEL, Bundle, write_bundle
 from models.errors import GoldenMismatchError, ManifestError, ModelError
+from models.imagefile import ImageFileError, decode_image
 from models.manifest import (
+    MAX_CLASSES,
+    MAX_MANIFEST_BYTES,
     InputSpec,
     Lineage,
     Manifest,
@@ -59,28 +62,31 @@ GOLDEN_JSON = f"{GOLDEN_DIR}/golden.json"
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+_Coord = Annotated[float, Field(ge=-1e6, le=1e6)]
 
 
 class GoldenDetection(_Frozen):
-    class_id: int = Field(ge=0)
-    class_name: str
-    score: float
-    box_xyxy: tuple[float, float, float, float]  # original-frame pixels
+    class_id: int = Field(ge=0, le=MAX_CLASSES)
+    class_name: str = Field(max_length=128)
+    score: float = Field(ge=0.0, le=1.0)
+    box_xyxy: tuple[_Coord, _Coord, _Coord, _Coord]  # original-frame pixels
 
 
 class GoldenImage(_Frozen):
-    file: str  # bundle-relative, e.g. golden/img_000.png
-    height: int = Field(ge=1)
-    width: int = Field(ge=1)
-    tensor_sha256: str
-    detections: list[GoldenDetection]
+    file: str = Field(max_length=1024)  # bundle-relative, e.g. golden/img_000.png
+    height: int = Field(ge=1, le=65_535)
+    width: int = Field(ge=1, le=65_535)
+    tensor_sha256: str = Field(max_length=64)
+    detections: list[GoldenDetection] = Field(max_length=100_000)
 
 
 class GoldenFile(_Frozen):
     format: Literal[1] = 1
-    preprocess_hash: str
-    images: list[GoldenImage] = Field(min_length=1)
+    preprocess_hash: str = Field(max_length=64)
+    images: list[GoldenImage] = Field(min_length=1, max_length=1000)
 
 
 @dataclass(frozen=True)
@@ -170,9 +176,15 @@ def create_golden(
 
 
 def _read_image(path: Path, name: str) -> npt.NDArray[np.uint8]:
-    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else None
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data is not None and data.size else None
-    if image is None or image.dtype != np.uint8:
+    """A golden image, its header size checked before it is decoded."""
+    try:
+        data = path.read_bytes() if path.is_file() else b""
+        image = decode_image(data, Path(name).name, flags=cv2.IMREAD_UNCHANGED)
+    except (OSError, ImageFileError) as exc:
+        raise GoldenMismatchError(
+            f"golden image {Path(name).name}: missing or not a readable 8-bit image ({exc})"
+        ) from None
+    if image.dtype != np.uint8:
         raise GoldenMismatchError(
             f"golden image {Path(name).name}: missing or not a readable 8-bit image"
         )
@@ -184,6 +196,8 @@ def _load_golden(bundle: Bundle) -> GoldenFile:
         raise GoldenMismatchError(f"bundle has no golden set ({GOLDEN_JSON} not in the manifest)")
     path = bundle.path_of(GOLDEN_JSON)
     try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise GoldenMismatchError(f"{GOLDEN_JSON}: larger than {MAX_MANIFEST_BYTES} bytes")
         return GoldenFile.model_validate_json(path.read_bytes())
     except ValidationError as exc:
         raise GoldenMismatchError(f"{GOLDEN_JSON}: {format_validation_error(exc)}") from None

@@ -36,6 +36,7 @@ __all__ = [
     "PostprocessSpec",
     "PreprocessSpec",
     "Variant",
+    "check_input_tensor_bytes",
     "check_relative_path",
     "format_validation_error",
     "parse_manifest",
@@ -49,13 +50,46 @@ PREPROCESS_SPEC_FORMAT = 1
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
+# Bounds on every manifest field: a manifest is input from outside (a downloaded bundle),
+# so nothing in it may make the process allocate or loop without limit.
+MAX_MANIFEST_BYTES = 1024 * 1024
+"""A manifest file larger than this is refused before it is parsed."""
+MAX_INPUT_SIDE_PX = 8192
+"""The largest model input height or width."""
+MAX_BATCH = 256
+"""The largest fixed batch size a manifest may declare."""
+MAX_INPUT_TENSOR_BYTES = 2 * 1024**3
+"""The largest input tensor (one batch) the models package allocates."""
+MAX_CLASSES = 1000
+MAX_FILES = 10_000
+MAX_TEXT = 256
+MAX_PATH = 1024
+MAX_COUNT = 2**31 - 1
+"""Versions, image and instance counts: what an SQLite INTEGER and JSON readers hold."""
+
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Finite = Annotated[float, Field(ge=-1e6, le=1e6)]
+Pixels = Annotated[int, Field(ge=0, le=65_535)]
 Variant = Literal["fp32", "int8"]
 """The numeric builds of one trained model a bundle can hold."""
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def check_input_tensor_bytes(shape: Sequence[int], itemsize: int, what: str) -> None:
+    """Raise ManifestError if a tensor of `shape` and `itemsize` bytes per element is
+    larger than `MAX_INPUT_TENSOR_BYTES`; call before allocating one."""
+    nbytes = itemsize
+    for dim in shape:
+        nbytes *= int(dim)
+    if nbytes > MAX_INPUT_TENSOR_BYTES:
+        raise ManifestError(
+            f"{what}: a {list(shape)} tensor needs {nbytes} bytes, more than the limit "
+            f"{MAX_INPUT_TENSOR_BYTES} bytes (input size or batch too large)"
+        )
 
 
 def check_relative_path(name: str, *, allow_manifest: bool = False) -> str:
@@ -85,15 +119,15 @@ class PreprocessSpec(_Frozen):
     -> layout -> dtype.
     """
 
-    roi_xywh: tuple[int, int, int, int] | None = None
-    undistort_calibration: str | None = None
+    roi_xywh: tuple[Pixels, Pixels, Pixels, Pixels] | None = None
+    undistort_calibration: Text | None = None
     color_order: Literal["rgb", "bgr"] = "rgb"
     resize: Literal["letterbox", "stretch"] = "letterbox"
     interpolation: Literal["linear", "nearest", "area", "cubic"] = "linear"
     pad_value: int = Field(default=114, ge=0, le=255)
-    scale: float = Field(default=1 / 255, gt=0.0)
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    scale: float = Field(default=1 / 255, gt=0.0, le=1e6)
+    mean: tuple[Finite, Finite, Finite] = (0.0, 0.0, 0.0)
+    std: tuple[Finite, Finite, Finite] = (1.0, 1.0, 1.0)
     layout: Literal["nchw", "nhwc"] = "nchw"
     dtype: Literal["float32", "float16"] = "float32"
 
@@ -129,10 +163,11 @@ class PostprocessSpec(_Frozen):
     """Decode + NMS settings; defaults are Ultralytics predict's (conf 0.25, iou 0.7)."""
 
     score_threshold: Fraction = 0.25
-    class_score_thresholds: dict[str, Fraction] = Field(default_factory=dict)
+    class_score_thresholds: dict[Text, Fraction] = Field(default_factory=dict,
+                                                         max_length=MAX_CLASSES)
     iou_threshold: Fraction = 0.7
-    max_detections: int = Field(default=300, ge=1)
-    max_candidates: int = Field(default=30000, ge=1)
+    max_detections: int = Field(default=300, ge=1, le=100_000)
+    max_candidates: int = Field(default=30000, ge=1, le=10_000_000)
     agnostic: bool = False
 
     def threshold_for(self, classes: Sequence[str]) -> npt.NDArray[np.float32]:
@@ -155,12 +190,27 @@ class PostprocessSpec(_Frozen):
 class InputSpec(_Frozen):
     """The model's image input: ``[B, 3, H, W]`` (nchw) or ``[B, H, W, 3]`` (nhwc)."""
 
-    name: str = Field(default="images", min_length=1)
-    height: int = Field(ge=1)
-    width: int = Field(ge=1)
+    name: str = Field(default="images", min_length=1, max_length=MAX_TEXT)
+    height: int = Field(ge=1, le=MAX_INPUT_SIDE_PX)
+    width: int = Field(ge=1, le=MAX_INPUT_SIDE_PX)
     channels: Literal[3] = 3
     dtype: Literal["float32", "float16"] = "float32"
-    batch: Literal["dynamic"] | Annotated[int, Field(ge=1)] = "dynamic"
+    batch: Literal["dynamic"] | Annotated[int, Field(ge=1, le=MAX_BATCH)] = "dynamic"
+
+    def tensor_shape(self, batch: int, layout: str = "nchw") -> tuple[int, int, int, int]:
+        """The input tensor's shape for `batch` images in `layout`."""
+        if layout == "nhwc":
+            return (batch, self.height, self.width, self.channels)
+        return (batch, self.channels, self.height, self.width)
+
+    @model_validator(mode="after")
+    def _tensor_fits(self) -> InputSpec:
+        batch = self.batch if isinstance(self.batch, int) else 1
+        try:
+            check_input_tensor_bytes(self.tensor_shape(batch), 4, "input")
+        except ManifestError as exc:
+            raise ValueError(str(exc).removeprefix("input: ")) from None
+        return self
 
 
 class OutputSpec(_Frozen):
@@ -171,17 +221,18 @@ class OutputSpec(_Frozen):
     pixels), score, class id.
     """
 
-    name: str = Field(default="output0", min_length=1)
+    name: str = Field(default="output0", min_length=1, max_length=MAX_TEXT)
     format: Literal["yolo_raw", "end2end"] = "yolo_raw"
 
 
 class Lineage(_Frozen):
     """Where a model came from."""
 
-    dataset_fingerprint: str | None = None
-    code_revision: str | None = None
-    training_config: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
-    parent_version: int | None = Field(default=None, ge=1)
+    dataset_fingerprint: Text | None = None
+    code_revision: Text | None = None
+    training_config: dict[Text, Annotated[str, Field(max_length=4096)] | int | float | bool
+                          | None] = Field(default_factory=dict, max_length=1000)
+    parent_version: int | None = Field(default=None, ge=1, le=MAX_COUNT)
     created_at: datetime
 
 
@@ -190,21 +241,21 @@ class ClassMetrics(_Frozen):
     recall: Fraction
     map50: Fraction
     map50_95: Fraction
-    instances: int = Field(ge=0)
+    instances: int = Field(ge=0, le=MAX_COUNT)
 
 
 class Metrics(_Frozen):
     """Validation metrics measured on `dataset` (Ultralytics-compatible definitions)."""
 
-    dataset: str
-    images: int = Field(ge=0)
-    instances: int = Field(ge=0)
+    dataset: Text
+    images: int = Field(ge=0, le=MAX_COUNT)
+    instances: int = Field(ge=0, le=MAX_COUNT)
     precision: Fraction
     recall: Fraction
     map50: Fraction
     map50_95: Fraction
-    per_class: dict[str, ClassMetrics] = Field(default_factory=dict)
-    measured_by: str = "lineguard eval"
+    per_class: dict[Text, ClassMetrics] = Field(default_factory=dict, max_length=MAX_CLASSES)
+    measured_by: Text = "lineguard eval"
 
 
 class Manifest(_Frozen):
@@ -216,22 +267,26 @@ class Manifest(_Frozen):
 
     schema_version: Literal[1] = 1
     name: str = Field(min_length=1, max_length=128, pattern=_NAME_RE)
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_COUNT)
     label: str = Field(min_length=1, max_length=128)
     variant: Variant | None = None
     """Which numeric build of the trained model `version` this is. A quantized build
     keeps its source's name and version and says ``int8`` here, so only training (one
     version allocator per name) ever claims a new version. None: not stated (bundles
     made before this field, or wrapped from an ONNX file)."""
-    classes: list[str] = Field(min_length=1)
+    classes: list[Annotated[str, Field(max_length=128)]] = Field(min_length=1,
+                                                                  max_length=MAX_CLASSES)
     input: InputSpec
     output: OutputSpec
     preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
     postprocess: PostprocessSpec = Field(default_factory=PostprocessSpec)
-    files: dict[str, str] = Field(default_factory=dict)
+    files: dict[Annotated[str, Field(max_length=MAX_PATH)], str] = Field(
+        default_factory=dict, max_length=MAX_FILES)
     lineage: Lineage
     metrics: Metrics | None = None
-    min_runtime: dict[str, str] = Field(default_factory=lambda: {"onnxruntime": "1.17"})
+    min_runtime: dict[Annotated[str, Field(max_length=64)],
+                      Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=lambda: {"onnxruntime": "1.17"}, max_length=32)
 
     @field_validator("classes")
     @classmethod
@@ -295,17 +350,30 @@ def parse_manifest(text_or_path: str | Path) -> Manifest:
         path = Path(text_or_path)
         source = str(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            with path.open("rb") as fh:
+                raw = fh.read(MAX_MANIFEST_BYTES + 1)
         except FileNotFoundError:
             raise ManifestError(f"manifest not found: {path}") from None
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             raise ManifestError(f"cannot read manifest {path}: {exc}") from exc
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"{source}: larger than {MAX_MANIFEST_BYTES} bytes")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ManifestError(f"cannot read manifest {path}: {exc}") from None
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{source}: larger than {MAX_MANIFEST_BYTES} bytes")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ManifestError(
             f"{source}: not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})"
         ) from None
+    except RecursionError:
+        raise ManifestError(f"{source}: JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ManifestError(f"{source}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise ManifestError(f"{source}: top level must be a JSON object")
     try:

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.errors import ModelError
-from models.manifest import PreprocessSpec
+from models.manifest import PreprocessSpec, check_input_tensor_bytes
 
 __all__ = [
     "FrameTransform",
@@ -289,9 +289,12 @@ def preprocess(
 
     `image_bgr`: (H, W, 3) BGR, or grey (H, W) / (H, W, 1), uint8. `input_hw`: the
     model's input (height, width) in pixels. Raises ModelError for a bad frame, an ROI
-    outside the frame, or an undistort calibration (not implemented yet).
+    outside the frame, or an undistort calibration (not implemented yet); ManifestError
+    (a ModelError) for a tensor over `MAX_INPUT_TENSOR_BYTES`, before allocating it.
     """
-    dst = np.empty(_tensor_shape(spec, input_hw), dtype=_DTYPES[spec.dtype])
+    shape = _tensor_shape(spec, input_hw)
+    check_input_tensor_bytes(shape, np.dtype(_DTYPES[spec.dtype]).itemsize, "preprocess")
+    dst = np.empty(shape, dtype=_DTYPES[spec.dtype])
     transform = _preprocess_into(image_bgr, spec, input_hw, dst)
     return dst, transform
 
@@ -315,6 +318,7 @@ def preprocess_batch(
     shape = _tensor_shape(spec, input_hw)
     dtype = _DTYPES[spec.dtype]
     if out is None:
+        check_input_tensor_bytes((n, *shape), np.dtype(dtype).itemsize, "preprocess_batch")
         batch = np.empty((n, *shape), dtype=dtype)
     else:
         if out.dtype != dtype or tuple(out.shape[1:]) != shape or out.shape[0] < n:

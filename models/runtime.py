@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from models.errors import ModelError, ModelShapeError, RuntimeUnavailableError
-from models.manifest import Manifest
+from models.manifest import Manifest, check_input_tensor_bytes
 from models.preprocess import Tensor
 
 __all__ = [
@@ -266,7 +266,9 @@ def check_model_io(detector: OnnxDetector, manifest: Manifest) -> None:
         if nchw
         else (probe_batch, spec_in.height, spec_in.width, 3)
     )
-    probe = np.zeros(shape, dtype=np.float32 if spec_in.dtype == "float32" else np.float16)
+    dtype = np.float32 if spec_in.dtype == "float32" else np.float16
+    check_input_tensor_bytes(shape, np.dtype(dtype).itemsize, f"{name}: probe input")
+    probe = np.zeros(shape, dtype=dtype)
     _check_output_shape(name, manifest, detector.output_shape, nc, "declared")
     _check_output_shape(name, manifest, list(detector.run(probe).shape), nc, "probe run")
 

@@ -319,21 +319,71 @@ def yaml_error_text(error: yaml.YAMLError) -> str:
                 f"{context_mark.column + 1})"
     if "'\\t'" in text:
         text += " (indent with spaces: YAML does not allow tabs there)"
-    return text
+    return text.replace("\n", " ")  # one line: a reader error spans two
+
+
+MAX_CONFIG_BYTES = 1024 * 1024
+"""A config file larger than this is refused unread."""
+MAX_YAML_DEPTH = 32
+"""The deepest nesting of mappings and lists a config file may have (the deepest real
+config is about 6 levels); deeper input would exhaust the YAML constructor's recursion."""
+MAX_YAML_ALIASES = 256
+"""The most `*alias` references in one file: each can stand for a whole subtree, so
+many of them nested expand exponentially (the "billion laughs")."""
+
+
+def _check_shape(text: str, path: Path) -> None:
+    """Walk the YAML event stream (PyYAML's parser keeps an explicit stack; only the
+    constructor recurses) and refuse too deep nesting, too many aliases or an integer
+    of more digits than Python converts, with the line where it is. Syntax errors
+    surface here as yaml.YAMLError."""
+    depth = aliases = 0
+    for event in yaml.parse(text, Loader=_UniqueKeyLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                line = event.start_mark.line + 1 if event.start_mark else 0
+                raise ConfigFileError(f"{path}: nested more than {MAX_YAML_DEPTH} levels "
+                                      f"deep (line {line})")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+        elif (isinstance(event, yaml.ScalarEvent) and event.style is None
+              and len(event.value) > 1000
+              and event.value.lstrip("+-").replace("_", "").isdigit()):
+            line = event.start_mark.line + 1 if event.start_mark else 0
+            raise ConfigFileError(f"{path}: a number of {len(event.value)} digits (line "
+                                  f"{line})")
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                line = event.start_mark.line + 1 if event.start_mark else 0
+                raise ConfigFileError(f"{path}: more than {MAX_YAML_ALIASES} aliases "
+                                      f"(line {line})")
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """Read a YAML file whose top level is a mapping (an empty file is `{}`). Raises
-    ConfigFileError for an unreadable file, a syntax error (with line and column), a
-    key written twice in one mapping or a top level that is not a mapping."""
+    ConfigFileError for an unreadable or too large file, a syntax error (with line and
+    column), nesting deeper than `MAX_YAML_DEPTH` or more than `MAX_YAML_ALIASES` aliases
+    (with the line), a key written twice in one mapping or a top level that is not a
+    mapping."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigFileError(f"{path}: cannot read the file: {e}") from e
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigFileError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
     try:
+        _check_shape(text, path)
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as e:
         raise ConfigFileError(f"{path}: not valid YAML{yaml_error_text(e)}") from None
+    except RecursionError:  # defensive: _check_shape bounds the depth
+        raise ConfigFileError(f"{path}: nested too deeply") from None
+    except ValueError as e:  # defensive: a value the constructor cannot convert
+        raise ConfigFileError(f"{path}: a value cannot be read ({e})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -75,6 +75,12 @@ class UninspectedReason(StrEnum):
     """No verdict within the configured deadline."""
     NO_MODEL = "no_model"
     """No model was loaded."""
+    UNREADABLE = "unreadable"
+    """The source could not read the frame (an empty or non-image file, a read error)."""
+    CORRUPT = "corrupt"
+    """The frame's image is damaged (truncated, header and pixels disagree)."""
+    WRONG_SIZE = "wrong_size"
+    """The frame is smaller than the station's `min_frame_px` or not its `frame_wh`."""
 
 
 class VerdictCounts(BaseModel):

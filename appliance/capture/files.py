@@ -13,9 +13,11 @@ import re
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from appliance.capture.source import FramePacer, SourceRead, to_bgr_u8
-from appliance.errors import SourceEnded, SourceLost
+from appliance.errors import FrameUnreadable, SourceEnded, SourceLost
+from models.imagefile import ImageFileError, decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +108,11 @@ class ImageFolderSource:
     `pattern` is one or more globs joined by `|`, matched case-insensitively against file
     names (not recursive). With `part_id_from_name` the file stem is the part id. At the
     end it raises SourceEnded, or, with `loop`, lists the folder again and starts over
-    (picking up new files). Unreadable files are skipped with a warning (`skipped` counts
-    them); a missing folder, or one with no readable image, raises SourceLost.
+    (picking up new files). Every listed file is a frame: one that cannot be read or
+    decoded (empty, not an image, truncated, header and pixels disagree) raises
+    FrameUnreadable (``unreadable`` or ``corrupt``) so that it is recorded, never skipped
+    (`unusable` counts them). Files are decoded strictly (models.imagefile): a truncated
+    JPEG is not half-decoded. A missing folder raises SourceLost.
     """
 
     def __init__(
@@ -129,8 +134,8 @@ class ImageFolderSource:
         self._files: list[Path] | None = None
         self._pos = 0
         self._last_key: tuple[tuple[str | int, ...], str] | None = None
-        self.skipped = 0
-        """Files skipped because they could not be decoded."""
+        self.unusable = 0
+        """Files that were read as frames but could not be used (unreadable, corrupt)."""
 
     def _list(self) -> list[Path]:
         try:
@@ -181,17 +186,33 @@ class ImageFolderSource:
                     raise SourceLost(f"no images left in {self.directory}")
             path = self._files[self._pos]
             self._pos += 1
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
                 if not self.directory.is_dir():
-                    raise SourceLost(f"folder {self.directory} vanished")
-                if path.exists():
-                    self.skipped += 1
-                    logger.warning("skipping unreadable image %s", path)
-                continue
+                    raise SourceLost(f"folder {self.directory} vanished") from None
+                continue  # removed since it was listed: it was never a frame
+            except OSError as e:
+                if not self.directory.is_dir():
+                    raise SourceLost(f"folder {self.directory} vanished") from e
+                self._unusable(path)
+                raise FrameUnreadable("unreadable", f"image {path}: cannot read: {e}",
+                                      self._part_id(path)) from None
+            try:
+                image = decode_image(data, f"image {path}")
+            except ImageFileError as e:
+                self._unusable(path)
+                raise FrameUnreadable(e.fault, str(e), self._part_id(path)) from None
             self._last_key = natural_key(path.name)
-            part_id = path.stem if self._part_id_from_name else None
-            return to_bgr_u8(image, f"image {path}"), part_id, None
+            bgr = np.asarray(image, dtype=np.uint8)  # IMREAD_COLOR: (H, W, 3) uint8
+            return to_bgr_u8(bgr, f"image {path}"), self._part_id(path), None
+
+    def _part_id(self, path: Path) -> str | None:
+        return path.stem if self._part_id_from_name else None
+
+    def _unusable(self, path: Path) -> None:
+        self.unusable += 1
+        self._last_key = natural_key(path.name)  # a reopen resumes after it
 
     def close(self) -> None:
         self._files = None

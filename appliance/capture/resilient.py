@@ -21,8 +21,10 @@ import threading
 import time
 from collections.abc import Callable, Generator
 
+import numpy as np
+
 from appliance.capture.source import Frame, FrameSource, SourceState
-from appliance.errors import SourceEnded, SourceLost
+from appliance.errors import FrameUnreadable, SourceEnded, SourceLost
 from protocol.backoff import Backoff, BackoffConfig
 
 logger = logging.getLogger(__name__)
@@ -134,8 +136,16 @@ class ResilientSource:
                     lost_at = None
                     self._set_state(SourceState.STREAMING, detail)
 
+                fault: str | None = None
                 try:
                     image_bgr, part_id, captured_at = self.source.read()
+                except FrameUnreadable as e:
+                    # A frame that exists but cannot be used still gets a number (and a
+                    # verdict): only a source that delivers nothing is lost.
+                    fault, part_id, captured_at = e.fault, e.part_id, None
+                    image_bgr = np.zeros((0, 0, 3), dtype=np.uint8)
+                    logger.warning("station %s: frame %s is %s: %s", self.station,
+                                   f"{self.station}:{self._next_seq}", fault, e)
                 except SourceLost as e:
                     self.source.close()
                     opened = False
@@ -160,6 +170,7 @@ class ResilientSource:
                     captured_at=now if captured_at is None else captured_at,
                     part_id=part_id,
                     image_bgr=image_bgr,
+                    fault=fault,
                 )
             self._set_state(SourceState.ENDED, "stopped")
         except SourceEnded as e:

@@ -45,6 +45,9 @@ class Frame:
     captured_at: float
     part_id: str | None
     image_bgr: ImageBGR
+    fault: str | None = None
+    """Why the source has no usable image for this frame (``unreadable``, ``corrupt``);
+    `image_bgr` is then empty (0 x 0 x 3) and the frame is recorded `uninspected`."""
 
 
 class SourceState(StrEnum):

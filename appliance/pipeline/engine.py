@@ -36,7 +36,7 @@ from appliance.errors import EngineError
 from models.bundle import Bundle
 from models.errors import ModelError
 from models.golden import verify_golden
-from models.manifest import Manifest
+from models.manifest import Manifest, check_input_tensor_bytes
 from models.postprocess import Detections, postprocess
 from models.preprocess import FrameTransform, Tensor, preprocess, preprocess_batch
 from models.runtime import OnnxDetector, check_model_io
@@ -286,6 +286,11 @@ class Engine:
         m = bundle.manifest
         wanted = self.cfg.providers if providers is None else providers
         try:
+            # The input buffer is (max batch, input) large: refuse before allocating it.
+            batch = m.input.batch if isinstance(m.input.batch, int) else self.max_batch
+            check_input_tensor_bytes(m.input.tensor_shape(batch, m.preprocess.layout),
+                                     2 if m.preprocess.dtype == "float16" else 4,
+                                     "input buffer")
             detector = self._factory(
                 bundle.model_path, wanted, self.cfg.threads(), self.cfg.inter_op_threads
             )

@@ -94,7 +94,8 @@ def inspected_record(
         preprocess_hash=preprocess_hash,
         latency_ms=latency_ms,
         defects=tuple(defects),
-        image_bgr=frame.image_bgr if keep_image else None,
+        # A frame the source could not read has an empty image: nothing to keep.
+        image_bgr=frame.image_bgr if keep_image and frame.image_bgr.size else None,
     )
 
 

@@ -16,7 +16,10 @@ appliance never reuses an id).
 Invariants:
 - every frame read is opened in the book before anything else happens to it, and is
   either handed on or closed (`dropped` when the outbox is full under `overflow: drop`
-  or stopped under `block`; `engine_failure` when the ROI lies outside the frame);
+  or stopped under `block`; `engine_failure` when the ROI lies outside the frame;
+  `unreadable` / `corrupt` when the source had no usable image for it; `wrong_size`
+  when it is smaller than `Station.min_frame_px` or not `Station.frame_wh`), so a
+  damaged frame is never judged `pass`;
 - at most `FrameBudget.limit` frames are read in all, reserved before each read.
 """
 
@@ -57,6 +60,10 @@ class Station:
     roi_xywh: tuple[int, int, int, int] | None = None
     first_seq: int = 0
     reconnect: BackoffConfig = field(default_factory=BackoffConfig)
+    min_frame_px: int = 1
+    """Frames narrower or lower than this (pixels) are `uninspected: wrong_size`."""
+    frame_wh: tuple[int, int] | None = None
+    """The (width, height) the camera delivers; other sizes are `wrong_size`."""
 
 
 def crop_to_roi(
@@ -148,6 +155,7 @@ class SourceStage:
         self.dropped = 0
         self._roi_alarmed = False
         self._outage_alarmed = False  # a `lost` alarm recorded, no reopen since
+        self._size_alarmed = False
         self.source = ResilientSource(
             station.name, station.source, reconnect=station.reconnect, clock=clock,
             on_state=self._on_state,
@@ -186,6 +194,15 @@ class SourceStage:
         self.produced += 1
         if not self._book.open(frame):
             return  # read after stop: the sealed book recorded it as shutdown
+        if frame.fault is not None:
+            self._unusable(frame, Reason(frame.fault), frame.fault)
+            return
+        height, width = frame.image_bgr.shape[:2]
+        expected = self.station.frame_wh
+        if min(width, height) < self.station.min_frame_px or (
+                expected is not None and (width, height) != expected):
+            self._unusable(frame, Reason.WRONG_SIZE, f"{width}x{height}")
+            return
         cropped = crop_to_roi(frame.image_bgr, self.station.roi_xywh)
         if cropped is None:
             self._roi_outside(frame.image_bgr.shape[1], frame.image_bgr.shape[0])
@@ -196,6 +213,24 @@ class SourceStage:
             return
         self.dropped += 1
         self._book.close_uninspected([frame], Reason.DROPPED)
+
+    def _unusable(self, frame: Frame, reason: Reason, detail: str) -> None:
+        """Close a frame that has no usable image, and say so: an event per frame (each
+        is a part the line rejects); a wrong size is also an alarm, once per stage."""
+        st = self.station
+        self._book.close_uninspected([frame], reason)
+        self._events.record("frame_unusable", "warning", self.name,
+                            f"station {st.name}: frame {frame.frame_id} is {reason}: "
+                            f"{detail}", station=st.name, frame_id=frame.frame_id,
+                            reason=str(reason), part_id=frame.part_id)
+        if reason == Reason.WRONG_SIZE and not self._size_alarmed:
+            self._size_alarmed = True
+            want = (f"{st.frame_wh[0]}x{st.frame_wh[1]}" if st.frame_wh
+                    else f"at least {st.min_frame_px} px wide and high")
+            self._events.record("alarm", "alarm", self.name,
+                                f"station {st.name}: frames of {detail}, expected {want}; "
+                                "they are recorded as uninspected", alarm="frame_size",
+                                station=st.name)
 
     def _roi_outside(self, width: int, height: int) -> None:
         if self._roi_alarmed:

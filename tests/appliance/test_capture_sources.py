@@ -199,13 +199,15 @@ def test_folder_order_pattern_and_part_ids(tmp_path: Path) -> None:
     _write_images(folder, {"p10.png": 100, "p2.png": 20, "p1.jpg": 10, "P3.PNG": 30,
                            "skip.bmp": 5})
     (folder / "notes.txt").write_text("not an image")
-    (folder / "p5.png").write_bytes(b"truncated garbage")  # unreadable: skipped
+    (folder / "p5.png").write_bytes(b"truncated garbage")  # unreadable: still a frame
     src = ImageFolderSource(folder, part_id_from_name=True)
     rs = ResilientSource("f", src)
     frames = _collect(rs)
-    assert [f.part_id for f in frames] == ["p1", "p2", "P3", "p10"]
-    assert [int(f.image_bgr[0, 0, 0]) for f in frames] == [10, 20, 30, 100]
-    assert src.skipped == 1
+    assert [f.part_id for f in frames] == ["p1", "p2", "P3", "p5", "p10"]
+    assert [f.fault for f in frames] == [None, None, None, "unreadable", None]
+    good = [f for f in frames if f.fault is None]
+    assert [int(f.image_bgr[0, 0, 0]) for f in good] == [10, 20, 30, 100]
+    assert src.unusable == 1
     assert rs.state == S.ENDED
 
 

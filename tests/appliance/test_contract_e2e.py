@@ -90,12 +90,14 @@ def test_a_real_line_fills_every_documented_field_in_the_fleet_api(tmp_path: Pat
     assert judged, points
     for p in judged:
         assert p["end_to_end"] is not None and p["end_to_end"]["p50_ms"] > 0
-        assert p["input_fps"] is not None and p["input_fps"] > 0
+        # a window after the last capture judges parts with nothing new captured
+        assert p["input_fps"] is not None and p["input_fps"] >= 0
         assert set(p["queue_depths"]) == {q.value for q in QueueName}
         assert p["sources"] == {"cam": p["sources"]["cam"]}
         assert p["model_name"] and p["model_version"] == 1
         assert p["engine_provider"] == "CPUExecutionProvider"
         assert p["fps"] > 0
+    assert any(p["input_fps"] > 0 for p in judged)
     for payload in payloads:
         assert payload["schema"] == "lineguard.metrics/2"
         assert set(payload["latency_ms"]) <= {s.value for s in LatencyStage}
