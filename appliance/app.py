@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from appliance.capture import FrameSource, make_source
+from appliance.capture import Frame, FrameSource, make_source
 from appliance.capture.probe import require_file_sources
 from appliance.config import ApplianceConfig, PipelineConfig
 from appliance.errors import ConfigError, EngineError, NoModelError
@@ -77,12 +77,14 @@ def build_pipeline(
     model: LoadedModel | None,
     max_frames: int | None = None,
     events: Events | None = None,
+    on_captured: Callable[[Frame], None] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Pipeline:
     """Compose the frame path (see the module docstring) for `stations`, judged by
     `model` (None: every frame is `uninspected: no_model` until a model is activated),
     its verdicts going to `store`; `max_frames` stops the sources after that many
-    frames in all. Raises ValueError without stations."""
+    frames in all; `on_captured(frame)` is told of every frame before it can get a verdict
+    (the store's captured high-water mark). Raises ValueError without stations."""
     if not stations:
         raise ValueError("a pipeline needs at least one station")
     events = events or Events(store, clock=clock)
@@ -94,6 +96,7 @@ def build_pipeline(
         deadline_s=None if cfg.verdict_deadline_ms is None else cfg.verdict_deadline_ms / 1e3,
         keep_images=cfg.keep_images,
         clock=clock,
+        on_open=on_captured,
     )
     batcher: DynamicBatcher[Job] = DynamicBatcher(
         max_batch=min(cfg.max_batch, model.max_batch if model else cfg.max_batch),
@@ -249,7 +252,9 @@ class App:
             ]
             self.pipeline = build_pipeline(cfg.pipeline, stations, self.engine, self.store,
                                            model=model, max_frames=self._max_frames,
-                                           events=self.events, clock=self._clock)
+                                           events=self.events,
+                                           on_captured=self._note_captured(self.store),
+                                           clock=self._clock)
             if model is not None:
                 self._event("model_change", "info", "engine",
                             f"model {model.version_id} active at start", previous=None,
@@ -269,6 +274,12 @@ class App:
             self.store = None
             raise
         return self.pipeline
+
+    @staticmethod
+    def _note_captured(store: Store) -> Callable[[Frame], None]:
+        def note(frame: Frame) -> None:
+            store.note_captured(frame.station, frame.seq, frame.captured_at)
+        return note
 
     def _start_telemetry(self, store: Store) -> Telemetry | None:
         """MQTT telemetry when configured. A telemetry that cannot start (outbox or TLS

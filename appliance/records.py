@@ -36,6 +36,10 @@ class UninspectedReason(StrEnum):
     SHUTDOWN = "shutdown"
     DEADLINE = "deadline"
     NO_MODEL = "no_model"
+    CRASH = "crash"
+    """Captured, then the process died (SIGKILL, power) before a verdict was stored."""
+    STORE_FULL = "store_full"
+    """Judged while the store could not commit (disk full): never reported as `pass`."""
 
 
 def _finite(value: float) -> bool:

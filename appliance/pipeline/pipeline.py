@@ -203,8 +203,12 @@ class Pipeline:
                                "shutdown", budget_s, name)
                 break
         self._abort.set()
-        for thread in self._threads.values():
-            thread.join(5.0)
+        # Stages see `abort` within one poll; the engine after the run in flight (one
+        # batch). Joining it matters: an interpreter that exits while an ONNX Runtime run
+        # is in flight tears its thread pool down under it (SIGABRT).
+        for name, thread in self._threads.items():
+            if not thread.join(5.0):
+                logger.error("stage %s still running 5 s after the drain ended", name)
         self._closed = True
         self.book.stop()
         self.book.seal(Reason.SHUTDOWN)

@@ -49,8 +49,10 @@ class VerdictBook:
         keep_images: bool = True,
         clock: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
+        on_open: Callable[[Frame], None] | None = None,
     ) -> None:
         self._sinks = list(sinks)
+        self._on_open = on_open
         self.deadline_s = deadline_s
         self._keep_images = keep_images
         self._clock = clock
@@ -92,7 +94,11 @@ class VerdictBook:
 
     def open(self, frame: Frame) -> bool:
         """Register a frame that will get a verdict (and schedule its deadline). After
-        `seal` the frame is closed at once as uninspected and False is returned."""
+        `seal` the frame is closed at once as uninspected and False is returned.
+        `on_open(frame)` (the store's captured high-water mark) runs first, before the
+        frame can get a verdict."""
+        if self._on_open is not None:
+            self._on_open(frame)
         with self._cv:
             sealed = self._sealed
             if sealed is None:

@@ -46,6 +46,7 @@ from appliance.records import EventRecord, InspectionRecord
 from appliance.store import queries
 from appliance.store.config import StoreConfig
 from appliance.store.images import FreeDiskBytes, ImageKeeper, disk_free_bytes
+from appliance.store.marks import CaptureMarks, CrashGap, mark_clean, reconcile
 from appliance.store.schema.migrations import MigrationResult, migrate
 from appliance.store.transaction import Pending, T, Work
 from appliance.store.writer import EVENT, INSPECTION, BatchWriter
@@ -124,6 +125,9 @@ class Store:
         try:
             db = open_writer_db(cfg.path, cfg.synchronous)
             self.migration: MigrationResult = migrate(db, cfg.path, clock=clock)
+            self.crash_gaps: list[CrashGap] = reconcile(db.conn, clock())
+            """Frames the last run captured and never judged (recorded at open as
+            `uninspected: crash`, see marks.py); empty after a clean stop."""
             self._writer = BatchWriter(
                 db,
                 batch_max_rows=cfg.batch_max_rows,
@@ -131,6 +135,7 @@ class Store:
                 queue_max_rows=cfg.queue_max_rows,
                 submit_timeout_s=cfg.submit_timeout_ms / 1000.0,
                 clock=clock,
+                marks=CaptureMarks(),
             )
             self._keeper = ImageKeeper(
                 cfg.images, post_ops=self._writer.put_ledger, clock=clock,
@@ -184,6 +189,9 @@ class Store:
         lost = self._writer.submitted - self._writer.committed
         try:
             if complete:
+                # Every captured frame was sealed and committed before this: the next
+                # start has nothing to reconcile.
+                mark_clean(self._db.conn, self._clock())
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             if not self._writer.alive:  # never close under a thread still using it
                 self._db.close()
@@ -250,6 +258,12 @@ class Store:
         if record.image_bgr is not None:
             self._keeper.offer(record.frame_id, record.verdict, record.image_bgr,
                                [(d.class_name, d.score, d.box_xyxy) for d in record.defects])
+
+    def note_captured(self, station: str, seq: int, captured_at: float) -> None:
+        """A frame was captured (call before it can get a verdict): raises the station's
+        captured high-water mark, persisted with the writer's next batch (marks.py).
+        Thread-safe and cheap."""
+        self._writer.note_captured(station, seq, captured_at)
 
     def record_event(self, event: EventRecord) -> None:
         """Queue one event. Thread-safe; blocks like `submit` on a full queue."""
@@ -328,6 +342,7 @@ class Store:
         highest stored seq, 0 for a new station. Call it before the station's first
         frame is submitted (it sees committed rows only). Raises StoreError."""
         last = self.last_sequence(station)
+        # The crash rows written at open (marks.py) cover every seq a killed run marked.
         return 0 if last is None else last + 1
 
     def inspection_count(self) -> int:

@@ -56,6 +56,7 @@ from appliance.store.batch import (
     resolve_txns,
 )
 from appliance.store.images import ImageDeleted, LedgerOp
+from appliance.store.marks import UPSERT_MARK, CaptureMarks
 from appliance.store.transaction import Pending, T, Work
 from protocol.backoff import Backoff, BackoffConfig
 
@@ -79,8 +80,10 @@ class BatchWriter:
         queue_max_rows: int,
         submit_timeout_s: float,
         clock: Callable[[], float] = time.time,
+        marks: CaptureMarks | None = None,
     ) -> None:
         self._db = db
+        self._marks = marks or CaptureMarks()
         self._batch_max = batch_max_rows
         self._interval_s = flush_interval_s
         self._queue_max = queue_max_rows
@@ -162,6 +165,14 @@ class BatchWriter:
             self._urgent = self._urgent or urgent
             self._ready.notify()
         return pending
+
+    def note_captured(self, station: str, seq: int, at: float) -> None:
+        """Note a captured frame for the high-water mark (written with the next batch,
+        see marks.py). Cheap: a dict update; wakes the writer only when the marks were
+        clean."""
+        if self._marks.note(station, seq, at):
+            with self._lock:
+                self._ready.notify()
 
     def _hurry(self, timeout_s: float) -> bool:
         with self._lock:
@@ -263,7 +274,7 @@ class BatchWriter:
 
     def _take(self) -> tuple[list[Item], list[Pending[Any]]] | None:
         with self._lock:
-            while not self._items and not self._txns:
+            while not self._items and not self._txns and not self._marks.dirty:
                 if self._stopping:
                     return None
                 self._ready.wait(0.5)
@@ -328,7 +339,10 @@ class BatchWriter:
             )
             events += self._image_events(batch)
             conn.executemany(INSERT_EVENT, events)
+            marks = self._marks.changed()
+            conn.executemany(UPSERT_MARK, marks)
             batch.outcomes = [self._run_txn(txn) for txn in batch.txns]
+        self._marks.written(marks)
 
     def _run_txn(self, txn: Pending[Any]) -> tuple[bool, Any]:
         """Run one transaction function in a savepoint: (True, value), or (False, why)

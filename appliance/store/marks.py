@@ -1,0 +1,171 @@
+"""The captured high-water mark and the clean-stop marker: what lets a start after a kill
+say which frames were captured and never judged.
+
+`CaptureMarks` holds, per station, the first seq this run numbered and the highest seq
+captured so far. Sources note every frame here (a dict update under a lock); the store's
+writer writes the marks that changed inside each batch's transaction (`dirty` /
+`written`), so persisting them costs one small upsert per station per batch, never a
+write per frame. The `run_state` row is `running` from open to a complete stop, then
+`clean`.
+
+`reconcile` runs when the store opens, on the write connection, before the writer
+starts. If the last run did not stop cleanly (killed, crashed, or stopped with records
+it could not commit), every seq in a station's marked range `[first_seq, high_seq]`
+without an inspection row gets one: `uninspected: crash`, and one `unclean_stop` alarm
+event records the ranges. So a restart never reuses a seq a part already had, and the
+parts appear in reports as `uninspected: crash`.
+
+Invariants:
+- a seq noted before the last committed batch of a killed run is in a marked range;
+  one noted after it (within one `flush_interval_ms`) may leave no trace: that window
+  is the price of writing per batch instead of per frame;
+- after `reconcile`, every station's marked range is covered by inspection rows and the
+  marks are cleared for the new run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass
+
+from appliance.records import UninspectedReason
+
+logger = logging.getLogger(__name__)
+
+UPSERT_MARK = (
+    "INSERT INTO capture_marks (station, first_seq, high_seq, updated_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT(station) DO UPDATE SET high_seq = max(high_seq, excluded.high_seq),"
+    " updated_at = excluded.updated_at"
+)
+SET_RUN_STATE = (
+    "INSERT INTO run_state (id, state, changed_at) VALUES (1, ?, ?)"
+    " ON CONFLICT(id) DO UPDATE SET state = excluded.state, changed_at = excluded.changed_at"
+)
+MarkRow = tuple[str, int, int, float]
+
+
+class CaptureMarks:
+    """Per station: (first seq of this run, highest seq captured, when). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._marks: dict[str, MarkRow] = {}
+        self._dirty: set[str] = set()
+
+    def note(self, station: str, seq: int, at: float) -> bool:
+        """Note a captured frame; True if this made the marks dirty (wake the writer)."""
+        with self._lock:
+            old = self._marks.get(station)
+            if old is None:
+                self._marks[station] = (station, seq, seq, at)
+            elif seq > old[2]:
+                self._marks[station] = (station, old[1], seq, at)
+            else:
+                return False
+            was_clean = not self._dirty
+            self._dirty.add(station)
+            return was_clean
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._dirty)
+
+    def changed(self) -> list[MarkRow]:
+        """The marks not yet written (for the batch being committed)."""
+        with self._lock:
+            return [self._marks[s] for s in self._dirty]
+
+    def written(self, rows: list[MarkRow]) -> None:
+        """These rows committed: clean unless a newer mark arrived meanwhile."""
+        with self._lock:
+            for row in rows:
+                if self._marks.get(row[0]) == row:
+                    self._dirty.discard(row[0])
+
+
+@dataclass(frozen=True, slots=True)
+class CrashGap:
+    """A station's frames captured by an unclean run and never judged."""
+
+    station: str
+    first_seq: int
+    last_seq: int
+    missing: int
+
+
+def _missing_seqs(conn: sqlite3.Connection, station: str, first: int, high: int) -> list[int]:
+    have = conn.execute(
+        "SELECT count(*) FROM inspections WHERE station = ? AND seq BETWEEN ? AND ?",
+        (station, first, high),
+    ).fetchone()[0]
+    if have == high - first + 1:
+        return []
+    stored = {int(r[0]) for r in conn.execute(
+        "SELECT seq FROM inspections WHERE station = ? AND seq BETWEEN ? AND ?",
+        (station, first, high),
+    )}
+    return [s for s in range(first, high + 1) if s not in stored]
+
+
+def reconcile(conn: sqlite3.Connection, now: float) -> list[CrashGap]:
+    """See the module docstring. Runs in one transaction on `conn` (autocommit mode, no
+    transaction open); returns the gaps it recorded. Raises sqlite3.Error."""
+    gaps: list[CrashGap] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute("SELECT state FROM run_state WHERE id = 1").fetchone()
+        if row is not None and row[0] != "clean":
+            marks = conn.execute(
+                "SELECT station, first_seq, high_seq, updated_at FROM capture_marks"
+                " ORDER BY station").fetchall()
+            next_id = int(conn.execute(
+                "SELECT coalesce(max(id), 0) FROM inspections").fetchone()[0]) + 1
+            for station, first, high, at in marks:
+                missing = _missing_seqs(conn, station, int(first), int(high))
+                if not missing:
+                    continue
+                conn.executemany(
+                    "INSERT INTO inspections (id, frame_id, station, captured_at, judged_at,"
+                    " verdict, reason, defect_count, seq) VALUES (?, ?, ?, ?, ?,"
+                    " 'uninspected', ?, 0, ?)",
+                    [(next_id + i, f"{station}:{seq}", station, float(at), now,
+                      str(UninspectedReason.CRASH), seq) for i, seq in enumerate(missing)],
+                )
+                next_id += len(missing)
+                gaps.append(CrashGap(station, missing[0], missing[-1], len(missing)))
+            data = {"stations": len(gaps), "frames": sum(g.missing for g in gaps)}
+            for g in gaps:
+                data[f"{g.station}.first_seq"] = g.first_seq
+                data[f"{g.station}.last_seq"] = g.last_seq
+                data[f"{g.station}.missing"] = g.missing
+            ranges = ", ".join(f"{g.station}:{g.first_seq}..{g.station}:{g.last_seq}"
+                               f" ({g.missing})" for g in gaps) or "none"
+            conn.execute(
+                "INSERT INTO events (at, kind, severity, source, message, data)"
+                " VALUES (?, 'unclean_stop', ?, 'store', ?, ?)",
+                (now, "alarm" if gaps else "warning",
+                 f"the last run did not stop cleanly; frames captured without a verdict, "
+                 f"recorded as uninspected: crash: {ranges}",
+                 json.dumps(data, allow_nan=False)),
+            )
+            if gaps:
+                logger.error("the last run did not stop cleanly: %s recorded as "
+                             "uninspected: crash", ranges)
+            else:
+                logger.warning("the last run did not stop cleanly; no frame lost its verdict")
+        conn.execute("DELETE FROM capture_marks")
+        conn.execute(SET_RUN_STATE, ("running", now))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return gaps
+
+
+def mark_clean(conn: sqlite3.Connection, now: float) -> None:
+    """Write the clean-stop marker (every captured frame is committed). Raises
+    sqlite3.Error."""
+    conn.execute(SET_RUN_STATE, ("clean", now))
