@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from appliance.config import PipelineConfig
+from appliance.errors import EngineError
 from appliance.pipeline.batcher import DynamicBatcher
 from appliance.pipeline.cpu import CpuMeter
 from appliance.pipeline.engine import Engine, LoadedModel, ModelInfo
@@ -136,8 +137,15 @@ class Pipeline:
         in the caller's thread, then switch to it between two batches. Frames keep
         flowing meanwhile; none is lost or judged by a half-loaded model. Returns the
         replaced model's info (None if there was none). Raises EngineError if the new
-        bundle cannot be loaded; the running model then stays."""
-        return self.activate(self._engine.load(bundle, verify=verify), reason="swap")
+        bundle cannot be loaded (the running model then stays), or if the pipeline
+        stopped before the new model was ready (a swap that meets a shutdown)."""
+        if self._closed:
+            raise EngineError("the pipeline is stopped; no model swap")
+        loaded = self._engine.load(bundle, verify=verify)
+        if self._closed or self._abort.is_set():
+            raise EngineError(f"the pipeline stopped while {loaded.version_id} loaded; "
+                              "not activated")
+        return self.activate(loaded, reason="swap")
 
     def activate(self, model: LoadedModel, *, reason: str = "swap") -> ModelInfo | None:
         """Make `model` (built by this pipeline's `Engine`) the one the next batch uses.
