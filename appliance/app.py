@@ -52,6 +52,7 @@ from appliance.pipeline.stats import PipelineStats, VerdictCounters
 from appliance.pipeline.verdicts import VerdictBook
 from appliance.readiness import Readiness, readiness_of
 from appliance.records import EventRecord, EventValue, InspectionRecord, Severity
+from appliance.records import UninspectedReason as Reason
 from appliance.store import Store
 from appliance.telemetry import Telemetry, TelemetryError, pipeline_gauges
 from models.bundle import Bundle, open_bundle
@@ -78,13 +79,16 @@ def build_pipeline(
     max_frames: int | None = None,
     events: Events | None = None,
     on_captured: Callable[[Frame], None] | None = None,
+    withhold_pass: Callable[[], Reason | None] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Pipeline:
     """Compose the frame path (see the module docstring) for `stations`, judged by
     `model` (None: every frame is `uninspected: no_model` until a model is activated),
     its verdicts going to `store`; `max_frames` stops the sources after that many
     frames in all; `on_captured(frame)` is told of every frame before it can get a verdict
-    (the store's captured high-water mark). Raises ValueError without stations."""
+    (the store's captured high-water mark); while `withhold_pass()` names a reason, a
+    `pass` is recorded as `uninspected: <reason>` (the store cannot commit). Raises
+    ValueError without stations."""
     if not stations:
         raise ValueError("a pipeline needs at least one station")
     events = events or Events(store, clock=clock)
@@ -97,6 +101,7 @@ def build_pipeline(
         keep_images=cfg.keep_images,
         clock=clock,
         on_open=on_captured,
+        withhold_pass=withhold_pass,
     )
     batcher: DynamicBatcher[Job] = DynamicBatcher(
         max_batch=min(cfg.max_batch, model.max_batch if model else cfg.max_batch),
@@ -254,6 +259,7 @@ class App:
                                            model=model, max_frames=self._max_frames,
                                            events=self.events,
                                            on_captured=self._note_captured(self.store),
+                                           withhold_pass=self._store_full(self.store),
                                            clock=self._clock)
             if model is not None:
                 self._event("model_change", "info", "engine",
@@ -280,6 +286,12 @@ class App:
         def note(frame: Frame) -> None:
             store.note_captured(frame.station, frame.seq, frame.captured_at)
         return note
+
+    @staticmethod
+    def _store_full(store: Store) -> Callable[[], Reason | None]:
+        def withhold() -> Reason | None:
+            return Reason.STORE_FULL if store.unwritable else None
+        return withhold
 
     def _start_telemetry(self, store: Store) -> Telemetry | None:
         """MQTT telemetry when configured. A telemetry that cannot start (outbox or TLS
@@ -348,7 +360,8 @@ class App:
         panel's `/readyz` (not ready: 503 with the reasons)."""
         if self.pipeline is None:
             return Readiness(ready=False, reasons=("not_started",))
-        return readiness_of(self.pipeline.stats())
+        return readiness_of(self.pipeline.stats(),
+                            store_unwritable=self.store is not None and self.store.unwritable)
 
     def _event(self, kind: str, severity: Severity, source: str, message: str,
                **data: EventValue) -> None:

@@ -78,6 +78,11 @@ class CaptureMarks:
         with self._lock:
             return [self._marks[s] for s in self._dirty]
 
+    def rows(self) -> list[MarkRow]:
+        """Every station's mark of this run."""
+        with self._lock:
+            return list(self._marks.values())
+
     def written(self, rows: list[MarkRow]) -> None:
         """These rows committed: clean unless a newer mark arrived meanwhile."""
         with self._lock:
@@ -110,6 +115,29 @@ def _missing_seqs(conn: sqlite3.Connection, station: str, first: int, high: int)
     return [s for s in range(first, high + 1) if s not in stored]
 
 
+def fill_gaps(conn: sqlite3.Connection, marks: list[MarkRow], now: float, *,
+              reason: str) -> list[CrashGap]:
+    """Give every seq in the marked ranges without an inspection row one:
+    `uninspected: reason`, captured at the mark's time. Returns the gaps filled. Runs on
+    `conn` in the caller's transaction (or autocommit). Raises sqlite3.Error."""
+    gaps: list[CrashGap] = []
+    next_id = int(conn.execute("SELECT coalesce(max(id), 0) FROM inspections").fetchone()[0]) + 1
+    for station, first, high, at in marks:
+        missing = _missing_seqs(conn, station, int(first), int(high))
+        if not missing:
+            continue
+        conn.executemany(
+            "INSERT INTO inspections (id, frame_id, station, captured_at, judged_at,"
+            " verdict, reason, defect_count, seq) VALUES (?, ?, ?, ?, ?,"
+            " 'uninspected', ?, 0, ?)",
+            [(next_id + i, f"{station}:{seq}", station, float(at), now, reason, seq)
+             for i, seq in enumerate(missing)],
+        )
+        next_id += len(missing)
+        gaps.append(CrashGap(station, missing[0], missing[-1], len(missing)))
+    return gaps
+
+
 def reconcile(conn: sqlite3.Connection, now: float) -> list[CrashGap]:
     """See the module docstring. Runs in one transaction on `conn` (autocommit mode, no
     transaction open); returns the gaps it recorded. Raises sqlite3.Error."""
@@ -118,24 +146,10 @@ def reconcile(conn: sqlite3.Connection, now: float) -> list[CrashGap]:
     try:
         row = conn.execute("SELECT state FROM run_state WHERE id = 1").fetchone()
         if row is not None and row[0] != "clean":
-            marks = conn.execute(
+            marks = [(str(st), int(a), int(b), float(t)) for st, a, b, t in conn.execute(
                 "SELECT station, first_seq, high_seq, updated_at FROM capture_marks"
-                " ORDER BY station").fetchall()
-            next_id = int(conn.execute(
-                "SELECT coalesce(max(id), 0) FROM inspections").fetchone()[0]) + 1
-            for station, first, high, at in marks:
-                missing = _missing_seqs(conn, station, int(first), int(high))
-                if not missing:
-                    continue
-                conn.executemany(
-                    "INSERT INTO inspections (id, frame_id, station, captured_at, judged_at,"
-                    " verdict, reason, defect_count, seq) VALUES (?, ?, ?, ?, ?,"
-                    " 'uninspected', ?, 0, ?)",
-                    [(next_id + i, f"{station}:{seq}", station, float(at), now,
-                      str(UninspectedReason.CRASH), seq) for i, seq in enumerate(missing)],
-                )
-                next_id += len(missing)
-                gaps.append(CrashGap(station, missing[0], missing[-1], len(missing)))
+                " ORDER BY station")]
+            gaps = fill_gaps(conn, marks, now, reason=str(UninspectedReason.CRASH))
             data = {"stations": len(gaps), "frames": sum(g.missing for g in gaps)}
             for g in gaps:
                 data[f"{g.station}.first_seq"] = g.first_seq

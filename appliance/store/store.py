@@ -46,7 +46,8 @@ from appliance.records import EventRecord, InspectionRecord
 from appliance.store import queries
 from appliance.store.config import StoreConfig
 from appliance.store.images import FreeDiskBytes, ImageKeeper, disk_free_bytes
-from appliance.store.marks import CaptureMarks, CrashGap, mark_clean, reconcile
+from appliance.store.marks import CaptureMarks, CrashGap, fill_gaps, mark_clean, reconcile
+from appliance.store.reserve import DiskReserve
 from appliance.store.schema.migrations import MigrationResult, migrate
 from appliance.store.transaction import Pending, T, Work
 from appliance.store.writer import EVENT, INSPECTION, BatchWriter
@@ -73,6 +74,10 @@ class StoreStats:
     images_skipped_pass: int
     images_skipped_fail: int
     images_bytes: int
+    unwritable: bool
+    """Batches fail to commit with the disk reserve spent (see `Store.unwritable`)."""
+    reserve_held: bool
+    """The database's disk reserve is in place (False: released or not allocated)."""
 
 
 def frame_seq(frame_id: str, station: str) -> int | None:
@@ -128,6 +133,11 @@ class Store:
             self.crash_gaps: list[CrashGap] = reconcile(db.conn, clock())
             """Frames the last run captured and never judged (recorded at open as
             `uninspected: crash`, see marks.py); empty after a clean stop."""
+            self._reserve = DiskReserve(Path(f"{cfg.path}.reserve"), cfg.reserve_bytes)
+            if not self._reserve.create():
+                logger.error("no room for the database's %d-byte disk reserve on %s",
+                             cfg.reserve_bytes, cfg.path.parent)
+            self._marks = CaptureMarks()
             self._writer = BatchWriter(
                 db,
                 batch_max_rows=cfg.batch_max_rows,
@@ -135,7 +145,8 @@ class Store:
                 queue_max_rows=cfg.queue_max_rows,
                 submit_timeout_s=cfg.submit_timeout_ms / 1000.0,
                 clock=clock,
-                marks=CaptureMarks(),
+                marks=self._marks,
+                reserve=self._reserve,
             )
             self._keeper = ImageKeeper(
                 cfg.images, post_ops=self._writer.put_ledger, clock=clock,
@@ -189,8 +200,15 @@ class Store:
         lost = self._writer.submitted - self._writer.committed
         try:
             if complete:
-                # Every captured frame was sealed and committed before this: the next
-                # start has nothing to reconcile.
+                # Every captured frame was sealed and handed to `submit` before this; one
+                # whose submit failed (queue full on a full disk) has no row: it gets one
+                # now, `uninspected: store_full`. Then the next start has nothing to
+                # reconcile.
+                gaps = fill_gaps(self._db.conn, self._marks.rows(), self._clock(),
+                                 reason="store_full")
+                if gaps:
+                    logger.error("%d frames had no stored verdict; recorded as "
+                                 "uninspected: store_full", sum(g.missing for g in gaps))
                 mark_clean(self._db.conn, self._clock())
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             if not self._writer.alive:  # never close under a thread still using it
@@ -314,7 +332,15 @@ class Store:
             images_skipped_pass=k.skipped_pass,
             images_skipped_fail=k.skipped_fail,
             images_bytes=k.used_bytes,
+            unwritable=w.unwritable_since is not None,
+            reserve_held=self._reserve.held,
         )
+
+    @property
+    def unwritable(self) -> bool:
+        """True while verdicts cannot be committed (the disk is full with the reserve
+        spent): the appliance is then not ready and reports no part as `pass`."""
+        return self._writer.unwritable_since is not None
 
     # ------------------------------------------------------------------ queries
     @contextmanager
