@@ -64,10 +64,9 @@ def fill(path: Path) -> int:
                 if e.errno != errno.ENOSPC:
                     raise
                 break
-    with contextlib.suppress(OSError):  # the last, partial chunk
-        with open(path, "ab", buffering=0) as f:
-            for _ in range(64):
-                written += f.write(b"\xa5" * 1024)
+    with contextlib.suppress(OSError), open(path, "ab", buffering=0) as f:
+        for _ in range(64):  # the last, partial chunk
+            written += f.write(b"\xa5" * 1024)
     return written
 
 
