@@ -271,6 +271,7 @@ class App:
             self.telemetry = self._start_telemetry(self.store)
             if self.telemetry is not None:
                 self.telemetry.attach(self.pipeline)
+                self._count_crash_gaps(self.telemetry, self.store)
             self.pipeline.start()
         except BaseException:
             if self.telemetry is not None:
@@ -310,6 +311,18 @@ class App:
                         alarm="telemetry")
             return None
         return telemetry
+
+    def _count_crash_gaps(self, telemetry: Telemetry, store: Store) -> None:
+        """The parts a killed run left without a verdict (recorded at open as
+        `uninspected: crash`) count in the first telemetry window of this run."""
+        now = self._clock()
+        for gap in store.crash_gaps:
+            for i in range(gap.missing):
+                telemetry.on_verdict(InspectionRecord(
+                    frame_id=f"{gap.station}:{gap.first_seq + i}", station=gap.station,
+                    part_id=None, captured_at=now, judged_at=now, verdict="uninspected",
+                    reason=str(Reason.CRASH), model_version=None, preprocess_hash=None,
+                    latency_ms={}))
 
     def _load_model(self, path: Path) -> LoadedModel | None:
         try:

@@ -332,7 +332,7 @@ class Store:
             images_skipped_pass=k.skipped_pass,
             images_skipped_fail=k.skipped_fail,
             images_bytes=k.used_bytes,
-            unwritable=w.unwritable_since is not None,
+            unwritable=w.outage.unwritable_since is not None,
             reserve_held=self._reserve.held,
         )
 
@@ -340,7 +340,7 @@ class Store:
     def unwritable(self) -> bool:
         """True while verdicts cannot be committed (the disk is full with the reserve
         spent): the appliance is then not ready and reports no part as `pass`."""
-        return self._writer.unwritable_since is not None
+        return self._writer.outage.unwritable_since is not None
 
     # ------------------------------------------------------------------ queries
     @contextmanager

@@ -11,11 +11,16 @@ Invariants:
   (durable against a process kill; see StoreConfig.synchronous for power loss).
 - No item is dropped: a batch that hits a transient SQLite error (OperationalError: disk
   full, I/O error, busy) is retried with backoff until it commits or `stop` gives up
-  (which then reports how many items were not committed). A batch that SQLite refuses
+  (which then reports how many items were not committed); on a full disk the database's
+  reserve is released first, and while commits still fail the store is `unwritable`
+  (outage.py). A batch that SQLite refuses
   as a whole (a duplicate frame_id, a row it cannot bind) is written row by row in one
   transaction: duplicates are ignored (the first verdict for a frame wins, as a late
   result must never overwrite a deadline verdict), refused rows are logged; both are
   counted and written as `duplicate_inspection` / `store_rejected_row` events.
+- Every batch's transaction also writes the captured high-water marks that changed
+  (marks.py); dirty marks alone wake the writer, so they are written within one
+  `flush_interval_s` even when no verdict is being committed.
 - Inspection ids are assigned here (single writer, guarded by the store's lock file), so
   defect rows reference them without a round trip per row.
 - Other components write their tables through here too (`put_txn`: a function run in a
@@ -57,6 +62,7 @@ from appliance.store.batch import (
 )
 from appliance.store.images import ImageDeleted, LedgerOp
 from appliance.store.marks import UPSERT_MARK, CaptureMarks
+from appliance.store.outage import DiskOutage
 from appliance.store.reserve import DiskReserve
 from appliance.store.transaction import Pending, T, Work
 from protocol.backoff import Backoff, BackoffConfig
@@ -86,13 +92,9 @@ class BatchWriter:
     ) -> None:
         self._db = db
         self._marks = marks or CaptureMarks()
-        self._reserve = reserve
-        self._extra_events: list[Row] = []  # written with the next batch that commits
+        self.outage = DiskOutage(reserve, clock=clock)
         self._disk_low = False  # images stopped at the free-disk floor (alarm raised)
         self._disk_low_next = False  # what the batch being committed makes it
-        self.unwritable_since: float | None = None
-        """Unix time since which batches fail to commit with the reserve already spent
-        (None: committing). The store is then not ready and passes are not reported."""
         self._batch_max = batch_max_rows
         self._interval_s = flush_interval_s
         self._queue_max = queue_max_rows
@@ -309,7 +311,7 @@ class BatchWriter:
 
     def _write_with_retry(self, items: list[Item], txns: list[Pending[Any]]) -> Batch | None:
         """Commit one batch; None if `stop` gave up on it. A full disk first spends the
-        reserve (reserve.py), then marks the store unwritable until a commit works."""
+        reserve, then marks the store unwritable until a commit works (outage.py)."""
         batch = Batch(items, self._next_id, txns)
         backoff = Backoff(_RETRY)
         rowwise = False
@@ -317,7 +319,8 @@ class BatchWriter:
             try:
                 self._commit(batch, rowwise=rowwise)
                 self._next_id += len(batch.inspections)
-                self._committed_ok()
+                self._disk_low = self._disk_low_next
+                self.outage.committed()
                 return batch
             except REFUSED as e:
                 if rowwise:
@@ -327,67 +330,18 @@ class BatchWriter:
             except sqlite3.OperationalError as e:
                 self.retries += 1
                 self.last_error = str(e)
-                if self._spend_reserve(e):
+                if self.outage.failed(e):
                     continue
-                self._failing(e)
                 delay_s = backoff.next_delay_s()
                 logger.error("store commit failed (%s); retrying in %.2f s", e, delay_s)
                 if self._abort.wait(delay_s):
                     logger.error("store gave up on %d uncommitted items", len(items))
                     return None
 
-    def _spend_reserve(self, error: sqlite3.OperationalError) -> bool:
-        """On a full disk, release the reserve (True: retry at once)."""
-        if self._reserve is None or "full" not in str(error).lower():
-            return False
-        freed = self._reserve.release()
-        if not freed:
-            return False
-        logger.error("disk full: released the store's %d-byte reserve so verdicts keep "
-                     "committing; free space on the data disk", freed)
-        self._extra_events.append(event_row(
-            self._clock(), "alarm", "alarm", "store",
-            f"data disk full: released the database's reserve ({freed} bytes); verdicts "
-            "keep committing into it, free space on the data disk",
-            {"alarm": "store_reserve_used", "bytes": freed}))
-        return True
-
-    def _failing(self, error: sqlite3.OperationalError) -> None:
-        if self.unwritable_since is not None:
-            return
-        self.unwritable_since = self._clock()
-        logger.critical("the store cannot commit verdicts (%s): the appliance is not ready "
-                        "and reports no part as pass until it can", error)
-        self._extra_events.append(event_row(
-            self.unwritable_since, "alarm", "alarm", "store",
-            f"the store cannot commit verdicts ({error}); parts are recorded as "
-            "uninspected: store_full and the appliance is not ready until it can",
-            {"alarm": "store_unwritable", "error": str(error)}))
-
-    def _committed_ok(self) -> None:
-        """After a commit: close an outage, restore the reserve when there is room."""
-        self._extra_events = []
-        self._disk_low = self._disk_low_next
-        now = self._clock()
-        if self.unwritable_since is not None:
-            outage_s = now - self.unwritable_since
-            self.unwritable_since = None
-            logger.warning("the store commits again after %.1f s", outage_s)
-            self._extra_events.append(event_row(
-                now, "alarm_cleared", "info", "store",
-                f"the store commits again after {outage_s:.1f} s",
-                {"alarm": "store_unwritable", "outage_s": round(outage_s, 3)}))
-        if self._reserve is not None and self._reserve.restore_if_room(self._reserve.size_bytes):
-            logger.info("the store's disk reserve is back (%d bytes)", self._reserve.size_bytes)
-            self._extra_events.append(event_row(
-                now, "alarm_cleared", "info", "store",
-                f"the database's disk reserve is back ({self._reserve.size_bytes} bytes)",
-                {"alarm": "store_reserve_used", "bytes": self._reserve.size_bytes}))
-
     def _commit(self, batch: Batch, *, rowwise: bool) -> None:
         conn = self._db.conn
         ids = range(batch.first_id, batch.first_id + len(batch.inspections))
-        events = list(batch.events) + self._extra_events
+        events = list(batch.events) + self.outage.pending_events
         with self._db.atomic():
             if not rowwise:
                 pairs = list(zip(ids, batch.inspections, strict=True))

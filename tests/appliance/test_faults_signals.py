@@ -271,3 +271,51 @@ def test_sigkill_at_random_moments_leaves_every_captured_frame_accounted_for(
     crash = sum(1 for _, _, r in got if r == "crash")
     assert crash == sum(json.loads(d)["frames"] for (d,) in unclean) > 0
     assert state == "clean"
+
+
+CRASHING_STORE = """
+import os, sys, time
+from pathlib import Path
+from appliance.records import InspectionRecord
+from appliance.store import Store
+from tests.appliance.pipeline_helpers import store_config
+
+store = Store(store_config(Path(sys.argv[1])))
+store.start()
+now = time.time()
+for seq in range(10):  # ten frames captured, five judged and committed
+    store.note_captured("cam", seq, now)
+for seq in range(5):
+    store.submit(InspectionRecord(
+        frame_id=f"cam:{seq}", station="cam", part_id=None, captured_at=now, judged_at=now,
+        verdict="pass", reason=None, model_version="m:1", preprocess_hash=None,
+        latency_ms={}))
+store.flush()
+os._exit(0)  # dies like a kill: no stop, no clean-stop marker
+"""
+
+
+def test_a_start_after_a_crash_records_the_unjudged_frames(tmp_path: Path) -> None:
+    from appliance.store import Store
+    from tests.appliance.pipeline_helpers import store_config
+
+    done = subprocess.run([sys.executable, "-c", CRASHING_STORE, str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    store = Store(store_config(tmp_path))
+    try:
+        assert [(g.station, g.first_seq, g.last_seq, g.missing) for g in store.crash_gaps] \
+            == [("cam", 5, 9, 5)]
+        assert store.next_sequence("cam") == 10  # never re-used
+        store.start()
+        assert store.uninspected_by_reason() == {"crash": 5}
+        [event] = store.events(kinds=["unclean_stop"])
+        assert event["severity"] == "alarm"
+        assert event["data"]["cam.first_seq"] == 5 and event["data"]["frames"] == 5
+    finally:
+        store.stop()
+    store = Store(store_config(tmp_path))  # stopped cleanly: nothing more to record
+    try:
+        assert store.crash_gaps == []
+    finally:
+        store.stop()
