@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from appliance.records import UninspectedReason
 
@@ -91,6 +93,71 @@ class CaptureMarks:
                     self._dirty.discard(row[0])
 
 
+class HighWaterFile:
+    """The marks beside the database (`<db>.hwm`), for when the database itself cannot
+    take them: a disk full (the writer writes the file on every failed commit, and the
+    store at a stop that could not commit everything). The file is allocated once at
+    open (`SIZE` bytes) and overwritten in place, so writing it needs no free space."""
+
+    SIZE = 16384
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def create(self) -> None:
+        """Allocate the file if it is missing. Raises OSError."""
+        if not self.path.exists() or self.path.stat().st_size < self.SIZE:
+            self.path.write_bytes(bytes(self.SIZE))
+
+    def write(self, rows: list[MarkRow]) -> None:
+        """Overwrite the file with `rows` (logged, never raised, if it cannot)."""
+        data = json.dumps([list(r) for r in rows]).encode()
+        if len(data) > self.SIZE:
+            logger.error("%s: %d stations do not fit", self.path, len(rows))
+            return
+        try:
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                os.pwrite(fd, data.ljust(self.SIZE, b"\0"), 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            logger.error("cannot write the captured high-water marks to %s: %s", self.path, e)
+
+    def read(self) -> list[MarkRow]:
+        """The marks in the file ([] if none or unreadable)."""
+        try:
+            text = self.path.read_bytes().rstrip(b"\0")
+            if not text:
+                return []
+            return [(str(a), int(b), int(c), float(d)) for a, b, c, d in json.loads(text)]
+        except (OSError, ValueError, TypeError) as e:
+            logger.warning("ignoring the high-water file %s: %s", self.path, e)
+            return []
+
+    def clear(self) -> None:
+        """Empty it (in place). Raises OSError."""
+        if self.path.exists():
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                os.pwrite(fd, bytes(self.SIZE), 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def merge_marks(*sources: list[MarkRow]) -> list[MarkRow]:
+    """One mark per station: the lowest first seq and the highest high seq seen."""
+    merged: dict[str, MarkRow] = {}
+    for rows in sources:
+        for station, first, high, at in rows:
+            old = merged.get(station)
+            merged[station] = (station, first, high, at) if old is None else (
+                station, min(old[1], first), max(old[2], high), max(old[3], at))
+    return [merged[k] for k in sorted(merged)]
+
+
 @dataclass(frozen=True, slots=True)
 class CrashGap:
     """A station's frames captured by an unclean run and never judged."""
@@ -138,9 +205,11 @@ def fill_gaps(conn: sqlite3.Connection, marks: list[MarkRow], now: float, *,
     return gaps
 
 
-def reconcile(conn: sqlite3.Connection, now: float) -> list[CrashGap]:
-    """See the module docstring. Runs in one transaction on `conn` (autocommit mode, no
-    transaction open); returns the gaps it recorded. Raises sqlite3.Error."""
+def reconcile(conn: sqlite3.Connection, now: float,
+              extra: list[MarkRow] | None = None) -> list[CrashGap]:
+    """See the module docstring; `extra` are marks from the high-water file (merged with
+    the table's). Runs in one transaction on `conn` (autocommit mode, no transaction
+    open); returns the gaps it recorded. Raises sqlite3.Error."""
     gaps: list[CrashGap] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -149,7 +218,8 @@ def reconcile(conn: sqlite3.Connection, now: float) -> list[CrashGap]:
             marks = [(str(st), int(a), int(b), float(t)) for st, a, b, t in conn.execute(
                 "SELECT station, first_seq, high_seq, updated_at FROM capture_marks"
                 " ORDER BY station")]
-            gaps = fill_gaps(conn, marks, now, reason=str(UninspectedReason.CRASH))
+            gaps = fill_gaps(conn, merge_marks(marks, extra or []), now,
+                             reason=str(UninspectedReason.CRASH))
             data = {"stations": len(gaps), "frames": sum(g.missing for g in gaps)}
             for g in gaps:
                 data[f"{g.station}.first_seq"] = g.first_seq

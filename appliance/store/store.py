@@ -46,7 +46,14 @@ from appliance.records import EventRecord, InspectionRecord
 from appliance.store import queries
 from appliance.store.config import StoreConfig
 from appliance.store.images import FreeDiskBytes, ImageKeeper, disk_free_bytes
-from appliance.store.marks import CaptureMarks, CrashGap, fill_gaps, mark_clean, reconcile
+from appliance.store.marks import (
+    CaptureMarks,
+    CrashGap,
+    HighWaterFile,
+    fill_gaps,
+    mark_clean,
+    reconcile,
+)
 from appliance.store.reserve import DiskReserve
 from appliance.store.schema.migrations import MigrationResult, migrate
 from appliance.store.transaction import Pending, T, Work
@@ -130,7 +137,10 @@ class Store:
         try:
             db = open_writer_db(cfg.path, cfg.synchronous)
             self.migration: MigrationResult = migrate(db, cfg.path, clock=clock)
-            self.crash_gaps: list[CrashGap] = reconcile(db.conn, clock())
+            self._hwm = HighWaterFile(Path(f"{cfg.path}.hwm"))
+            self.crash_gaps: list[CrashGap] = reconcile(db.conn, clock(), self._hwm.read())
+            self._hwm.create()
+            self._hwm.clear()
             """Frames the last run captured and never judged (recorded at open as
             `uninspected: crash`, see marks.py); empty after a clean stop."""
             self._reserve = DiskReserve(Path(f"{cfg.path}.reserve"), cfg.reserve_bytes)
@@ -147,6 +157,7 @@ class Store:
                 clock=clock,
                 marks=self._marks,
                 reserve=self._reserve,
+                high_water=self._hwm,
             )
             self._keeper = ImageKeeper(
                 cfg.images, post_ops=self._writer.put_ledger, clock=clock,
@@ -198,6 +209,8 @@ class Store:
             logger.error("image keeper did not finish its queue in %.1f s", timeout_s)
         complete = self._writer.stop(max(0.1, deadline - time.monotonic()))
         lost = self._writer.submitted - self._writer.committed
+        if not complete:  # the next start records what this run could not commit
+            self._hwm.write(self._marks.rows())
         try:
             if complete:
                 # Every captured frame was sealed and handed to `submit` before this; one

@@ -61,7 +61,7 @@ from appliance.store.batch import (
     resolve_txns,
 )
 from appliance.store.images import ImageDeleted, LedgerOp
-from appliance.store.marks import UPSERT_MARK, CaptureMarks
+from appliance.store.marks import UPSERT_MARK, CaptureMarks, HighWaterFile
 from appliance.store.outage import DiskOutage
 from appliance.store.reserve import DiskReserve
 from appliance.store.transaction import Pending, T, Work
@@ -89,10 +89,12 @@ class BatchWriter:
         clock: Callable[[], float] = time.time,
         marks: CaptureMarks | None = None,
         reserve: DiskReserve | None = None,
+        high_water: HighWaterFile | None = None,
     ) -> None:
         self._db = db
         self._marks = marks or CaptureMarks()
         self.outage = DiskOutage(reserve, clock=clock)
+        self._hwm = high_water
         self._disk_low = False  # images stopped at the free-disk floor (alarm raised)
         self._disk_low_next = False  # what the batch being committed makes it
         self._batch_max = batch_max_rows
@@ -332,6 +334,8 @@ class BatchWriter:
                 self.last_error = str(e)
                 if self.outage.failed(e):
                     continue
+                if self._hwm is not None:  # the table cannot take the marks now
+                    self._hwm.write(self._marks.rows())
                 delay_s = backoff.next_delay_s()
                 logger.error("store commit failed (%s); retrying in %.2f s", e, delay_s)
                 if self._abort.wait(delay_s):

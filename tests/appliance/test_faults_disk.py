@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from appliance.app import App
-from appliance.config import config_from_dict
+from appliance.config import ApplianceConfig, config_from_dict
+from appliance.errors import StoreError
 from appliance.records import InspectionRecord
 from tests.appliance.pipeline_helpers import seq_of
 
@@ -86,13 +87,12 @@ def committed(db: Path) -> dict[str, str]:
         conn.close()
 
 
-def test_a_full_data_disk_loses_no_verdict_and_recovers_by_itself(
-    small_disk: Path,
-) -> None:
-    # The demo model judges the simulated parts pass and fail (a mix is what shows that
-    # no pass is reported while verdicts cannot be stored).
-    cfg = config_from_dict({
-        "data_dir": str(small_disk),
+def disk_config(data_dir: Path) -> ApplianceConfig:
+    """The demo model (it judges the simulated parts pass and fail: a mix is what shows
+    that no pass is reported while verdicts cannot be stored), images kept above a 2 MiB
+    floor, a 1 MiB reserve for the database."""
+    return config_from_dict({
+        "data_dir": str(data_dir),
         "stations": [{"name": "cam", "source": {"kind": "sim", "width_px": 96,
                                                 "height_px": 64, "realtime": True,
                                                 "parts_per_minute": 600}}],
@@ -102,6 +102,12 @@ def test_a_full_data_disk_loses_no_verdict_and_recovers_by_itself(
                   "images": {"keep_pass_fraction": 1.0, "min_free_disk_bytes": 2 * MiB,
                              "annotate_fails": False}},
     })
+
+
+def test_a_full_data_disk_loses_no_verdict_and_recovers_by_itself(
+    small_disk: Path,
+) -> None:
+    cfg = disk_config(small_disk)
     db = cfg.store.path
     verdicts: list[InspectionRecord] = []
     lock = threading.Lock()
@@ -171,3 +177,43 @@ def test_a_full_data_disk_loses_no_verdict_and_recovers_by_itself(
     assert ("alarm_cleared", "store_reserve_used") in events
     assert reasons.get("store_full", 0) >= 20
     assert state == "clean"
+
+
+def test_a_stop_on_a_full_disk_is_recorded_at_the_next_start(small_disk: Path) -> None:
+    cfg = disk_config(small_disk)
+    seen: list[str] = []
+    app = App(cfg, listeners=[lambda r: seen.append(r.frame_id)])
+    app.start()
+    assert app.store is not None
+    store = app.store
+    wait_for("first verdicts", lambda: store.stats().committed >= 5)
+    fill(small_disk / "filler-1")
+    wait_for("the reserve released", lambda: not store.stats().reserve_held)
+    fill(small_disk / "filler-2")
+    wait_for("the store unwritable", lambda: store.unwritable)
+    first_lost = len(seen)
+    wait_for("verdicts that cannot be committed", lambda: len(seen) >= first_lost + 10)
+    with pytest.raises(StoreError, match="not committed"):
+        app.stop()  # the disk is still full: the store gives up (loudly)
+    lost = set(seen)
+
+    for filler in small_disk.glob("filler-*"):
+        filler.unlink()
+    later: list[str] = []
+    again = App(cfg, max_frames=5, listeners=[lambda r: later.append(r.frame_id)])
+    summary = again.run(threading.Event())
+    assert summary.frames == 5
+    assert not lost & set(later)  # the new run numbers after every frame of the old one
+    rows = committed(cfg.store.path)
+    assert lost <= set(rows)  # every frame of the first run has a row now
+    seqs = sorted(seq_of(f) for f in rows)
+    assert seqs == list(range(len(seqs)))  # and none was used twice
+    conn = sqlite3.connect(cfg.store.path)
+    try:
+        [(data,)] = conn.execute(
+            "SELECT data FROM events WHERE kind = 'unclean_stop'").fetchall()
+        crash = conn.execute("SELECT count(*) FROM inspections WHERE reason = 'crash'"
+                             ).fetchone()[0]
+    finally:
+        conn.close()
+    assert json.loads(data)["frames"] == crash >= 10
