@@ -12,6 +12,9 @@ or every source ended, and returns a `RunSummary`.
 Frame ids continue per station across restarts: a station's first seq is one more than
 the highest seq it has in the store (`Store.next_sequence`, an indexed query; ids are
 ``"{station}:{seq}"``, UNIQUE in the store), so a restarted appliance never reuses an id.
+A run that was killed (or stopped on a full disk) left frames captured without a verdict:
+the store finds them from its captured high-water marks when it opens and records them
+as `uninspected: crash` (appliance/store/marks.py) before the first seq is read.
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ Invariants:
   `swap_model` / `activate` replace that reference between two batches, so no frame
   meets a half-loaded model and none is lost during a swap;
 - `stop` is orderly: sources stop, queued frames are judged (up to `drain_timeout_s`),
-  the rest are recorded as shutdown; the store is flushed by its owner (`App`).
+  the rest are recorded as shutdown; the store is flushed by its owner (`App`). Once the
+  drain budget is spent the engine takes no further batch, and `stop` returns only after
+  the run in flight ended (an ONNX Runtime run alive at interpreter exit aborts it).
 """
 
 from __future__ import annotations

@@ -121,7 +121,8 @@ def test_a_full_data_disk_loses_no_verdict_and_recovers_by_itself(
     assert app.store is not None
     store = app.store
     try:
-        wait_for("first images", lambda: store.stats().images_kept >= 3)
+        wait_for("first images and verdicts", lambda: store.stats().images_kept >= 3
+                 and len(committed(db)) >= 3)
         assert app.readiness().ready
         before = committed(db)
         assert len(before) >= 3
