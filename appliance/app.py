@@ -24,7 +24,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ from appliance.capture.probe import require_file_sources
 from appliance.config import ApplianceConfig, PipelineConfig
 from appliance.errors import ConfigError, EngineError, NoModelError
 from appliance.pipeline.batcher import DynamicBatcher
+from appliance.pipeline.behind import BehindMonitor
 from appliance.pipeline.cpu import CpuMeter
 from appliance.pipeline.engine import (
     DetectorFactory,
@@ -60,6 +61,7 @@ from appliance.store import Store
 from appliance.telemetry import Telemetry, TelemetryError, pipeline_gauges
 from models.bundle import Bundle, open_bundle
 from models.errors import ModelError
+from protocol.app_version import app_version
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +226,7 @@ class App:
         self.events: Events | None = None
         self.telemetry: Telemetry | None = None
         self.pipeline: Pipeline | None = None
+        self._behind: BehindMonitor | None = None
         self._started_at = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -276,6 +279,9 @@ class App:
                 self.telemetry.attach(self.pipeline)
                 self._count_crash_gaps(self.telemetry, self.store)
             self.pipeline.start()
+            self._behind = BehindMonitor(cfg.pipeline.behind, self.pipeline.stats,
+                                         self.events, clock=self._clock)
+            self._behind.start()
         except BaseException:
             if self.telemetry is not None:
                 self.telemetry.stop()
@@ -305,7 +311,7 @@ class App:
             return None
         telemetry = Telemetry(cfg.telemetry, store, pipeline_gauges(self.stats, store),
                               site=cfg.site, line=cfg.line, clock=self._clock,
-                              record_event=store.record_event)
+                              record_event=store.record_event, app_version=app_version())
         try:
             telemetry.start()
         except TelemetryError as e:
@@ -347,6 +353,8 @@ class App:
 
     def stop(self, timeout_s: float | None = None) -> None:
         """Stop the pipeline (drain), then flush and close the store. Idempotent."""
+        if self._behind is not None:
+            self._behind.stop()
         if self.pipeline is not None:
             self.pipeline.stop(timeout_s)
         if self.telemetry is not None:
@@ -369,7 +377,10 @@ class App:
         """Live statistics (see `PipelineStats`). Raises EngineError if not started."""
         if self.pipeline is None:
             raise EngineError("the appliance is not running")
-        return self.pipeline.stats()
+        stats = self.pipeline.stats()
+        if self._behind is None:
+            return stats
+        return replace(stats, behind=self._behind.state)
 
     def readiness(self) -> Readiness:
         """Whether this appliance can judge parts now, and if not why: the hook for the
@@ -402,7 +413,7 @@ class App:
             while not stop.wait(min(0.1, status_interval_s)):
                 if on_status is not None and time.monotonic() >= next_status:
                     next_status += status_interval_s
-                    on_status(pipeline.stats())
+                    on_status(self.stats())
                 if pipeline.sources_finished.is_set():
                     budget_used = self._max_frames is not None and \
                         pipeline.stats().frames >= self._max_frames

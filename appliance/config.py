@@ -121,6 +121,24 @@ class EngineConfig(_Section):
         return max(1, len(os.sched_getaffinity(0)))
 
 
+class BehindConfig(_Section):
+    """The `falling_behind` alarm: the line produces more than the machine can judge
+    (see appliance/pipeline/behind.py)."""
+
+    enabled: bool = True
+    after_s: float = Field(10.0, gt=0.0, le=3600.0)
+    """Raise the alarm once the line has been behind this long."""
+    clear_after_s: float = Field(5.0, gt=0.0, le=3600.0)
+    """Clear it once the line has kept up this long."""
+    window_s: float = Field(5.0, gt=0.0, le=600.0)
+    """Rates and latency growth are measured over this window."""
+    rate_margin: float = Field(0.05, ge=0.0, le=10.0)
+    """Behind when frames are captured faster than parts are judged by more than this
+    fraction (0.05: 5 %)."""
+    latency_growth_ms_per_s: float = Field(100.0, gt=0.0, le=1_000_000.0)
+    """...or when the capture-to-verdict latency grows faster than this (ms per s)."""
+
+
 class PipelineConfig(_Section):
     """Batching, queues, overflow, deadlines and stage supervision."""
 
@@ -152,6 +170,8 @@ class PipelineConfig(_Section):
     recorded as `uninspected: shutdown`."""
     restart_backoff: BackoffConfig = Field(default_factory=BackoffConfig)
     """Backoff before a stage that died is restarted."""
+    behind: BehindConfig = Field(default_factory=BehindConfig)
+    """When falling behind becomes an alarm."""
 
 
 class ApplianceConfig(_Section):
@@ -190,6 +210,18 @@ class ApplianceConfig(_Section):
                 images = {"dir": data_dir / IMAGES_DIR, **images}
             store["images"] = images
         return {**data, "store": store}
+
+    @model_validator(mode="after")
+    def _identity_with_telemetry(self) -> ApplianceConfig:
+        # The defaults name the offline demo; two lines left at them collide in the fleet.
+        if self.telemetry is not None and self.telemetry.enabled:
+            missing = [k for k in ("site", "line") if k not in self.model_fields_set]
+            if missing:
+                raise ValueError(
+                    f"{' and '.join(missing)} must be set when telemetry is on: site and "
+                    "line name this line in the fleet (its MQTT topics); the defaults "
+                    "site-1/line-1 are only for running offline")
+        return self
 
     @field_validator("stations")
     @classmethod

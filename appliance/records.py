@@ -10,11 +10,26 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+
+from protocol.metrics import LatencyStage, UninspectedReason
+
+__all__ = [
+    "SEVERITIES",
+    "STAGES",
+    "STAGE_ON_WIRE",
+    "VERDICTS",
+    "DefectRecord",
+    "EventRecord",
+    "EventValue",
+    "InspectionRecord",
+    "Severity",
+    "UninspectedReason",
+    "Verdict",
+]
 
 Verdict = Literal["pass", "fail", "uninspected"]
 VERDICTS: tuple[Verdict, ...] = ("pass", "fail", "uninspected")
@@ -22,24 +37,21 @@ VERDICTS: tuple[Verdict, ...] = ("pass", "fail", "uninspected")
 Severity = Literal["info", "warning", "alarm"]
 SEVERITIES: tuple[Severity, ...] = ("info", "warning", "alarm")
 
-STAGES: tuple[str, ...] = ("queue", "preprocess", "batch_wait", "infer", "postprocess", "total")
+STAGE_ON_WIRE: Mapping[str, LatencyStage] = {
+    "queue": LatencyStage.QUEUE,
+    "preprocess": LatencyStage.PREPROCESS,
+    "batch_wait": LatencyStage.BATCH_WAIT,
+    "infer": LatencyStage.INFERENCE,
+    "postprocess": LatencyStage.POSTPROCESS,
+    "total": LatencyStage.END_TO_END,
+}
+"""Each pipeline stage that carries a latency and the name telemetry reports it under
+(the contract's `LatencyStage`); a new stage needs its wire name here."""
+
+STAGES: tuple[str, ...] = tuple(STAGE_ON_WIRE)
 """Pipeline stages that carry a latency (keys of `InspectionRecord.latency_ms`)."""
 
 EventValue = str | int | float | bool | None
-
-
-class UninspectedReason(StrEnum):
-    """Why a part got no real verdict (the line treats `uninspected` as a reject)."""
-
-    DROPPED = "dropped"
-    ENGINE_FAILURE = "engine_failure"
-    SHUTDOWN = "shutdown"
-    DEADLINE = "deadline"
-    NO_MODEL = "no_model"
-    CRASH = "crash"
-    """Captured, then the process died (SIGKILL, power) before a verdict was stored."""
-    STORE_FULL = "store_full"
-    """Judged while the store could not commit (disk full): never reported as `pass`."""
 
 
 def _finite(value: float) -> bool:

@@ -219,6 +219,7 @@ def bench_pipeline(bundle_dir: Path, frames: list[ImageBGR], batch: int, threads
     if mqtt_port is not None:
         raw["telemetry"] = {"broker": {"host": "127.0.0.1", "port": mqtt_port},
                             "metrics_interval_s": 1.0}
+        raw.update(site="bench", line="bench-1")  # telemetry needs a line identity
     cfg = config_from_dict(raw, "bench")
     n = len(frames)
     captured: list[float] = []

@@ -95,7 +95,7 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
     try:
-        app = create_app(store, token)
+        app = create_app(store, token, public_docs=cfg.api.public_docs)
         uvicorn.run(app, host=host or cfg.api.host, port=port or cfg.api.port,
                     log_config=None, access_log=False)
     finally:

@@ -84,7 +84,9 @@ class CollectorConfig(_Section):
     group: str = "collectors"
     # Worker processes (validation is CPU-bound: one process uses one core). With K > 1
     # the workers' client ids are `<broker.client_id>-0` ... `-<K-1>`; see
-    # cloud/collector/workers.py before lowering K.
+    # cloud/collector/workers.py before lowering K. They share `broker.username`: on a
+    # broker with `use_username_as_clientid` (the shipped deploy/mosquitto config) that
+    # makes them one session; there, run one worker per account (deploy/mosquitto/README.md).
     workers: int = Field(1, ge=1, le=64)
     # Also subscribe (not shared) to every line's retained `status` and `model`: MQTT 5
     # never sends retained messages to a shared subscription, so without this a new
@@ -155,6 +157,9 @@ class ApiConfig(_Section):
     # Bearer token for every endpoint but /health; at least 16 characters.
     token: SecretStr | None = None
     token_file: Path | None = None
+    # Serve the OpenAPI spec (/openapi.json) without the token. Off: the spec needs the
+    # token like the data does; /docs asks for the token and loads the spec with it.
+    public_docs: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> ApiConfig:

@@ -27,7 +27,17 @@ from protocol.errors import (
     UnknownSchema,
 )
 from protocol.fields import ModelRef, new_msg_id
-from protocol.metrics import DiskUsage, LatencyStats, MetricsMessage, OutboxStats, VerdictCounts
+from protocol.metrics import (
+    DiskUsage,
+    LatencyStage,
+    LatencyStats,
+    MetricsMessage,
+    MetricsMessageV1,
+    OutboxStats,
+    QueueName,
+    UninspectedReason,
+    VerdictCounts,
+)
 from protocol.model_report import ModelReport, UpdateProgress
 from protocol.registry import MESSAGE_TYPES, SCHEMAS, Message, schema_of
 from protocol.status import StatusMessage, last_will
@@ -40,6 +50,7 @@ from protocol.topics import (
     defect_event_topic,
     drift_topic,
     fleet_filter,
+    line_client_id,
     metrics_topic,
     model_topic,
     parse_topic,
@@ -65,22 +76,26 @@ __all__ = [
     "DriftSketch",
     "Envelope",
     "InvalidTopic",
+    "LatencyStage",
     "LatencyStats",
     "MalformedPayload",
     "Message",
     "MetricsMessage",
+    "MetricsMessageV1",
     "ModelRef",
     "ModelReport",
     "OutboxStats",
     "Outgoing",
     "PayloadTooLarge",
     "ProtocolError",
+    "QueueName",
     "RollbackCommand",
     "SharpnessStats",
     "StatusMessage",
     "TopicKind",
     "TopicMismatch",
     "TopicPolicy",
+    "UninspectedReason",
     "UnknownSchema",
     "UpdateCommand",
     "UpdateProgress",
@@ -92,6 +107,7 @@ __all__ = [
     "encode",
     "fleet_filter",
     "last_will",
+    "line_client_id",
     "metrics_topic",
     "model_topic",
     "new_msg_id",

@@ -13,7 +13,16 @@ from protocol.commands import RollbackCommand, UpdateCommand
 from protocol.defect import DefectEvent, Detection
 from protocol.drift import BrightnessHistogram, ChannelStats, DriftSketch, SharpnessStats
 from protocol.fields import ModelRef
-from protocol.metrics import DiskUsage, LatencyStats, MetricsMessage, OutboxStats, VerdictCounts
+from protocol.metrics import (
+    DiskUsage,
+    LatencyStage,
+    LatencyStats,
+    MetricsMessage,
+    OutboxStats,
+    QueueName,
+    UninspectedReason,
+    VerdictCounts,
+)
 from protocol.model_report import ModelReport, UpdateProgress
 from protocol.registry import Message
 from protocol.status import StatusMessage
@@ -57,18 +66,28 @@ def _metrics_example(current: ModelRef) -> MetricsMessage:
         sent_at=_T0,
         window_s=10.0,
         fps=29.8,
+        input_fps=29.8,
         verdicts=VerdictCounts(passed=281, failed=14, uninspected=3),
         defects_by_class={"scratches": 9, "inclusion": 4, "patches": 2},
         failed_parts_by_class={"scratches": 8, "inclusion": 4, "patches": 2},
-        uninspected_by_reason={"deadline": 2, "frame_dropped": 1},
+        uninspected_by_reason={UninspectedReason.DEADLINE: 2, UninspectedReason.DROPPED: 1},
         latency_ms={
-            "preprocess": LatencyStats(p50_ms=1.9, p95_ms=2.6, p99_ms=3.4, samples=298),
-            "inference": LatencyStats(p50_ms=6.2, p95_ms=8.9, p99_ms=12.5, samples=75),
-            "end_to_end": LatencyStats(p50_ms=18.4, p95_ms=31.0, p99_ms=47.2, samples=298),
+            LatencyStage.QUEUE: LatencyStats(p50_ms=0.8, p95_ms=2.1, p99_ms=3.0, samples=295),
+            LatencyStage.PREPROCESS: LatencyStats(p50_ms=1.9, p95_ms=2.6, p99_ms=3.4,
+                                                  samples=295),
+            LatencyStage.BATCH_WAIT: LatencyStats(p50_ms=1.2, p95_ms=2.0, p99_ms=2.0,
+                                                  samples=295),
+            LatencyStage.INFERENCE: LatencyStats(p50_ms=6.2, p95_ms=8.9, p99_ms=12.5,
+                                                 samples=295),
+            LatencyStage.POSTPROCESS: LatencyStats(p50_ms=0.9, p95_ms=1.4, p99_ms=2.2,
+                                                   samples=295),
+            LatencyStage.END_TO_END: LatencyStats(p50_ms=18.4, p95_ms=31.0, p99_ms=47.2,
+                                                  samples=295),
         },
         engine_provider="CUDAExecutionProvider",
         model=current,
-        queue_depths={"preprocess": 0, "batcher": 3, "store": 12, "telemetry": 1},
+        queue_depths={QueueName.PREPROCESS: 0, QueueName.BATCHER: 3, QueueName.POSTPROCESS: 0,
+                      QueueName.PENDING: 4, QueueName.STORE: 12, QueueName.TELEMETRY: 1},
         sources={"cam-top": "streaming"},
         disk=DiskUsage(
             used_bytes=8_234_567_890, quota_bytes=20_000_000_000, free_bytes=96_000_000_000

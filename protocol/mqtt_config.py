@@ -4,9 +4,9 @@ used by the appliance (`telemetry.broker`) and the cloud collector (`collector.b
     broker:
       host: mqtt.plant1.example
       port: 8883
-      client_id: line-7             # optional on a line: lineguard-<site>-<line>
+      client_id: line.plant1.line-7  # optional on a line: line.<site>.<line>
       keepalive_s: 30
-      username: line-7
+      username: line.plant1.line-7   # the shipped broker makes it the client id
       password_file: /etc/lineguard/mqtt.secret   # or `password:` inline
       tls: {ca_file: /etc/lineguard/ca.crt, cert_file: ..., key_file: ...}
       reconnect: {initial_s: 0.5, max_s: 30}

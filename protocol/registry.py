@@ -13,13 +13,14 @@ from typing import Final
 from protocol.commands import RollbackCommand, UpdateCommand
 from protocol.defect import DefectEvent
 from protocol.drift import DriftSketch
-from protocol.metrics import MetricsMessage
+from protocol.metrics import MetricsMessage, MetricsMessageV1
 from protocol.model_report import ModelReport
 from protocol.status import StatusMessage
 
 Message = (
     StatusMessage
     | MetricsMessage
+    | MetricsMessageV1
     | DefectEvent
     | DriftSketch
     | ModelReport
@@ -30,12 +31,18 @@ Message = (
 MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
     StatusMessage,
     MetricsMessage,
+    MetricsMessageV1,
     DefectEvent,
     DriftSketch,
     ModelReport,
     UpdateCommand,
     RollbackCommand,
 )
+
+
+LEGACY_TYPES: Final[tuple[type[Message], ...]] = (MetricsMessageV1,)
+"""Older versions consumers still read and lines no longer send (kept while outboxes of
+older lines may hold them)."""
 
 
 def schema_of(model: type[Message]) -> str:

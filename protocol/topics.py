@@ -71,6 +71,17 @@ def validate_id(value: str, what: str = "id") -> str:
     return value
 
 
+def line_client_id(site: str, line: str) -> str:
+    """A line's MQTT client id and broker account name: `line.<site>.<line>`.
+
+    The shipped broker config (`use_username_as_clientid true`) makes the username the
+    client id, so the line's account name and its client id are one and the same;
+    deploy/mosquitto/make_acl.py writes the same name (`line_username`). Ids never hold
+    `.`, so the name splits back unambiguously. Raises InvalidTopic for a bad id.
+    """
+    return f"line.{validate_id(site, 'site')}.{validate_id(line, 'line')}"
+
+
 def line_prefix(site: str, line: str) -> str:
     """Return `lineguard/<site>/<line>`; raises `InvalidTopic` for a bad id."""
     return f"{TOPIC_ROOT}/{validate_id(site, 'site')}/{validate_id(line, 'line')}"

@@ -111,7 +111,13 @@ class StreamSourceConfig(_SourceBase):
     kind: Literal["stream"]
     url: str
     open_timeout_ms: int = Field(5000, ge=100, le=120_000)
+    """How long connecting may take before the attempt fails and is retried. Opening an
+    RTSP stream takes seconds (FFmpeg reads the start of the stream to learn its
+    format; 2.5 s for the test camera): keep a margin above that."""
     read_timeout_ms: int = Field(5000, ge=100, le=120_000)
+    """How long a read waits for a frame before the stream counts as lost. A stalled
+    RTSP (H.264) stream is declared lost after up to about 3 times this (measured with
+    the bundled OpenCV/FFmpeg); an HTTP MJPEG one after this."""
 
     @field_validator("url")
     @classmethod

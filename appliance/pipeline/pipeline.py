@@ -263,6 +263,7 @@ class Pipeline:
             stage_restarts={n: t.restarts for n, t in self._threads.items() if t.restarts},
             sink_errors=self.book.sink_errors,
             stage_cpu_ms=self.cpu.ms(),
+            recent_latency_ms=self.counters.recent_latency_ms,
         )
 
     def _on_restart(self, stage: str, restarts: int, error: BaseException, delay_s: float) -> None:

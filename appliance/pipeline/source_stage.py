@@ -147,6 +147,7 @@ class SourceStage:
         self.produced = 0
         self.dropped = 0
         self._roi_alarmed = False
+        self._outage_alarmed = False  # a `lost` alarm recorded, no reopen since
         self.source = ResilientSource(
             station.name, station.source, reconnect=station.reconnect, clock=clock,
             on_state=self._on_state,
@@ -208,9 +209,11 @@ class SourceStage:
 
     def _on_state(self, station: str, old: SourceState, new: SourceState, detail: str) -> None:
         rs = self.source
-        if new == SourceState.CONNECTING or (new == SourceState.LOST and old ==
-                                             SourceState.CONNECTING and rs.attempts > 1):
+        if new == SourceState.CONNECTING or (new == SourceState.LOST and self._outage_alarmed):
             return  # retries of one outage: the LOST that started it was recorded
+        # One outage, one `lost` alarm: the read that lost the stream or, at start, the
+        # first open that failed; the failed reopens after it are not new outages.
+        self._outage_alarmed = new == SourceState.LOST
         severity: Severity = "alarm" if new == SourceState.LOST else "info"
         self._events.record("source_state", severity, self.name,
                             f"station {station}: {old} -> {new} ({detail})", station=station,

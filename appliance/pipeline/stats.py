@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from appliance.pipeline.behind import BehindState
 from appliance.pipeline.engine import ModelInfo
 from appliance.records import STAGES, InspectionRecord
 
@@ -100,6 +101,8 @@ class VerdictCounters:
         self.defects: Counter[str] = Counter()
         self.latency = LatencyWindow()
         self.rate = RateMeter(clock=clock)
+        self.recent_latency_ms: float | None = None
+        """End-to-end latency of the latest inspected part."""
         self._lock = threading.Lock()
 
     def add(self, record: InspectionRecord) -> None:
@@ -111,6 +114,7 @@ class VerdictCounters:
                 self.defects[d.class_name] += 1
         if record.verdict != "uninspected":
             self.latency.add(record.latency_ms)
+            self.recent_latency_ms = record.latency_ms.get("total", self.recent_latency_ms)
         self.rate.add()
 
     def counts(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
@@ -167,6 +171,10 @@ class PipelineStats:
     sink_errors: int = 0
     stage_cpu_ms: dict[str, float] = field(default_factory=dict)
     """Thread CPU milliseconds per stage since start (see `appliance.pipeline.cpu`)."""
+    recent_latency_ms: float | None = None
+    """End-to-end latency of the latest inspected part."""
+    behind: BehindState | None = None
+    """The `falling_behind` alarm's state (set by the App's monitor; None: not watched)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,4 +192,6 @@ class PipelineStats:
             f"{total.get('p99', 0):.0f} ms, infer p50 {infer.get('p50', 0):.0f} ms | "
             f"pass {v['pass']} fail {v['fail']} uninspected {v['uninspected']} | "
             f"queue {self.queue_depths.get('batcher', 0)} | {states} | {model} on {provider}"
+            + (f" | ALARM {self.behind.describe()}" if self.behind and self.behind.active
+               else "")
         )

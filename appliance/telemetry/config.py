@@ -29,7 +29,9 @@ class TelemetryConfig(BaseModel):
 
     enabled: bool = True
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
-    """Where the broker is and how to log in; `client_id` None: `lineguard-<site>-<line>`."""
+    """Where the broker is and how to log in; `client_id` None: `line.<site>.<line>`, the
+    line's broker account name (with the shipped broker config the broker uses the
+    username as the client id in any case)."""
     protocol: Literal["auto", "5", "3.1.1"] = "auto"
     """`auto`: MQTT 5, falling back to 3.1.1 if the broker refuses the protocol version."""
     offline_alarm_s: float = Field(60.0, gt=0.0, le=86_400.0)

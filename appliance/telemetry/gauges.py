@@ -4,8 +4,9 @@ the store's statistics and `Gauges` (what `metrics` and `status` report besides 
 Alarms derived here (the active set, re-read every time): `camera_lost` (a source is
 lost), `no_model` (nothing can judge parts), `engine_cpu_fallback` (the engine fell back
 from GPU to CPU since start), `disk_low` (free disk under the image keeper's floor),
-`store_unwritable` (verdicts cannot be committed), `store_reserve_used` (the database's
-disk reserve is released or could not be allocated).
+`falling_behind` (the line produces more than the machine judges: appliance/pipeline/
+behind.py), `store_unwritable` (verdicts cannot be committed), `store_reserve_used`
+(the database's disk reserve is released or could not be allocated).
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def gauges_from_stats(
         alarms.append("no_model")
     if stats.engine_fallbacks:
         alarms.append("engine_cpu_fallback")
+    if stats.behind is not None and stats.behind.active:
+        alarms.append("falling_behind")
     if disk is not None and min_free_disk_bytes is not None and \
             disk.free_bytes < min_free_disk_bytes:
         alarms.append("disk_low")
@@ -95,6 +98,7 @@ def gauges_from_stats(
         model=model_ref(stats.model),
         engine_provider=stats.providers[0] if stats.providers else None,
         queue_depths=depths,
+        frames_captured=stats.frames,
         sources=sources,
         disk=disk,
         alarms=tuple(alarms),

@@ -27,8 +27,18 @@ from typing import Final, cast, get_args
 
 import numpy as np
 
-from appliance.records import InspectionRecord
-from protocol import DiskUsage, LatencyStats, MetricsMessage, ModelRef, OutboxStats, VerdictCounts
+from appliance.records import STAGE_ON_WIRE, InspectionRecord
+from protocol import (
+    DiskUsage,
+    LatencyStage,
+    LatencyStats,
+    MetricsMessage,
+    ModelRef,
+    OutboxStats,
+    QueueName,
+    UninspectedReason,
+    VerdictCounts,
+)
 from protocol.fields import NAME_PATTERN
 from protocol.status import SourceState
 
@@ -39,7 +49,17 @@ _MAX_MS = 86_400_000.0
 _MAX_FPS = 100_000.0
 _MAX_WINDOW_S = 86_400.0
 # Bounds of the wire models (protocol.metrics): keys per map.
-_MAX_CLASSES, _MAX_REASONS, _MAX_STAGES, _MAX_QUEUES, _MAX_SOURCES = 1024, 64, 32, 64, 64
+_MAX_CLASSES, _MAX_SOURCES = 1024, 64
+_REASONS: Final = frozenset(UninspectedReason)
+# The pipeline's queues (PipelineStats.queue_depths, plus "store" and "telemetry") under
+# the contract's names; "intake:<station>" queues add up to `preprocess`.
+_QUEUE_ON_WIRE: Final[Mapping[str, QueueName]] = {
+    "batcher": QueueName.BATCHER,
+    "post": QueueName.POSTPROCESS,
+    "pending": QueueName.PENDING,
+    "store": QueueName.STORE,
+    "telemetry": QueueName.TELEMETRY,
+}
 
 
 @dataclass(frozen=True)
@@ -50,6 +70,9 @@ class Gauges:
     engine_provider: str | None = None
     """ONNX Runtime execution provider in use, e.g. CUDAExecutionProvider."""
     queue_depths: Mapping[str, int] = field(default_factory=dict)
+    """The pipeline's queue names (see `wire_queue_depths`)."""
+    frames_captured: int | None = None
+    """Frames captured since start, all stations (for `input_fps`)."""
     sources: Mapping[str, str] = field(default_factory=dict)
     """Station -> capture state (connecting, streaming, lost, ended)."""
     disk: DiskUsage | None = None
@@ -149,9 +172,36 @@ def clean_class_name(name: str) -> str:
     return cleaned or "unnamed"
 
 
-def _names(values: Mapping[str, int], limit: int) -> dict[str, int]:
-    kept = [(k, max(0, int(v))) for k, v in sorted(values.items()) if is_name(k)]
-    return dict(kept[:limit])
+def wire_queue_depths(depths: Mapping[str, int]) -> dict[QueueName, int]:
+    """The pipeline's queue depths under the contract's names (`QueueName`): the
+    per-station `intake:<station>` queues add up to `preprocess` (0 without workers);
+    a queue the contract does not name is left out."""
+    out = {QueueName.PREPROCESS: 0}
+    for name, depth in depths.items():
+        if name.startswith("intake:"):
+            out[QueueName.PREPROCESS] += max(0, int(depth))
+        elif (queue := _QUEUE_ON_WIRE.get(name)) is not None:
+            out[queue] = max(0, int(depth))
+    return out
+
+
+def wire_reasons(reasons: Mapping[str, int], uninspected: int) -> dict[UninspectedReason, int]:
+    """Uninspected counts by the contract's reasons; empty when a reason is not one of
+    them (the map must add up to `uninspected` or be absent)."""
+    if any(r not in _REASONS for r in reasons):
+        return {}
+    out = {UninspectedReason(r): max(0, int(n)) for r, n in sorted(reasons.items())}
+    return out if sum(out.values()) == uninspected else {}
+
+
+def wire_latency(latency_ms: Mapping[str, list[float]]) -> dict[LatencyStage, LatencyStats]:
+    """Percentiles per stage under the contract's stage names; stages without samples or
+    without a wire name are left out."""
+    return {
+        STAGE_ON_WIRE[stage]: latency_stats(values)
+        for stage, values in sorted(latency_ms.items())
+        if values and stage in STAGE_ON_WIRE
+    }
 
 
 def wire_sources(sources: Mapping[str, str]) -> dict[str, SourceState]:
@@ -181,33 +231,29 @@ def build_metrics(
     outbox_depth: int,
     outbox_dropped: int,
     telemetry_pending: int,
+    frames_captured: int | None = None,
 ) -> MetricsMessage:
     """The `metrics` message of one window of `window_s` seconds (its real length).
 
     Keys that do not fit the wire (names with spaces, too many entries) are left out
-    rather than failing the message. Raises pydantic.ValidationError only for a bad
+    rather than failing the message. `frames_captured` (frames captured in the window)
+    gives `input_fps`. Raises pydantic.ValidationError only for a bad
     `site`, `line` or `msg_id`.
     """
     window_s = min(max(window_s, 1e-3), _MAX_WINDOW_S)
     v = counts.verdicts
-    reasons = _names(counts.uninspected_by_reason, _MAX_REASONS)
     uninspected = int(v.get("uninspected", 0))
-    if sum(reasons.values()) != uninspected:  # a reason the wire cannot carry
-        reasons = {}
+    reasons = wire_reasons(counts.uninspected_by_reason, uninspected)
     defects: Counter[str] = Counter()
     for name, n in counts.defects_by_class.items():
         defects[clean_class_name(name)] += int(n)
     failed_parts: Counter[str] = Counter()
     for name, n in counts.failed_parts_by_class.items():
         failed_parts[clean_class_name(name)] += int(n)
-    latency = {
-        stage: latency_stats(values)
-        for stage, values in sorted(counts.latency_ms.items())
-        if values and is_name(stage)
-    }
     g = gauges or Gauges()
-    depths = dict(g.queue_depths)
-    depths["telemetry"] = telemetry_pending
+    depths = wire_queue_depths({**g.queue_depths, "telemetry": telemetry_pending})
+    input_fps = None if frames_captured is None else \
+        round(min(max(0, frames_captured) / window_s, _MAX_FPS), 3)
     provider = g.engine_provider if g.engine_provider and is_name(g.engine_provider) else None
     return MetricsMessage(
         msg_id=msg_id,
@@ -216,15 +262,16 @@ def build_metrics(
         sent_at=sent_at,
         window_s=round(window_s, 3),
         fps=round(min(counts.parts / window_s, _MAX_FPS), 3),
+        input_fps=input_fps,
         verdicts=VerdictCounts(passed=int(v.get("pass", 0)), failed=int(v.get("fail", 0)),
                                uninspected=uninspected),
         defects_by_class=dict(sorted(defects.items())[:_MAX_CLASSES]),
         failed_parts_by_class=dict(sorted(failed_parts.items())[:_MAX_CLASSES]),
         uninspected_by_reason=reasons,
-        latency_ms=dict(list(latency.items())[:_MAX_STAGES]),
+        latency_ms=wire_latency(counts.latency_ms),
         engine_provider=provider,
         model=g.model,
-        queue_depths=_names(depths, _MAX_QUEUES),
+        queue_depths=depths,
         sources=wire_sources(g.sources),
         disk=g.disk,
         outbox=OutboxStats(depth=max(0, outbox_depth), dropped=max(0, outbox_dropped)),

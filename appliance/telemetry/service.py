@@ -60,6 +60,7 @@ from protocol import (
     StatusMessage,
     UpdateProgress,
     last_will,
+    line_client_id,
     new_msg_id,
     prepare,
     validate_id,
@@ -108,7 +109,7 @@ class Telemetry:
         self._clock = clock
         self._record_event = record_event
         self._app_version = app_version
-        self._client_id = cfg.broker.client_id or f"lineguard-{site}-{line}"
+        self._client_id = cfg.broker.client_id or line_client_id(self.site, self.line)
         self.window = VerdictWindow()
         self._gauges: Gauges | None = None
         self._status_key: tuple[object, ...] | None = None
@@ -118,6 +119,7 @@ class Telemetry:
         self._sizes: dict[str, tuple[int, int]] = {}
         self._started_at: datetime | None = None
         self._window_start = time.monotonic()
+        self._window_frames: int | None = None  # frames captured when the window began
         self._outbox: Outbox | None = None
         self._publisher: Publisher | None = None
         self._last_publisher: Publisher | None = None
@@ -140,6 +142,7 @@ class Telemetry:
         self._window_start = time.monotonic()
         self._stop.clear()
         self._read_gauges()
+        self._window_frames = self._gauges.frames_captured if self._gauges is not None else 0
         publisher = Publisher(cfg, self._outbox, client_id=self._client_id, will=self._will,
                               first_message=self._online_status, on_event=self._event,
                               clock=self._clock)
@@ -270,6 +273,10 @@ class Telemetry:
         # `outbox` is filled in by the publisher when the message is written.
         publisher = self._publisher
         counts = self.window.take()
+        frames = self._gauges.frames_captured if self._gauges is not None else None
+        captured = None if frames is None or self._window_frames is None else \
+            frames - self._window_frames
+        self._window_frames = frames
         dropped = publisher.take_dropped() if publisher is not None else {}
         if dropped:
             precious = {k: n for k, n in dropped.items() if k != "metrics"}
@@ -281,6 +288,7 @@ class Telemetry:
             site=self.site, line=self.line, msg_id=new_msg_id(), sent_at=utc(self._clock()),
             window_s=window_s, counts=counts, gauges=self._gauges, outbox_depth=0,
             outbox_dropped=0, telemetry_pending=publisher.pending if publisher else 0,
+            frames_captured=captured,
         )
 
     def _close_window(self) -> None:

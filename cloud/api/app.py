@@ -2,23 +2,29 @@
 
 `create_app(store, token)` builds the app; nothing is created at import time. Every
 endpoint but `/health` needs `Authorization: Bearer <token>` (401 otherwise; the token
-is compared in constant time). Bad query or path parameters are 422; an unknown line
-is 404; a fleet store that cannot be read is 503. Times are ISO 8601 with an offset
-(a time without one is refused); ranges are `since` inclusive, `until` exclusive, and
-results come newest first, at most `limit` (page back with `until` = the oldest time).
+is compared in constant time), the OpenAPI spec `/openapi.json` included unless
+`api.public_docs` is set. The interactive docs page `/docs` holds no data: it asks for
+the token once per browser tab and loads the spec with it. Bad query or path
+parameters are 422 (the error says where and why; it never echoes the input back); an
+unknown line is 404; a fleet store that cannot be read is 503. Times are ISO 8601 with
+an offset (`2025-03-14T09:00:00Z`; a time without one, or a number, is refused); ranges
+are `since` inclusive, `until` exclusive, and results come newest first, at most
+`limit` (page back with `until` = the oldest time).
 """
 
 
 import hmac
+import html
 import logging
-from typing import Annotated, Final
+import re
+from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, status
-from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import AwareDatetime, BaseModel, ConfigDict, SecretStr
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, SecretStr
 from swagger_ui_bundle import swagger_ui_path
 
 from cloud.errors import FleetStoreError
@@ -37,17 +43,49 @@ logger = logging.getLogger(__name__)
 
 API_VERSION: Final = "1"
 ID_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+OPENAPI_URL: Final = "/openapi.json"
 DOCS_ASSETS: Final = "/docs-assets"
 """Where Swagger UI's scripts and styles are served from (vendored, no CDN)."""
 
 SiteParam = Annotated[str, Path(pattern=ID_PATTERN, description="site id")]
 LineParam = Annotated[str, Path(pattern=ID_PATTERN, description="line id")]
+# A date and a time: pydantic alone would also take a number (`until=0.5`) as a Unix
+# timestamp. The offset is checked by AwareDatetime.
+_ISO_DATETIME: Final = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _iso_8601_only(value: object) -> object:
+    if isinstance(value, str) and _ISO_DATETIME.match(value):
+        return value
+    raise ValueError("must be an ISO 8601 date and time with an offset, "
+                     "e.g. 2025-03-14T09:00:00Z")
+
+
+IsoDatetime = Annotated[AwareDatetime, BeforeValidator(_iso_8601_only)]
 SinceQuery = Annotated[
-    AwareDatetime | None, Query(description="inclusive lower bound, ISO 8601 with offset")
+    IsoDatetime | None, Query(description="inclusive lower bound, ISO 8601 with offset")
 ]
 UntilQuery = Annotated[
-    AwareDatetime | None, Query(description="exclusive upper bound, ISO 8601 with offset")
+    IsoDatetime | None, Query(description="exclusive upper bound, ISO 8601 with offset")
 ]
+
+
+class ErrorDetail(BaseModel):
+    """An error that is not about one parameter (401, 404, 503)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    detail: str
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorDetail, "description": description}
+
+
+Responses = dict[int | str, dict[str, Any]]
+UNAUTHORIZED: Final[Responses] = {401: _error("missing or wrong bearer token")}
+UNAVAILABLE: Final[Responses] = {503: _error("the fleet store cannot be read")}
+NOT_FOUND: Final[Responses] = {404: _error("no such line (it never sent a valid message)")}
 
 
 class Health(BaseModel):
@@ -90,17 +128,77 @@ class _Auth:
             )
 
 
+def _unprocessable(loc: list[str], msg: str) -> HTTPException:
+    """A 422 in the shape of a validation error (FastAPI's documented 422 body)."""
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                         [{"loc": loc, "msg": msg, "type": "value_error"}])
+
+
 def _check_range(since: AwareDatetime | None, until: AwareDatetime | None) -> None:
     if since is not None and until is not None and until <= since:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "until must be after since")
+        raise _unprocessable(["query", "until"], "until must be after since")
+
+
+def _validation_failed(request: Request, exc: Exception) -> JSONResponse:
+    """422 with where and why of each error, never the input: a 100 KB parameter must
+    not come back as a 100 KB error (nor be reflected to whoever sent it)."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))[:500],
+         "type": str(e.get("type", ""))}
+        for e in errors[:20]
+    ]
+    return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+                        content={"detail": detail})
+
+
+_DOCS_PAGE: Final = """<!DOCTYPE html>
+<html>
+<head>
+<title>{title}</title>
+<link type="text/css" rel="stylesheet" href="{assets}/swagger-ui.css">
+<link rel="shortcut icon" href="{assets}/favicon-32x32.png">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="{assets}/swagger-ui-bundle.js"></script>
+<script>
+// The spec needs the bearer token (unless api.public_docs): ask once per tab, keep it
+// in this tab's session storage, and send it with every request the page makes.
+const key = "lineguard-fleet-api-token";
+let token = sessionStorage.getItem(key);
+if ({needs_token} && !token) {{
+  token = window.prompt("lineguard fleet API: bearer token");
+  if (token) sessionStorage.setItem(key, token);
+}}
+SwaggerUIBundle({{
+  url: "{openapi_url}",
+  dom_id: "#swagger-ui",
+  layout: "BaseLayout",
+  deepLinking: true,
+  presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset],
+  requestInterceptor: (request) => {{
+    if (token && !request.headers.Authorization) {{
+      request.headers.Authorization = "Bearer " + token;
+    }}
+    return request;
+  }},
+}});
+</script>
+</body>
+</html>
+"""
 
 
 def _not_found(site: str, line: str) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"no line {site}/{line}")
 
 
-def create_app(store: FleetStore, token: SecretStr | str) -> FastAPI:
+def create_app(
+    store: FleetStore, token: SecretStr | str, *, public_docs: bool = False
+) -> FastAPI:
     """The fleet API over `store`; `token` is the bearer token (at least 16 characters).
+    `public_docs`: serve `/openapi.json` without the token.
 
     Raises ValueError for a shorter token.
     """
@@ -122,38 +220,43 @@ def create_app(store: FleetStore, token: SecretStr | str) -> FastAPI:
         description=__doc__,
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,  # served below, behind the token unless public_docs
     )
     app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+    app.add_exception_handler(RequestValidationError, _validation_failed)
+    auth = _Auth(secret)
+
+    @app.get(OPENAPI_URL, include_in_schema=False,
+             dependencies=[] if public_docs else [Depends(auth)])
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json",
-            title=f"{app.title} - docs",
-            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
-            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
-        )
+        return HTMLResponse(_DOCS_PAGE.format(
+            title=html.escape(f"{app.title} - docs"), assets=DOCS_ASSETS,
+            openapi_url=OPENAPI_URL, needs_token="false" if public_docs else "true",
+        ))
 
     @app.exception_handler(FleetStoreError)
     def _store_failed(request: Request, exc: FleetStoreError) -> JSONResponse:
         logger.error("fleet store error on %s: %s", request.url.path, exc)
         return JSONResponse(status_code=503, content={"detail": "fleet store unavailable"})
 
-    @app.get("/health", tags=["health"])
+    @app.get("/health", tags=["health"], responses=UNAVAILABLE)
     def health(fleet: Store) -> Health:
         """Liveness and readiness (no token needed): 200 when the store can be read."""
         fleet.ping()
         return Health(status="ok", api_version=API_VERSION)
 
-    router = APIRouter(dependencies=[Depends(_Auth(secret))])
+    router = APIRouter(dependencies=[Depends(auth)], responses={**UNAUTHORIZED, **UNAVAILABLE})
 
     @router.get("/lines", tags=["lines"])
     def list_lines(fleet: Store) -> list[LineView]:
         """Every line ever heard from, with online state, model and sources."""
         return fleet.lines()
 
-    @router.get("/lines/{site}/{line}", tags=["lines"])
+    @router.get("/lines/{site}/{line}", tags=["lines"], responses=NOT_FOUND)
     def get_line(fleet: Store, site: SiteParam, line: LineParam) -> LineView:
         """One line; 404 if it never sent a valid message."""
         found = fleet.line(site, line)
@@ -161,7 +264,7 @@ def create_app(store: FleetStore, token: SecretStr | str) -> FastAPI:
             raise _not_found(site, line)
         return found
 
-    @router.get("/lines/{site}/{line}/metrics", tags=["lines"])
+    @router.get("/lines/{site}/{line}/metrics", tags=["lines"], responses=NOT_FOUND)
     def line_metrics(
         fleet: Store,
         site: SiteParam,
@@ -177,7 +280,7 @@ def create_app(store: FleetStore, token: SecretStr | str) -> FastAPI:
         points = fleet.metrics(site, line, since=since, until=until, limit=limit)
         return MetricsSeries(site=site, line=line, points=points)
 
-    @router.get("/lines/{site}/{line}/report", tags=["lines"])
+    @router.get("/lines/{site}/{line}/report", tags=["lines"], responses=NOT_FOUND)
     def line_report(
         fleet: Store,
         site: SiteParam,
@@ -197,9 +300,9 @@ def create_app(store: FleetStore, token: SecretStr | str) -> FastAPI:
         try:
             return fleet.line_report(site, line, since=since, until=until, bucket_s=bucket_s)
         except ReportTooLarge as e:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(e)) from e
+            raise _unprocessable(["query", "bucket_s"], str(e)) from e
 
-    @router.get("/lines/{site}/{line}/model", tags=["lines"])
+    @router.get("/lines/{site}/{line}/model", tags=["lines"], responses=NOT_FOUND)
     def line_model(fleet: Store, site: SiteParam, line: LineParam) -> LineModelView:
         """The line's current model and its latest update step."""
         found = fleet.line_model(site, line)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from cloud.collector.validate import STORE_REJECTED, Delivery, classify
 from cloud.errors import StoreRejected, StoreUnavailable
 from cloud.fleet import FleetStore, IngestResult, Received, Rejected
+from cloud.fleet.rows import CONFLICTING_DUPLICATE
 from protocol import topic_of
 from protocol.backoff import Backoff, BackoffConfig
 
@@ -159,6 +160,9 @@ class BatchWriter:
         s.last_batch_size = len(batch)
         for item in rejected:
             s.quarantined_by_reason[item.reason] = s.quarantined_by_reason.get(item.reason, 0) + 1
+        if result.conflicting:
+            s.quarantined_by_reason[CONFLICTING_DUPLICATE] = (
+                s.quarantined_by_reason.get(CONFLICTING_DUPLICATE, 0) + result.conflicting)
         if self._on_committed is not None:
             self._on_committed(batch, result)
 
@@ -196,7 +200,7 @@ class BatchWriter:
         """Each message in its own transaction; the ones refused alone are quarantined.
         StoreUnavailable propagates (the caller retries the whole batch: what was
         stored meanwhile then counts as duplicates)."""
-        stored = duplicates = 0
+        stored = duplicates = conflicting = 0
         refused = list(rejected)
         for item in received:
             try:
@@ -209,5 +213,7 @@ class BatchWriter:
                 continue
             stored += r.stored
             duplicates += r.duplicates
+            conflicting += r.conflicting
         last = self._store.ingest([], refused, collector_id=self._collector_id, counters=counters)
-        return IngestResult(stored, duplicates, last.quarantined, last.stored_at_ms)
+        return IngestResult(stored, duplicates, last.quarantined + conflicting,
+                            last.stored_at_ms, conflicting)

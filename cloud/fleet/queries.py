@@ -101,6 +101,8 @@ def metrics(
             uninspected=uninspected, defects=defects,
             defects_by_class=payload.get("defects_by_class", {}),
             end_to_end=None if p50 is None else LatencyView(p50_ms=p50, p95_ms=p95, p99_ms=p99),
+            input_fps=payload.get("input_fps"), queue_depths=payload.get("queue_depths", {}),
+            sources=payload.get("sources", {}),
             engine_provider=provider, model_name=model_name, model_version=model_version,
             outbox_depth=outbox_depth,
         ))

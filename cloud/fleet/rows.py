@@ -16,8 +16,10 @@ from typing import Final
 from protocol import (
     DefectEvent,
     DriftSketch,
+    LatencyStage,
     Message,
     MetricsMessage,
+    MetricsMessageV1,
     ModelRef,
     ModelReport,
     StatusMessage,
@@ -31,6 +33,19 @@ MAX_TOPIC_CHARS: Final = 512
 MAX_DETAIL_CHARS: Final = 1000
 
 Row = tuple[object, ...]
+
+V1_END_TO_END: Final = "total"
+"""The end-to-end stage's name in `lineguard.metrics/1` as appliances up to 0.1.0 sent it."""
+
+# Quarantine reason of a valid message whose msg_id is already stored with other content.
+CONFLICTING_DUPLICATE: Final = "conflicting_duplicate"
+
+
+def content_digest(message: Message) -> str:
+    """sha256 (hex) of the message's canonical JSON: the same for a redelivery of the
+    same message however its payload was spaced or ordered, different for any change
+    of content."""
+    return hashlib.sha256(message.model_dump_json().encode("utf-8")).hexdigest()
 
 
 def to_ms(value: datetime) -> int:
@@ -97,13 +112,15 @@ def rows_for(item: Received, stored_at_ms: int) -> MessageRows:
     head = (m.msg_id, m.site, m.line, sent_ms, recv_ms)
     rows = MessageRows(
         message=(m.msg_id, m.KIND.value, m.schema_id, m.site, m.line, sent_ms, recv_ms,
-                 stored_at_ms)
+                 stored_at_ms, content_digest(m))
     )
     text = item.payload.decode("utf-8")
     if isinstance(m, StatusMessage):
         rows.status = (*head, m.state, m.reason, text)
-    elif isinstance(m, MetricsMessage):
-        e2e = m.latency_ms.get("end_to_end")
+    elif isinstance(m, MetricsMessage | MetricsMessageV1):
+        e2e = m.latency_ms.get(LatencyStage.END_TO_END)
+        if e2e is None and isinstance(m, MetricsMessageV1):
+            e2e = m.latency_ms.get(V1_END_TO_END)  # lines up to 0.1.0 named it `total`
         rows.metrics = (
             *head, m.window_s, m.fps, m.verdicts.passed, m.verdicts.failed,
             m.verdicts.uninspected, sum(m.defects_by_class.values()),

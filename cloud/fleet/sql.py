@@ -194,17 +194,24 @@ _V1: Final = [
     )""",
 ]
 
-MIGRATIONS: Final[tuple[tuple[int, list[str]], ...]] = ((1, _V1),)
+# Migration 2: the content digest of every stored message, so that a second message with
+# the same msg_id and different content is told apart from a redelivery (and
+# quarantined as `conflicting_duplicate`). NULL for rows stored before: those compare as
+# plain duplicates.
+_V2: Final = ["ALTER TABLE messages ADD COLUMN content_sha256 TEXT"]
+
+MIGRATIONS: Final[tuple[tuple[int, list[str]], ...]] = ((1, _V1), (2, _V2))
 
 # ---- writes (one transaction per batch)
 
 # Which of a batch's ids are stored already; the caller appends the IN list's placeholders.
-SELECT_KNOWN_IDS: Final = "SELECT msg_id FROM messages WHERE msg_id IN ({placeholders})"
+SELECT_KNOWN_IDS: Final = (
+    "SELECT msg_id, content_sha256 FROM messages WHERE msg_id IN ({placeholders})")
 
 INSERT_MESSAGE: Final = """
 INSERT INTO messages (msg_id, kind, schema_id, site, line, sent_at_ms, received_at_ms,
-                      stored_at_ms)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                      stored_at_ms, content_sha256)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (msg_id) DO NOTHING"""
 
 INSERT_STATUS: Final = """

@@ -6,7 +6,9 @@ row mapping in `cloud.fleet.rows`, the reads in `cloud.fleet.queries`.
 Invariants:
 - A valid message is stored at most once: `messages.msg_id` is the primary key and
   every insert is `ON CONFLICT DO NOTHING`; the kind tables are keyed by msg_id too, so
-  this holds even for several collectors writing one database.
+  this holds even for several collectors writing one database. A message reusing a
+  stored msg_id with different content (by `content_digest`) is never stored: it goes
+  to the quarantine as `conflicting_duplicate` and is counted there, not as a duplicate.
 - `ingest` is one transaction: the batch's messages, line updates, quarantine rows and
   counter increments commit together or not at all. When it returns, the batch is
   durable against a process kill (WAL; synchronous=FULL also against power loss), so
@@ -35,6 +37,7 @@ from cloud.config import FleetStoreConfig
 from cloud.errors import FleetStoreError, StoreRejected, StoreUnavailable
 from cloud.fleet import queries, report, sql
 from cloud.fleet.rows import (
+    CONFLICTING_DUPLICATE,
     MessageRows,
     Received,
     Rejected,
@@ -52,7 +55,7 @@ from cloud.fleet.views import (
     MetricsPoint,
     QuarantineSummary,
 )
-from protocol import COMMAND_KINDS
+from protocol import COMMAND_KINDS, topic_of
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +72,10 @@ class IngestResult:
     stored: int
     duplicates: int
     quarantined: int
+    """Rejected deliveries plus conflicting duplicates."""
     stored_at_ms: int
+    conflicting: int = 0
+    """Of `quarantined`: valid messages whose msg_id was stored with other content."""
 
 
 def _translate(e: sqlite3.Error, what: str) -> FleetStoreError:
@@ -176,9 +182,11 @@ class FleetStore:
     ) -> IngestResult:
         """Store a batch in one transaction; return what was new.
 
-        Valid messages already stored (same msg_id) count as duplicates; rejected ones go
-        to the quarantine. Counter increments (`received`, `stored`, `duplicates`,
-        `quarantined`, `quarantined.<reason>`, plus `counters`) commit with the batch.
+        Valid messages already stored (same msg_id, same content) count as duplicates; one
+        whose msg_id is stored with different content is quarantined as
+        `conflicting_duplicate` (the first one stays); rejected ones go to the quarantine.
+        Counter increments (`received`, `stored`, `duplicates`, `quarantined`,
+        `quarantined.<reason>`, plus `counters`) commit with the batch.
         Raises StoreUnavailable (transient: retry), StoreRejected (the data: split the
         batch), FleetStoreError (anything else); nothing is committed then.
         """
@@ -211,11 +219,28 @@ class FleetStore:
         # new: the ON CONFLICT clauses still store it once; only the counts could be off.)
         known = self._known_ids(conn, [item.message.msg_id for item, _ in prepared])
         new: list[tuple[Received, MessageRows]] = []
+        same: list[Received] = []  # new or a redelivery: the line is alive
+        conflicting: list[Rejected] = []
         for item, rows in prepared:
             msg_id = item.message.msg_id
+            digest = rows.message[-1]
             if msg_id not in known:
-                known.add(msg_id)  # a second copy within the batch is a duplicate too
+                known[msg_id] = digest  # a second copy within the batch is a duplicate too
                 new.append((item, rows))
+            elif known[msg_id] is not None and known[msg_id] != digest:
+                conflicting.append(Rejected(
+                    topic_of(item.message), item.payload, CONFLICTING_DUPLICATE,
+                    f"msg_id {msg_id} is already stored with different content; "
+                    "the first one is kept", item.received_at_ms,
+                ))
+                continue
+            same.append(item)
+        if conflicting:
+            logger.warning("quarantined %d message(s) reusing a stored msg_id with different "
+                           "content (first: %s)", len(conflicting), conflicting[0].detail)
+            keep = self._cfg.quarantine_keep_bytes
+            quarantine = [*quarantine, *(quarantine_row(item, keep) for item in conflicting)]
+            rejected = [*rejected, *conflicting]
         if new:
             conn.executemany(sql.INSERT_MESSAGE, [rows.message for _, rows in new])
         tables: list[tuple[str, list[Row]]] = [
@@ -230,25 +255,26 @@ class FleetStore:
         for statement, rows_ in tables:
             if rows_:
                 conn.executemany(statement, rows_)
-        self._update_lines(conn, [item for item, _ in prepared], [item for item, _ in new])
-        increments = self._increments(len(prepared), len(new), rejected, extra)
+        self._update_lines(conn, same, [item for item, _ in new])
+        increments = self._increments(len(same), len(new), rejected, extra)
         conn.executemany(
             sql.ADD_COUNTER,
             [(collector_id, name, value, stored_at_ms) for name, value in increments.items()],
         )
         conn.execute(sql.COMMIT)
         return IngestResult(
-            stored=len(new), duplicates=len(prepared) - len(new), quarantined=len(rejected),
-            stored_at_ms=stored_at_ms,
+            stored=len(new), duplicates=len(same) - len(new), quarantined=len(rejected),
+            stored_at_ms=stored_at_ms, conflicting=len(conflicting),
         )
 
     @staticmethod
-    def _known_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
-        known: set[str] = set()
+    def _known_ids(conn: sqlite3.Connection, ids: list[str]) -> dict[str, object]:
+        """msg_id -> stored content digest (None for rows stored before migration 2)."""
+        known: dict[str, object] = {}
         for start in range(0, len(ids), _IN_CHUNK):
             chunk = ids[start:start + _IN_CHUNK]
             query = sql.SELECT_KNOWN_IDS.format(placeholders=", ".join("?" * len(chunk)))
-            known.update(row[0] for row in conn.execute(query, chunk))
+            known.update((row[0], row[1]) for row in conn.execute(query, chunk))
         return known
 
     @staticmethod

@@ -68,6 +68,10 @@ class MetricsPoint(_View):
     defects: int
     defects_by_class: dict[str, int]
     end_to_end: LatencyView | None
+    input_fps: float | None = None
+    """Frames captured per second (metrics/2); above `fps` the line falls behind."""
+    queue_depths: dict[str, int] = {}
+    sources: dict[str, str] = {}
     engine_provider: str | None
     model_name: str | None
     model_version: int | None

@@ -5,8 +5,10 @@ Usage: make_passwd.py ACL_FILE OUTDIR [--mosquitto-passwd PATH]
 
 For each `user NAME` in ACL_FILE (as written by make_acl.py) this keeps the secret in
 OUTDIR/credentials/NAME if it exists, or generates a random one there (mode 0600; hand
-it to that line's appliance config), then writes OUTDIR/passwd with salted hashes made
-by `mosquitto_passwd -U` (Debian package `mosquitto`: /usr/bin/mosquitto_passwd).
+it to that line's appliance config, whose `telemetry.broker.username` is the account
+name; the shipped mosquitto.conf makes that name the client id too), then writes
+OUTDIR/passwd with salted hashes made by `mosquitto_passwd -U` (Debian package
+`mosquitto`: /usr/bin/mosquitto_passwd).
 Passwords never appear on a command line. Running it again after adding lines keeps
 the existing secrets. Point `password_file` in mosquitto.conf at OUTDIR/passwd and
 reload mosquitto (SIGHUP).

@@ -39,9 +39,42 @@ def _close_maps(node: object) -> None:
             _close_maps(value)
 
 
+def _enum_keyed_maps(node: object, defs: JsonObject) -> None:
+    # pydantic writes a map keyed by an enum as `propertyNames` plus one schema for every
+    # value; spelled out as `properties` (one per allowed key, all optional) the same
+    # map is closed like every other object, and a reader sees the allowed keys at once.
+    if isinstance(node, dict):
+        names = node.get("propertyNames")
+        if isinstance(names, dict) and isinstance(names.get("$ref"), str):
+            names = defs.get(str(names["$ref"]).rsplit("/", 1)[-1])
+        value = node.get("additionalProperties")
+        if isinstance(names, dict) and isinstance(names.get("enum"), list) and \
+                isinstance(value, dict):
+            del node["propertyNames"]
+            node["properties"] = {str(key): value for key in names["enum"]}
+            node["additionalProperties"] = False
+        for child in node.values():
+            _enum_keyed_maps(child, defs)
+    elif isinstance(node, list):
+        for child in node:
+            _enum_keyed_maps(child, defs)
+
+
+def _unused_defs(generated: JsonObject) -> None:
+    defs = generated.get("$defs")
+    if not isinstance(defs, dict):
+        return
+    text = json.dumps({k: v for k, v in generated.items() if k != "$defs"}) + json.dumps(defs)
+    for name in [n for n in defs if f'"#/$defs/{n}"' not in text]:
+        del defs[name]
+
+
 def json_schema(model: type[Message]) -> JsonObject:
     """The JSON Schema of one payload model (what `decode` accepts, validation mode)."""
     generated = model.model_json_schema(by_alias=True, mode="validation")
+    defs = generated.get("$defs")
+    _enum_keyed_maps(generated, defs if isinstance(defs, dict) else {})
+    _unused_defs(generated)
     _close_maps(generated)
     # `schema` has a default for building messages in Python, but on the wire it is how
     # a consumer picks the model, so every payload must carry it.

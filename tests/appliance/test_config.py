@@ -127,3 +127,27 @@ def test_an_explicit_store_path_wins_over_data_dir(tmp_path: Path) -> None:
     assert cfg.store.path == Path("/x/db.sqlite")
     assert cfg.store.images.dir == Path("/d/images")
 
+
+
+@pytest.mark.parametrize(("identity", "missing"), [
+    ({}, "site and line must be set when telemetry is on"),
+    ({"site": "plant-a"}, "line must be set when telemetry is on"),
+    ({"line": "line-7"}, "site must be set when telemetry is on"),
+])
+def test_telemetry_needs_an_explicit_line_identity(
+    tmp_path: Path, identity: dict[str, str], missing: str
+) -> None:
+    # Issue 8 item 3: two lines left at site-1/line-1 would collide in the fleet.
+    with pytest.raises(ConfigError, match=missing) as e:
+        load_config(None, {**identity, "telemetry": {"broker": {"host": "mqtt"}}})
+    assert "site-1/line-1" in str(e.value)
+    cfg = load_config(None, {"site": "plant-a", "line": "line-7", "telemetry": {}})
+    assert (cfg.site, cfg.line) == ("plant-a", "line-7")
+    # the offline demo (no telemetry, or telemetry switched off) keeps the defaults
+    assert (load_config(None).site, load_config(None).line) == ("site-1", "line-1")
+    off = load_config(None, {"telemetry": {"enabled": False}})
+    assert (off.site, off.line) == ("site-1", "line-1")
+    path = tmp_path / "lineguard.yaml"
+    path.write_text("telemetry:\n  broker: {host: mqtt}\n", "utf-8")
+    with pytest.raises(ConfigError, match="site and line must be set"):
+        load_config(path)

@@ -178,3 +178,50 @@ def test_source_loss_and_reconnect_are_events(tmp_path: Path, bundle: Bundle) ->
                  and e.data["new"] == "streaming" and e.data["reconnects"] == 1]
     assert reconnect and reconnect[0].data["gap_s"] is not None
     assert pipeline.stats().stations["cam"].reconnects == 1
+
+
+class DownForAWhileSource:
+    """Delivers `before` frames, loses the device, refuses `refusals` reopens (a camera
+    that is off for a while), then delivers forever."""
+
+    def __init__(self, before: int, refusals: int) -> None:
+        self.before = before
+        self.refusals = refusals
+        self.reads = 0
+        self.down = False
+
+    def open(self) -> None:
+        if self.down and self.refusals > 0:
+            self.refusals -= 1
+            raise SourceLost("injected: connection refused")
+        self.down = False
+
+    def read(self) -> SourceRead:
+        self.reads += 1
+        if self.reads == self.before + 1:
+            self.down = True
+            raise SourceLost("injected: camera powered off")
+        return WHITE, None, None
+
+    def close(self) -> None:
+        return None
+
+
+def test_an_outage_with_failed_reopens_is_one_lost_alarm(tmp_path: Path,
+                                                         bundle: Bundle) -> None:
+    """Issue 9 (streams): the gap is one event. On main the first failed reopen after a
+    read loss was recorded as a second `lost` alarm."""
+    engine = engine_for()
+    store = make_store(tmp_path)
+    station = Station("cam", DownForAWhileSource(5, refusals=3),
+                      reconnect=BackoffConfig(initial_s=0.01, max_s=0.02))
+    pipeline, records, events = make_pipeline([station], store, engine.load(bundle), engine,
+                                              max_frames=12, overflow="block")
+    run_until_done(pipeline)
+    store.stop()
+    assert len(records.records) == 12
+    moves = [(e.data["old"], e.data["new"], e.severity) for e in events.events
+             if e.kind == "source_state"]
+    assert moves == [("connecting", "streaming", "info"), ("streaming", "lost", "alarm"),
+                     ("connecting", "streaming", "info"), ("streaming", "ended", "info")]
+    assert pipeline.stats().stations["cam"].reconnects == 1

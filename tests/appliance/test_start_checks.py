@@ -199,7 +199,7 @@ def test_starting_without_a_model_when_allowed_is_loud(tmp_path: Path) -> None:
             site="plant-a", line="line-9",
             model={"bundle": str(tmp_path / "no-such-bundle"),
                    "allow_start_without_model": True},
-            telemetry={"port": broker.port, "status_poll_s": 0.2}))
+            telemetry={"broker": {"port": broker.port}, "status_poll_s": 0.2}))
         app = App(cfg, max_frames=5)
         app.start()
         try:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from appliance.errors import ConfigError
 from appliance.pipeline.engine import ModelInfo
 from appliance.pipeline.stats import PipelineStats, StationStats
-from appliance.records import DefectRecord
+from appliance.records import STAGE_ON_WIRE, STAGES, DefectRecord
 from appliance.telemetry import Gauges, Telemetry, TelemetryConfig
 from appliance.telemetry.gauges import gauges_from_stats, model_ref
 from appliance.telemetry.messages import (
@@ -23,8 +23,13 @@ from appliance.telemetry.messages import (
     status_key,
     status_message,
 )
-from appliance.telemetry.metrics import VerdictWindow, WindowCounts, build_metrics
-from protocol import DiskUsage, ModelRef, decode, prepare
+from appliance.telemetry.metrics import (
+    VerdictWindow,
+    WindowCounts,
+    build_metrics,
+    wire_queue_depths,
+)
+from protocol import DiskUsage, LatencyStage, ModelRef, QueueName, decode, prepare
 from tests.appliance.telemetry_helpers import LINE, SITE, record
 
 T0 = datetime(2025, 3, 14, 9, 0, tzinfo=UTC)
@@ -86,13 +91,32 @@ def test_build_metrics_round_trips_through_the_wire() -> None:
             message.verdicts.uninspected) == (95, 4, 1)
     assert message.uninspected_by_reason == {"deadline": 1}
     assert message.defects_by_class == {"scratches": 4, "bad?name": 1}
-    assert set(message.latency_ms) == {"total"}  # invalid and empty stages left out
-    total = message.latency_ms["total"]
+    # The pipeline's `total` is the contract's `end_to_end`; invalid and empty stages
+    # are left out.
+    assert set(message.latency_ms) == {"end_to_end"}
+    total = message.latency_ms[LatencyStage.END_TO_END]
     assert (total.p50_ms, total.samples) == (25.0, 4)
     assert total.p50_ms <= total.p95_ms <= total.p99_ms <= 40.0
-    assert message.queue_depths == {"batcher": 3, "telemetry": 1}
+    assert message.queue_depths == {"batcher": 3, "telemetry": 1, "preprocess": 0}
     assert message.sources == {"top": "streaming"}
     assert message.outbox is not None and (message.outbox.depth, message.outbox.dropped) == (7, 2)
+
+
+def test_every_pipeline_stage_and_queue_has_its_contract_name() -> None:
+    assert set(STAGE_ON_WIRE) == set(STAGES)
+    assert set(STAGE_ON_WIRE.values()) == set(LatencyStage)
+    depths = wire_queue_depths({"batcher": 1, "post": 2, "pending": 3, "store": 4,
+                                "telemetry": 5, "intake:a": 6, "intake:b": 7})
+    assert depths == {"batcher": 1, "postprocess": 2, "pending": 3, "store": 4,
+                      "telemetry": 5, "preprocess": 13}
+    assert set(depths) == set(QueueName)
+    gauges = Gauges(frames_captured=1)
+    message = build_metrics(
+        site=SITE, line=LINE, msg_id="c" * 32, sent_at=T0, window_s=10.0,
+        counts=counts(**{"pass": 10, "uninspected": 2}), gauges=gauges, outbox_depth=0,
+        outbox_dropped=0, telemetry_pending=0, frames_captured=25,
+    )
+    assert message.input_fps == 2.5 and message.fps == 1.2
 
 
 def test_build_metrics_without_gauges_or_parts() -> None:

@@ -99,7 +99,7 @@ def test_live_messages_status_and_model(
             lambda c: sum(m.verdicts.passed for m in c.kind("metrics")) == 10, 10)
         metrics = [m for m in collector.kind("metrics") if m.verdicts.passed]
         assert metrics[0].engine_provider == "CPUExecutionProvider"
-        assert metrics[0].latency_ms["total"].samples > 0
+        assert metrics[0].latency_ms["end_to_end"].samples > 0  # the pipeline's `total`
         assert metrics[0].queue_depths["batcher"] == 1
 
         # a source is lost: a new status; a hot swap: a model report with the previous

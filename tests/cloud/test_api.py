@@ -159,7 +159,7 @@ def test_bad_parameters_are_422(client, path, params):
 
 
 def test_openapi_documents_the_bearer_scheme(client):
-    spec = client.get("/openapi.json").json()
+    spec = client.get("/openapi.json", headers=AUTH).json()
     schemes = spec["components"]["securitySchemes"]
     assert any(s.get("scheme", "").lower() == "bearer" for s in schemes.values())
     assert "security" not in spec["paths"]["/health"]["get"]
@@ -198,3 +198,53 @@ def test_docs_work_offline_with_assets_served_locally(client):
         assert got.status_code == 200, asset
         assert len(got.content) > 100
     assert client.get("/redoc").status_code == 404
+
+
+def test_the_spec_needs_the_token_unless_public_docs(store, client):
+    """Issue 9, defect 9: /openapi.json was open without a token."""
+    assert client.get("/openapi.json").status_code == 401
+    assert client.get("/openapi.json", headers={"Authorization": "Bearer wrong"}).status_code \
+        == 401
+    assert client.get("/openapi.json", headers=AUTH).status_code == 200
+    page = client.get("/docs")  # the page holds no data; it asks for the token
+    assert page.status_code == 200
+    assert "requestInterceptor" in page.text
+    assert "if (true && !token)" in page.text
+    with TestClient(create_app(store, TOKEN, public_docs=True)) as public:
+        assert public.get("/openapi.json").status_code == 200
+        assert "if (false && !token)" in public.get("/docs").text
+        assert public.get("/lines").status_code == 401  # the data still needs the token
+
+
+def test_the_spec_documents_401_404_and_503(client):
+    spec = client.get("/openapi.json", headers=AUTH).json()
+    for path, methods in spec["paths"].items():
+        responses = methods["get"]["responses"]
+        assert "503" in responses, path
+        assert ("401" in responses) == (path != "/health"), path
+        assert ("404" in responses) == path.startswith("/lines/{site}/{line}"), path
+
+
+def test_a_422_does_not_echo_the_input(client):
+    """A 100 KB parameter used to come back whole in the 422 body (60 KB here: httpx
+    refuses longer query strings)."""
+    big = "x" * 60_000
+    response = client.get("/events/defects", headers=AUTH, params={"class_name": big})
+    assert response.status_code == 422
+    assert len(response.content) < 1000
+    assert "xxxxxxxxxx" not in response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["query", "class_name"]
+    assert set(error) == {"loc", "msg", "type"}
+
+
+@pytest.mark.parametrize("value", ["0.5", "0", "1741942800", "1e9", "2025-03-14"])
+def test_times_are_iso_8601_never_numbers(client, value):
+    """`until=0.5` passed as a Unix timestamp."""
+    response = client.get("/lines/plant1/line-1/metrics", headers=AUTH,
+                          params={"until": value})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["query", "until"]
+    ok = client.get("/lines/plant1/line-1/metrics", headers=AUTH,
+                    params={"until": "2025-03-14T10:00:00+01:00"})
+    assert ok.status_code == 200

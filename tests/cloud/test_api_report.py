@@ -17,7 +17,7 @@ from appliance.telemetry.metrics import VerdictWindow
 from cloud.api import create_app
 from cloud.config import FleetStoreConfig
 from cloud.fleet import FleetStore, Received, report, to_ms
-from protocol import VerdictCounts, encode
+from protocol import UninspectedReason, VerdictCounts, encode
 from tests.cloud import fleet_helpers as h
 
 with warnings.catch_warnings():
@@ -35,7 +35,7 @@ def window(i: int, passed: int, failed: int, dropped: int, classes: dict[str, in
     return h.metrics(
         line=line, sent_at=T + timedelta(seconds=10 * i + 5),
         verdicts=VerdictCounts(passed=passed, failed=failed, uninspected=dropped),
-        uninspected_by_reason={"dropped": dropped} if dropped else {},
+        uninspected_by_reason={UninspectedReason.DROPPED: dropped} if dropped else {},
         defects_by_class={k: 3 * v for k, v in classes.items()},  # boxes: not what counts
         failed_parts_by_class=classes)
 

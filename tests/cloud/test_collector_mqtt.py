@@ -79,6 +79,31 @@ def test_same_msg_id_twice_is_stored_once(rig):
         collector.stop()
 
 
+def test_same_msg_id_with_other_content_is_quarantined_and_counted(rig):
+    """Issue 9, defect 8: the second message with a known msg_id and different content
+    is quarantined as `conflicting_duplicate`, in the collector's stats and the store."""
+    broker, store, probe = rig
+    collector = started(collector_config(broker.port), store)
+    try:
+        first = h.metrics()
+        forged = first.model_copy(update={"fps": first.fps + 100.0})
+        for message in (first, first, forged):
+            probe.publish(*h.wire(message))
+        # The writer's stats move after the commit that the store's counters are part of.
+        h.wait_for(lambda: collector.stats().writer.received >= 3, WAIT_S, "3 deliveries")
+        assert counter(store, "stored") == 1
+        assert counter(store, "duplicates") == 1
+        assert counter(store, "quarantined.conflicting_duplicate") == 1
+        writer = collector.stats().writer
+        assert writer.quarantined_by_reason == {"conflicting_duplicate": 1}
+        assert (writer.stored, writer.duplicates, writer.quarantined) == (1, 1, 1)
+        summary = store.quarantine()
+        assert summary.by_reason == {"conflicting_duplicate": 1}
+        assert first.msg_id in summary.recent[0].detail
+    finally:
+        collector.stop()
+
+
 def test_committed_but_unacked_messages_come_back_and_are_not_stored_twice(
     rig, monkeypatch
 ):
@@ -154,7 +179,7 @@ _VALID_DOC = json.loads(h.wire(h.metrics())[1])
 
 _mutations = st.sampled_from([
     ("fps", -1.0), ("fps", "fast"), ("window_s", 0), ("verdicts", {"passed": 1}),
-    ("schema", "lineguard.metrics/2"), ("schema", "lineguard.status/1"), ("site", "other"),
+    ("schema", "lineguard.metrics/99"), ("schema", "lineguard.status/1"), ("site", "other"),
     ("msg_id", "not-an-id"), ("sent_at", "2025-01-01T00:00:00"), ("extra_field", 1),
 ])
 _wrong_schema = _mutations.map(lambda kv: json.dumps({**_VALID_DOC, kv[0]: kv[1]}).encode())

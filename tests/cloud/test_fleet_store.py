@@ -4,6 +4,7 @@ quarantine, counters and migrations."""
 from __future__ import annotations
 
 import base64
+import json
 import sqlite3
 from datetime import timedelta
 
@@ -14,7 +15,7 @@ from cloud.config import FleetStoreConfig
 from cloud.errors import FleetStoreError
 from cloud.fleet import FleetStore, Received, Rejected, migrate, to_ms
 from cloud.fleet import sql as fleet_sql
-from protocol import Message, encode
+from protocol import Message, decode, encode
 from tests.cloud import fleet_helpers as h
 
 NOW_MS = to_ms(h.T0 + timedelta(hours=1))
@@ -46,6 +47,58 @@ def test_every_kind_is_stored_once_and_redelivery_is_a_duplicate(store):
     (c,) = store.counters()
     assert c.collector_id == "c1"
     assert c.counters == {"received": 11, "stored": 5, "duplicates": 6}
+
+
+def test_same_msg_id_with_other_content_is_quarantined_not_dropped(store):
+    """Issue 9, defect 8: the first of two messages with one msg_id and different
+    content was kept and the second one counted as a mere duplicate, silently."""
+    first = h.metrics()
+    store.ingest([rec(first)], collector_id="c1")
+    other = first.model_copy(update={"fps": first.fps + 1.0})
+    # A redelivery of the first, spelled differently (indented JSON), is a duplicate;
+    # the other content, once alone and once twice in one batch, is a conflict each time.
+    respelled = Received(first, json.dumps(json.loads(encode(first)), indent=2).encode(),
+                         NOW_MS)
+    result = store.ingest([respelled, rec(other)], collector_id="c1")
+    assert (result.stored, result.duplicates, result.quarantined, result.conflicting) == (
+        0, 1, 1, 1)
+    again = store.ingest([rec(other), rec(other)], collector_id="c1")
+    assert (again.duplicates, again.quarantined, again.conflicting) == (0, 2, 2)
+    # Within one batch: the first copy is stored, a different second one quarantined.
+    fresh = h.metrics()
+    changed = fresh.model_copy(update={"window_s": fresh.window_s * 2})
+    inner = store.ingest([rec(fresh), rec(changed)], collector_id="c1")
+    assert (inner.stored, inner.conflicting) == (1, 1)
+    stored = h.query(store.path, "SELECT payload_json FROM metrics WHERE msg_id = ?",
+                     (first.msg_id,))
+    assert json.loads(stored[0][0])["fps"] == first.fps  # the first one stays
+    summary = store.quarantine()
+    assert summary.by_reason["conflicting_duplicate"] == 4
+    (item,) = [q for q in summary.recent if first.msg_id in q.detail]
+    assert (item.reason, item.times_seen) == ("conflicting_duplicate", 3)
+    assert base64.b64decode(item.payload_head_b64) == encode(other)
+    (c,) = store.counters()
+    assert c.counters["quarantined.conflicting_duplicate"] == 4
+    assert c.counters["duplicates"] == 1
+    assert c.counters["stored"] == 2
+
+
+def test_messages_stored_before_the_digest_are_plain_duplicates(tmp_path):
+    """Rows of a version 1 database have no content digest: a redelivery after the
+    upgrade compares as a duplicate, never as a conflict."""
+    path = tmp_path / "fleet.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(conn, path, 0, fleet_sql.MIGRATIONS[:1])
+    old = h.metrics()
+    conn.execute("INSERT INTO messages VALUES (?, 'metrics', 's', 'plant1', 'line-1', 0, 0, 0)",
+                 (old.msg_id,))
+    conn.close()
+    store = FleetStore(FleetStoreConfig(path=path))
+    try:
+        result = store.ingest([rec(old)], collector_id="c1")
+        assert (result.stored, result.duplicates, result.conflicting) == (0, 1, 0)
+    finally:
+        store.close()
 
 
 def test_commands_are_logged_but_do_not_make_a_line(store):
@@ -195,9 +248,10 @@ def test_migrations_back_up_and_refuse_newer_databases(tmp_path):
     FleetStore(FleetStoreConfig(path=path)).close()
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        extra = (2, ["CREATE TABLE extra (x INTEGER)"])
-        assert migrate(conn, path, 0, (*fleet_sql.MIGRATIONS, extra)) == [2]
-        assert (tmp_path / "fleet.db.v1.bak").exists()
+        current = max(version for version, _ in fleet_sql.MIGRATIONS)
+        extra = (current + 1, ["CREATE TABLE extra (x INTEGER)"])
+        assert migrate(conn, path, 0, (*fleet_sql.MIGRATIONS, extra)) == [current + 1]
+        assert (tmp_path / f"fleet.db.v{current}.bak").exists()
         assert migrate(conn, path, 0, (*fleet_sql.MIGRATIONS, extra)) == []
     finally:
         conn.close()
@@ -211,3 +265,25 @@ def test_reading_a_missing_database_is_a_store_error(tmp_path):
     (tmp_path / "fleet.db").unlink()
     with pytest.raises(FleetStoreError):
         store.lines()
+
+
+def test_metrics_v1_from_older_lines_fill_end_to_end(tmp_path):
+    # Issue 8 item 1: appliances up to 0.1.0 send metrics/1 with the stage `total`.
+    payload = json.dumps({
+        "schema": "lineguard.metrics/1", "msg_id": "e" * 32, "site": "plant1",
+        "line": "line-1", "sent_at": "2025-03-14T09:00:00Z", "window_s": 10.0, "fps": 1.0,
+        "verdicts": {"passed": 10, "failed": 0, "uninspected": 0},
+        "latency_ms": {"infer": {"p50_ms": 2.0, "p95_ms": 3.0, "p99_ms": 4.0, "samples": 10},
+                       "total": {"p50_ms": 9.0, "p95_ms": 11.0, "p99_ms": 12.0,
+                                 "samples": 10}},
+        "queue_depths": {"post": 0},
+    }).encode()
+    message = decode("lineguard/plant1/line-1/metrics", payload)
+    store = FleetStore(FleetStoreConfig(path=tmp_path / "fleet.db"))
+    try:
+        store.ingest([Received(message, payload, 1)], [], collector_id="c1")
+        (point,) = store.metrics("plant1", "line-1", since=None, until=None, limit=10)
+        assert point.end_to_end is not None and point.end_to_end.p50_ms == 9.0
+        assert point.input_fps is None and point.queue_depths == {"post": 0}
+    finally:
+        store.close()

@@ -18,17 +18,20 @@ import pytest
 
 from protocol import (
     MetricsMessage,
+    Outgoing,
     StatusMessage,
     VerdictCounts,
     command_filter,
     decode,
     last_will,
+    line_client_id,
     new_msg_id,
     prepare,
     shared_fleet_filter,
     update_command_topic,
 )
 from protocol.examples import example_messages
+from protocol.mqtt_client import Reason
 from tests.mqtt_broker import Broker, MqttProbe, requires_mosquitto, start_broker
 from tests.protocol.deploy_scripts import DEPLOY_DIR, load
 
@@ -126,6 +129,17 @@ def test_committed_config_is_secure_and_persistent():
     assert "password_file" in active
     assert "acl_file" in active
     assert "#listener 8883" in text  # the TLS stanza, commented
+
+
+def test_committed_config_binds_client_ids_to_accounts():
+    """Issue 9, defect 4: without this a line could take over another line's session."""
+    text = (DEPLOY_DIR / "mosquitto.conf").read_text("utf-8")
+    active = [row.split() for row in text.splitlines() if row and row[0] != "#"]
+    listener = next(i for i, row in enumerate(active) if row[0] == "listener")
+    # A listener option: it must follow the listener it applies to.
+    assert ["use_username_as_clientid", "true"] in active[listener:]
+    make_acl = load("make_acl")
+    assert make_acl.line_username(SITE, "line-a") == line_client_id(SITE, "line-a")
 
 
 def test_credentials_are_required(fleet, probes):
@@ -245,6 +259,8 @@ def test_last_will_marks_the_line_offline(fleet, probes):
     assert isinstance(status, StatusMessage)
     assert (status.state, status.reason) == ("offline", "connection_lost")
     # Retained: a monitor that subscribes afterwards sees the offline status at once.
+    # (One connection per account: the broker binds the client id to the username.)
+    monitor.close()
     late = fleet.connected("collector", "monitor-5b")
     probes.append(late)
     late.subscribe(will.topic)
@@ -281,6 +297,7 @@ def test_persistent_session_survives_a_broker_restart(tmp_path, probes):
         message = again.get(5.0)
         assert message is not None
         assert (message.topic, message.payload) == (queued.topic, queued.payload)
+        again.close()  # one connection per account (client id bound to the username)
         # ... and so did the retained status.
         monitor = fleet.connected("collector", "monitor-p")
         probes.append(monitor)
@@ -293,3 +310,94 @@ def test_persistent_session_survives_a_broker_restart(tmp_path, probes):
         for probe in probes:  # before the broker goes, or paho sits in its reconnect wait
             probe.close()
         fleet.broker.stop()
+
+
+class WatchedProbe(MqttProbe):
+    """A probe that counts how often the broker dropped its connection."""
+
+    disconnects = 0
+
+    def on_disconnect(self, reason: Reason) -> None:
+        self.disconnects += 1
+
+
+def _update_for(line: str) -> Outgoing:
+    command = example_messages()[-2][1]
+    assert command.KIND.value.startswith("cmd/")
+    return prepare(command.model_copy(update={"line": line, "site": SITE, "msg_id": new_msg_id()}))
+
+
+def test_a_line_cannot_take_over_another_lines_session(tmp_path, probes):
+    """Issue 9, defect 4: line A's credentials with line B's client id neither kick B off
+    nor get B's session, and B's queued command is waiting for B when it comes back."""
+    fleet = _start_fleet(tmp_path)
+    try:
+        b_id = line_client_id(SITE, "line-b")
+        release = fleet.connected("release", "release-t")
+        probes.append(release)
+        # B has a persistent session with its command subscription, and is away.
+        victim = fleet.connected(line_user("line-b"), b_id, clean_start=False,
+                                 session_expiry_s=3600)
+        assert not victim.subscribe(command_filter(SITE, "line-b"))[0].is_failure
+        victim.close()
+        queued = _update_for("line-b")
+        assert not release.publish(queued.topic, queued.payload).is_failure
+
+        # A connects with B's client id, resuming "B's" session: on a broker without
+        # use_username_as_clientid it would get B's session and B's queued command.
+        intruder = fleet.connected(line_user("line-a"), b_id, clean_start=False,
+                                   session_expiry_s=3600)
+        probes.append(intruder)
+        intruder.subscribe(command_filter(SITE, "line-a"))
+        intruder.subscribe(command_filter(SITE, "line-b"))
+        # ... nor can it publish as B, whatever client id it asked for.
+        forged = prepare(_metrics("line-b"))
+        assert intruder.publish(forged.topic, forged.payload).is_failure
+        sentinel = _update_for("line-a")
+        assert not release.publish(sentinel.topic, sentinel.payload).is_failure
+        got = intruder.received_until(sentinel.topic, sentinel.payload)
+        assert [m.payload for m in got] == [sentinel.payload], "A saw B's command"
+
+        # B comes back to its session: the queued command is there, nothing lost.
+        back = WatchedProbe(fleet.broker.port, b_id, line_user("line-b"),
+                            fleet.passwords[line_user("line-b")], clean_start=False,
+                            session_expiry_s=3600)
+        probes.append(back)
+        assert not back.connect().is_failure
+        first = back.get(5.0)
+        assert first is not None
+        assert (first.topic, first.payload) == (queued.topic, queued.payload)
+
+        # While B is online, A tries B's client id again: B stays connected and keeps
+        # receiving its commands (the sentinel proves the order).
+        intruder.close()  # one connection per account: `again` would replace it
+        again = fleet.connected(line_user("line-a"), b_id)
+        probes.append(again)
+        after = _update_for("line-b")
+        assert not release.publish(after.topic, after.payload).is_failure
+        assert [m.payload for m in back.received_until(after.topic, after.payload)] == [
+            after.payload]
+        assert back.disconnects == 0
+        assert back.client.connected
+        assert f"Client {b_id} already connected" not in fleet.broker.log_text()
+    finally:
+        for probe in probes:
+            probe.close()
+        fleet.broker.stop()
+
+
+def test_wrong_credentials_are_refused_whatever_the_client_id(fleet, probes):
+    """Another line's password, a line's password for a service account, a made-up
+    account: refused, with or without the victim's client id."""
+    a, b = line_user("line-a"), line_user("line-b")
+    attempts = [
+        (a, fleet.passwords[b], line_client_id(SITE, "line-b")),
+        (b, fleet.passwords[a], line_client_id(SITE, "line-b")),
+        ("collector", fleet.passwords[a], "collector-x"),
+        ("release", "", "release-x"),
+        (f"{a}x", fleet.passwords[a], line_client_id(SITE, "line-a")),
+    ]
+    for user, password, client_id in attempts:
+        probe = MqttProbe(fleet.broker.port, client_id, user, password)
+        probes.append(probe)
+        assert probe.connect().is_failure, (user, client_id)
