@@ -127,6 +127,8 @@ class HighWaterFile:
 
     def read(self) -> list[MarkRow]:
         """The marks in the file ([] if none or unreadable)."""
+        if not self.path.exists():
+            return []
         try:
             text = self.path.read_bytes().rstrip(b"\0")
             if not text:
