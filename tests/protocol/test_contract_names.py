@@ -41,7 +41,8 @@ def test_names_are_the_documented_ones():
     assert {q.value for q in QueueName} == {
         "preprocess", "batcher", "postprocess", "pending", "store", "telemetry"}
     assert {r.value for r in UninspectedReason} == {
-        "dropped", "engine_failure", "shutdown", "deadline", "no_model"}
+        "dropped", "engine_failure", "shutdown", "deadline", "no_model", "crash",
+        "store_full"}
 
 
 def test_schema_lists_the_names_and_is_closed():
