@@ -12,6 +12,9 @@ or every source ended, and returns a `RunSummary`.
 Frame ids continue per station across restarts: a station's first seq is one more than
 the highest seq it has in the store (`Store.next_sequence`, an indexed query; ids are
 ``"{station}:{seq}"``, UNIQUE in the store), so a restarted appliance never reuses an id.
+A run that was killed (or stopped on a full disk) left frames captured without a verdict:
+the store finds them from its captured high-water marks when it opens and records them
+as `uninspected: crash` (appliance/store/marks.py) before the first seq is read.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from appliance.capture import FrameSource, make_source
+from appliance.capture import Frame, FrameSource, make_source
 from appliance.capture.probe import require_file_sources
 from appliance.config import ApplianceConfig, PipelineConfig
 from appliance.errors import ConfigError, EngineError, NoModelError
@@ -53,6 +56,7 @@ from appliance.pipeline.stats import PipelineStats, VerdictCounters
 from appliance.pipeline.verdicts import VerdictBook
 from appliance.readiness import Readiness, readiness_of
 from appliance.records import EventRecord, EventValue, InspectionRecord, Severity
+from appliance.records import UninspectedReason as Reason
 from appliance.store import Store
 from appliance.telemetry import Telemetry, TelemetryError, pipeline_gauges
 from models.bundle import Bundle, open_bundle
@@ -79,12 +83,17 @@ def build_pipeline(
     model: LoadedModel | None,
     max_frames: int | None = None,
     events: Events | None = None,
+    on_captured: Callable[[Frame], None] | None = None,
+    withhold_pass: Callable[[], Reason | None] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Pipeline:
     """Compose the frame path (see the module docstring) for `stations`, judged by
     `model` (None: every frame is `uninspected: no_model` until a model is activated),
     its verdicts going to `store`; `max_frames` stops the sources after that many
-    frames in all. Raises ValueError without stations."""
+    frames in all; `on_captured(frame)` is told of every frame before it can get a verdict
+    (the store's captured high-water mark); while `withhold_pass()` names a reason, a
+    `pass` is recorded as `uninspected: <reason>` (the store cannot commit). Raises
+    ValueError without stations."""
     if not stations:
         raise ValueError("a pipeline needs at least one station")
     events = events or Events(store, clock=clock)
@@ -96,6 +105,8 @@ def build_pipeline(
         deadline_s=None if cfg.verdict_deadline_ms is None else cfg.verdict_deadline_ms / 1e3,
         keep_images=cfg.keep_images,
         clock=clock,
+        on_open=on_captured,
+        withhold_pass=withhold_pass,
     )
     batcher: DynamicBatcher[Job] = DynamicBatcher(
         max_batch=min(cfg.max_batch, model.max_batch if model else cfg.max_batch),
@@ -255,7 +266,10 @@ class App:
             ]
             self.pipeline = build_pipeline(cfg.pipeline, stations, self.engine, self.store,
                                            model=model, max_frames=self._max_frames,
-                                           events=self.events, clock=self._clock)
+                                           events=self.events,
+                                           on_captured=self._note_captured(self.store),
+                                           withhold_pass=self._store_full(self.store),
+                                           clock=self._clock)
             if model is not None:
                 self._event("model_change", "info", "engine",
                             f"model {model.version_id} active at start", previous=None,
@@ -266,6 +280,7 @@ class App:
             self.telemetry = self._start_telemetry(self.store)
             if self.telemetry is not None:
                 self.telemetry.attach(self.pipeline)
+                self._count_crash_gaps(self.telemetry, self.store)
             self.pipeline.start()
             self._behind = BehindMonitor(cfg.pipeline.behind, self.pipeline.stats,
                                          self.events, clock=self._clock)
@@ -278,6 +293,18 @@ class App:
             self.store = None
             raise
         return self.pipeline
+
+    @staticmethod
+    def _note_captured(store: Store) -> Callable[[Frame], None]:
+        def note(frame: Frame) -> None:
+            store.note_captured(frame.station, frame.seq, frame.captured_at)
+        return note
+
+    @staticmethod
+    def _store_full(store: Store) -> Callable[[], Reason | None]:
+        def withhold() -> Reason | None:
+            return Reason.STORE_FULL if store.unwritable else None
+        return withhold
 
     def _start_telemetry(self, store: Store) -> Telemetry | None:
         """MQTT telemetry when configured. A telemetry that cannot start (outbox or TLS
@@ -296,6 +323,18 @@ class App:
                         alarm="telemetry")
             return None
         return telemetry
+
+    def _count_crash_gaps(self, telemetry: Telemetry, store: Store) -> None:
+        """The parts a killed run left without a verdict (recorded at open as
+        `uninspected: crash`) count in the first telemetry window of this run."""
+        now = self._clock()
+        for gap in store.crash_gaps:
+            for i in range(gap.missing):
+                telemetry.on_verdict(InspectionRecord(
+                    frame_id=f"{gap.station}:{gap.first_seq + i}", station=gap.station,
+                    part_id=None, captured_at=now, judged_at=now, verdict="uninspected",
+                    reason=str(Reason.CRASH), model_version=None, preprocess_hash=None,
+                    latency_ms={}))
 
     def _load_model(self, path: Path) -> LoadedModel | None:
         try:
@@ -353,7 +392,8 @@ class App:
         panel's `/readyz` (not ready: 503 with the reasons)."""
         if self.pipeline is None:
             return Readiness(ready=False, reasons=("not_started",))
-        return readiness_of(self.pipeline.stats())
+        return readiness_of(self.pipeline.stats(),
+                            store_unwritable=self.store is not None and self.store.unwritable)
 
     def _event(self, kind: str, severity: Severity, source: str, message: str,
                **data: EventValue) -> None:

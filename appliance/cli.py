@@ -14,6 +14,10 @@ With no `--config` the defaults run one simulated station with the demo bundle.
 or after `--frames N` frames, and prints a summary (`--json`: one JSON object on
 stdout). On a terminal it keeps a live one-line status. Logs always go to stderr
 (`--log-format json`: one JSON object per line).
+SIGTERM stops within `pipeline.drain_timeout_s` plus the store's flush: what is still
+queued then is recorded as `uninspected: shutdown`, exit 0. A store that cannot commit
+everything at stop (a full disk) is exit 1, and the next start records the gap
+(`unclean_stop`, `uninspected: crash`), as it does after a kill.
 Exit status: 0 done, 1 runtime failure (store, source), 2 bad configuration or model
 (a bundle that cannot load is exit 2 unless `model.allow_start_without_model` is set; a
 video file or image folder that cannot be opened is exit 2, a camera or stream that is

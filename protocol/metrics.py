@@ -81,6 +81,11 @@ class UninspectedReason(StrEnum):
     """The frame's image is damaged (truncated, header and pixels disagree)."""
     WRONG_SIZE = "wrong_size"
     """The frame is smaller than the station's `min_frame_px` or not its `frame_wh`."""
+    CRASH = "crash"
+    """Captured, then the process died (kill, power) before its verdict was stored;
+    counted in the first window after the restart."""
+    STORE_FULL = "store_full"
+    """Judged while the appliance's store could not commit (disk full): never `pass`."""
 
 
 class VerdictCounts(BaseModel):

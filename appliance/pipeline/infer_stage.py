@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 class InferStage:
     """See the module docstring. `run` ends once `draining` is set and the batcher is
-    empty, or at `abort`."""
+    empty, or at `abort` (after the batch in flight, never taking another)."""
 
     name = "engine"
 
@@ -80,11 +80,14 @@ class InferStage:
         return lost
 
     def run(self) -> None:
-        while True:
+        while not self._abort.is_set():
+            # Abort is checked before every batch: once the drain budget is spent no new
+            # batch is taken (what is queued is sealed as shutdown), however long the
+            # backlog; only the run in flight finishes.
             pairs = self.inbox.next_batch(POLL_S)
             if pairs:
                 self.run_batch(pairs)
-            elif self._abort.is_set() or (self._draining.is_set() and not len(self.inbox)):
+            elif self._draining.is_set() and not len(self.inbox):
                 break
         self.finished.set()
 

@@ -15,7 +15,9 @@ Invariants:
   `swap_model` / `activate` replace that reference between two batches, so no frame
   meets a half-loaded model and none is lost during a swap;
 - `stop` is orderly: sources stop, queued frames are judged (up to `drain_timeout_s`),
-  the rest are recorded as shutdown; the store is flushed by its owner (`App`).
+  the rest are recorded as shutdown; the store is flushed by its owner (`App`). Once the
+  drain budget is spent the engine takes no further batch, and `stop` returns only after
+  the run in flight ended (an ONNX Runtime run alive at interpreter exit aborts it).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from appliance.config import PipelineConfig
+from appliance.errors import EngineError
 from appliance.pipeline.batcher import DynamicBatcher
 from appliance.pipeline.cpu import CpuMeter
 from appliance.pipeline.engine import Engine, LoadedModel, ModelInfo
@@ -136,8 +139,15 @@ class Pipeline:
         in the caller's thread, then switch to it between two batches. Frames keep
         flowing meanwhile; none is lost or judged by a half-loaded model. Returns the
         replaced model's info (None if there was none). Raises EngineError if the new
-        bundle cannot be loaded; the running model then stays."""
-        return self.activate(self._engine.load(bundle, verify=verify), reason="swap")
+        bundle cannot be loaded (the running model then stays), or if the pipeline
+        stopped before the new model was ready (a swap that meets a shutdown)."""
+        if self._closed:
+            raise EngineError("the pipeline is stopped; no model swap")
+        loaded = self._engine.load(bundle, verify=verify)
+        if self._closed or self._abort.is_set():
+            raise EngineError(f"the pipeline stopped while {loaded.version_id} loaded; "
+                              "not activated")
+        return self.activate(loaded, reason="swap")
 
     def activate(self, model: LoadedModel, *, reason: str = "swap") -> ModelInfo | None:
         """Make `model` (built by this pipeline's `Engine`) the one the next batch uses.
@@ -203,8 +213,12 @@ class Pipeline:
                                "shutdown", budget_s, name)
                 break
         self._abort.set()
-        for thread in self._threads.values():
-            thread.join(5.0)
+        # Stages see `abort` within one poll; the engine after the run in flight (one
+        # batch). Joining it matters: an interpreter that exits while an ONNX Runtime run
+        # is in flight tears its thread pool down under it (SIGABRT).
+        for name, thread in self._threads.items():
+            if not thread.join(5.0):
+                logger.error("stage %s still running 5 s after the drain ended", name)
         self._closed = True
         self.book.stop()
         self.book.seal(Reason.SHUTDOWN)

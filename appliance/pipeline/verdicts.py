@@ -17,7 +17,10 @@ Invariants:
   (a straggler read after stop is recorded, never lost);
 - sinks run outside the lock in the thread that closed the frame, in order; a sink that
   raises is logged and counted (`sink_errors`), never propagated into a stage;
-- with no deadline configured no timer thread runs and `open` is a dict insert.
+- with no deadline configured no timer thread runs and `open` is a dict insert;
+- while `withhold_pass()` names a reason (the store cannot commit), a `pass` is delivered
+  as `uninspected: <reason>` instead: a part is never reported as passed while its
+  verdict cannot be kept.
 """
 
 from __future__ import annotations
@@ -49,8 +52,12 @@ class VerdictBook:
         keep_images: bool = True,
         clock: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
+        on_open: Callable[[Frame], None] | None = None,
+        withhold_pass: Callable[[], UninspectedReason | None] | None = None,
     ) -> None:
         self._sinks = list(sinks)
+        self._on_open = on_open
+        self._withhold_pass = withhold_pass
         self.deadline_s = deadline_s
         self._keep_images = keep_images
         self._clock = clock
@@ -92,7 +99,11 @@ class VerdictBook:
 
     def open(self, frame: Frame) -> bool:
         """Register a frame that will get a verdict (and schedule its deadline). After
-        `seal` the frame is closed at once as uninspected and False is returned."""
+        `seal` the frame is closed at once as uninspected and False is returned.
+        `on_open(frame)` (the store's captured high-water mark) runs first, before the
+        frame can get a verdict."""
+        if self._on_open is not None:
+            self._on_open(frame)
         with self._cv:
             sealed = self._sealed
             if sealed is None:
@@ -118,11 +129,18 @@ class VerdictBook:
         """Deliver each record whose frame has no verdict yet; discard the others (late
         results, counted in `late`). Returns how many were delivered."""
         with self._cv:
-            fresh = [self._pending.pop(r.frame_id, None) is not None for r in records]
+            frames = [self._pending.pop(r.frame_id, None) for r in records]
+            fresh = [f is not None for f in frames]
             late = len(fresh) - sum(fresh)
             self.late += late
-        for record, ok in zip(records, fresh, strict=True):
-            if ok:
+        withheld = self._withhold_pass() if self._withhold_pass is not None else None
+        for record, frame in zip(records, frames, strict=True):
+            if frame is not None:
+                if withheld is not None and record.verdict == "pass":
+                    # The verdict cannot be stored: never report a part as pass then.
+                    record = uninspected_record(frame, withheld, judged_at=record.judged_at,
+                                                model_version=record.model_version,
+                                                keep_image=self._keep_images)
                 self._send(record)
             else:
                 logger.info("frame %s: late %s result of model %s discarded (already judged)",

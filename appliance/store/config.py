@@ -54,4 +54,9 @@ class StoreConfig(BaseModel):
     submit_timeout_ms: int = Field(default=5000, ge=0, le=600_000)
     """How long `submit` blocks on a full queue before raising StoreError."""
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    reserve_bytes: int = Field(default=16 * 1024**2, ge=0, le=64 * GiB)
+    """Disk kept for the database in a pre-allocated file beside it (`<db>.reserve`): when
+    the disk fills, it is released so verdicts keep committing (alarm
+    `store_reserve_used`), and re-created once there is room. Keep it well under
+    `images.min_free_disk_bytes` (images stop at that floor first). 0: no reserve."""
     images: ImageKeepConfig

@@ -78,7 +78,7 @@ class ImageSkipped:
     frame_id: str
     verdict: str
     at: float
-    why: str  # "backlog", "too_large", "no_room", "encode_failed", "write_failed: ..."
+    why: str  # backlog, too_large, no_room, disk_floor, encode_failed, write_failed: ...
 
 
 LedgerOp = ImageAdded | ImageDeleted | ImageSkipped
@@ -365,7 +365,8 @@ class ImageKeeper:
         reason = "quota" if need_quota >= need_disk else "disk_floor"
         victims = self._plan(max(need_quota, need_disk), allow_fail=verdict == "fail")
         if victims is None:
-            return [*ops, self._skip(frame_id, verdict, at, "no_room")]
+            why = "disk_floor" if reason == "disk_floor" else "no_room"
+            return [*ops, self._skip(frame_id, verdict, at, why)]
         ops += self._delete(victims, reason)
         if self._used + size > self._cfg.quota_bytes:  # a victim could not be deleted
             return [*ops, self._skip(frame_id, verdict, at, "no_room")]

@@ -46,6 +46,15 @@ from appliance.records import EventRecord, InspectionRecord
 from appliance.store import queries
 from appliance.store.config import StoreConfig
 from appliance.store.images import FreeDiskBytes, ImageKeeper, disk_free_bytes
+from appliance.store.marks import (
+    CaptureMarks,
+    CrashGap,
+    HighWaterFile,
+    fill_gaps,
+    mark_clean,
+    reconcile,
+)
+from appliance.store.reserve import DiskReserve
 from appliance.store.schema.migrations import MigrationResult, migrate
 from appliance.store.transaction import Pending, T, Work
 from appliance.store.writer import EVENT, INSPECTION, BatchWriter
@@ -72,6 +81,10 @@ class StoreStats:
     images_skipped_pass: int
     images_skipped_fail: int
     images_bytes: int
+    unwritable: bool
+    """Batches fail to commit with the disk reserve spent (see `Store.unwritable`)."""
+    reserve_held: bool
+    """The database's disk reserve is in place (False: released or not allocated)."""
 
 
 def frame_seq(frame_id: str, station: str) -> int | None:
@@ -124,6 +137,17 @@ class Store:
         try:
             db = open_writer_db(cfg.path, cfg.synchronous)
             self.migration: MigrationResult = migrate(db, cfg.path, clock=clock)
+            self._hwm = HighWaterFile(Path(f"{cfg.path}.hwm"))
+            self.crash_gaps: list[CrashGap] = reconcile(db.conn, clock(), self._hwm.read())
+            self._hwm.create()
+            self._hwm.clear()
+            """Frames the last run captured and never judged (recorded at open as
+            `uninspected: crash`, see marks.py); empty after a clean stop."""
+            self._reserve = DiskReserve(Path(f"{cfg.path}.reserve"), cfg.reserve_bytes)
+            if not self._reserve.create():
+                logger.error("no room for the database's %d-byte disk reserve on %s",
+                             cfg.reserve_bytes, cfg.path.parent)
+            self._marks = CaptureMarks()
             self._writer = BatchWriter(
                 db,
                 batch_max_rows=cfg.batch_max_rows,
@@ -131,6 +155,9 @@ class Store:
                 queue_max_rows=cfg.queue_max_rows,
                 submit_timeout_s=cfg.submit_timeout_ms / 1000.0,
                 clock=clock,
+                marks=self._marks,
+                reserve=self._reserve,
+                high_water=self._hwm,
             )
             self._keeper = ImageKeeper(
                 cfg.images, post_ops=self._writer.put_ledger, clock=clock,
@@ -182,8 +209,20 @@ class Store:
             logger.error("image keeper did not finish its queue in %.1f s", timeout_s)
         complete = self._writer.stop(max(0.1, deadline - time.monotonic()))
         lost = self._writer.submitted - self._writer.committed
+        if not complete:  # the next start records what this run could not commit
+            self._hwm.write(self._marks.rows())
         try:
             if complete:
+                # Every captured frame was sealed and handed to `submit` before this; one
+                # whose submit failed (queue full on a full disk) has no row: it gets one
+                # now, `uninspected: store_full`. Then the next start has nothing to
+                # reconcile.
+                gaps = fill_gaps(self._db.conn, self._marks.rows(), self._clock(),
+                                 reason="store_full")
+                if gaps:
+                    logger.error("%d frames had no stored verdict; recorded as "
+                                 "uninspected: store_full", sum(g.missing for g in gaps))
+                mark_clean(self._db.conn, self._clock())
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             if not self._writer.alive:  # never close under a thread still using it
                 self._db.close()
@@ -251,6 +290,12 @@ class Store:
             self._keeper.offer(record.frame_id, record.verdict, record.image_bgr,
                                [(d.class_name, d.score, d.box_xyxy) for d in record.defects])
 
+    def note_captured(self, station: str, seq: int, captured_at: float) -> None:
+        """A frame was captured (call before it can get a verdict): raises the station's
+        captured high-water mark, persisted with the writer's next batch (marks.py).
+        Thread-safe and cheap."""
+        self._writer.note_captured(station, seq, captured_at)
+
     def record_event(self, event: EventRecord) -> None:
         """Queue one event. Thread-safe; blocks like `submit` on a full queue."""
         data = json.dumps(dict(event.data), allow_nan=False)
@@ -300,7 +345,15 @@ class Store:
             images_skipped_pass=k.skipped_pass,
             images_skipped_fail=k.skipped_fail,
             images_bytes=k.used_bytes,
+            unwritable=w.outage.unwritable_since is not None,
+            reserve_held=self._reserve.held,
         )
+
+    @property
+    def unwritable(self) -> bool:
+        """True while verdicts cannot be committed (the disk is full with the reserve
+        spent): the appliance is then not ready and reports no part as `pass`."""
+        return self._writer.outage.unwritable_since is not None
 
     # ------------------------------------------------------------------ queries
     @contextmanager
@@ -328,6 +381,7 @@ class Store:
         highest stored seq, 0 for a new station. Call it before the station's first
         frame is submitted (it sees committed rows only). Raises StoreError."""
         last = self.last_sequence(station)
+        # The crash rows written at open (marks.py) cover every seq a killed run marked.
         return 0 if last is None else last + 1
 
     def inspection_count(self) -> int:

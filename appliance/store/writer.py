@@ -11,11 +11,16 @@ Invariants:
   (durable against a process kill; see StoreConfig.synchronous for power loss).
 - No item is dropped: a batch that hits a transient SQLite error (OperationalError: disk
   full, I/O error, busy) is retried with backoff until it commits or `stop` gives up
-  (which then reports how many items were not committed). A batch that SQLite refuses
+  (which then reports how many items were not committed); on a full disk the database's
+  reserve is released first, and while commits still fail the store is `unwritable`
+  (outage.py). A batch that SQLite refuses
   as a whole (a duplicate frame_id, a row it cannot bind) is written row by row in one
   transaction: duplicates are ignored (the first verdict for a frame wins, as a late
   result must never overwrite a deadline verdict), refused rows are logged; both are
   counted and written as `duplicate_inspection` / `store_rejected_row` events.
+- Every batch's transaction also writes the captured high-water marks that changed
+  (marks.py); dirty marks alone wake the writer, so they are written within one
+  `flush_interval_s` even when no verdict is being committed.
 - Inspection ids are assigned here (single writer, guarded by the store's lock file), so
   defect rows reference them without a round trip per row.
 - Other components write their tables through here too (`put_txn`: a function run in a
@@ -56,6 +61,9 @@ from appliance.store.batch import (
     resolve_txns,
 )
 from appliance.store.images import ImageDeleted, LedgerOp
+from appliance.store.marks import UPSERT_MARK, CaptureMarks, HighWaterFile
+from appliance.store.outage import DiskOutage
+from appliance.store.reserve import DiskReserve
 from appliance.store.transaction import Pending, T, Work
 from protocol.backoff import Backoff, BackoffConfig
 
@@ -79,8 +87,16 @@ class BatchWriter:
         queue_max_rows: int,
         submit_timeout_s: float,
         clock: Callable[[], float] = time.time,
+        marks: CaptureMarks | None = None,
+        reserve: DiskReserve | None = None,
+        high_water: HighWaterFile | None = None,
     ) -> None:
         self._db = db
+        self._marks = marks or CaptureMarks()
+        self.outage = DiskOutage(reserve, clock=clock)
+        self._hwm = high_water
+        self._disk_low = False  # images stopped at the free-disk floor (alarm raised)
+        self._disk_low_next = False  # what the batch being committed makes it
         self._batch_max = batch_max_rows
         self._interval_s = flush_interval_s
         self._queue_max = queue_max_rows
@@ -162,6 +178,14 @@ class BatchWriter:
             self._urgent = self._urgent or urgent
             self._ready.notify()
         return pending
+
+    def note_captured(self, station: str, seq: int, at: float) -> None:
+        """Note a captured frame for the high-water mark (written with the next batch,
+        see marks.py). Cheap: a dict update; wakes the writer only when the marks were
+        clean."""
+        if self._marks.note(station, seq, at):
+            with self._lock:
+                self._ready.notify()
 
     def _hurry(self, timeout_s: float) -> bool:
         with self._lock:
@@ -263,7 +287,7 @@ class BatchWriter:
 
     def _take(self) -> tuple[list[Item], list[Pending[Any]]] | None:
         with self._lock:
-            while not self._items and not self._txns:
+            while not self._items and not self._txns and not self._marks.dirty:
                 if self._stopping:
                     return None
                 self._ready.wait(0.5)
@@ -288,7 +312,8 @@ class BatchWriter:
             return batch, txns
 
     def _write_with_retry(self, items: list[Item], txns: list[Pending[Any]]) -> Batch | None:
-        """Commit one batch; None if `stop` gave up on it."""
+        """Commit one batch; None if `stop` gave up on it. A full disk first spends the
+        reserve, then marks the store unwritable until a commit works (outage.py)."""
         batch = Batch(items, self._next_id, txns)
         backoff = Backoff(_RETRY)
         rowwise = False
@@ -296,6 +321,8 @@ class BatchWriter:
             try:
                 self._commit(batch, rowwise=rowwise)
                 self._next_id += len(batch.inspections)
+                self._disk_low = self._disk_low_next
+                self.outage.committed()
                 return batch
             except REFUSED as e:
                 if rowwise:
@@ -305,6 +332,10 @@ class BatchWriter:
             except sqlite3.OperationalError as e:
                 self.retries += 1
                 self.last_error = str(e)
+                if self.outage.failed(e):
+                    continue
+                if self._hwm is not None:  # the table cannot take the marks now
+                    self._hwm.write(self._marks.rows())
                 delay_s = backoff.next_delay_s()
                 logger.error("store commit failed (%s); retrying in %.2f s", e, delay_s)
                 if self._abort.wait(delay_s):
@@ -314,7 +345,7 @@ class BatchWriter:
     def _commit(self, batch: Batch, *, rowwise: bool) -> None:
         conn = self._db.conn
         ids = range(batch.first_id, batch.first_id + len(batch.inspections))
-        events = list(batch.events)
+        events = list(batch.events) + self.outage.pending_events
         with self._db.atomic():
             if not rowwise:
                 pairs = list(zip(ids, batch.inspections, strict=True))
@@ -328,7 +359,10 @@ class BatchWriter:
             )
             events += self._image_events(batch)
             conn.executemany(INSERT_EVENT, events)
+            marks = self._marks.changed()
+            conn.executemany(UPSERT_MARK, marks)
             batch.outcomes = [self._run_txn(txn) for txn in batch.txns]
+        self._marks.written(marks)
 
     def _run_txn(self, txn: Pending[Any]) -> tuple[bool, Any]:
         """Run one transaction function in a savepoint: (True, value), or (False, why)
@@ -397,6 +431,20 @@ class BatchWriter:
                 f"deleted {len(ds)} images ({size} bytes, {fails} fail): {reason}",
                 {"count": len(ds), "bytes": size, "fail_count": fails, "reason": reason},
             ))
+        floor_hit = any(s.why == "disk_floor" for s in batch.skipped)
+        self._disk_low_next = self._disk_low
+        if floor_hit and not self._disk_low:
+            self._disk_low_next = True
+            rows.append(event_row(
+                now, "alarm", "alarm", "store.images",
+                "free disk under store.images.min_free_disk_bytes: no images are written "
+                "(verdicts still are) until space returns",
+                {"alarm": "disk_low"}))
+        elif batch.added and self._disk_low:
+            self._disk_low_next = False
+            rows.append(event_row(now, "alarm_cleared", "info", "store.images",
+                                  "images are written again (free disk above the floor)",
+                                  {"alarm": "disk_low"}))
         skipped = Counter(s.why for s in batch.skipped)
         for why, count in sorted(skipped.items()):
             fails = sum(s.verdict == "fail" for s in batch.skipped if s.why == why)

@@ -5,7 +5,8 @@ Alarms derived here (the active set, re-read every time): `camera_lost` (a sourc
 lost), `no_model` (nothing can judge parts), `engine_cpu_fallback` (the engine fell back
 from GPU to CPU since start), `disk_low` (free disk under the image keeper's floor),
 `falling_behind` (the line produces more than the machine judges: appliance/pipeline/
-behind.py).
+behind.py), `store_unwritable` (verdicts cannot be committed), `store_reserve_used`
+(the database's disk reserve is released or could not be allocated).
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def store_disk_usage(store: Store) -> DiskUsage | None:
 
 def gauges_from_stats(
     stats: PipelineStats, *, store_queue: int | None = None, disk: DiskUsage | None = None,
-    min_free_disk_bytes: int | None = None,
+    min_free_disk_bytes: int | None = None, store_unwritable: bool = False,
+    reserve_released: bool = False,
 ) -> Gauges:
     """`Gauges` from one pipeline snapshot (pure)."""
     sources = {name: str(s.state) for name, s in stats.stations.items()}
@@ -85,6 +87,10 @@ def gauges_from_stats(
     if disk is not None and min_free_disk_bytes is not None and \
             disk.free_bytes < min_free_disk_bytes:
         alarms.append("disk_low")
+    if store_unwritable:
+        alarms.append("store_unwritable")
+    if reserve_released:
+        alarms.append("store_reserve_used")
     depths = dict(stats.queue_depths)
     if store_queue is not None:
         depths["store"] = store_queue
@@ -112,9 +118,12 @@ def pipeline_gauges(
             return None
         if store is None:
             return gauges_from_stats(snapshot)
+        store_stats = store.stats()
         return gauges_from_stats(
             snapshot,
-            store_queue=store.stats().queued,
+            store_queue=store_stats.queued,
+            store_unwritable=store_stats.unwritable,
+            reserve_released=store.config.reserve_bytes > 0 and not store_stats.reserve_held,
             disk=store_disk_usage(store),
             min_free_disk_bytes=store.config.images.min_free_disk_bytes,
         )

@@ -167,5 +167,8 @@ def test_kill_9_leaves_a_sound_database_with_every_committed_verdict(
     assert json.loads(out.strip().splitlines()[-1])["frames"] == 10
     final = committed(db)
     new = set(final) - set(after)
-    assert len(new) == 10
+    # the 10 frames of the new run, after the frames the kill left unjudged (recorded at
+    # start as uninspected: crash, see appliance/store/marks.py)
+    assert len(new) >= 10
     assert min(seq_of(f) for f in new) == max(seq_of(f) for f in after) + 1
+    assert sorted(seq_of(f) for f in final) == list(range(len(final)))

@@ -42,7 +42,7 @@ def test_names_are_the_documented_ones():
         "preprocess", "batcher", "postprocess", "pending", "store", "telemetry"}
     assert {r.value for r in UninspectedReason} == {
         "dropped", "engine_failure", "shutdown", "deadline", "no_model", "unreadable", "corrupt",
-        "wrong_size"}
+        "wrong_size", "crash", "store_full"}
 
 
 def test_schema_lists_the_names_and_is_closed():

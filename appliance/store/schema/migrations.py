@@ -171,12 +171,36 @@ def _v5_annotated_images_part_index(db: Database) -> None:
                " WHERE part_id IS NOT NULL")
 
 
+def _v6_capture_marks_run_state(db: Database) -> None:
+    """`capture_marks`: per station, the first seq this run numbered and the highest seq
+    captured so far (the captured high-water mark, written by the writer once per batch,
+    see marks.py); `run_state`: one row saying whether the last run stopped cleanly (the
+    clean-stop marker). Together they let a start after a kill record the frames that
+    were captured and never judged (`uninspected: crash`)."""
+    db.execute(
+        """CREATE TABLE capture_marks (
+            station TEXT PRIMARY KEY,
+            first_seq INTEGER NOT NULL,
+            high_seq INTEGER NOT NULL,
+            updated_at REAL NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE run_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            state TEXT NOT NULL CHECK (state = 'running' OR state = 'clean'),
+            changed_at REAL NOT NULL
+        )"""
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_inspections_defects_events,
     _v2_images,
     _v3_telemetry_outbox,
     _v4_inspections_seq,
     _v5_annotated_images_part_index,
+    _v6_capture_marks_run_state,
 )
 
 
