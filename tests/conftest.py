@@ -7,6 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
+# `database_url` / `postgres_url`: the cloud database on SQLite and on PostgreSQL
+pytest_plugins = ["tests.cloud_db"]
+
 
 @pytest.fixture(autouse=True)
 def _restore_root_logging() -> Iterator[None]:
