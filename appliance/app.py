@@ -53,6 +53,7 @@ from appliance.pipeline.preprocess_stage import PreprocessStage
 from appliance.pipeline.slot import ModelSlot
 from appliance.pipeline.source_stage import FrameBudget, SourceStage, Station, StationsDone
 from appliance.pipeline.stats import PipelineStats, VerdictCounters
+from appliance.pipeline.thresholds import ThresholdOverrides
 from appliance.pipeline.verdicts import VerdictBook
 from appliance.readiness import Readiness, readiness_of
 from appliance.records import EventRecord, EventValue, InspectionRecord, Severity
@@ -85,6 +86,7 @@ def build_pipeline(
     events: Events | None = None,
     on_captured: Callable[[Frame], None] | None = None,
     withhold_pass: Callable[[], Reason | None] | None = None,
+    thresholds: ThresholdOverrides | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Pipeline:
     """Compose the frame path (see the module docstring) for `stations`, judged by
@@ -92,7 +94,8 @@ def build_pipeline(
     its verdicts going to `store`; `max_frames` stops the sources after that many
     frames in all; `on_captured(frame)` is told of every frame before it can get a verdict
     (the store's captured high-water mark); while `withhold_pass()` names a reason, a
-    `pass` is recorded as `uninspected: <reason>` (the store cannot commit). Raises
+    `pass` is recorded as `uninspected: <reason>` (the store cannot commit);
+    `thresholds` are the engineer's per-class overrides (the panel). Raises
     ValueError without stations."""
     if not stations:
         raise ValueError("a pipeline needs at least one station")
@@ -140,7 +143,8 @@ def build_pipeline(
     infer_finished = threading.Event()
     post = PostprocessStage(inbox=Inbox[Batch](cfg.post_queue_batches), book=book,
                             health=health, upstream_finished=infer_finished, abort=abort,
-                            keep_images=cfg.keep_images, cpu=cpu, clock=clock)
+                            keep_images=cfg.keep_images, cpu=cpu, clock=clock,
+                            thresholds=thresholds)
     post_outbox: Outbox[Batch] = post.inbox if mode == "worker" else Inline(post.finish_batch)
     infer = InferStage(inbox=batcher, outbox=post_outbox, engine=engine, slot=slot, book=book,
                        events=events, health=health, draining=draining, abort=abort,
