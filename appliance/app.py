@@ -58,6 +58,8 @@ from appliance.pipeline.verdicts import VerdictBook
 from appliance.readiness import Readiness, readiness_of
 from appliance.records import EventRecord, EventValue, InspectionRecord, Severity
 from appliance.records import UninspectedReason as Reason
+from appliance.panel.ports import NoRollback, RollbackControl
+from appliance.panel.service import Panel
 from appliance.store import Store
 from appliance.telemetry import Telemetry, TelemetryError, pipeline_gauges
 from models.bundle import Bundle, open_bundle
@@ -202,7 +204,8 @@ class App:
     (see `Pipeline.add_listener`); `require_model` says whether a bundle that cannot
     load is an error at start (`NoModelError`) or a run of `uninspected: no_model` with
     the `no_model` alarm (None: as the config says, `model.allow_start_without_model`);
-    `detector_factory` is the seam in front of ONNX Runtime."""
+    `detector_factory` is the seam in front of ONNX Runtime; `rollback` is the panel's
+    rollback control (the updater's; None: there is no previous bundle)."""
 
     def __init__(
         self,
@@ -213,6 +216,7 @@ class App:
         listeners: Sequence[Callable[[InspectionRecord], None]] = (),
         require_model: bool | None = None,
         detector_factory: DetectorFactory = default_detector_factory,
+        rollback: RollbackControl | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         unknown = sorted(set(sources or {}) - {s.name for s in cfg.stations})
@@ -231,6 +235,9 @@ class App:
         self.events: Events | None = None
         self.telemetry: Telemetry | None = None
         self.pipeline: Pipeline | None = None
+        self.panel: Panel | None = None
+        self.thresholds = ThresholdOverrides(cfg.thresholds_file)
+        self._rollback = rollback or NoRollback()
         self._behind: BehindMonitor | None = None
         self._started_at = 0.0
 
@@ -273,7 +280,7 @@ class App:
                                            events=self.events,
                                            on_captured=self._note_captured(self.store),
                                            withhold_pass=self._store_full(self.store),
-                                           clock=self._clock)
+                                           thresholds=self.thresholds, clock=self._clock)
             if model is not None:
                 self._event("model_change", "info", "engine",
                             f"model {model.version_id} active at start", previous=None,
@@ -285,11 +292,15 @@ class App:
             if self.telemetry is not None:
                 self.telemetry.attach(self.pipeline)
                 self._count_crash_gaps(self.telemetry, self.store)
+            self.panel = self._start_panel(self.store, self.pipeline, self.events)
             self.pipeline.start()
             self._behind = BehindMonitor(cfg.pipeline.behind, self.pipeline.stats,
                                          self.events, clock=self._clock)
             self._behind.start()
         except BaseException:
+            if self.panel is not None:
+                self.panel.stop()
+                self.panel = None
             if self.telemetry is not None:
                 self.telemetry.stop()
                 self.telemetry = None
@@ -327,6 +338,21 @@ class App:
                         alarm="telemetry")
             return None
         return telemetry
+
+    def _start_panel(self, store: Store, pipeline: Pipeline, events: Events) -> Panel | None:
+        """The operator panel when configured (served until `stop`)."""
+        cfg = self.cfg
+        if cfg.panel is None:
+            return None
+        panel = Panel(cfg.panel, pipeline=pipeline, db_path=cfg.store.path,
+                      images_dir=cfg.store.images.dir,
+                      stations=tuple(s.name for s in cfg.stations), users=UserBook(store),
+                      alarms=AlarmBook(store, clock=self._clock), labels=LabelBook(store),
+                      exporter=PrometheusExporter(self.stats, store),
+                      readiness=self.readiness, thresholds=self.thresholds,
+                      rollback=self._rollback, record_event=events.record, clock=self._clock)
+        panel.start()
+        return panel
 
     def _count_crash_gaps(self, telemetry: Telemetry, store: Store) -> None:
         """The parts a killed run left without a verdict (recorded at open as
@@ -368,6 +394,9 @@ class App:
         if self.telemetry is not None:
             self.telemetry.stop()
             self.telemetry = None
+        if self.panel is not None:
+            self.panel.stop()
+            self.panel = None
         if self.store is not None:
             self._event("appliance_stop", "info", "app", "appliance stopped")
             self.store.stop()

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from appliance.capture.config import STATION_PATTERN, SimSourceConfig, SourceConfig
 from appliance.errors import ConfigError
+from appliance.panel.config import PanelConfig
 from appliance.store.config import StoreConfig
 from appliance.telemetry.config import TelemetryConfig
 from models.bundle import DEFAULT_MAX_UNPACKED_BYTES
@@ -45,6 +46,7 @@ DEMO_BUNDLE = demo_bundle_dir()
 DB_NAME = "lineguard.db"
 IMAGES_DIR = "images"
 BUNDLES_DIR = "bundles"
+THRESHOLDS_FILE = "thresholds.json"
 
 
 class _Section(BaseModel):
@@ -203,6 +205,8 @@ class ApplianceConfig(_Section):
     store: StoreConfig
     telemetry: TelemetryConfig | None = None
     """MQTT telemetry to the cloud; absent means the appliance runs without it."""
+    panel: PanelConfig | None = None
+    """The operator web panel; absent means no panel is served."""
 
     @model_validator(mode="before")
     @classmethod
@@ -249,6 +253,13 @@ class ApplianceConfig(_Section):
     def bundles_dir(self) -> Path:
         """Where .tar bundles are unpacked."""
         return self.data_dir / BUNDLES_DIR
+
+    @property
+    def thresholds_file(self) -> Path:
+        """Where the engineer's per-class threshold overrides persist."""
+        if self.panel is not None and self.panel.thresholds_file is not None:
+            return self.panel.thresholds_file
+        return self.data_dir / THRESHOLDS_FILE
 
 
 def config_from_dict(data: Mapping[str, Any], source: str = "config") -> ApplianceConfig:

@@ -21,6 +21,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from appliance.errors import BadLabel, UnknownAlarm, UnknownFrame
 from appliance.panel.auth import Auth
 from appliance.panel.context import PanelContext
 from appliance.panel.ports import LabelKind, RollbackUnavailable
@@ -76,6 +77,9 @@ class TtlCache:
 
 def plain(obj: Any) -> Any:
     """A JSON-ready form of a collaborator's value (dataclass, pydantic model, tuple)."""
+    as_dict = getattr(obj, "as_dict", None)
+    if callable(as_dict):
+        return plain(as_dict())
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, BaseModel):
@@ -230,9 +234,9 @@ def api_router(ctx: PanelContext, auth: Auth) -> APIRouter:
             label = ctx.labels.add(frame_id, body.kind, session.user,
                                    defect_index=body.defect_index, class_name=body.class_name,
                                    box_xyxy=body.box_xyxy)
-        except LookupError as e:
+        except (UnknownFrame, LookupError) as e:
             raise HTTPException(404, str(e)) from e
-        except ValueError as e:
+        except (BadLabel, ValueError) as e:
             raise HTTPException(422, str(e)) from e
         return {"label": plain(label)}
 
@@ -248,7 +252,7 @@ def api_router(ctx: PanelContext, auth: Auth) -> APIRouter:
                     session: Annotated[Session, Depends(auth.csrf)]) -> dict[str, Any]:
         try:
             alarm = ctx.alarms.acknowledge(alarm_id, session.user)
-        except LookupError as e:
+        except (UnknownAlarm, LookupError) as e:
             raise HTTPException(404, str(e)) from e
         return {"alarm": plain(alarm)}
 

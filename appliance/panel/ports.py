@@ -2,9 +2,9 @@
 is typed against seams rather than concrete classes (appliance/users.py, alarms.py,
 labels.py, panel/metrics.py and the updater fit them).
 
-Errors: a collaborator raises `LookupError` (or a subclass: unknown alarm, unknown frame)
-for an unknown id and `ValueError` (or a subclass: a bad label) for input it refuses;
-the web layer answers 404 and 422.
+Errors: for an unknown id a collaborator raises `UnknownAlarm` / `UnknownFrame` (or a
+`LookupError`), for input it refuses `BadLabel` (or a `ValueError`); the web layer
+answers 404 and 422.
 """
 
 from __future__ import annotations

@@ -271,6 +271,7 @@
 
   // -------------------------------------------------------------- alarms
   function alarmRow(a, ackable) {
+    a.active = a.cleared_at_s === null || a.cleared_at_s === undefined;
     const state = a.active ? "ACTIVE" : "cleared " + time(a.cleared_at_s);
     const ack = a.acked_at_s ? `acknowledged by ${a.acked_by} at ${time(a.acked_at_s)}` : "not acknowledged";
     const node = el("div", { class: "alarm" + (a.active ? "" : " cleared") + (a.acked_at_s ? " acked" : ""), "data-alarm": String(a.id), "data-code": a.code },
