@@ -35,8 +35,9 @@ def _default_shifts() -> list[ShiftConfig]:
 
 
 class LoginLimitConfig(_Section):
-    """Login attempts allowed per client IP and per user name within `window_s`; more
-    are answered 429 with Retry-After until the window has room again."""
+    """Failed login attempts allowed per client IP and per user name within `window_s`;
+    after that every attempt (even with the right password) is answered 429 with
+    Retry-After until the window has room again."""
 
     per_client: int = Field(10, ge=1, le=10_000)
     per_user: int = Field(5, ge=1, le=10_000)

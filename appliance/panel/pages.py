@@ -148,10 +148,12 @@ def pages_router(ctx: PanelContext, auth: Auth) -> APIRouter:
             logger.warning("panel login refused (rate limit): user %r from %s", username, ip)
             raise HTTPException(429, "too many login attempts; try again later",
                                 headers={"Retry-After": str(max(1, round(wait_s + 0.5)))})
-        ctx.client_limit.hit(ip)
-        ctx.user_limit.hit(user_key)
         user = ctx.users.authenticate(username, password)
         if user is None:
+            # Failed attempts count; a limited key is refused before the password is
+            # even checked, so the right password does not get through either.
+            ctx.client_limit.hit(ip)
+            ctx.user_limit.hit(user_key)
             logger.warning("panel login failed: user %r from %s", username, ip)
             return RedirectResponse("/login?error=Wrong+user+or+password", status_code=303)
         ctx.user_limit.reset(user_key)

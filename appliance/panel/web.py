@@ -56,26 +56,34 @@ class BodyLimit:
                 await self._refuse(send)
                 return
         seen = 0
-        started = False
+        over = False
+        refused = False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self._max:
+                    over = True
                     raise BodyTooLarge
             return message
 
         async def watch(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
+            # The framework turns a failed body read into its own 400: answer 413.
+            nonlocal refused
+            if over:
+                if not refused:
+                    refused = True
+                    await self._refuse(send)
+                return
             await send(message)
 
         try:
             await self._app(scope, limited, watch)
         except BodyTooLarge:
-            if not started:
+            if not refused:
+                refused = True
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
