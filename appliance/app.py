@@ -28,6 +28,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from appliance.alarm_rules import AlarmInputs, AlarmMonitor, alarm_inputs
+from appliance.alarms import AlarmBook
+from appliance.labels import LabelBook
 from appliance.capture import Frame, FrameSource, make_source
 from appliance.capture.probe import require_file_sources
 from appliance.config import ApplianceConfig, PipelineConfig
@@ -60,7 +63,9 @@ from appliance.records import EventRecord, EventValue, InspectionRecord, Severit
 from appliance.records import UninspectedReason as Reason
 from appliance.panel.ports import NoRollback, RollbackControl
 from appliance.panel.service import Panel
+from appliance.panel.metrics import PrometheusExporter, state_from_app
 from appliance.store import Store
+from appliance.users import UserBook
 from appliance.telemetry import Telemetry, TelemetryError, pipeline_gauges
 from models.bundle import Bundle, open_bundle
 from models.errors import ModelError
@@ -239,6 +244,9 @@ class App:
         self.thresholds = ThresholdOverrides(cfg.thresholds_file)
         self._rollback = rollback or NoRollback()
         self._behind: BehindMonitor | None = None
+        self.alarms: AlarmBook | None = None
+        """The alarm book (the panel's alarms), set while started."""
+        self._alarm_rules: AlarmMonitor | None = None
         self._started_at = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -292,11 +300,14 @@ class App:
             if self.telemetry is not None:
                 self.telemetry.attach(self.pipeline)
                 self._count_crash_gaps(self.telemetry, self.store)
-            self.panel = self._start_panel(self.store, self.pipeline, self.events)
+            self.alarms = AlarmBook(self.store, clock=self._clock)
+            self.panel = self._start_panel(self.store, self.pipeline, self.events, self.alarms)
             self.pipeline.start()
             self._behind = BehindMonitor(cfg.pipeline.behind, self.pipeline.stats,
                                          self.events, clock=self._clock)
             self._behind.start()
+            self._alarm_rules = AlarmMonitor(cfg.alarms, self.alarms, self._alarm_inputs)
+            self._alarm_rules.start()
         except BaseException:
             if self.panel is not None:
                 self.panel.stop()
@@ -339,16 +350,21 @@ class App:
             return None
         return telemetry
 
-    def _start_panel(self, store: Store, pipeline: Pipeline, events: Events) -> Panel | None:
+    def _start_panel(self, store: Store, pipeline: Pipeline, events: Events,
+                     alarms: AlarmBook) -> Panel | None:
         """The operator panel when configured (served until `stop`)."""
         cfg = self.cfg
         if cfg.panel is None:
             return None
+        model = pipeline.model
+        classes = model.info.classes if model is not None else ()
+        exporter = PrometheusExporter(lambda: state_from_app(self))
+        pipeline.add_listener(exporter.observe)
         panel = Panel(cfg.panel, pipeline=pipeline, db_path=cfg.store.path,
                       images_dir=cfg.store.images.dir,
                       stations=tuple(s.name for s in cfg.stations), users=UserBook(store),
-                      alarms=AlarmBook(store, clock=self._clock), labels=LabelBook(store),
-                      exporter=PrometheusExporter(self.stats, store),
+                      alarms=alarms, labels=LabelBook(store, classes, clock=self._clock),
+                      exporter=exporter,
                       readiness=self.readiness, thresholds=self.thresholds,
                       rollback=self._rollback, record_event=events.record, clock=self._clock)
         panel.start()
@@ -387,6 +403,9 @@ class App:
 
     def stop(self, timeout_s: float | None = None) -> None:
         """Stop the pipeline (drain), then flush and close the store. Idempotent."""
+        if self._alarm_rules is not None:
+            self._alarm_rules.stop()
+            self._alarm_rules = None
         if self._behind is not None:
             self._behind.stop()
         if self.pipeline is not None:
@@ -427,6 +446,13 @@ class App:
             return Readiness(ready=False, reasons=("not_started",))
         return readiness_of(self.pipeline.stats(),
                             store_unwritable=self.store is not None and self.store.unwritable)
+
+    def _alarm_inputs(self) -> AlarmInputs | None:
+        """What the alarm rules look at now (None while not running)."""
+        if self.pipeline is None or self.store is None:
+            return None
+        telemetry = self.telemetry.stats() if self.telemetry is not None else None
+        return alarm_inputs(self.stats(), self.store, self.cfg.engine, telemetry)
 
     def _event(self, kind: str, severity: Severity, source: str, message: str,
                **data: EventValue) -> None:

@@ -31,7 +31,7 @@ import re
 import shutil
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,7 +180,7 @@ class ImageKeeper:
         self._other: OrderedDict[str, _Live] = OrderedDict()
         self._used = 0
         self._fail_bytes = 0
-        self._pinned: set[str] = set()  # frame ids; guarded by _lock
+        self._pinned: Counter[str] = Counter()  # frame id -> pins; guarded by _lock
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._jobs: list[tuple[str, str, npt.NDArray[np.uint8], float,
@@ -234,27 +234,37 @@ class ImageKeeper:
 
     # ----------------------------------------------------------------- pinning
     def pin(self, frame_id: str) -> bool:
-        """Keep `frame_id`'s image (never evicted until `unpin`). Returns False if it is not
+        """Add a pin to `frame_id`'s image: it is never evicted while it has one (pins
+        are counted: one per label waiting for export). Returns False if the image is not
         kept (never kept, or already deleted): then nothing is pinned. Thread-safe."""
         with self._lock:
             if frame_id not in self._fail and frame_id not in self._other:
                 return False
-            self._pinned.add(frame_id)
+            self._pinned[frame_id] += 1
             return True
 
     def unpin(self, frame_ids: Sequence[str]) -> None:
-        """Let these images be evicted again (by the usual order). Thread-safe."""
+        """Remove one pin per occurrence of a frame id; an image without pins is evicted
+        again by the usual order. Thread-safe."""
         with self._lock:
-            self._pinned.difference_update(frame_ids)
+            for frame_id in frame_ids:
+                if frame_id not in self._pinned:
+                    continue
+                left = self._pinned[frame_id] - 1
+                if left > 0:
+                    self._pinned[frame_id] = left
+                else:
+                    del self._pinned[frame_id]
 
     def preload_pins(self, frame_ids: Sequence[str]) -> None:
-        """Pins known from the database, set before `load` (which enforces the quota)."""
+        """Pins known from the database (one per occurrence), set before `load` (which
+        enforces the quota)."""
         with self._lock:
             self._pinned.update(frame_ids)
 
     def is_pinned(self, frame_id: str) -> bool:
         with self._lock:
-            return frame_id in self._pinned
+            return self._pinned[frame_id] > 0
 
     # ----------------------------------------------------------------- lifecycle
     @property
@@ -446,7 +456,7 @@ class ImageKeeper:
     def _evictable(self, allow_fail: bool) -> list[_Live]:
         pool = list(self._other.values()) + (list(self._fail.values()) if allow_fail else [])
         with self._lock:
-            pinned = set(self._pinned)
+            pinned = set(self._pinned)  # only ids with pins are kept in the counter
         return [item for item in pool if item.frame_id not in pinned] if pinned else pool
 
     def _plan(self, need_bytes: int, *, allow_fail: bool) -> list[_Live] | None:

@@ -166,9 +166,10 @@ class Store:
                 cfg.images, post_ops=self._writer.put_ledger, clock=clock,
                 free_disk_bytes=free_disk_bytes,
             )
-            # images with a label not yet exported are pinned before the quota is enforced
+            # images with labels not yet exported are pinned (one pin per label) before the
+            # quota is enforced
             self._keeper.preload_pins([row[0] for row in db.execute(
-                "SELECT DISTINCT frame_id FROM labels WHERE exported_at IS NULL").fetchall()])
+                "SELECT frame_id FROM labels WHERE exported_at IS NULL").fetchall()])
             live = db.execute(
                 "SELECT frame_id, path, bytes, verdict, created_at, annotated_path,"
                 " annotated_bytes FROM images WHERE deleted_at IS NULL ORDER BY created_at, id"
@@ -357,13 +358,13 @@ class Store:
         )
 
     def pin_image(self, frame_id: str) -> bool:
-        """Keep the frame's kept image until `unpin_images` (a label waits for export).
-        False if the frame has no kept image (never kept, or already evicted).
-        Thread-safe."""
+        """Add a pin to the frame's kept image (one per label waiting for export): it is
+        never evicted while pinned. False if the frame has no kept image (never kept, or
+        already evicted). Thread-safe."""
         return self._keeper.pin(frame_id)
 
     def unpin_images(self, frame_ids: Sequence[str]) -> None:
-        """The images of these frames may be evicted again. Thread-safe."""
+        """Remove one pin per occurrence of a frame id (see `pin_image`). Thread-safe."""
         self._keeper.unpin(frame_ids)
 
     def image_pinned(self, frame_id: str) -> bool:

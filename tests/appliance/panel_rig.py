@@ -79,7 +79,7 @@ class PanelRig:
         self.store: Store = open_store(root, flush_interval_ms=10)
         self.users = UserBook(self.store, hasher=FAST)
         self.alarms = AlarmBook(self.store)
-        self.labels = LabelBook(self.store)
+        self.labels = LabelBook(self.store, CLASSES)
         self.events: list[EventRecord] = []
         self.clock = clock or Clock(time.time())
         self.live = LiveFrames(rate_hz=10.0)
