@@ -140,7 +140,7 @@ class SwitchableSim:
     """The simulated line (linesim) with a power switch: `off()` unplugs the camera
     (reads and reopens fail with SourceLost), `on()` plugs it back."""
 
-    def __init__(self, width_px: int = 160, height_px: int = 120, fps: float = 20.0) -> None:
+    def __init__(self, width_px: int = 160, height_px: int = 120, fps: float = 10.0) -> None:
         from appliance.capture.config import SimSourceConfig
         from appliance.capture.sim import SimulatedLineSource
         cfg = SimSourceConfig(station="cam", width_px=width_px, height_px=height_px,
@@ -169,6 +169,41 @@ class SwitchableSim:
         self._inner.close()
 
 
+class RunningApp:
+    """An App on `SwitchableSim` with the panel, started (`app.start`) and stopped."""
+
+    def __init__(self, root: Path, users: bool = True, **panel: Any) -> None:
+        from appliance.app import App
+        from appliance.store import Store
+        self.cfg = panel_app_config(root, **panel)
+        if users:  # accounts exist before the appliance starts (the CLI's job)
+            with Store(self.cfg.store) as store:
+                book = UserBook(store, hasher=FAST)
+                book.add(OPERATOR[0], "operator", OPERATOR[1])
+                book.add(ENGINEER[0], "engineer", ENGINEER[1])
+        self.camera = SwitchableSim()
+        self.app = App(self.cfg, sources={"cam": self.camera})
+        self.app.start()
+        assert self.app.panel is not None
+        self.url = self.app.panel.url
+        self._clients: list[httpx.Client] = []
+
+    def client(self, who: tuple[str, str] | None = OPERATOR) -> httpx.Client:
+        client = httpx.Client(base_url=self.url, timeout=10.0)
+        self._clients.append(client)
+        if who is not None:
+            r = client.post("/login", data={"username": who[0], "password": who[1]})
+            assert r.status_code == 303 and r.headers["location"] == "/live", r.text
+            client.headers["X-CSRF-Token"] = client.get("/api/session").json()["csrf_token"]
+        return client
+
+    def stop(self) -> None:
+        for c in self._clients:
+            c.close()
+        self.camera.on()
+        self.app.stop(5.0)
+
+
 def panel_app_config(root: Path, **panel: Any) -> ApplianceConfig:
     return load_config(None, {
         "data_dir": str(root / "data"),
@@ -176,6 +211,7 @@ def panel_app_config(root: Path, **panel: Any) -> ApplianceConfig:
             "kind": "sim", "width_px": 160, "height_px": 120,
             "reconnect": {"initial_s": 0.05, "max_s": 0.2}}}],
         "engine": {"intra_op_threads": 1},
+        "pipeline": {"max_batch": 2},
         "store": {"flush_interval_ms": 20, "images": {"min_free_disk_bytes": 0}},
         "panel": {"port": 0, "ready_verdict_age_s": 2.0, **panel},
     })
