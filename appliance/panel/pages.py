@@ -33,14 +33,14 @@ def _page(title: str, page: str, body: str, session: Session | None) -> str:
                f'<form method="post" action="/logout"><input type="hidden" '
                f'name="{CSRF_FIELD}" value="{e(session.csrf_token)}">'
                '<button type="submit">Log out</button></form>'
-               '<span id="alarm-badge" class="badge" hidden></span></nav>')
+               '<a href="/alarms" id="alarm-badge" class="badge" hidden></a></nav>')
     csrf = e(session.csrf_token) if session else ""
     role = e(session.role) if session else ""
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name=viewport content="width=device-width, initial-scale=1">'
         f"<title>{e(title)} · lineguard</title>"
-        '<link rel=stylesheet href="/static/panel.css"></head>'
+        '<link rel=icon href="data:,"><link rel=stylesheet href="/static/panel.css"></head>'
         f'<body data-page="{page}" data-csrf="{csrf}" data-role="{role}">{nav}'
         f"<main>{body}</main>"
         '<script src="/static/panel.js"></script></body></html>')

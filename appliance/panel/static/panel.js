@@ -39,18 +39,22 @@
   function time(s) { return s ? new Date(s * 1000).toLocaleString() : "–"; }
   function pct(v) { return v === null || v === undefined ? "–" : v.toFixed(1) + " %"; }
 
-  // Boxes over a picture: an SVG in the picture's own pixel coordinates.
+  // Boxes over a picture: a layer of boxes placed in percent of the picture's own pixel
+  // size (so lines and labels keep their size on screen whatever the scale).
   function overlay(width, height, defects, extra) {
-    const s = svg("svg", { viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none" });
+    const layer = el("div", { class: "overlay" });
     (defects || []).forEach((d, i) => {
       const [x1, y1, x2, y2] = d.box_xyxy;
-      s.append(svg("rect", { class: "box" + (extra ? " " + extra : ""), x: x1, y: y1,
-                             width: Math.max(1, x2 - x1), height: Math.max(1, y2 - y1) }));
-      const t = svg("text", { class: "boxlabel", x: x1 + 2, y: Math.max(12, y1 - 3) });
-      t.textContent = `${i + 1} ${d.class_name}` + (d.score !== undefined ? ` ${d.score.toFixed(2)}` : "");
-      s.append(t);
+      const box = el("div", { class: "box" + (extra ? " " + extra : "") });
+      box.style.left = (100 * x1 / width) + "%";
+      box.style.top = (100 * y1 / height) + "%";
+      box.style.width = (100 * Math.max(1, x2 - x1) / width) + "%";
+      box.style.height = (100 * Math.max(1, y2 - y1) / height) + "%";
+      box.append(el("span", { class: "boxlabel", text: `${i + 1} ${d.class_name}` +
+        (d.score !== undefined ? ` ${d.score.toFixed(2)}` : "") }));
+      layer.append(box);
     });
-    return s;
+    return layer;
   }
 
   // -------------------------------------------------------------- live view
@@ -66,7 +70,8 @@
       const list = el("ul", { class: "defects" });
       const info = el("p", { class: "muted" });
       const node = el("section", { class: "station", "data-station": name },
-        el("header", {}, el("span", { class: "name", text: name }), verdict), view, list, info);
+        el("header", {}, el("span", { class: "name", text: name }), verdict),
+        el("div", { class: "row" }, view, el("div", { class: "side" }, list, info)));
       root.append(node);
       cards[name] = { node, verdict, img, view, list, info };
       return cards[name];
@@ -83,7 +88,7 @@
           c.verdict.className = "verdict " + f.verdict;
           c.verdict.textContent = WORD[f.verdict] + (f.reason ? ": " + f.reason : "");
           if (f.jpeg_b64) c.img.src = "data:image/jpeg;base64," + f.jpeg_b64;
-          c.view.querySelector("svg")?.remove();
+          c.view.querySelector(".overlay")?.remove();
           if (f.width_px) c.view.append(overlay(f.width_px, f.height_px, f.defects));
           c.list.replaceChildren(...f.defects.map((d, i) =>
             el("li", { text: `${i + 1}. ${d.class_name} ${(100 * d.score).toFixed(0)} %` })));
@@ -193,7 +198,7 @@
     const info = document.getElementById("frame-info");
     const msg = document.getElementById("frame-msg");
     const missed = document.getElementById("missed");
-    let f, box = null;
+    let f, box = null, start = null;  // start: where a drag began (picture pixels)
     async function refresh() {
       f = await getJSON("/api/frames/" + encodeURIComponent(id));
       document.getElementById("labels").replaceChildren(el("table", {},
@@ -207,24 +212,26 @@
     const sel = document.getElementById("missed-class");
     for (const c of f.classes) sel.append(el("option", { value: c, text: c }));
     function draw() {
-      view.querySelector("svg")?.remove();
-      const s = overlay(img.naturalWidth, img.naturalHeight, f.defects);
+      view.querySelector(".overlay")?.remove();
+      const W = img.naturalWidth, H = img.naturalHeight;
+      const s = overlay(W, H, f.defects);
+      const marked = f.labels.filter(l => l.kind === "missed" && l.box_xyxy)
+        .map(l => ({ class_name: "missed " + l.class_name, box_xyxy: l.box_xyxy }));
+      for (const m of overlay(W, H, marked, "missed").children) s.append(m);
       if (box) {
-        s.append(svg("rect", { class: "box drawing", x: Math.min(box[0], box[2]), y: Math.min(box[1], box[3]),
-          width: Math.abs(box[2] - box[0]), height: Math.abs(box[3] - box[1]) }));
+        const b = [Math.min(box[0], box[2]), Math.min(box[1], box[3]), Math.max(box[0], box[2]), Math.max(box[1], box[3])];
+        for (const m of overlay(W, H, [{ class_name: "new", box_xyxy: b }], "drawing").children) s.append(m);
       }
       view.append(s);
-      const scale = () => { const r = s.getBoundingClientRect(); return [img.naturalWidth / r.width, img.naturalHeight / r.height, r]; };
-      let start = null;
-      s.addEventListener("pointerdown", ev => {
-        const [sx, sy, r] = scale();
-        start = [(ev.clientX - r.left) * sx, (ev.clientY - r.top) * sy];
-        s.setPointerCapture(ev.pointerId);
-      });
+      const toImage = ev => {
+        const r = s.getBoundingClientRect();
+        return [Math.min(W, Math.max(0, (ev.clientX - r.left) * W / r.width)),
+                Math.min(H, Math.max(0, (ev.clientY - r.top) * H / r.height))];
+      };
+      s.addEventListener("pointerdown", ev => { start = toImage(ev); ev.preventDefault(); });
       s.addEventListener("pointermove", ev => {
         if (!start) return;
-        const [sx, sy, r] = scale();
-        box = [start[0], start[1], (ev.clientX - r.left) * sx, (ev.clientY - r.top) * sy];
+        box = [...start, ...toImage(ev)];
         draw();
       });
       s.addEventListener("pointerup", () => { start = null; if (box) missed.hidden = false; });
@@ -263,8 +270,8 @@
       try {
         await post(`/api/frames/${encodeURIComponent(id)}/labels`, { kind: "missed", class_name: sel.value, box_xyxy: b });
         msg.textContent = `Saved: missed ${sel.value}`;
-        f.defects = f.defects; box = null; missed.hidden = true; draw();
-        await refresh();
+        box = null; missed.hidden = true;
+        await refresh(); draw();
       } catch (e) { msg.textContent = "Not saved: " + e.message; }
     });
   }
