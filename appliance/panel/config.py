@@ -24,6 +24,7 @@ class ShiftConfig(_Section):
     """One shift: its name and local start time; it lasts until the next shift starts."""
 
     name: str = Field(min_length=1, max_length=32)
+    """Shown on the counters page (`early`, `B`, ...)."""
     start: dtime
     """Local time of day (HH:MM) the shift starts."""
 
@@ -40,15 +41,20 @@ class LoginLimitConfig(_Section):
     Retry-After until the window has room again."""
 
     per_client: int = Field(10, ge=1, le=10_000)
+    """Failed attempts from one client IP address."""
     per_user: int = Field(5, ge=1, le=10_000)
+    """Failed attempts for one user name, from anywhere."""
     window_s: float = Field(60.0, gt=0.0, le=86_400.0)
+    """The sliding window the attempts are counted in."""
 
 
 class TlsConfig(_Section):
     """HTTPS: PEM certificate chain and private key files."""
 
     cert_file: Path
+    """PEM certificate (chain) the panel presents."""
     key_file: Path
+    """PEM private key of the certificate; readable by the appliance's user only."""
 
 
 class PanelConfig(_Section):
@@ -57,9 +63,10 @@ class PanelConfig(_Section):
     host: str = "127.0.0.1"
     """Address to bind. Anything but loopback exposes the panel to the network: use TLS."""
     port: int = Field(8080, ge=0, le=65_535)
-    """TCP port; 0 picks a free one (tests), reported in the log and `PanelServer.port`."""
+    """TCP port; 0 picks a free one (tests), reported in the log."""
     tls: TlsConfig | None = None
-    """HTTPS with these files; None serves plain HTTP (fine on loopback)."""
+    """HTTPS with these files (the session cookie is then `Secure`); absent: plain HTTP,
+    fine on loopback."""
     shifts: list[ShiftConfig] = Field(default_factory=_default_shifts, min_length=1,
                                       max_length=12)
     """Shift start times (local time); the counters page shows the current shift."""
@@ -71,12 +78,14 @@ class PanelConfig(_Section):
     live_rate_hz: float = Field(10.0, ge=1.0, le=30.0)
     """Most live-view frames per second per station (JPEG encodes are cached this long)."""
     live_jpeg_quality: int = Field(80, ge=20, le=95)
+    """JPEG quality of the live view's frames."""
     ready_verdict_age_s: float = Field(5.0, gt=0.0, le=3600.0)
-    """/readyz is 503 when no verdict was made in this many seconds."""
+    """/readyz is 503 when no `pass` or `fail` verdict was made in this many seconds."""
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     """Largest request body accepted (413 above)."""
     thresholds_file: Path | None = None
-    """Where engineer threshold overrides persist; None: `<data_dir>/thresholds.json`."""
+    """Where the engineers' class threshold overrides persist; absent:
+    `<data_dir>/thresholds.json`."""
 
     @model_validator(mode="after")
     def _check(self) -> PanelConfig:
