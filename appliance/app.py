@@ -30,11 +30,14 @@ from typing import Any, Protocol
 
 from appliance.alarm_rules import AlarmInputs, AlarmMonitor, alarm_inputs
 from appliance.alarms import AlarmBook
-from appliance.labels import LabelBook
 from appliance.capture import Frame, FrameSource, make_source
 from appliance.capture.probe import require_file_sources
 from appliance.config import ApplianceConfig, PipelineConfig
 from appliance.errors import ConfigError, EngineError, NoModelError
+from appliance.labels import LabelBook
+from appliance.panel.metrics import PrometheusExporter, state_from_app
+from appliance.panel.ports import NoRollback, RollbackControl
+from appliance.panel.service import Panel
 from appliance.pipeline.batcher import DynamicBatcher
 from appliance.pipeline.behind import BehindMonitor
 from appliance.pipeline.cpu import CpuMeter
@@ -61,12 +64,9 @@ from appliance.pipeline.verdicts import VerdictBook
 from appliance.readiness import Readiness, readiness_of
 from appliance.records import EventRecord, EventValue, InspectionRecord, Severity
 from appliance.records import UninspectedReason as Reason
-from appliance.panel.ports import NoRollback, RollbackControl
-from appliance.panel.service import Panel
-from appliance.panel.metrics import PrometheusExporter, state_from_app
 from appliance.store import Store
-from appliance.users import UserBook
 from appliance.telemetry import Telemetry, TelemetryError, pipeline_gauges
+from appliance.users import UserBook
 from models.bundle import Bundle, open_bundle
 from models.errors import ModelError
 from protocol.app_version import app_version
@@ -356,8 +356,9 @@ class App:
         cfg = self.cfg
         if cfg.panel is None:
             return None
-        model = pipeline.model
-        classes = model.info.classes if model is not None else ()
+        def classes() -> tuple[str, ...]:  # the active model's, after a hot swap too
+            model = pipeline.model
+            return model.info.classes if model is not None else ()
         exporter = PrometheusExporter(lambda: state_from_app(self))
         pipeline.add_listener(exporter.observe)
         panel = Panel(cfg.panel, pipeline=pipeline, db_path=cfg.store.path,

@@ -120,12 +120,13 @@ def image_size_wh(path: Path) -> tuple[int, int]:
     return int(image.shape[1]), int(image.shape[0])
 
 
-def check_label(kind: str, facts: FrameFacts, classes: Sequence[str], *,
+def check_label(kind: str, facts: FrameFacts, classes: Sequence[str] | None, *,
                 defect_index: int | None, class_name: str | None,
                 box_xyxy: Sequence[float] | None,
                 image_wh: tuple[int, int] | None) -> tuple[LabelKind, BoxXYXY | None]:
-    """Validate one label against its frame (pure). Returns the kind and the box as
-    floats. Raises BadLabel with what is wrong."""
+    """Validate one label against its frame (pure; `classes` None: any class name of 1
+    to 128 characters). Returns the kind and the box as floats. Raises BadLabel with
+    what is wrong."""
     checked: LabelKind | None = next((k for k in LABEL_KINDS if k == kind), None)
     if checked is None:
         raise BadLabel(f"unknown label kind {kind!r}: expected one of {', '.join(LABEL_KINDS)}")
@@ -144,7 +145,10 @@ def check_label(kind: str, facts: FrameFacts, classes: Sequence[str], *,
         return checked, None
     if defect_index is not None:
         raise BadLabel("a missed label gives class_name and box_xyxy, not defect_index")
-    if class_name is None or class_name not in classes:
+    if classes is None:
+        if not isinstance(class_name, str) or not 1 <= len(class_name.strip()) <= 128:
+            raise BadLabel("a missed label needs class_name (1 to 128 characters)")
+    elif class_name is None or class_name not in classes:
         raise BadLabel(f"class_name {class_name!r} is not one of the model's classes: "
                        f"{', '.join(classes)}")
     if box_xyxy is None or len(box_xyxy) != 4:
@@ -166,19 +170,28 @@ def check_label(kind: str, facts: FrameFacts, classes: Sequence[str], *,
     return checked, (x1, y1, x2, y2)
 
 
-class LabelBook:
-    """See the module docstring. `classes` are the model's class names (what a missed
-    defect may be). Thread-safe."""
+ClassNames = Sequence[str] | Callable[[], Sequence[str]]
+"""The model's class names, or a function giving the current ones (after a hot swap)."""
 
-    def __init__(self, store: Store, classes: Sequence[str], *,
+
+class LabelBook:
+    """See the module docstring. `classes`: what a missed defect may be (the active
+    model's class names, or a function returning them); None accepts any class name of
+    1 to 128 characters (the export then skips frames with a class its bundle lacks).
+    Thread-safe."""
+
+    def __init__(self, store: Store, classes: ClassNames | None = None, *,
                  clock: Callable[[], float] = time.time) -> None:
         self._store = store
-        self._classes = list(classes)
+        self._classes = classes
         self._clock = clock
 
     @property
-    def classes(self) -> list[str]:
-        return list(self._classes)
+    def classes(self) -> list[str] | None:
+        """The class names a missed defect may have now (None: any)."""
+        if self._classes is None:
+            return None
+        return list(self._classes() if callable(self._classes) else self._classes)
 
     def _reader(self) -> sqlite3.Connection:
         try:
@@ -228,7 +241,7 @@ class LabelBook:
             raise BadLabel(f"frame {frame_id} has no kept image (not sampled, or already "
                            "deleted); only frames shown with their image can be labelled")
         wh = image_size_wh(facts.image_path) if kind == "missed" else None
-        checked, box = check_label(kind, facts, self._classes, defect_index=defect_index,
+        checked, box = check_label(kind, facts, self.classes, defect_index=defect_index,
                                    class_name=class_name, box_xyxy=box_xyxy, image_wh=wh)
         if not self._store.pin_image(frame_id):
             raise BadLabel(f"the image of frame {frame_id} was just deleted (image quota); "

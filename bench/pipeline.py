@@ -21,7 +21,8 @@ bundled at each size), so (a)-(d) run the model that fits the data:
   far above a real line's fail rate); e/b is what telemetry costs the pipeline;
 - (f) with `--panel`: the operator panel on (appliance/panel, uvicorn in the appliance
   process) and five clients in another process (bench/panel_clients.py) following the
-  live view at 10 requests/s each and polling the counters and the series every second.
+  live view's event stream (up to 10 frames/s each) and polling the counters and the
+  series every second.
   The live view needs the frames, so (f) runs with `keep_images` on, and is compared
   with (b_img), the same pipeline with images kept and no panel: f/b_img is what the
   panel costs the pipeline (target >= 0.95);

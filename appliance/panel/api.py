@@ -7,23 +7,25 @@ No `from __future__ import annotations` here: FastAPI reads the route signatures
 `Annotated` dependencies at definition time.
 """
 
-import base64
+import asyncio
 import dataclasses
+import json
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from appliance.errors import BadLabel, UnknownAlarm, UnknownFrame
 from appliance.panel.auth import Auth
 from appliance.panel.context import PanelContext
+from appliance.panel.live import LiveFrame
 from appliance.panel.ports import LabelKind, RollbackUnavailable
 from appliance.panel.sessions import Session
 from appliance.panel.shifts import current_shift
@@ -34,6 +36,8 @@ from appliance.store.queries import open_reader
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 HOUR_S = 3600.0
+KEEPALIVE_S = 1.0
+"""A live stream without a new frame this long sends a comment line."""
 
 
 class LabelIn(BaseModel):
@@ -75,6 +79,10 @@ class TtlCache:
             return value
 
 
+def _empty_live(seq: int) -> str:
+    return '{"stations":{},"seq":' + str(seq) + "}"
+
+
 def plain(obj: Any) -> Any:
     """A JSON-ready form of a collaborator's value (dataclass, pydantic model, tuple)."""
     as_dict = getattr(obj, "as_dict", None)
@@ -110,6 +118,20 @@ def api_router(ctx: PanelContext, auth: Auth) -> APIRouter:
         finally:
             conn.close()
 
+    def newer(after: int) -> list[tuple[str, LiveFrame]]:
+        frames = ((station, ctx.live.latest(station)) for station in ctx.stations)
+        return [(st, f) for st, f in frames if f is not None and f.seq > after]
+
+    def live_body(after: int) -> tuple[str | None, int]:
+        """The stations' frames newer than `after` as the /api/live JSON (pre-serialized
+        per frame by live.py; None when there is none) and the seq to ask after next."""
+        found = newer(after)
+        if not found:
+            return None, after
+        seq = max(f.seq for _, f in found)
+        parts = ",".join(f"{json.dumps(st)}:{f.json}" for st, f in found)
+        return '{"stations":{' + parts + '},"seq":' + str(seq) + "}", seq
+
     # ---------------------------------------------------------------- machine endpoints
     @router.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -138,27 +160,37 @@ def api_router(ctx: PanelContext, auth: Auth) -> APIRouter:
 
     # ---------------------------------------------------------------- live view
     @router.get("/api/live")
-    def live(session: Annotated[Session, Depends(auth.session)],
-             after: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+    async def live(session: Annotated[Session, Depends(auth.session)],
+                   after: Annotated[int, Query(ge=0)] = 0) -> Response:
         """Each station's latest frame newer than `after` (a seq from an earlier answer):
-        verdict, defects and the JPEG (base64), so picture and boxes always match."""
-        stations: dict[str, Any] = {}
-        for station in ctx.stations:
-            frame = ctx.live.latest(station)
-            if frame is None or frame.seq <= after:
-                continue
-            r = frame.record
-            stations[station] = {
-                "seq": frame.seq, "frame_id": r.frame_id, "verdict": r.verdict,
-                "reason": r.reason, "judged_at": r.judged_at,
-                "model_version": r.model_version, "width_px": frame.width_px,
-                "height_px": frame.height_px,
-                "defects": [{"class_name": d.class_name, "score": round(d.score, 3),
-                             "box_xyxy": d.box_xyxy} for d in r.defects],
-                "jpeg_b64": base64.b64encode(frame.jpeg).decode() if frame.jpeg else None,
-            }
-        return {"stations": stations, "seq": max([after, *(s["seq"] for s in
-                                                           stations.values())])}
+        verdict, defects and the JPEG (base64), so picture and boxes always match. Async
+        and pre-serialized (live.py): the most frequent request costs the least."""
+        body, _ = live_body(after)
+        return Response(body or _empty_live(after), media_type="application/json",
+                        headers={"Cache-Control": "no-store"})
+
+    @router.get("/api/live/stream")
+    async def live_stream(session: Annotated[Session, Depends(auth.session)]
+                          ) -> StreamingResponse:
+        """Server-sent events: one `data:` line (the /api/live body) per new frame, at
+        most at the live rate; what the live page follows. Ends when the session
+        expires or the panel stops (the browser's EventSource then reconnects)."""
+        async def events() -> AsyncIterator[str]:
+            seq, quiet_s = 0, 0.0
+            yield "retry: 1000\n\n"
+            while not ctx.live.closed and ctx.sessions.get(session.id) is not None:
+                body, seq = live_body(seq)
+                if body is not None:
+                    quiet_s = 0.0
+                    yield f"data: {body}\n\n"
+                elif quiet_s >= KEEPALIVE_S:  # a comment: the connection is alive
+                    quiet_s = 0.0
+                    yield ": keepalive\n\n"
+                await asyncio.sleep(ctx.live.interval_s)
+                quiet_s += ctx.live.interval_s
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store",
+                                          "X-Accel-Buffering": "no"})
 
     # ---------------------------------------------------------------- counters, series
     @router.get("/api/counters")

@@ -30,12 +30,17 @@ class Auth:
 
     def __init__(self, ctx: PanelContext) -> None:
         self._ctx = ctx
-        self.session: Callable[[Request], Session] = self._session
+        # async although they do no IO: FastAPI runs a sync dependency in its thread pool
+        # (a thread hop per request), an async one inline.
+        self.session: Callable[[Request], Awaitable[Session]] = self._session_dep
         self.csrf: Callable[[Request], Awaitable[Session]] = self._csrf
         self.engineer: Callable[[Request], Awaitable[Session]] = self._engineer
 
     def optional(self, request: Request) -> Session | None:
         return self._ctx.sessions.get(request.cookies.get(COOKIE))
+
+    async def _session_dep(self, request: Request) -> Session:
+        return self._session(request)
 
     def _session(self, request: Request) -> Session:
         session = self.optional(request)

@@ -4,14 +4,16 @@ Invariants:
 - `offer(record)` is a verdict sink: it runs in the thread that closed the frame and
   does one dict store under a lock (a reference swap) and notes the time of the last
   real verdict (for /readyz), nothing else: no copy, no encode;
-- JPEG encoding happens lazily in the reader's thread (`jpeg`), at most once per
-  station every `1 / rate_hz` seconds: readers in between share the cached bytes, so
-  five clients cost one encode per interval, not five;
+- JPEG encoding (and the JSON the live view sends) happens lazily in the reader's
+  thread (`latest`), at most once per station every `1 / rate_hz` seconds: readers in
+  between share the cached result, so five clients cost one encode per interval, not five;
 - the holder is bounded: one record per station (stations are named in the config).
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -26,13 +28,29 @@ from appliance.records import InspectionRecord
 class LiveFrame:
     """One station's latest frame as the live view shows it: `seq` grows with every new
     record (a client polls `?after=seq`); `jpeg` is the encoded image (None: the frame had
-    no image, e.g. `uninspected` without one)."""
+    no image, e.g. `uninspected` without one); `json` is what /api/live sends for it,
+    serialized once per encode, whatever the number of viewers."""
 
     seq: int
     record: InspectionRecord
     jpeg: bytes | None
     width_px: int
     height_px: int
+    json: str = ""
+
+
+def live_json(seq: int, record: InspectionRecord, jpeg: bytes | None, width_px: int,
+              height_px: int) -> str:
+    """The live view's JSON object for one frame (the JPEG base64-encoded, so picture and
+    boxes always arrive together)."""
+    return json.dumps({
+        "seq": seq, "frame_id": record.frame_id, "verdict": record.verdict,
+        "reason": record.reason, "judged_at": record.judged_at,
+        "model_version": record.model_version, "width_px": width_px, "height_px": height_px,
+        "defects": [{"class_name": d.class_name, "score": round(d.score, 3),
+                     "box_xyxy": d.box_xyxy} for d in record.defects],
+        "jpeg_b64": base64.b64encode(jpeg).decode() if jpeg else None,
+    })
 
 
 class LiveFrames:
@@ -51,6 +69,8 @@ class LiveFrames:
         self._encode_lock = threading.Lock()
         self._seq = 0
         self._last_verdict: float | None = None
+        self.closed = False
+        """Set by `close` (the panel stops): live streams end."""
         self.encodes = 0
 
     def offer(self, record: InspectionRecord) -> None:
@@ -66,6 +86,14 @@ class LiveFrames:
         records do not count: they prove no part was judged."""
         last = self._last_verdict
         return None if last is None else max(0.0, self._mono() - last)
+
+    @property
+    def interval_s(self) -> float:
+        """The live rate's interval: how often a stream looks for a new frame."""
+        return self._interval_s
+
+    def close(self) -> None:
+        self.closed = True
 
     def stations(self) -> list[str]:
         with self._lock:
@@ -92,8 +120,10 @@ class LiveFrames:
     def _encode(self, seq: int, record: InspectionRecord) -> LiveFrame:
         image = record.image_bgr
         if image is None or image.size == 0:
-            return LiveFrame(seq, record, None, 0, 0)
+            return LiveFrame(seq, record, None, 0, 0, live_json(seq, record, None, 0, 0))
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self._quality])
         self.encodes += 1
-        height, width = image.shape[:2]
-        return LiveFrame(seq, record, bytes(buf) if ok else None, int(width), int(height))
+        height, width = int(image.shape[0]), int(image.shape[1])
+        jpeg = bytes(buf) if ok else None
+        return LiveFrame(seq, record, jpeg, width, height,
+                         live_json(seq, record, jpeg, width, height))

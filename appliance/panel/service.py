@@ -68,4 +68,5 @@ class Panel:
         self.server.start()
 
     def stop(self) -> None:
+        self.live.close()  # live streams end within one interval
         self.server.stop()

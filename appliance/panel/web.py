@@ -12,10 +12,9 @@ from importlib.resources import files
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance.panel.api import api_router
@@ -94,25 +93,46 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": response.body})
 
 
+class Guard:
+    """Refuse a state-changing request from another origin whatever it carries
+    (SameSite=Strict cookies and the CSRF token are the other two locks), and add the
+    security headers to every response. Plain ASGI (no per-request task)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+        self._headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            headers = dict(scope.get("headers", []))
+            origin = headers.get(b"origin")
+            if origin is not None and urlsplit(origin.decode("latin-1")).netloc != \
+                    headers.get(b"host", b"").decode("latin-1"):
+                response = JSONResponse({"detail": "cross-origin request refused"},
+                                        status_code=403)
+                await response(scope, receive, send)
+                return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  *(h for h in self._headers
+                                                    if h[0] not in present)]}
+            await send(message)
+
+        await self._app(scope, receive, with_headers)
+
+
 def create_app(ctx: PanelContext) -> FastAPI:
     """The panel application over `ctx`."""
     app = FastAPI(title="lineguard panel", docs_url=None, redoc_url=None, openapi_url=None)
     auth = Auth(ctx)
 
-    async def guard(request: Request, call_next: RequestResponseEndpoint) -> Response:
-        # A state-changing request from another origin is refused whatever it carries
-        # (SameSite=Strict cookies and the CSRF token are the other two locks).
-        if request.method not in ("GET", "HEAD", "OPTIONS"):
-            origin = request.headers.get("origin")
-            if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
-                return JSONResponse({"detail": "cross-origin request refused"},
-                                    status_code=403)
-        response = await call_next(request)
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        return response
-
-    app.add_middleware(BaseHTTPMiddleware, dispatch=guard)
+    app.add_middleware(Guard)
     app.add_middleware(BodyLimit, max_bytes=ctx.cfg.max_body_bytes)
     app.include_router(api_router(ctx, auth))
     app.include_router(pages_router(ctx, auth))

@@ -341,3 +341,21 @@ def test_app_raises_camera_lost_and_clears_it_when_the_camera_returns(tmp_path: 
         assert book.current() == []
     finally:
         app.stop()
+
+
+def test_schema_allows_one_active_row_per_code_and_station(store: Store) -> None:
+    conn = sqlite3.connect(str(store.path))
+    insert = ("INSERT INTO alarms (code, station, severity, message, raised_at,"
+              " last_raised_at, cleared_at) VALUES (?, ?, 'warning', 'm', 0, 0, ?)")
+    try:
+        conn.execute(insert, ("drift", None, None))
+        conn.execute(insert, ("drift", None, 5.0))  # cleared occurrences: any number
+        conn.execute(insert, ("drift", "s1", None))
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute(insert, ("drift", None, None))
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("INSERT INTO alarms (code, severity, message, raised_at,"
+                         " last_raised_at, acked_at) VALUES ('x', 'warning', 'm', 0, 0, 1)")
+    finally:
+        conn.rollback()
+        conn.close()

@@ -105,6 +105,26 @@ def test_bad_labels_are_refused_and_nothing_is_written(
     assert book.pending_export() == [] and not store.image_pinned("s1:0")
 
 
+def test_classes_may_follow_the_model_or_be_open(store: Store) -> None:
+    current = ["pit"]
+    book = LabelBook(store, lambda: current)
+    with pytest.raises(BadLabel, match="not one of the model's classes: pit"):
+        book.add("s1:0", "missed", "anna", class_name="crack", box_xyxy=(1, 1, 5, 5))
+    current.append("crack")  # a hot swap to a model that knows cracks
+    assert book.add("s1:0", "missed", "anna", class_name="crack",
+                    box_xyxy=(1, 1, 5, 5)).class_name == "crack"
+    open_book = LabelBook(store)
+    assert open_book.classes is None
+    assert open_book.add("s1:1", "missed", "anna", class_name="dent",
+                         box_xyxy=(1, 1, 5, 5)).class_name == "dent"
+    with pytest.raises(BadLabel, match="needs class_name"):
+        open_book.add("s1:1", "missed", "anna", class_name=" ", box_xyxy=(1, 1, 5, 5))
+    # the export skips the frame whose class its bundle lacks; its label stays pending
+    result = export_labels(store, store.path.parent / "out", CLASSES)
+    assert result.frames == 1 and "dent" in result.skipped["s1:1"]
+    assert [lb.frame_id for lb in open_book.pending_export()] == ["s1:1"]
+
+
 def test_a_frame_without_a_kept_image_cannot_be_labelled(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path, images={"keep_pass_fraction": 0.0})
     with Store(cfg) as store:

@@ -160,7 +160,7 @@ def test_missing_tls_files_and_a_taken_port_are_config_errors(tmp_path: Path) ->
     try:
         bad = PanelConfig(port=0, tls=TlsConfig(cert_file=tmp_path / "none.pem",
                                                 key_file=tmp_path / "none.key"))
-        with pytest.raises(ConfigError, match="none.pem"):
+        with pytest.raises(ConfigError, match=r"none\.pem"):
             PanelServer(bad, create_app(rig.ctx)).start()
         taken = PanelConfig(port=rig.server.port)
         with pytest.raises(ConfigError, match="cannot listen"):
@@ -239,6 +239,31 @@ def test_live_view_gives_the_latest_frame_per_station_with_its_picture(rig: Pane
     again = c.get("/api/live", params={"after": data["seq"]}).json()
     assert again["stations"] == {} and again["seq"] == data["seq"]
     assert c.get("/api/live", params={"after": -1}).status_code == 422
+
+
+def test_live_stream_sends_each_new_frame_as_an_event(tmp_path: Path) -> None:
+    clock = Clock(time.time())
+    rig = PanelRig(tmp_path, clock=clock)
+    try:
+        rig.add_users()
+        rig.submit([fail_record(1, judged_at=clock.now)])
+        c = rig.client()
+        with c.stream("GET", "/api/live/stream") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            lines = stream.iter_lines()
+            events = (json.loads(line[6:]) for line in lines if line.startswith("data: "))
+            first = next(events)
+            assert first["stations"]["cam"]["frame_id"] == "cam:1"
+            rig.live.offer(fail_record(2, judged_at=clock.now))
+            second = next(events)
+            assert list(second["stations"]) == ["cam"]  # only what is new
+            assert second["stations"]["cam"]["frame_id"] == "cam:2"
+            assert second["seq"] > first["seq"]
+            clock.now += 13 * 3600.0  # the session expires: the stream ends
+            assert [line for line in lines if line.startswith("data: ")] == []
+        assert rig.anonymous().get("/api/live/stream").status_code == 401
+    finally:
+        rig.close()
 
 
 def test_live_encodes_at_most_at_the_live_rate() -> None:
@@ -428,7 +453,8 @@ def test_rollback_without_a_previous_bundle_is_409(rig: PanelRig) -> None:
 
 def test_a_rollback_control_is_called_with_the_engineer(tmp_path: Path) -> None:
     class Updater:
-        calls: list[str] = []
+        def __init__(self) -> None:
+            self.calls: list[str] = []
 
         def previous(self) -> str | None:
             return "tiny:1"

@@ -1,11 +1,13 @@
 """The panel served by a real appliance on the simulated line (demo bundle): readiness
 follows the camera, the engineer's thresholds reach the running judge, the model page
-shows the active bundle, /metrics is Prometheus text, and the server stops with the App (the fixture's teardown)."""
+shows the active bundle, /metrics is Prometheus text, and the server stops with the App
+(the fixture's teardown)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -68,9 +70,12 @@ def test_engineer_thresholds_reach_the_running_judge(running: RunningApp) -> Non
     assert r.status_code == 200
     seq = c.get("/api/live").json()["seq"]
     # no score exceeds 1.0: every part judged from now on passes
+    def newer(after: int) -> dict[str, Any]:
+        return dict(wait_for(lambda: c.get("/api/live", params={"after": after}
+                                           ).json()["stations"], 15.0, "a new frame")["cam"])
+
     for _ in range(3):
-        frame = wait_for(lambda: c.get("/api/live", params={"after": seq}).json()["stations"],
-                         15.0, "a new frame")["cam"]
+        frame = newer(seq)
         seq = frame["seq"]
     assert frame["verdict"] == "pass" and frame["defects"] == []
     assert (running.cfg.data_dir / "thresholds.json").is_file()

@@ -76,28 +76,43 @@
       cards[name] = { node, verdict, img, view, list, info };
       return cards[name];
     }
-    async function tick() {
-      try {
-        const data = await getJSON("/api/live?after=" + seq);
-        seq = data.seq;
-        for (const [name, f] of Object.entries(data.stations)) {
-          document.getElementById("live-empty").hidden = true;
-          const c = card(name);
-          c.node.className = "station " + f.verdict;
-          c.node.dataset.frame = f.frame_id;
-          c.verdict.className = "verdict " + f.verdict;
-          c.verdict.textContent = WORD[f.verdict] + (f.reason ? ": " + f.reason : "");
-          if (f.jpeg_b64) c.img.src = "data:image/jpeg;base64," + f.jpeg_b64;
-          c.view.querySelector(".overlay")?.remove();
-          if (f.width_px) c.view.append(overlay(f.width_px, f.height_px, f.defects));
-          c.list.replaceChildren(...f.defects.map((d, i) =>
-            el("li", { text: `${i + 1}. ${d.class_name} ${(100 * d.score).toFixed(0)} %` })));
-          c.info.textContent = `${f.frame_id} · model ${f.model_version || "none"}`;
-        }
-      } catch (e) { /* the next tick retries */ }
-      setTimeout(tick, 100);
+    function show(data) {
+      seq = Math.max(seq, data.seq);
+      for (const [name, f] of Object.entries(data.stations)) {
+        document.getElementById("live-empty").hidden = true;
+        const c = card(name);
+        c.node.className = "station " + f.verdict;
+        c.node.dataset.frame = f.frame_id;
+        c.verdict.className = "verdict " + f.verdict;
+        c.verdict.textContent = WORD[f.verdict] + (f.reason ? ": " + f.reason : "");
+        if (f.jpeg_b64) c.img.src = "data:image/jpeg;base64," + f.jpeg_b64;
+        c.view.querySelector(".overlay")?.remove();
+        if (f.width_px) c.view.append(overlay(f.width_px, f.height_px, f.defects));
+        c.list.replaceChildren(...f.defects.map((d, i) =>
+          el("li", { text: `${i + 1}. ${d.class_name} ${(100 * d.score).toFixed(0)} %` })));
+        c.info.textContent = `${f.frame_id} · model ${f.model_version || "none"}`;
+      }
     }
-    tick();
+    // Server-sent events: one message per new frame (at most the live rate). Where
+    // EventSource is missing, poll.
+    if (window.EventSource) {
+      const follow = () => {
+        const source = new EventSource("/api/live/stream");
+        source.onmessage = ev => show(JSON.parse(ev.data));
+        source.onerror = () => {
+          if (source.readyState !== EventSource.CLOSED) return;  // it reconnects itself
+          // refused (session expired: getJSON goes to the login page), or gone: retry
+          getJSON("/api/session").catch(() => {}).finally(() => setTimeout(follow, 2000));
+        };
+      };
+      follow();
+    } else {
+      const tick = async () => {
+        try { show(await getJSON("/api/live?after=" + seq)); } catch (e) { /* retried */ }
+        setTimeout(tick, 100);
+      };
+      tick();
+    }
   }
 
   // -------------------------------------------------------------- counters and charts
