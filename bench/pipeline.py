@@ -472,7 +472,8 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
     b = best_b.fps
     d = max(r.fps for r in d_runs) if d_runs else None
     e = max(r.fps for r in e_runs) if e_runs else None
-    b_img = max(r.fps for r in bi_runs) if bi_runs else None
+    best_bi = max(bi_runs, key=lambda r: r.fps) if bi_runs else None
+    b_img = best_bi.fps if best_bi else None
     best_f = max(f_runs, key=lambda r: r.fps) if f_runs else None
     f = best_f.fps if best_f else None
     rate = b / 2.0
@@ -495,6 +496,10 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
         "b_img_fps_median": (round(statistics.median(r.fps for r in bi_runs), 1)
                              if bi_runs else None),
         "f_clients": best_f.panel_clients if best_f else None,
+        # the appliance process's CPU per frame (ms) without and with the panel: what the
+        # panel costs inside the appliance, apart from the clients' own CPU
+        "b_img_process_cpu_ms": best_bi.cpu_ms_per_frame["process"] if best_bi else None,
+        "f_process_cpu_ms": best_f.cpu_ms_per_frame["process"] if best_f else None,
         "b/a": _ratio(b, a), "b/c": _ratio(b, c), "d/c": _ratio(d, c), "e/b": _ratio(e, b),
         "f/b_img": _ratio(f, b_img),
         "b_mean_batch": round(best_b.mean_batch, 2), "b_verdicts": best_b.verdicts,
