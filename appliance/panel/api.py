@@ -13,7 +13,6 @@ import json
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
@@ -339,6 +338,6 @@ def api_router(ctx: PanelContext, auth: Auth) -> APIRouter:
             active = ctx.rollback.rollback(session.user)
         except RollbackUnavailable as e:
             raise HTTPException(409, str(e)) from e
-        return {"active": active, "at_s": time.time()}
+        return {"active": active, "at_s": ctx.clock()}
 
     return router
