@@ -32,7 +32,8 @@ def client(url: str, user: str, password: str, ready: threading.Barrier,
            stop: threading.Event, totals: dict[str, int], lock: threading.Lock) -> None:
     """One operator: the live page's event stream, and the counters every second."""
     counts = {"requests": 0, "frames": 0, "errors": 0, "jpeg_bytes": 0}
-    with httpx.Client(base_url=url, timeout=httpx.Timeout(10.0, read=5.0)) as c:
+    # login verifies an argon2 hash (and may rehash it): slow on a busy machine
+    with httpx.Client(base_url=url, timeout=60.0) as c:
         r = c.post("/login", data={"username": user, "password": password})
         if r.status_code != 303 or r.headers.get("location") != "/live":
             raise SystemExit(f"login failed: {r.status_code} {r.text[:200]}")
