@@ -271,7 +271,7 @@ def test_a_database_migrated_by_a_newer_build_is_refused(database_url):
         with psycopg.connect(url.replace("postgresql+psycopg", "postgresql"),
                              autocommit=True) as pg:
             pg.execute("UPDATE alembic_version SET version_num = 'fleet_9999'")
-    with pytest.raises(FleetStoreError, match="fleet_9999.*newer lineguard"):
+    with pytest.raises(FleetStoreError, match=r"fleet_9999.*newer lineguard"):
         open_store(database_url)
 
 
