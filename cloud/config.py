@@ -154,7 +154,7 @@ class FleetStoreConfig(_Section):
     @classmethod
     def _moved(cls, data: object) -> object:
         if isinstance(data, dict):
-            moved = [f"store.{key} moved to {_MOVED_STORE_KEYS[key]}"
+            moved = [f"{key} moved to {_MOVED_STORE_KEYS[key]}"
                      for key in data if key in _MOVED_STORE_KEYS]
             if moved:
                 raise ValueError("; ".join(moved))

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 from typing import TypeAlias
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Dialect, Table
 from sqlalchemy.dialects import postgresql, sqlite
 
 DialectInsert: TypeAlias = sqlite.Insert | postgresql.Insert
 
 
-def insert_for(conn: Connection, table: Table) -> DialectInsert:
-    """An INSERT into `table` with ON CONFLICT support for `conn`'s dialect.
+def insert_for(bind: Connection | Dialect, table: Table) -> DialectInsert:
+    """An INSERT into `table` with ON CONFLICT support for the dialect of `bind` (a
+    connection, or the dialect itself).
 
     Raises ValueError for a dialect other than SQLite or PostgreSQL."""
-    name = conn.dialect.name
+    name = bind.dialect.name if isinstance(bind, Connection) else bind.name
     if name == "sqlite":
         return sqlite.insert(table)
     if name == "postgresql":

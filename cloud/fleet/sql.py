@@ -3,8 +3,8 @@
 Portable to SQLite and PostgreSQL: de-duplication is `INSERT ... ON CONFLICT DO
 NOTHING`, upserts are `ON CONFLICT DO UPDATE SET ... excluded.*` (both through
 `cloud.db.insert_for`), and "the larger of" is a CASE (SQLite's two-argument MAX is
-PostgreSQL's GREATEST). Writes run in one transaction per batch; a statement built
-here is compiled once per process (SQLAlchemy's statement cache).
+PostgreSQL's GREATEST). Writes run in one transaction per batch; `Writes` builds and
+compiles them once per store (the collector's hot path: see `Compiled`).
 
 Parameter names: a row of a table is a dict of its column names (`row_params`);
 where-clause parameters of the line updates are prefixed `b_` (SQLAlchemy reserves a
@@ -18,6 +18,7 @@ from typing import Any, Final, TypeAlias
 
 from sqlalchemy import (
     Connection,
+    Dialect,
     Insert,
     Select,
     Table,
@@ -36,11 +37,13 @@ from cloud.fleet.tables import (
     counters,
     defect_events,
     defects,
+    drift_sketches,
     lines,
     messages,
     metrics,
     model_reports,
     quarantine,
+    status_events,
 )
 
 Row = tuple[object, ...]
@@ -62,45 +65,42 @@ def row_params(table: Table, rows: Sequence[Row]) -> list[Params]:
 
 # ---- writes
 
-def insert_new(conn: Connection, table: Table) -> Insert:
-    """INSERT of a table's rows that skips a row whose key is stored already."""
-    return insert_for(conn, table).on_conflict_do_nothing()
+class Compiled:
+    """A write statement compiled once for one dialect and run as the driver's
+    executemany with plain parameters: no per-row work in SQLAlchemy (every value the
+    fleet store writes is an int, float, str or None, which both drivers take as is).
+    `column_keys`: the columns it writes (None: every column of the table)."""
+
+    def __init__(self, stmt: Insert | Update, dialect: Dialect,
+                 column_keys: Sequence[str] | None = None) -> None:
+        compiled = stmt.compile(dialect=dialect,
+                                column_keys=list(column_keys) if column_keys else None)
+        self.text = str(compiled)
+        self.order: tuple[str, ...] | None = (
+            tuple(compiled.positiontup or ()) if compiled.positional else None)
+
+    def run(self, conn: Connection, params: Sequence[Params]) -> None:
+        """Execute for every parameter dict (nothing for none)."""
+        if not params:
+            return
+        if self.order is None:
+            conn.exec_driver_sql(self.text, list(params))
+        else:
+            order = self.order
+            conn.exec_driver_sql(self.text, [tuple(p[k] for k in order) for p in params])
+
+    def run_rows(self, conn: Connection, table: Table, rows: Sequence[Row]) -> None:
+        """Execute for `rows` of `table` (tuples in its column order)."""
+        if not rows:
+            return
+        if self.order is not None and self.order == tuple(table.c.keys()):
+            conn.exec_driver_sql(self.text, list(rows))  # positional, same order
+        else:
+            self.run(conn, row_params(table, rows))
 
 
-def insert_messages(conn: Connection) -> Insert:
-    """INSERT of `messages` rows, skipping stored ids, RETURNING the ids it stored."""
-    return (insert_for(conn, messages)
-            .on_conflict_do_nothing(index_elements=[messages.c.msg_id])
-            .returning(messages.c.msg_id))
-
-
-def known_ids(ids: Sequence[str]) -> AnySelect:
-    """msg_id and content digest of those of `ids` already stored."""
-    return select(messages.c.msg_id, messages.c.content_sha256).where(
-        messages.c.msg_id.in_(ids))
-
-
-def _larger(new: object, old: object) -> object:
-    return case((new > old, new), else_=old)  # type: ignore[operator]
-
-
-def _smaller(new: object, old: object) -> object:
-    return case((new < old, new), else_=old)  # type: ignore[operator]
-
-
-def touch_lines(conn: Connection) -> Insert:
-    """Upsert of `lines` (site, line, first_seen_at_ms, last_seen_at_ms): a new line, or
-    an existing one's first/last seen widened."""
-    stmt = insert_for(conn, lines)
-    ex = stmt.excluded
-    return stmt.on_conflict_do_update(
-        index_elements=[lines.c.site, lines.c.line],
-        set_={
-            "first_seen_at_ms": _smaller(ex.first_seen_at_ms, lines.c.first_seen_at_ms),
-            "last_seen_at_ms": _larger(ex.last_seen_at_ms, lines.c.last_seen_at_ms),
-        },
-    )
-
+KIND_TABLES: Final = (status_events, metrics, defect_events, defects, drift_sketches,
+                      model_reports)
 
 STATUS_KEYS: Final = ("online", "state", "reason", "status_at_ms", "status_msg_id",
                       "app_version", "started_at_ms", "sources_json", "alarms_json",
@@ -109,43 +109,80 @@ MODEL_KEYS: Final = ("model_name", "model_version", "model_label", "model_at_ms"
                      "b_site", "b_line", "b_at")
 
 
-def _line_is(at_column: object) -> object:
+def _larger(new: Any, old: Any) -> Any:
+    return case((new > old, new), else_=old)
+
+
+def _smaller(new: Any, old: Any) -> Any:
+    return case((new < old, new), else_=old)
+
+
+def _line_is(at_column: Any) -> Any:
     return and_(
         lines.c.site == bindparam("b_site"), lines.c.line == bindparam("b_line"),
-        or_(at_column.is_(None), at_column <= bindparam("b_at")),  # type: ignore[attr-defined]
+        or_(at_column.is_(None), at_column <= bindparam("b_at")),
     )
 
 
-# Applied only if newer than what the line shows (a late outbox message never wins).
-# Parameters: STATUS_KEYS / MODEL_KEYS (cloud.fleet.rows.status_update / model_update).
-UPDATE_LINE_STATUS: Final[Update] = (
-    lines.update().where(_line_is(lines.c.status_at_ms)))  # type: ignore[arg-type]
-UPDATE_LINE_MODEL: Final[Update] = (
-    lines.update().where(_line_is(lines.c.model_at_ms)))  # type: ignore[arg-type]
+class Writes:
+    """Every write of an ingest, built and compiled once for a dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        def insert(table: Table) -> Any:
+            return insert_for(dialect, table)
+
+        self.is_sqlite = dialect.name == "sqlite"
+        # A kind row, skipped when its key is stored already.
+        self.kinds = {t.name: Compiled(insert(t).on_conflict_do_nothing(), dialect)
+                      for t in KIND_TABLES}
+        new_message = insert(messages).on_conflict_do_nothing(
+            index_elements=[messages.c.msg_id])
+        self.messages = Compiled(new_message, dialect)
+        # The same, RETURNING the ids it stored (run through SQLAlchemy: a RETURNING
+        # executemany is driver-specific).
+        self.messages_returning: Insert = new_message.returning(messages.c.msg_id)
+        # A new line, or an existing one's first/last seen widened.
+        stmt = insert(lines)
+        self.touch_lines = Compiled(stmt.on_conflict_do_update(
+            index_elements=[lines.c.site, lines.c.line],
+            set_={
+                "first_seen_at_ms": _smaller(stmt.excluded.first_seen_at_ms,
+                                             lines.c.first_seen_at_ms),
+                "last_seen_at_ms": _larger(stmt.excluded.last_seen_at_ms,
+                                           lines.c.last_seen_at_ms),
+            },
+        ), dialect, ["site", "line", "first_seen_at_ms", "last_seen_at_ms"])
+        # Applied only if newer than what the line shows (a late outbox message never
+        # wins). Parameters: STATUS_KEYS / MODEL_KEYS (rows.status_update / model_update).
+        self.update_status = Compiled(
+            lines.update().where(_line_is(lines.c.status_at_ms)), dialect,
+            [k for k in STATUS_KEYS if not k.startswith("b_")])
+        self.update_model = Compiled(
+            lines.update().where(_line_is(lines.c.model_at_ms)), dialect,
+            [k for k in MODEL_KEYS if not k.startswith("b_")])
+        # A repeat of quarantined junk adds to times_seen and moves last seen.
+        stmt = insert(quarantine)
+        self.quarantine = Compiled(stmt.on_conflict_do_update(
+            index_elements=[quarantine.c.quarantine_id],
+            set_={
+                "times_seen": quarantine.c.times_seen + stmt.excluded.times_seen,
+                "last_received_at_ms": _larger(stmt.excluded.last_received_at_ms,
+                                               quarantine.c.last_received_at_ms),
+            },
+        ), dialect)
+        # A collector's counters: adds `value`.
+        stmt = insert(counters)
+        self.counters = Compiled(stmt.on_conflict_do_update(
+            index_elements=[counters.c.collector_id, counters.c.name],
+            set_={"value": counters.c.value + stmt.excluded.value,
+                  "updated_at_ms": stmt.excluded.updated_at_ms},
+        ), dialect)
 
 
-def upsert_quarantine(conn: Connection) -> Insert:
-    """Upsert of `quarantine` rows: a repeat adds to times_seen and moves last seen."""
-    stmt = insert_for(conn, quarantine)
-    ex = stmt.excluded
-    return stmt.on_conflict_do_update(
-        index_elements=[quarantine.c.quarantine_id],
-        set_={
-            "times_seen": quarantine.c.times_seen + ex.times_seen,
-            "last_received_at_ms": _larger(ex.last_received_at_ms,
-                                           quarantine.c.last_received_at_ms),
-        },
-    )
-
-
-def add_counters(conn: Connection) -> Insert:
-    """Upsert of `counters` (collector_id, name, value, updated_at_ms): adds `value`."""
-    stmt = insert_for(conn, counters)
-    ex = stmt.excluded
-    return stmt.on_conflict_do_update(
-        index_elements=[counters.c.collector_id, counters.c.name],
-        set_={"value": counters.c.value + ex.value, "updated_at_ms": ex.updated_at_ms},
-    )
+def known_ids(ids: Sequence[str]) -> AnySelect:
+    """msg_id and content digest of those of `ids` already stored."""
+    return select(messages.c.msg_id, messages.c.content_sha256).where(
+        messages.c.msg_id.in_(ids))
 
 
 # ---- reads

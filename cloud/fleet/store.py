@@ -117,6 +117,7 @@ class FleetStore:
             self._engine: Engine = open_engine(database)
         except (OSError, sa_exc.SQLAlchemyError) as e:
             raise FleetStoreError(f"{self._where}: cannot open the fleet store: {e}") from e
+        self._writes = sql.Writes(self._engine.dialect)
         try:
             self.migrations_applied = ensure_schema(self._engine, database)
         except sa_exc.SQLAlchemyError as e:
@@ -201,6 +202,7 @@ class FleetStore:
             rejected = [*rejected, *conflicting]
         keep = self._cfg.quarantine_keep_bytes
         quarantine = merge_quarantine([quarantine_row(item, keep) for item in rejected])
+        w = self._writes
         kinds: list[tuple[Table, list[Row]]] = [
             (tables.status_events, [r.status for _, r in new if r.status]),
             (tables.metrics, [r.metrics for _, r in new if r.metrics]),
@@ -210,17 +212,13 @@ class FleetStore:
             (tables.model_reports, [r.model_report for _, r in new if r.model_report]),
         ]
         for table, rows_ in kinds:
-            if rows_:
-                conn.execute(sql.insert_new(conn, table), sql.row_params(table, rows_))
-        if quarantine:
-            conn.execute(sql.upsert_quarantine(conn),
-                         sql.row_params(tables.quarantine, quarantine))
+            w.kinds[table.name].run_rows(conn, table, rows_)
+        w.quarantine.run_rows(conn, tables.quarantine, quarantine)
         self._update_lines(conn, same, [item for item, _ in new])
         increments = self._increments(len(same), len(new), rejected, extra)
-        if increments:
-            conn.execute(sql.add_counters(conn), sql.row_params(tables.counters, [
-                (collector_id, name, value, stored_at_ms) for name, value in increments.items()
-            ]))
+        w.counters.run_rows(conn, tables.counters, [
+            (collector_id, name, value, stored_at_ms) for name, value in increments.items()
+        ])
         return IngestResult(
             stored=len(new), duplicates=len(same) - len(new), quarantined=len(rejected),
             stored_at_ms=stored_at_ms, conflicting=len(conflicting),
@@ -233,8 +231,13 @@ class FleetStore:
         """Insert the `messages` rows of `new`; return those this transaction stored.
         An id another writer committed first moves to `same` (same content) or to
         `conflicting` (other content)."""
-        params = sql.row_params(tables.messages, [rows.message for _, rows in new])
-        inserted = set(conn.execute(sql.insert_messages(conn), params).scalars())
+        rows_ = [rows.message for _, rows in new]
+        if self._writes.is_sqlite:
+            # BEGIN IMMEDIATE: no other writer since `_known_ids`, every one is new.
+            self._writes.messages.run_rows(conn, tables.messages, rows_)
+            return new
+        inserted = set(conn.execute(self._writes.messages_returning,
+                                    sql.row_params(tables.messages, rows_)).scalars())
         if len(inserted) == len(new):
             return new
         lost = [(item, rows) for item, rows in new if item.message.msg_id not in inserted]
@@ -257,8 +260,8 @@ class FleetStore:
             known.update((row[0], row[1]) for row in conn.execute(sql.known_ids(chunk)))
         return known
 
-    @staticmethod
-    def _update_lines(conn: Connection, valid: list[Received], new: list[Received]) -> None:
+    def _update_lines(self, conn: Connection, valid: list[Received],
+                      new: list[Received]) -> None:
         seen: dict[tuple[str, str], tuple[int, int]] = {}
         for item in valid:  # a redelivered duplicate still shows the line is alive
             if item.message.KIND in COMMAND_KINDS:
@@ -269,19 +272,17 @@ class FleetStore:
         if seen:
             # In key order: concurrent writers lock the lines rows in one order (no
             # deadlock on PostgreSQL); every line updated below is locked here first.
-            conn.execute(sql.touch_lines(conn), [
+            self._writes.touch_lines.run(conn, [
                 {"site": site, "line": line, "first_seen_at_ms": a, "last_seen_at_ms": b}
                 for (site, line), (a, b) in sorted(seen.items())
             ])
         # Oldest first, so that within a batch the newest state is written last.
         statuses = sorted(filter(None, map(status_update, new)), key=lambda s: s[0])
         models = sorted(filter(None, map(model_update, new)), key=lambda s: s[0])
-        if statuses:
-            conn.execute(sql.UPDATE_LINE_STATUS,
-                         [dict(zip(sql.STATUS_KEYS, p, strict=True)) for _, p in statuses])
-        if models:
-            conn.execute(sql.UPDATE_LINE_MODEL,
-                         [dict(zip(sql.MODEL_KEYS, p, strict=True)) for _, p in models])
+        self._writes.update_status.run(
+            conn, [dict(zip(sql.STATUS_KEYS, p, strict=True)) for _, p in statuses])
+        self._writes.update_model.run(
+            conn, [dict(zip(sql.MODEL_KEYS, p, strict=True)) for _, p in models])
 
     @staticmethod
     def _increments(
