@@ -136,7 +136,8 @@ def upgrade(engine: Engine, config: DatabaseConfig | None = None) -> list[str]:
         cfg = _alembic_config()
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "heads")
-    logger.info("cloud database migrated to %s", ", ".join(sorted(script.get_heads())))
+    logger.info("cloud database migrated from %s to %s",
+                ", ".join(sorted(current)) or "empty", ", ".join(sorted(script.get_heads())))
     return sorted(pending)
 
 
