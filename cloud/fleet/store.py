@@ -236,6 +236,9 @@ class FleetStore:
             # BEGIN IMMEDIATE: no other writer since `_known_ids`, every one is new.
             self._writes.messages.run_rows(conn, tables.messages, rows_)
             return new
+        # In msg_id order: two writers inserting overlapping ids wait on each other in
+        # one order (no deadlock).
+        rows_.sort(key=lambda row: str(row[0]))
         inserted = set(conn.execute(self._writes.messages_returning,
                                     sql.row_params(tables.messages, rows_)).scalars())
         if len(inserted) == len(new):
