@@ -33,7 +33,13 @@ def run_db(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from cloud.config import load_config
-    from cloud.db import head_revisions, open_engine, pending_revisions, upgrade
+    from cloud.db import (
+        current_revisions,
+        head_revisions,
+        open_engine,
+        pending_revisions,
+        upgrade,
+    )
     from cloud.errors import CloudError
 
     try:
@@ -49,8 +55,6 @@ def run_db(args: argparse.Namespace) -> int:
                 print(f"{where}: " + (f"migrated to {', '.join(applied)}" if applied
                                       else "already up to date"))
                 return 0
-            from cloud.db import current_revisions
-
             current = current_revisions(engine)
             pending = pending_revisions(engine)
         finally:

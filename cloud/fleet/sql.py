@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 
 from cloud.db import insert_for
+from cloud.fleet.rows import Row
 from cloud.fleet.tables import (
     counters,
     defect_events,
@@ -46,32 +47,29 @@ from cloud.fleet.tables import (
     status_events,
 )
 
-Row = tuple[object, ...]
 # A SELECT of any columns (SQLAlchemy 2.1 types a Select by its columns' types).
 AnySelect: TypeAlias = Select[*tuple[Any, ...]]
 Params = dict[str, object]
-
-_COLUMNS: dict[str, tuple[str, ...]] = {}
 
 
 def row_params(table: Table, rows: Sequence[Row]) -> list[Params]:
     """Rows (tuples in the table's column order, as cloud.fleet.rows makes them) as
     executemany parameters."""
-    keys = _COLUMNS.get(table.name)
-    if keys is None:
-        keys = _COLUMNS[table.name] = tuple(table.c.keys())
+    keys = table.c.keys()
     return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
 # ---- writes
 
 class Compiled:
-    """A write statement compiled once for one dialect and run as the driver's
-    executemany with plain parameters: no per-row work in SQLAlchemy (every value the
-    fleet store writes is an int, float, str or None, which both drivers take as is).
-    `column_keys`: the columns it writes (None: every column of the table)."""
+    """A write statement compiled once for one dialect and run as the driver's own
+    executemany, on the connection of the caller's transaction: the collector's hot
+    path skips SQLAlchemy's per-statement and per-row work (every value the fleet store
+    writes is an int, float, str or None, which both drivers take as is). Errors come
+    as the driver's (PEP 249) exceptions. `column_keys`: the columns it writes (None:
+    every column of the table)."""
 
-    def __init__(self, stmt: Insert | Update, dialect: Dialect,
+    def __init__(self, stmt: Insert | Update | AnySelect, dialect: Dialect,
                  column_keys: Sequence[str] | None = None) -> None:
         compiled = stmt.compile(dialect=dialect,
                                 column_keys=list(column_keys) if column_keys else None)
@@ -79,24 +77,48 @@ class Compiled:
         self.order: tuple[str, ...] | None = (
             tuple(compiled.positiontup or ()) if compiled.positional else None)
 
+    def _executemany(self, conn: Connection, params: Sequence[object]) -> None:
+        cursor = _cursor(conn)
+        try:
+            cursor.executemany(self.text, params)
+        finally:
+            cursor.close()
+
+    def fetch(self, conn: Connection, params: Params) -> list[tuple[Any, ...]]:
+        """Run a SELECT once; its rows."""
+        cursor = _cursor(conn)
+        try:
+            args = params if self.order is None else tuple(params[k] for k in self.order)
+            cursor.execute(self.text, args)
+            return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
+
     def run(self, conn: Connection, params: Sequence[Params]) -> None:
         """Execute for every parameter dict (nothing for none)."""
         if not params:
             return
         if self.order is None:
-            conn.exec_driver_sql(self.text, list(params))
+            self._executemany(conn, params)
         else:
             order = self.order
-            conn.exec_driver_sql(self.text, [tuple(p[k] for k in order) for p in params])
+            self._executemany(conn, [tuple(p[k] for k in order) for p in params])
 
     def run_rows(self, conn: Connection, table: Table, rows: Sequence[Row]) -> None:
         """Execute for `rows` of `table` (tuples in its column order)."""
         if not rows:
             return
         if self.order is not None and self.order == tuple(table.c.keys()):
-            conn.exec_driver_sql(self.text, list(rows))  # positional, same order
+            self._executemany(conn, rows)  # positional, same order
         else:
             self.run(conn, row_params(table, rows))
+
+
+def _cursor(conn: Connection) -> Any:
+    dbapi_connection = conn.connection.dbapi_connection
+    if dbapi_connection is None:
+        raise RuntimeError("the connection is closed")
+    return dbapi_connection.cursor()
 
 
 KIND_TABLES: Final = (status_events, metrics, defect_events, defects, drift_sketches,
@@ -131,6 +153,8 @@ class Writes:
         def insert(table: Table) -> Any:
             return insert_for(dialect, table)
 
+        self._dialect = dialect
+        self._known: dict[int, Compiled] = {}
         self.is_sqlite = dialect.name == "sqlite"
         # A kind row, skipped when its key is stored already.
         self.kinds = {t.name: Compiled(insert(t).on_conflict_do_nothing(), dialect)
@@ -179,10 +203,16 @@ class Writes:
         ), dialect)
 
 
-def known_ids(ids: Sequence[str]) -> AnySelect:
-    """msg_id and content digest of those of `ids` already stored."""
-    return select(messages.c.msg_id, messages.c.content_sha256).where(
-        messages.c.msg_id.in_(ids))
+    def known_ids(self, conn: Connection, ids: Sequence[str]) -> list[tuple[Any, ...]]:
+        """(msg_id, content digest) of those of `ids` already stored. One compiled
+        statement per list length (the caller bounds the length)."""
+        known = self._known.get(len(ids))
+        if known is None:
+            params = [bindparam(f"id{i}") for i in range(len(ids))]
+            known = self._known[len(ids)] = Compiled(
+                select(messages.c.msg_id, messages.c.content_sha256)
+                .where(messages.c.msg_id.in_(params)), self._dialect)
+        return known.fetch(conn, {f"id{i}": msg_id for i, msg_id in enumerate(ids)})
 
 
 # ---- reads

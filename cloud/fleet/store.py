@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Table
 from sqlalchemy import exc as sa_exc
@@ -87,12 +87,16 @@ class IngestResult:
     """Of `quarantined`: valid messages whose msg_id was stored with other content."""
 
 
-def _translate(e: sa_exc.SQLAlchemyError, what: str) -> FleetStoreError:
-    if isinstance(e, sa_exc.IntegrityError | sa_exc.DataError):
-        return StoreRejected(f"{what}: {e.orig if isinstance(e, sa_exc.DBAPIError) else e}")
-    if isinstance(e, sa_exc.OperationalError | sa_exc.InterfaceError) or (
+def _translate(e: Exception, what: str, dbapi: Any) -> FleetStoreError:
+    """A FleetStoreError for an SQLAlchemy error or a driver's own (PEP 249) one."""
+    orig = e.orig if isinstance(e, sa_exc.DBAPIError) else e
+    if isinstance(e, sa_exc.IntegrityError | sa_exc.DataError) or isinstance(
+            orig, dbapi.IntegrityError | dbapi.DataError):
+        return StoreRejected(f"{what}: {orig}")
+    if isinstance(e, sa_exc.OperationalError | sa_exc.InterfaceError) or isinstance(
+            orig, dbapi.OperationalError | dbapi.InterfaceError) or (
             isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated):
-        return StoreUnavailable(f"{what}: {e.orig}")
+        return StoreUnavailable(f"{what}: {orig}")
     return FleetStoreError(f"{what}: {e}")
 
 
@@ -118,11 +122,13 @@ class FleetStore:
         except (OSError, sa_exc.SQLAlchemyError) as e:
             raise FleetStoreError(f"{self._where}: cannot open the fleet store: {e}") from e
         self._writes = sql.Writes(self._engine.dialect)
+        self._dbapi: Any = self._engine.dialect.loaded_dbapi  # PEP 249 errors of writes
         try:
             self.migrations_applied = ensure_schema(self._engine, database)
         except sa_exc.SQLAlchemyError as e:
             self._engine.dispose()
-            raise _translate(e, f"{self._where}: cannot prepare the fleet store") from e
+            raise _translate(e, f"{self._where}: cannot prepare the fleet store",
+                             self._dbapi) from e
         except CloudError as e:
             self._engine.dispose()
             if isinstance(e, FleetStoreError):
@@ -164,9 +170,9 @@ class FleetStore:
                 with self._engine.begin() as conn:
                     return self._write(conn, prepared, rejected, collector_id,
                                        counters or {}, stored_at_ms)
-            except sa_exc.SQLAlchemyError as e:
-                raise _translate(
-                    e, f"{self._where}: batch of {len(prepared)} not stored") from e
+            except (sa_exc.SQLAlchemyError, self._dbapi.Error) as e:
+                raise _translate(e, f"{self._where}: batch of {len(prepared)} not stored",
+                                 self._dbapi) from e
 
     def _write(
         self,
@@ -254,13 +260,12 @@ class FleetStore:
                     len(lost))
         return [(item, rows) for item, rows in new if item.message.msg_id in inserted]
 
-    @staticmethod
-    def _known_ids(conn: Connection, ids: list[str]) -> dict[str, object]:
+    def _known_ids(self, conn: Connection, ids: list[str]) -> dict[str, object]:
         """msg_id -> stored content digest (None for rows stored before the digest)."""
         known: dict[str, object] = {}
         for start in range(0, len(ids), _IN_CHUNK):
             chunk = ids[start:start + _IN_CHUNK]
-            known.update((row[0], row[1]) for row in conn.execute(sql.known_ids(chunk)))
+            known.update((row[0], row[1]) for row in self._writes.known_ids(conn, chunk))
         return known
 
     def _update_lines(self, conn: Connection, valid: list[Received],
@@ -317,7 +322,7 @@ class FleetStore:
             with read_connection(self._engine) as conn:
                 yield conn
         except sa_exc.SQLAlchemyError as e:
-            raise _translate(e, f"{self._where}: read failed") from e
+            raise _translate(e, f"{self._where}: read failed", self._dbapi) from e
 
     def _read(self, query: Callable[[Connection], T]) -> T:
         with self._reader() as conn:
