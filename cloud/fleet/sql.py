@@ -22,6 +22,7 @@ from sqlalchemy import (
     Insert,
     Select,
     Table,
+    Text,
     Update,
     and_,
     bindparam,
@@ -208,7 +209,7 @@ class Writes:
         statement per list length (the caller bounds the length)."""
         known = self._known.get(len(ids))
         if known is None:
-            params = [bindparam(f"id{i}") for i in range(len(ids))]
+            params = [bindparam(f"id{i}", type_=Text) for i in range(len(ids))]
             known = self._known[len(ids)] = Compiled(
                 select(messages.c.msg_id, messages.c.content_sha256)
                 .where(messages.c.msg_id.in_(params)), self._dialect)
