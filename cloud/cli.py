@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+from cloud.cli_db import add_db_commands, run_db
 from protocol.cliargs import (
     HelpFormatter,
     add_logging_arguments,
@@ -59,7 +60,7 @@ def _collect(config_path: Path) -> int:
         if cfg.collector is None:
             raise ConfigError(f"{config_path}: no `collector` section")
         password = cfg.collector.broker.secret()
-        FleetStore(cfg.store).close()  # create / migrate once, and fail here if it can't
+        FleetStore(cfg.database, cfg.store).close()  # migrate once, or fail here
     except CloudError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -67,8 +68,8 @@ def _collect(config_path: Path) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     if cfg.collector.workers == 1:
-        return run_collector(cfg.collector, cfg.store, password, stop)
-    return WorkerPool(cfg.collector, cfg.store, password).run(stop)
+        return run_collector(cfg.collector, cfg.database, cfg.store, password, stop)
+    return WorkerPool(cfg.collector, cfg.database, cfg.store, password).run(stop)
 
 
 def _serve(config_path: Path, host: str | None, port: int | None) -> int:
@@ -84,7 +85,7 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
         if cfg.api is None:
             raise ConfigError(f"{config_path}: no `api` section")
         token = cfg.api.secret()
-        store = FleetStore(cfg.store)
+        store = FleetStore(cfg.database, cfg.store)
     except CloudError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -117,7 +118,10 @@ def _check_config(config_path: Path, read_secrets: bool) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     sections = [name for name in ("collector", "api") if getattr(cfg, name) is not None]
-    print(f"config ok: fleet store {cfg.store.path}; sections: "
+    from sqlalchemy.engine import make_url
+
+    where = make_url(cfg.database.url).render_as_string(hide_password=True)
+    print(f"config ok: database {where}; sections: "
           f"{', '.join(sections) or 'none (collect and serve need collector and api)'}"
           + ("" if read_secrets else "; secret files not read"))
     return 0
@@ -247,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--threads", type=positive_int, help="torch threads (default: all cores)")
     tr.add_argument("--work-dir", type=Path, default=Path("runs/train"),
                     help="Ultralytics' run directory (weights, staging)")
+    add_db_commands(command)
     co = command("collect", "collect every line's MQTT telemetry into the fleet store")
     co.add_argument("--config", type=Path, required=True, help="cloud YAML config file")
     se = command("serve", "serve the fleet API (FastAPI, uvicorn)")
@@ -307,6 +312,8 @@ def main(argv: list[str]) -> int:
         return _collect(args.config)
     if args.cmd == "serve":
         return _serve(args.config, args.host, args.port)
+    if args.cmd == "db":
+        return run_db(args)
     if args.cmd == "quantize":
         return _quantize(args)
     if args.cmd == "check-config":
