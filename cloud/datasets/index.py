@@ -126,18 +126,18 @@ class DatasetIndex:
                                                     t.dataset_versions.c.number)
         if name is not None:
             query = query.where(t.dataset_versions.c.name == check_name(name))
-        with self._connect("list datasets") as conn:
+        with self.connection("list datasets") as conn:
             return [_version(row) for row in conn.execute(query)]
 
     def items(self, ref: str | DatasetRef) -> builtins.list[Item]:
         """The images of a version with their split and canonical labels, by hash."""
         version_id, _ = self._resolve(ref)
-        with self._connect("read dataset items") as conn:
+        with self.connection("read dataset items") as conn:
             return self._items(conn, version_id)
 
     def image(self, sha256: str) -> ImageRecord | None:
         """An image object's record, or None."""
-        with self._connect("read an image record") as conn:
+        with self.connection("read an image record") as conn:
             row = conn.execute(select(t.dataset_images).where(
                 t.dataset_images.c.sha256 == sha256)).first()
         return None if row is None else ImageRecord(row.sha256, row.ext, row.width_px,
@@ -154,7 +154,7 @@ class DatasetIndex:
                                                            autoescape=True))
         else:
             query = query.order_by(v.c.number.desc()).limit(1)
-        with self._connect("read a dataset version") as conn:
+        with self.connection("read a dataset version") as conn:
             rows = conn.execute(query).all()
             if not rows:
                 numbers = conn.execute(select(v.c.number).where(v.c.name == parsed.name)
@@ -224,7 +224,7 @@ class DatasetIndex:
         versions = [self._resolve(r) for r in refs]
         target = self._classes_of(name) or versions[0][1].classes
         groups: builtins.list[tuple[str, builtins.list[Item]]] = []
-        with self._connect("read dataset items") as conn:
+        with self.connection("read dataset items") as conn:
             for version_id, version in versions:
                 mapping = class_mapping(target, version.classes, version.ref)
                 groups.append((version.ref, [
@@ -239,7 +239,7 @@ class DatasetIndex:
 
     def _classes_of(self, name: str) -> builtins.list[str] | None:
         v = t.dataset_versions
-        with self._connect("read a dataset's classes") as conn:
+        with self.connection("read a dataset's classes") as conn:
             row = conn.execute(select(v.c.classes_json).where(v.c.name == name)
                                .order_by(v.c.number).limit(1)).first()
         return None if row is None else list(json.loads(row.classes_json))
@@ -265,7 +265,7 @@ class DatasetIndex:
         v = t.dataset_versions
         for attempt in range(_INSERT_RETRIES):
             try:
-                with self._begin("record a dataset version") as conn:
+                with self.transaction("record a dataset version") as conn:
                     t.insert_ignoring_duplicates(conn, t.dataset_images, image_rows)
                     existing = conn.execute(select(v).where(
                         v.c.name == name, v.c.fingerprint == fp)).first()
@@ -344,7 +344,7 @@ class DatasetIndex:
                 return out_dir / "data.yaml"
             if not out_dir.is_dir() or any(out_dir.iterdir()):
                 raise DatasetError(f"{out_dir} exists and is not empty (nor {version.ref})")
-        with self._connect("read dataset items") as conn:
+        with self.connection("read dataset items") as conn:
             items = self._items(conn, version_id)
         splits = ("val",) if holdout else ("train", "val")
         for split in splits:
@@ -391,7 +391,7 @@ class DatasetIndex:
         """Delete objects no image record names (left by an import or upload that failed
         between writing the object and its row), if older than `older_than_s` (an
         import in progress writes its objects before its rows). The deleted paths."""
-        with self._connect("list image records") as conn:
+        with self.connection("list image records") as conn:
             known = {(r.sha256, r.ext) for r in conn.execute(
                 select(t.dataset_images.c.sha256, t.dataset_images.c.ext))}
         cutoff = time.time() - older_than_s
@@ -406,10 +406,13 @@ class DatasetIndex:
 
     # ---------------------------------------------------------------- plumbing
 
-    def _connect(self, what: str) -> _Guard:
+    def connection(self, what: str) -> _Guard:
+        """A connection whose database errors become DatasetError("cannot <what>")."""
         return _Guard(self.engine, what, begin=False)
 
-    def _begin(self, what: str) -> _Guard:
+    def transaction(self, what: str) -> _Guard:
+        """A transaction (committed on a clean exit) whose database errors become
+        DatasetError("cannot <what>")."""
         return _Guard(self.engine, what, begin=True)
 
 
