@@ -176,27 +176,29 @@ class SampleInbox:
                     raise SampleError(f"{what}[{i}]: box {(x1, y1, x2, y2)} is outside the "
                                       f"{width}x{height} image")
         sha = hashlib.sha256(image).hexdigest()
-        ext = "jpg" if header[0] == "jpeg" else "png"
-        self.index.objects.put_bytes(image, sha, ext)
-        now = datetime.now(UTC)
-        row: dict[str, Any] = {
-            "site": site, "line": line, "sample_id": meta.sample_id, "frame_id": meta.frame_id,
-            "captured_at": meta.captured_at, "received_at": now, "image_sha256": sha,
-            "model_name": meta.model.name, "model_version": meta.model.version,
-            "reason": meta.reason, "body_json": meta.model_dump_json(by_alias=True),
-            "labelled": int(bool(meta.labels)), "state": "inbox", "accepted_into": None,
-        }
-        image_row = {"sha256": sha, "ext": ext, "width_px": width, "height_px": height,
-                     "size_bytes": len(image)}
         s = t.line_samples
-        with self.index.transaction("store a sample") as conn:
-            t.insert_ignoring_duplicates(conn, t.dataset_images, [image_row])
-            if t.insert_ignoring_duplicates(conn, s, [row]):
-                return SampleReceipt(sample_id=meta.sample_id, status="stored",
-                                     image_sha256=sha)
-            earlier = conn.execute(select(s.c.image_sha256).where(
-                s.c.site == site, s.c.line == line,
-                s.c.sample_id == meta.sample_id)).scalar_one()
+        where = (s.c.site == site, s.c.line == line, s.c.sample_id == meta.sample_id)
+        with self.index.connection("read the inbox") as conn:
+            earlier = conn.execute(select(s.c.image_sha256).where(*where)).scalar()
+        if earlier is None:  # new: object first, then the row (or a racing twin's row)
+            ext = "jpg" if header[0] == "jpeg" else "png"
+            self.index.objects.put_bytes(image, sha, ext)
+            row: dict[str, Any] = {
+                "site": site, "line": line, "sample_id": meta.sample_id,
+                "frame_id": meta.frame_id, "captured_at": meta.captured_at,
+                "received_at": datetime.now(UTC), "image_sha256": sha,
+                "model_name": meta.model.name, "model_version": meta.model.version,
+                "reason": meta.reason, "body_json": meta.model_dump_json(by_alias=True),
+                "labelled": int(bool(meta.labels)), "state": "inbox", "accepted_into": None,
+            }
+            image_row = {"sha256": sha, "ext": ext, "width_px": width, "height_px": height,
+                         "size_bytes": len(image)}
+            with self.index.transaction("store a sample") as conn:
+                t.insert_ignoring_duplicates(conn, t.dataset_images, [image_row])
+                if t.insert_ignoring_duplicates(conn, s, [row]):
+                    return SampleReceipt(sample_id=meta.sample_id, status="stored",
+                                         image_sha256=sha)
+                earlier = conn.execute(select(s.c.image_sha256).where(*where)).scalar_one()
         if earlier != sha:
             raise SampleConflict(f"sample id {meta.sample_id!r} was uploaded before with "
                                  "another image")
