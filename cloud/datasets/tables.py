@@ -85,7 +85,7 @@ line_samples = Table(
     Column("site", String(64), nullable=False),
     Column("line", String(64), nullable=False),
     Column("sample_id", String(64), nullable=False),
-    Column("frame_id", BigInteger, nullable=False),
+    Column("frame_id", String(128), nullable=False),
     Column("captured_at", DateTime(timezone=True), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("image_sha256", String(64), nullable=False),

@@ -63,7 +63,7 @@ def upgrade() -> None:
         sa.Column("site", sa.String(64), nullable=False),
         sa.Column("line", sa.String(64), nullable=False),
         sa.Column("sample_id", sa.String(64), nullable=False),
-        sa.Column("frame_id", sa.BigInteger, nullable=False),
+        sa.Column("frame_id", sa.String(128), nullable=False),
         sa.Column("captured_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("image_sha256", sa.String(64), nullable=False),
