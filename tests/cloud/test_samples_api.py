@@ -284,7 +284,7 @@ def test_accept_refuses_unknown_classes_and_changes_nothing(client, inbox, token
     assert client.post(URL, headers=auth(tokens["line1"]), **multipart(_labelled("op-1", [
         {"kind": "missed", "class_name": "dent", "box_xyxy": [4, 4, 20, 16]}]),
         png_bytes(21))).status_code == 201
-    with pytest.raises(DatasetRejected, match="sample op-1: unknown class.*dent"):
+    with pytest.raises(DatasetRejected, match=r"sample op-1: unknown class.*dent"):
         inbox.accept("plant1", "line1", "parts")
     assert client.post("/lines/plant1/line2/samples", headers=auth(tokens["line2"]),
                        **multipart(meta("rnd-1"), png_bytes(22))).status_code == 201
