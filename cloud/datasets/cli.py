@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from protocol.cliargs import comma_list
+from protocol.cliargs import HelpFormatter, comma_list
 from protocol.logsetup import LOG_FORMATS, LOG_LEVELS
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def add_commands(command: Command) -> None:
     sub = ds.add_subparsers(dest="dataset_cmd", required=True)
 
     def sc(name: str, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
         p.add_argument("--config", type=Path,
                        help="cloud YAML config (database, datasets.root); default: the "
                        "built-in defaults, relative to the working directory")
@@ -58,7 +58,8 @@ def add_commands(command: Command) -> None:
     im.add_argument("--classes", type=comma_list, metavar="NAME[,NAME...]",
                     help="class names of a folder without data.yaml or classes.txt")
     un = sc("union", "a new version holding every image of other versions")
-    un.add_argument("refs", nargs="+", help="NAME[@VERSION] ...")
+    un.add_argument("refs", type=comma_list, metavar="NAME@VERSION[,NAME...]",
+                    help="the versions to join, comma-separated (NAME alone: its latest)")
     un.add_argument("--name", required=True, help="name of the new version")
     ls = sc("list", "every dataset version")
     ls.add_argument("name", nargs="?", help="only this dataset")
@@ -76,7 +77,7 @@ def add_commands(command: Command) -> None:
     ib.add_argument("line", type=site_line, nargs="?", metavar="SITE/LINE",
                     help="list this line's samples (default: counts per line)")
     ac = sc("accept", "turn a line's inbox into a new dataset version")
-    ac.add_argument("line", type=site_line, metavar="SITE/LINE")
+    ac.add_argument("line", type=site_line, metavar="SITE/LINE", help="the line whose inbox")
     ac.add_argument("--into", required=True, help="dataset name of the new version")
     ac.add_argument("--base", help="version to add the samples to (default: the latest "
                     "version of --into, if any)")
@@ -94,8 +95,8 @@ def add_commands(command: Command) -> None:
     ln = command("line", "per-line credentials for the sample upload endpoint")
     lsub = ln.add_subparsers(dest="line_cmd", required=True)
     tk = lsub.add_parser("token", help="make a new upload token for a line (printed once; "
-                         "replaces the line's earlier token)")
-    tk.add_argument("line", type=site_line, metavar="SITE/LINE")
+                         "replaces the line's earlier token)", formatter_class=HelpFormatter)
+    tk.add_argument("line", type=site_line, metavar="SITE/LINE", help="the line")
     tk.add_argument("--config", type=Path, help="cloud YAML config (database)")
     _logging_after_subcommand(tk)
 
