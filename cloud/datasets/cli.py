@@ -57,6 +57,9 @@ def add_commands(command: Command) -> None:
                     "keep: the dataset's own split")
     im.add_argument("--classes", type=comma_list, metavar="NAME[,NAME...]",
                     help="class names of a folder without data.yaml or classes.txt")
+    im.add_argument("--drop-conflicting-duplicates", action="store_true",
+                    help="leave out every copy of an image that appears twice with different "
+                    "labels (or splits) instead of refusing the import; they are listed")
     un = sc("union", "a new version holding every image of other versions")
     un.add_argument("refs", type=comma_list, metavar="NAME@VERSION[,NAME...]",
                     help="the versions to join, comma-separated (NAME alone: its latest)")
@@ -158,9 +161,12 @@ def _dataset(args: argparse.Namespace) -> int:
     index, cfg = _open(args.config)
     cmd = args.dataset_cmd
     if cmd == "import":
-        v = index.import_yolo(args.path, args.name, split=args.split, classes=args.classes)
+        v = index.import_yolo(args.path, args.name, split=args.split, classes=args.classes,
+                              drop_conflicts=args.drop_conflicting_duplicates)
         print(f"{v.ref} {v.fingerprint[:12]}: {_counts_line(v)}; classes "
               f"{', '.join(v.classes)}; split {v.split_rule}")
+        if "(left out" in v.source:
+            print(v.source[v.source.index("(left out") + 1:].rstrip(")"))
     elif cmd == "union":
         v = index.union(args.refs, args.name)
         print(f"{v.ref} {v.fingerprint[:12]}: {_counts_line(v)}; from {', '.join(v.parents)}")

@@ -182,16 +182,23 @@ class DatasetIndex:
     # ----------------------------------------------------------------- writing
 
     def import_yolo(self, path: Path, name: str, *, split: SplitRule = "hash",
-                    classes: Sequence[str] | None = None) -> DatasetVersion:
+                    classes: Sequence[str] | None = None,
+                    drop_conflicts: bool = False) -> DatasetVersion:
         """Import an Ultralytics YOLO dataset (reader.py says which layouts) as a new
         version of `name`. `split`: `hash` (default) puts each image in train or val by
         its hash (stable across versions); `keep` keeps the dataset's own split (`test`
         counts as val). `classes`: names for a folder without data.yaml or classes.txt.
+        `drop_conflicts`: leave out (every copy of) an image that appears twice with
+        different labels or splits, instead of refusing; they are logged and named in
+        the version's `source`.
 
         Everything is read and checked before anything is written. Raises
         DatasetRejected (with the file and the reason), BadReference for a bad name."""
         check_name(name)
-        source = read_yolo(Path(path), list(classes) if classes is not None else None)
+        source = read_yolo(Path(path), list(classes) if classes is not None else None,
+                           drop_conflicts=drop_conflicts)
+        for dropped in source.dropped:
+            logger.warning("left out %s: a duplicate image with conflicting labels", dropped)
         target = self._classes_of(name) or source.classes
         mapping = class_mapping(target, source.classes, f"{path}")
         items: builtins.list[Item] = []
@@ -207,7 +214,10 @@ class DatasetIndex:
             self.objects.put_file(image.path, image.sha256, image.ext)
         version = self.create_version(
             name, target, items, records, parents=[],
-            source=f"import {source.description}",
+            source=f"import {source.description}" + (
+                f" (left out {len(source.dropped)} conflicting duplicate file(s): "
+                + ", ".join(p.name for p in source.dropped[:10]) + ")"
+                if source.dropped else ""),
             split_rule=self.hash_rule if split == "hash" else "kept")
         logger.info("dataset %s (%s): %d images from %s", version.ref,
                     version.fingerprint[:12], version.images, path)

@@ -264,3 +264,11 @@ def test_gc_removes_only_unreferenced_objects(index, source_yaml):
     assert index.gc(older_than_s=3600.0) == []  # too young: an import may be writing it
     assert index.gc(older_than_s=0.0) == [orphan]
     assert len(_objects(index)) == 20
+
+
+def test_conflicting_duplicates_can_be_left_out_on_request(index, source_yaml, tmp_path):
+    broken = copy_dataset(source_yaml, tmp_path / "dupes")
+    _break(broken.parent, "duplicate_other_labels")
+    v = index.import_yolo(broken, "parts", drop_conflicts=True)
+    assert v.images == 19  # both copies of the image are left out
+    assert "left out 2 conflicting duplicate file(s)" in v.source and "twin.png" in v.source
