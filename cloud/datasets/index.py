@@ -286,6 +286,12 @@ class DatasetIndex:
                         logger.info("%s already holds this content as %s", name, version.ref)
                         return version
                     self._check_objects(conn, items)
+                    first = conn.execute(select(v.c.classes_json).where(v.c.name == name)
+                                         .order_by(v.c.number).limit(1)).scalar()
+                    if first is not None and json.loads(first) != list(classes):
+                        raise DatasetRejected(
+                            f"{name} has the classes {', '.join(json.loads(first))}, not "
+                            f"{', '.join(classes)}")
                     number = 1 + int(conn.execute(
                         select(func.coalesce(func.max(v.c.number), 0))
                         .where(v.c.name == name)).scalar_one())

@@ -272,3 +272,29 @@ def test_conflicting_duplicates_can_be_left_out_on_request(index, source_yaml, t
     v = index.import_yolo(broken, "parts", drop_conflicts=True)
     assert v.images == 19  # both copies of the image are left out
     assert "left out 2 conflicting duplicate file(s)" in v.source and "twin.png" in v.source
+
+
+def test_concurrent_writers_get_distinct_numbers(index, tmp_path):
+    """Two writers recording versions of one name at once (PostgreSQL: both may read the
+    same next number; the loser's unique-constraint failure is retried)."""
+    import threading
+
+    sources = [linesim_dataset(tmp_path / f"s{i}", seed=20 + i, n_train=4, n_val=1)
+               for i in range(4)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(sources))
+
+    def work(path: Path) -> None:
+        try:
+            barrier.wait(timeout=30)
+            index.import_yolo(path, "racing")
+        except BaseException as e:  # handed to the test thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in sources]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert sorted(v.number for v in index.list("racing")) == [1, 2, 3, 4]
