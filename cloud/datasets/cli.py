@@ -119,9 +119,13 @@ def run(args: argparse.Namespace) -> int:
     from cloud.errors import CloudError
 
     try:
-        if args.cmd == "line":
-            return _token(args)
-        return _dataset(args)
+        index, cfg = _open(args.config)
+        try:
+            if args.cmd == "line":
+                return _token(index, args)
+            return _dataset(index, cfg, args)
+        finally:
+            index.engine.dispose()
     except CloudError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -129,18 +133,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _open(config_path: Path | None) -> tuple[DatasetIndex, CloudConfig]:
     from cloud.config import CloudConfig, load_config
-    from cloud.datasets.index import DatasetIndex
-    from cloud.datasets.service import open_database
+    from cloud.datasets.service import open_index
 
     cfg = load_config(config_path) if config_path is not None else CloudConfig()
-    engine = open_database(cfg)
-    return DatasetIndex(engine, cfg.datasets.root, val_fraction=cfg.datasets.val_fraction), cfg
+    return open_index(cfg), cfg
 
 
-def _token(args: argparse.Namespace) -> int:
+def _token(index: DatasetIndex, args: argparse.Namespace) -> int:
     from cloud.datasets.inbox import SampleInbox
 
-    index, _ = _open(args.config)
     site, line = args.line
     token = SampleInbox(index).issue_token(site, line)
     print(f"upload token for {site}/{line} (shown once; store it in the line's "
@@ -155,10 +156,9 @@ def _counts_line(version: DatasetVersion) -> str:
             f"val {c.images.get('val', 0)}), {boxes} boxes")
 
 
-def _dataset(args: argparse.Namespace) -> int:
+def _dataset(index: DatasetIndex, cfg: CloudConfig, args: argparse.Namespace) -> int:
     from cloud.datasets.inbox import SampleInbox
 
-    index, cfg = _open(args.config)
     cmd = args.dataset_cmd
     if cmd == "import":
         v = index.import_yolo(args.path, args.name, split=args.split, classes=args.classes,
