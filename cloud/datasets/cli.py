@@ -87,8 +87,13 @@ def add_commands(command: Command) -> None:
     ac.add_argument("--include-predictions", action="store_true",
                     help="samples without operator labels take their predictions as labels "
                     "(default: they are skipped and stay in the inbox)")
-    ac.add_argument("--min-score", type=float, default=0.5,
-                    help="with --include-predictions: the lowest score taken")
+    ac.add_argument("--min-score", type=float, default=0.0,
+                    help="the lowest prediction score taken as a label (predictions are the "
+                    "line's detections, after its own thresholds)")
+    ac.add_argument("--drop-unreviewed", action="store_true",
+                    help="on operator-labelled samples, only what the operator confirmed or "
+                    "drew (default: predictions nobody reviewed count, as in the panel's "
+                    "export)")
     ac.add_argument("--classes", type=comma_list, metavar="NAME[,NAME...]",
                     help="class names when --into is a new dataset and there is no --base")
     gc = sc("gc", "delete image objects no dataset or sample refers to")
@@ -191,6 +196,7 @@ def _dataset(index: DatasetIndex, cfg: CloudConfig, args: argparse.Namespace) ->
         result = SampleInbox(index).accept(
             site, line, args.into, base=args.base,
             include_predictions=args.include_predictions, min_score=args.min_score,
+            drop_unreviewed=args.drop_unreviewed,
             classes=args.classes)
         v = result.version
         print(f"{v.ref} {v.fingerprint[:12]}: {_counts_line(v)}; accepted {result.accepted} "
