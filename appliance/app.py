@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from appliance.alarm_rules import AlarmInputs, AlarmMonitor, alarm_inputs
+from appliance.alarms import AlarmBook
 from appliance.capture import Frame, FrameSource, make_source
 from appliance.capture.probe import require_file_sources
 from appliance.config import ApplianceConfig, PipelineConfig
@@ -228,6 +230,9 @@ class App:
         self.telemetry: Telemetry | None = None
         self.pipeline: Pipeline | None = None
         self._behind: BehindMonitor | None = None
+        self.alarms: AlarmBook | None = None
+        """The alarm book (the panel's alarms), set while started."""
+        self._alarm_rules: AlarmMonitor | None = None
         self._started_at = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -285,6 +290,9 @@ class App:
             self._behind = BehindMonitor(cfg.pipeline.behind, self.pipeline.stats,
                                          self.events, clock=self._clock)
             self._behind.start()
+            self.alarms = AlarmBook(self.store, clock=self._clock)
+            self._alarm_rules = AlarmMonitor(cfg.alarms, self.alarms, self._alarm_inputs)
+            self._alarm_rules.start()
         except BaseException:
             if self.telemetry is not None:
                 self.telemetry.stop()
@@ -357,6 +365,9 @@ class App:
 
     def stop(self, timeout_s: float | None = None) -> None:
         """Stop the pipeline (drain), then flush and close the store. Idempotent."""
+        if self._alarm_rules is not None:
+            self._alarm_rules.stop()
+            self._alarm_rules = None
         if self._behind is not None:
             self._behind.stop()
         if self.pipeline is not None:
@@ -394,6 +405,13 @@ class App:
             return Readiness(ready=False, reasons=("not_started",))
         return readiness_of(self.pipeline.stats(),
                             store_unwritable=self.store is not None and self.store.unwritable)
+
+    def _alarm_inputs(self) -> AlarmInputs | None:
+        """What the alarm rules look at now (None while not running)."""
+        if self.pipeline is None or self.store is None:
+            return None
+        telemetry = self.telemetry.stats() if self.telemetry is not None else None
+        return alarm_inputs(self.stats(), self.store, self.cfg.engine, telemetry)
 
     def _event(self, kind: str, severity: Severity, source: str, message: str,
                **data: EventValue) -> None:

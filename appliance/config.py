@@ -29,6 +29,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from appliance.alarm_rules import AlarmRulesConfig
 from appliance.capture.config import STATION_PATTERN, SimSourceConfig, SourceConfig
 from appliance.errors import ConfigError
 from appliance.store.config import StoreConfig
@@ -203,6 +204,8 @@ class ApplianceConfig(_Section):
     store: StoreConfig
     telemetry: TelemetryConfig | None = None
     """MQTT telemetry to the cloud; absent means the appliance runs without it."""
+    alarms: AlarmRulesConfig = Field(default_factory=AlarmRulesConfig)
+    """When the operator panel's alarms are raised (appliance/alarm_rules.py)."""
 
     @model_validator(mode="before")
     @classmethod
