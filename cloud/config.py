@@ -32,8 +32,8 @@ from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from cloud.db.config import DatabaseConfig
 from cloud.datasets.config import DatasetsConfig
+from cloud.db.config import DatabaseConfig
 from cloud.errors import ConfigError
 from protocol import ProtocolError, validate_id
 from protocol.backoff import BackoffConfig
