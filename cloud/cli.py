@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 from cloud.cli_models import add_models_command, run_models
+from cloud.cli_retrain import add_retrain_commands, run_retrain, run_worker
 from protocol.cliargs import (
     HelpFormatter,
     add_logging_arguments,
@@ -296,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_argument("--bench-rounds", type=nonnegative_int, default=5,
                     help="timing rounds (0: no timing)")
     add_models_command(sub)
+    add_retrain_commands(sub)
     for cmd in sub.choices.values():
         add_logging_arguments(cmd)
     return parser
@@ -319,5 +321,9 @@ def main(argv: list[str]) -> int:
         return _reference()
     if args.cmd == "models":
         return run_models(args)
+    if args.cmd == "retrain":
+        return run_retrain(args)
+    if args.cmd == "retrain-worker":
+        return run_worker(args)
     parser.error(f"unknown command {args.cmd}")
     return 2
