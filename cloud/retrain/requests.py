@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from cloud.registry import tables
 from cloud.registry.entry import ModelRef
 from cloud.retrain.errors import RetrainError
-from protocol import validate_id
+from protocol import ProtocolError, validate_id
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def split_line(line: str) -> tuple[str, str]:
         if not sep:
             raise ValueError("missing '/'")
         return validate_id(site, "site"), validate_id(name, "line")
-    except ValueError as e:
+    except (ValueError, ProtocolError) as e:
         raise RetrainError(f"line {line!r} is not site/line: {e}") from e
 
 
