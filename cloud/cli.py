@@ -10,6 +10,8 @@ from pathlib import Path
 
 from cloud.cli_models import add_models_command, run_models
 from cloud.cli_retrain import add_retrain_commands, run_retrain, run_worker
+from cloud.datasets.cli import add_commands as add_dataset_commands
+from cloud.datasets.cli import run as run_dataset_command
 from protocol.cliargs import (
     HelpFormatter,
     add_logging_arguments,
@@ -78,16 +80,17 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
 
     from cloud.api import create_app
     from cloud.config import load_config
+    from cloud.datasets.service import open_database, upload_router
     from cloud.errors import CloudError, ConfigError
     from cloud.fleet import FleetStore
-    from cloud.registry.open import open_registry
+    from cloud.registry import ModelRegistry
 
     try:
         cfg = load_config(config_path)
         if cfg.api is None:
             raise ConfigError(f"{config_path}: no `api` section")
         token = cfg.api.secret()
-        registry = open_registry(cfg.database, cfg.registry)
+        engine = open_database(cfg)
         store = FleetStore(cfg.store)
     except CloudError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -99,11 +102,14 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
     try:
-        app = create_app(store, token, public_docs=cfg.api.public_docs, registry=registry)
+        app = create_app(store, token, public_docs=cfg.api.public_docs,
+                         registry=ModelRegistry(engine, cfg.registry.root),
+                         routers=[upload_router(cfg, engine)])
         uvicorn.run(app, host=host or cfg.api.host, port=port or cfg.api.port,
                     log_config=None, access_log=False)
     finally:
         store.close()
+        engine.dispose()
     return 0
 
 
@@ -298,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="timing rounds (0: no timing)")
     add_models_command(sub)
     add_retrain_commands(sub)
+    add_dataset_commands(command)
     for cmd in sub.choices.values():
         add_logging_arguments(cmd)
     return parser
@@ -325,5 +332,7 @@ def main(argv: list[str]) -> int:
         return run_retrain(args)
     if args.cmd == "retrain-worker":
         return run_worker(args)
+    if args.cmd in ("dataset", "line"):
+        return run_dataset_command(args)
     parser.error(f"unknown command {args.cmd}")
     return 2

@@ -9,8 +9,14 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from protocol.cliargs import HelpFormatter, positive_int
+
+if TYPE_CHECKING:
+    from cloud.config import CloudConfig
+    from cloud.registry import ModelRegistry
+    from cloud.retrain.data import IndexSource
 
 
 def add_retrain_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,6 +45,14 @@ def add_retrain_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
                     help="queue what is due, run what is queued, then exit")
 
 
+def _datasets(cfg: CloudConfig, registry: ModelRegistry) -> IndexSource:
+    from cloud.datasets.index import DatasetIndex
+    from cloud.retrain.data import IndexSource
+
+    return IndexSource(DatasetIndex(registry.engine, cfg.datasets.root,
+                                    val_fraction=cfg.datasets.val_fraction))
+
+
 def _say(message: str) -> None:
     print(f"[retrain] {message}", flush=True)
 
@@ -58,7 +72,8 @@ def run_retrain(args: argparse.Namespace) -> int:
         registry = open_registry(cfg.database, cfg.registry)
         result = retrain(registry, args.parent, args.data, training=training,
                          gate=cfg.retrain.gate, work_dir=cfg.retrain.work_dir,
-                         progress=_say, by=getpass.getuser())
+                         datasets=_datasets(cfg, registry), progress=_say,
+                         by=getpass.getuser())
     except CloudError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -86,7 +101,8 @@ def run_worker(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     queue = RetrainQueue(registry.engine, min_interval_h=cfg.retrain.min_interval_h)
-    worker = RetrainWorker(queue, registry, cfg.retrain, store.lines, progress=_say)
+    worker = RetrainWorker(queue, registry, cfg.retrain, store.lines,
+                           datasets=_datasets(cfg, registry), progress=_say)
     try:
         if args.once:
             worker.schedule(utc_now())

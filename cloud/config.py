@@ -32,6 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from cloud.datasets.config import DatasetsConfig
 from cloud.db.config import DatabaseConfig
 from cloud.errors import ConfigError
 from cloud.registry.config import RegistryConfig
@@ -188,6 +189,7 @@ class CloudConfig(_Section):
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     collector: CollectorConfig | None = None
     api: ApiConfig | None = None
+    datasets: DatasetsConfig = Field(default_factory=DatasetsConfig)
 
 
 def parse_config(data: object, source: str = "<config>") -> CloudConfig:

@@ -17,6 +17,7 @@ import hmac
 import html
 import logging
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, status
@@ -199,10 +200,12 @@ def _not_found(site: str, line: str) -> HTTPException:
 def create_app(
     store: FleetStore, token: SecretStr | str, *, public_docs: bool = False,
     registry: ModelRegistry | None = None,
+    routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     """The fleet API over `store`; `token` is the bearer token (at least 16 characters).
     `public_docs`: serve `/openapi.json` without the token. `registry`: also serve
-    `/models` (cloud/api/models.py).
+    `/models` (cloud/api/models.py). `routers`: more endpoints that do their own
+    authentication (the lines' sample uploads: cloud/api/uploads.py).
 
     Raises ValueError for a shorter token.
     """
@@ -352,4 +355,6 @@ def create_app(
         def _registry_failed(request: Request, exc: RegistryError) -> JSONResponse:
             logger.error("model registry error on %s: %s", request.url.path, exc)
             return JSONResponse(status_code=503, content={"detail": "model registry unavailable"})
+    for extra in routers:
+        app.include_router(extra)
     return app

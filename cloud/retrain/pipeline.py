@@ -120,7 +120,7 @@ def retrain(
         except (TrainingError, UltralyticsUnavailable, ModelError) as e:
             raise RetrainError(f"retraining {parent.ref} on {resolved.ref} failed: {e}") from e
         weights = cfg.out_bundle.parent / f"{cfg.out_bundle.name}-weights.pt"
-        fingerprint = bundle.manifest.lineage.dataset_fingerprint or ""
+        fingerprint = resolved.fingerprint or bundle.manifest.lineage.dataset_fingerprint or ""
         entry = registry.add(
             bundle.root, weights=weights, source="retrain", by=by,
             lineage=RegistryLineage(parent=parent.ref,

@@ -58,7 +58,7 @@ def plan_request(request: RetrainRequest, config: RetrainConfig, lines: Sequence
         if datasets is None:
             raise RetrainError(f"{request.line_key}: dataset {data!r} needs the dataset index")
         try:
-            data = datasets.latest_ref(data)
+            data = datasets.resolve(data)[0]
         except (CloudError, LookupError) as e:
             raise RetrainError(f"{request.line_key}: dataset {data!r}: {e}") from e
     return Plan(ModelRef(*running), data)

@@ -124,8 +124,8 @@ def test_plan_uses_the_line_model_and_the_configured_data(tmp_path: Path) -> Non
         def materialize(self, ref: str, out_dir: Path) -> Path:
             raise AssertionError
 
-        def latest_ref(self, name: str) -> str:
-            return f"{name}@7"
+        def resolve(self, ref: str) -> tuple[str, str]:
+            return f"{ref}@7", "ab" * 32
 
     config = RetrainConfig(lines={"p/a": LineRetrain(dataset="parts"),
                                   "p/b": LineRetrain(dataset=str(tmp_path))})
