@@ -16,6 +16,14 @@ from cloud.registry import ModelEntry, ModelRef, ModelRegistry, RegistryLineage
 from protocol.cliargs import HelpFormatter
 
 
+def model_ref_arg(text: str) -> ModelRef:
+    """argparse type of MODEL@VERSION arguments (the error says the expected form)."""
+    try:
+        return ModelRef.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_models_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `models` and its subcommands on the `lineguard cloud` parser."""
     help_ = "the model registry: list, show, promote (approve), import"
@@ -32,9 +40,9 @@ def add_models_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     ls.add_argument("--name", help="only this model name")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     sh = command("show", "one model: lineage, gate outcome, history, where it runs")
-    sh.add_argument("model", type=ModelRef.parse, metavar="MODEL@VERSION")
+    sh.add_argument("model", type=model_ref_arg, metavar="MODEL@VERSION")
     pr = command("promote", "approve a candidate whose gate passed (an engineer's decision)")
-    pr.add_argument("model", type=ModelRef.parse, metavar="MODEL@VERSION")
+    pr.add_argument("model", type=model_ref_arg, metavar="MODEL@VERSION")
     pr.add_argument("--reason", required=True, help="why (kept in the model's history)")
     pr.add_argument("--by", default=None, help="who approves (default: the login name)")
     im = command("import", "register an existing bundle directory (e.g. a production model)")

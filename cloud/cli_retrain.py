@@ -21,14 +21,14 @@ if TYPE_CHECKING:
 
 def add_retrain_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `retrain` and `retrain-worker` on the `lineguard cloud` parser."""
-    from cloud.registry import ModelRef
+    from cloud.cli_models import model_ref_arg
 
     text = "fine-tune a registered model on a dataset into a candidate, and gate it"
     rt = sub.add_parser("retrain", help=text, formatter_class=HelpFormatter,
                         description=text + ".\nTraining defaults and the gate come from the "
                         "config's `retrain:` section; the flags override the training ones.")
     rt.add_argument("--config", type=Path, required=True, help="cloud YAML config file")
-    rt.add_argument("--from", dest="parent", type=ModelRef.parse, required=True,
+    rt.add_argument("--from", dest="parent", type=model_ref_arg, required=True,
                     metavar="MODEL@VERSION", help="the registered model to fine-tune")
     rt.add_argument("--data", required=True, metavar="DATASET@VERSION|PATH",
                     help="dataset version, or a YOLO folder / data.yaml")
