@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from cloud.config import CloudConfig
+from cloud.fleet import FleetStore
 from cloud.fleet.views import LineView
 from cloud.registry import ModelEntry, ModelRef, ModelRegistry, RegistryLineage
 from protocol.cliargs import HelpFormatter
@@ -57,13 +58,21 @@ def add_models_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     im.add_argument("--by", default=None, help="who imports (default: the login name)")
 
 
-def _lines(cfg: CloudConfig) -> list[LineView]:
-    """The fleet store's lines, or none when there is no fleet store yet."""
+def open_fleet_store(cfg: CloudConfig) -> FleetStore | None:
+    """The fleet store (where each model runs), or None when there is none yet. The
+    one place the registry's commands open it."""
     from cloud.fleet import FleetStore
 
     if not cfg.store.path.exists():
+        return None
+    return FleetStore(cfg.store)
+
+
+def _lines(cfg: CloudConfig) -> list[LineView]:
+    """The fleet store's lines, or none when there is no fleet store yet."""
+    store = open_fleet_store(cfg)
+    if store is None:
         return []
-    store = FleetStore(cfg.store)
     try:
         return store.lines()
     finally:

@@ -86,9 +86,9 @@ def run_retrain(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    from cloud.cli_models import open_fleet_store
     from cloud.config import load_config
     from cloud.errors import CloudError
-    from cloud.fleet import FleetStore
     from cloud.registry.open import open_registry
     from cloud.retrain.requests import RetrainQueue
     from cloud.retrain.worker import RetrainWorker, utc_now
@@ -96,12 +96,12 @@ def run_worker(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
         registry = open_registry(cfg.database, cfg.registry)
-        store = FleetStore(cfg.store)
+        store = open_fleet_store(cfg)
     except CloudError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     queue = RetrainQueue(registry.engine, min_interval_h=cfg.retrain.min_interval_h)
-    worker = RetrainWorker(queue, registry, cfg.retrain, store.lines,
+    worker = RetrainWorker(queue, registry, cfg.retrain, store.lines if store else list,
                            datasets=_datasets(cfg, registry), progress=_say)
     try:
         if args.once:
@@ -117,4 +117,5 @@ def run_worker(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        store.close()
+        if store is not None:
+            store.close()

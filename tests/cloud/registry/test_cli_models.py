@@ -83,3 +83,22 @@ def test_retrain_refuses_bad_inputs_before_training(
     code, _, err = run(capsys, "models", "import", str(DEMO_BUNDLE), "--weights",
                        str(DEMO_WEIGHTS), "--config", c)
     assert code == 2 and "already registered with different content" in err
+
+
+def test_worker_once_runs_the_queue_and_exits(config: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from cloud.config import load_config
+    from cloud.registry.open import open_registry
+    from cloud.retrain.requests import RetrainQueue
+
+    cfg = load_config(config)
+    registry = open_registry(cfg.database, cfg.registry)
+    queue = RetrainQueue(registry.engine, min_interval_h=24)
+    request = queue.request_retrain("plant1/line-1", "drift: test")
+    assert request is not None
+    code, _, _ = run(capsys, "retrain-worker", "--once", "--config", str(config))
+    assert code == 0
+    done = queue.get(request.id)
+    assert done.state == "failed" and done.outcome is not None
+    assert "knows no model" in done.outcome
+    registry.engine.dispose()
