@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 
 from cloud.cli_db import add_db_commands, run_db
+from cloud.cli_models import add_models_command, run_models
+from cloud.cli_retrain import add_retrain_commands, run_retrain, run_worker
 from cloud.datasets.cli import add_commands as add_dataset_commands
 from cloud.datasets.cli import run as run_dataset_command
 from protocol.cliargs import (
@@ -82,6 +84,7 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
     from cloud.datasets.service import open_database, upload_router
     from cloud.errors import CloudError, ConfigError
     from cloud.fleet import FleetStore
+    from cloud.registry import ModelRegistry
 
     try:
         cfg = load_config(config_path)
@@ -101,6 +104,7 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
         signal.signal(signum, lambda *_: stopped.set())
     try:
         app = create_app(store, token, public_docs=cfg.api.public_docs,
+                         registry=ModelRegistry(engine, cfg.registry.root),
                          routers=[upload_router(cfg, engine)])
         uvicorn.run(app, host=host or cfg.api.host, port=port or cfg.api.port,
                     log_config=None, access_log=False)
@@ -303,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_argument("--threads", type=positive_int, default=2, help="ORT threads for the timing")
     qu.add_argument("--bench-rounds", type=nonnegative_int, default=5,
                     help="timing rounds (0: no timing)")
+    add_models_command(sub)
+    add_retrain_commands(sub)
     add_dataset_commands(command)
     for cmd in sub.choices.values():
         add_logging_arguments(cmd)
@@ -327,6 +333,12 @@ def main(argv: list[str]) -> int:
         return _check_config(args.config, read_secrets=not args.skip_secrets)
     if args.cmd == "config-reference":
         return _reference()
+    if args.cmd == "models":
+        return run_models(args)
+    if args.cmd == "retrain":
+        return run_retrain(args)
+    if args.cmd == "retrain-worker":
+        return run_worker(args)
     if args.cmd in ("dataset", "line"):
         return run_dataset_command(args)
     parser.error(f"unknown command {args.cmd}")

@@ -35,6 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from cloud.datasets.config import DatasetsConfig
 from cloud.db.config import DatabaseConfig
 from cloud.errors import ConfigError
+from cloud.registry.config import RegistryConfig
+from cloud.retrain.config import RetrainConfig
 from protocol import ProtocolError, validate_id
 from protocol.backoff import BackoffConfig
 from protocol.configfile import ConfigFileError, load_config_file, validate_mapping
@@ -194,6 +196,8 @@ class CloudConfig(_Section):
 
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     store: FleetStoreConfig = Field(default_factory=FleetStoreConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     collector: CollectorConfig | None = None
     api: ApiConfig | None = None
     datasets: DatasetsConfig = Field(default_factory=DatasetsConfig)

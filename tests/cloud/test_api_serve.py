@@ -25,6 +25,7 @@ def test_serve_answers_health_and_checks_the_token(tmp_path, database_url):
     config = tmp_path / "cloud.yaml"
     config.write_text(
         f"database: {{url: '{database_url}'}}\n"
+        f"registry: {{root: {tmp_path / 'registry'}}}\n"
         f"api: {{port: {port}, token_file: {token_file}}}\n", "utf-8")
     log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen(
