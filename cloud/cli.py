@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+from cloud.cli_models import add_models_command, run_models
 from protocol.cliargs import (
     HelpFormatter,
     add_logging_arguments,
@@ -78,12 +79,14 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
     from cloud.config import load_config
     from cloud.errors import CloudError, ConfigError
     from cloud.fleet import FleetStore
+    from cloud.registry.open import open_registry
 
     try:
         cfg = load_config(config_path)
         if cfg.api is None:
             raise ConfigError(f"{config_path}: no `api` section")
         token = cfg.api.secret()
+        registry = open_registry(cfg.database, cfg.registry)
         store = FleetStore(cfg.store)
     except CloudError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -95,7 +98,7 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
     try:
-        app = create_app(store, token, public_docs=cfg.api.public_docs)
+        app = create_app(store, token, public_docs=cfg.api.public_docs, registry=registry)
         uvicorn.run(app, host=host or cfg.api.host, port=port or cfg.api.port,
                     log_config=None, access_log=False)
     finally:
@@ -292,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_argument("--threads", type=positive_int, default=2, help="ORT threads for the timing")
     qu.add_argument("--bench-rounds", type=nonnegative_int, default=5,
                     help="timing rounds (0: no timing)")
+    add_models_command(sub)
     for cmd in sub.choices.values():
         add_logging_arguments(cmd)
     return parser
@@ -313,5 +317,7 @@ def main(argv: list[str]) -> int:
         return _check_config(args.config, read_secrets=not args.skip_secrets)
     if args.cmd == "config-reference":
         return _reference()
+    if args.cmd == "models":
+        return run_models(args)
     parser.error(f"unknown command {args.cmd}")
     return 2

@@ -62,7 +62,7 @@ class Check(_Frozen):
 class GateReport(_Frozen):
     """The whole gate decision for one candidate."""
 
-    schema_id: Literal["lineguard.gate/1"] = Field(GATE_REPORT_SCHEMA, alias="schema")
+    schema_id: Literal["lineguard.gate/1"] = Field("lineguard.gate/1", alias="schema")
     model: str
     """The candidate, `name@version`."""
     parent: str | None
