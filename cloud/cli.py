@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 from cloud.cli_models import add_models_command, run_models
+from cloud.cli_release import RELEASE_COMMANDS, add_release_commands, run_release
 from protocol.cliargs import (
     HelpFormatter,
     add_logging_arguments,
@@ -296,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_argument("--bench-rounds", type=nonnegative_int, default=5,
                     help="timing rounds (0: no timing)")
     add_models_command(sub)
+    add_release_commands(sub)
     for cmd in sub.choices.values():
         add_logging_arguments(cmd)
     return parser
@@ -319,5 +321,7 @@ def main(argv: list[str]) -> int:
         return _reference()
     if args.cmd == "models":
         return run_models(args)
+    if args.cmd in RELEASE_COMMANDS:
+        return run_release(args)
     parser.error(f"unknown command {args.cmd}")
     return 2

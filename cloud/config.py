@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from cloud.db.config import DatabaseConfig
 from cloud.errors import ConfigError
 from cloud.registry.config import RegistryConfig
+from cloud.release.config import ReleaseConfig
 from protocol import ProtocolError, validate_id
 from protocol.backoff import BackoffConfig
 from protocol.configfile import ConfigFileError, load_config_file, validate_mapping
@@ -184,6 +185,7 @@ class CloudConfig(_Section):
     store: FleetStoreConfig = Field(default_factory=FleetStoreConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    release: ReleaseConfig = Field(default_factory=ReleaseConfig)
     collector: CollectorConfig | None = None
     api: ApiConfig | None = None
 

@@ -40,15 +40,13 @@ class NewKey:
         return f"file2:{self.path.resolve()}"
 
 
-def warn_key_on_disk(role: str, path: Path) -> str:
-    """Log (and return) the loud warning for a private key that sits on disk."""
+def key_on_disk_warning(role: str, path: Path) -> str:
+    """The loud warning for a private key that sits on disk."""
     advice = (" Move it offline (an air-gapped machine, a hardware token or a KMS) and keep "
               "only its public key here; see docs/releases.md." if role in OFFLINE_ROLES
               else " Anyone who can read this file can sign for the role; restrict it "
               "(mode 0600, one service account) or use a KMS/HSM signer.")
-    message = f"WARNING: the private {role} key is on disk at {path}.{advice}"
-    logger.warning("%s", message)
-    return message
+    return f"WARNING: the private {role} key is on disk at {path}.{advice}"
 
 
 def generate_key(role: str, keys_dir: Path) -> NewKey:
@@ -93,7 +91,8 @@ def write_signers_file(path: Path, signers: Mapping[str, str]) -> None:
 class SignerPool:
     """Loads a signer for a key on first use (only the keys a command needs)."""
 
-    def __init__(self, uris: Mapping[str, str]) -> None:
+    def __init__(self, uris: Mapping[str, str], *, warn_offline_on_disk: bool = True) -> None:
+        self._warn = warn_offline_on_disk
         self._uris = dict(uris)
         self._loaded: dict[str, Signer] = {}
 
@@ -110,8 +109,8 @@ class SignerPool:
         uri = self._uris.get(key.keyid)
         if uri is None:
             raise SigningError(f"no signer configured for {role} key {key.keyid}")
-        if uri.startswith(f"{CryptoSigner.SCHEME}:") and role in OFFLINE_ROLES:
-            warn_key_on_disk(role, Path(uri.split(":", 1)[1]))
+        if self._warn and uri.startswith(f"{CryptoSigner.SCHEME}:") and role in OFFLINE_ROLES:
+            logger.warning("%s", key_on_disk_warning(role, Path(uri.split(":", 1)[1])))
         # Any backend (file, KMS, HSM) may fail in its own way: translate at this seam.
         try:
             signer = Signer.from_priv_key_uri(uri, key)
