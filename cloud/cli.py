@@ -77,10 +77,12 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
     import uvicorn
 
     from cloud.api import create_app
+    from cloud.api.releases import ReleaseApi
     from cloud.config import load_config
     from cloud.errors import CloudError, ConfigError
     from cloud.fleet import FleetStore
     from cloud.registry.open import open_registry
+    from cloud.release.open import open_release
 
     try:
         cfg = load_config(config_path)
@@ -88,6 +90,8 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
             raise ConfigError(f"{config_path}: no `api` section")
         token = cfg.api.secret()
         registry = open_registry(cfg.database, cfg.registry)
+        side = open_release(cfg.database, cfg.release)
+        release = ReleaseApi(side.store, cfg.release.repository_dir)
         store = FleetStore(cfg.store)
     except CloudError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -99,11 +103,13 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
     try:
-        app = create_app(store, token, public_docs=cfg.api.public_docs, registry=registry)
+        app = create_app(store, token, public_docs=cfg.api.public_docs, registry=registry,
+                         release=release)
         uvicorn.run(app, host=host or cfg.api.host, port=port or cfg.api.port,
                     log_config=None, access_log=False)
     finally:
         store.close()
+        side.close()
     return 0
 
 

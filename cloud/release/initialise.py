@@ -27,8 +27,9 @@ class InitResult:
 def init_repository(repo_dir: Path, keys_dir: Path, expiry: RoleExpiry,
                     *, clock: Clock = utc_now) -> InitResult:
     """Generate one ed25519 key per role into `keys_dir` (with `signers.json`, key id ->
-    `file2:` URI) and write version 1 of every role into `repo_dir`. Warns loudly for
-    every private key on disk (returned, for the caller to show). Raises ReleaseError (the repository exists, IO)."""
+    `file2:` URI) and write version 1 of every role into `repo_dir`. Returns a loud
+    warning for every private key on disk, for the caller to show. Raises ReleaseError
+    (the repository exists, IO)."""
     keys = tuple(generate_key(role, keys_dir) for role in (*TOP_ROLES, *DELEGATED_PATHS))
     signers = {k.key.keyid: k.uri for k in keys}
     signers_file = keys_dir / "signers.json"

@@ -138,7 +138,8 @@ class ReleaseStore:
         """Newest first."""
         with self._begin("reading releases") as conn:
             rows = conn.execute(select(tables.releases).order_by(
-                tables.releases.c.released_at_ms.desc()).limit(limit)).all()
+                tables.releases.c.released_at_ms.desc(), tables.releases.c.model,
+                tables.releases.c.version.desc()).limit(limit)).all()
         return [_release(r._mapping) for r in rows]
 
     # ---- assignments
