@@ -18,7 +18,8 @@ Invariants:
   clients see the previous repository, whole and valid; a crash before it leaves only
   unreferenced files, which the next write overwrites.
 - One writer at a time: every write holds an exclusive `flock` on `.lock` in the
-  repository directory (the rollout controller and an engineer's CLI may both sign).
+  repository directory (the rollout controller and an engineer's CLI may both sign);
+  `locked()` lets a caller hold it across a read and the write that depends on it.
 - Every role version only moves forward; signed metadata is verified against its
   delegator before it is written (a missing signer fails before anything is written).
 - Custom target fields are strings and integers only (canonical JSON has no floats).
@@ -32,6 +33,7 @@ import hashlib
 import logging
 import re
 import shutil
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -125,6 +127,8 @@ class Repository:
         self.signers = signers
         self.expiry = expiry
         self._clock = clock
+        self._thread_lock = threading.RLock()
+        self._depth = 0
 
     # ---- creation
 
@@ -163,7 +167,7 @@ class Repository:
             repo.targets_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ReleaseError(f"cannot create {root_dir}: {e}") from e
-        with repo._locked():
+        with repo.locked():
             repo._sign_root(state.root, [state.root.signed])
             # Version 1 of every targets role; snapshot and timestamp get version 1 too.
             for role in ("targets", "bundles", "deploy"):
@@ -340,18 +344,31 @@ class Repository:
     # ---- writing
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        lock_path = self.root_dir / ".lock"
-        try:
-            fh = lock_path.open("a")
-        except OSError as e:
-            raise ReleaseError(f"cannot open the lock file {lock_path}: {e}") from e
-        with fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    def locked(self) -> Iterator[None]:
+        """Hold the repository's write lock (re-entrant within this object): a caller
+        that reads the repository and then writes based on what it read (the next
+        assignment sequence) holds it across both. Raises ReleaseError."""
+        with self._thread_lock:
+            if self._depth > 0:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            lock_path = self.root_dir / ".lock"
             try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+                fh = lock_path.open("a")
+            except OSError as e:
+                raise ReleaseError(f"cannot open the lock file {lock_path}: {e}") from e
+            with fh:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+                self._depth = 1
+                try:
+                    yield
+                finally:
+                    self._depth = 0
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def _write_meta(self, name: str, data: bytes) -> None:
         """Write one metadata file atomically (the seam a crash test breaks)."""
@@ -437,7 +454,7 @@ class Repository:
         if custom is not None and not _custom_ok(dict(custom)):
             raise ReleaseError("custom target fields must be strings, integers, booleans, "
                                "lists or objects of those: canonical JSON has no floats")
-        with self._locked():
+        with self.locked():
             state = self._load()
             if not self._delegated_role(state, role).is_delegated_path(target_path):
                 raise ReleaseError(f"{target_path} is outside the {role} role's paths "
@@ -456,7 +473,7 @@ class Repository:
         than `refresh_when_left_fraction` of their lifetime left (all with `force`).
         Returns the roles re-signed; logs a warning for root or targets close to expiry
         (they are signed offline). Raises ReleaseError, SigningError."""
-        with self._locked():
+        with self.locked():
             state = self._load()
             now = self._now()
             due = {role for role in ONLINE_ROLES

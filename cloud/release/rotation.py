@@ -42,7 +42,7 @@ def rotate_root(repo: Repository, revoke: Sequence[str], keys_dir: Path,
     if not revoke:
         raise ReleaseError("name at least one key to revoke (--revoke KEYID)")
     new_keys: list[NewKey] = []
-    with repo._locked():
+    with repo.locked():
         state = repo._load()
         old_root: Root = copy.deepcopy(state.root.signed)
         new_root: Root = copy.deepcopy(old_root)

@@ -144,7 +144,7 @@ def test_bundle_listed_by_deploy_but_not_by_bundles_is_refused(
         repo: Repository, line: Line) -> None:
     # The deploy key's holder signs a bundle of its own: `bundles` alone may list them.
     rogue = "bundles/demo/9/demo-9.tar"
-    with repo._locked():
+    with repo.locked():
         state = repo._load()
         info = repo._store_target(rogue, b"rogue model")
         state.deploy.signed.targets[rogue] = info
