@@ -157,3 +157,24 @@ def test_rollback_on_purpose_is_a_new_assignment(world: World, tmp_path: Path) -
     assert world.hinter.sent[-1] == ("rollback", "plant1/line-1", "", 2)
     assert _signed_versions(world.repo, tmp_path)["plant1/line-1"] == 2
     assert timedelta(0) <= world.clock.now - world.store.events()[0].at
+
+
+def test_a_restarted_controller_finishes_what_a_crash_left(world: World) -> None:
+    r = world.service().start("demo", 2, ["plant1/line-1"], by="alice")
+    # A crash right after the promotion was recorded, before any wave line was signed.
+    assert world.store.move_rollout(r, state="active", stage_index=1,
+                                    stage_started_at_ms=world.clock.ms(), reason=None,
+                                    step="promoted", detail="test")
+    assert world.assigned("plant1/line-2") == (1, "manual")
+    [after] = world.service().step()
+    assert after.stage_index == 1
+    assert world.assigned("plant1/line-2") == (2, "all")
+    assert world.assigned("plant1/line-3") == (2, "all")
+    # A crash right after the halt was recorded, before any line was sent back.
+    assert world.store.move_rollout(after, state="halted", stage_index=1,
+                                    stage_started_at_ms=world.clock.ms(), reason="test",
+                                    step="halted", detail="test")
+    assert world.service().step() == []
+    assert {world.assigned(name) for name in LINES} == {(1, "rollback")}
+    world.service().step()  # nothing more to do: no second rollback assignment
+    assert len(world.store.assignments("plant1", "line-1")) == 3
