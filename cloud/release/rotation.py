@@ -43,11 +43,11 @@ def rotate_root(repo: Repository, revoke: Sequence[str], keys_dir: Path,
         raise ReleaseError("name at least one key to revoke (--revoke KEYID)")
     new_keys: list[NewKey] = []
     with repo.locked():
-        state = repo._load()
+        state = repo.load_state()
         old_root: Root = copy.deepcopy(state.root.signed)
         new_root: Root = copy.deepcopy(old_root)
         new_root.version += 1
-        new_root.expires = repo._expires("root")
+        new_root.expires = repo.expires_for("root")
         old_keys: dict[str, tuple[Key, ...]] = {}
         revoked: list[str] = []
         for wanted in revoke:
@@ -62,11 +62,11 @@ def rotate_root(repo: Repository, revoke: Sequence[str], keys_dir: Path,
                 old_keys[role] = (*old_keys.get(role, ()), old_root.keys[keyid])
                 new_keys.append(fresh)
         state.root = Metadata(new_root)
-        repo._sign_root(state.root, [old_root])
+        repo.sign_root(state.root, [old_root])
         changed = set(old_keys) - {"root"}
         if changed:
-            repo._publish(state, changed & {"targets"}, extra_keys=old_keys)
-        repo._write_versioned(state.root, "root")
+            repo.publish_state(state, changed & {"targets"}, extra_keys=old_keys)
+        repo.write_versioned(state.root, "root")
         if signers_file is not None:
             uris = read_signers_file(signers_file)
             uris.update({k.key.keyid: k.uri for k in new_keys})

@@ -145,10 +145,10 @@ def test_bundle_listed_by_deploy_but_not_by_bundles_is_refused(
     # The deploy key's holder signs a bundle of its own: `bundles` alone may list them.
     rogue = "bundles/demo/9/demo-9.tar"
     with repo.locked():
-        state = repo._load()
-        info = repo._store_target(rogue, b"rogue model")
+        state = repo.load_state()
+        info = repo.store_target(rogue, b"rogue model")
         state.deploy.signed.targets[rogue] = info
-        repo._publish(state, {"deploy"})
+        repo.publish_state(state, {"deploy"})
     assert repo.target_file(info).exists()
     with serve_directory(repo.root_dir) as url:
         line.base_url = url
