@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import signal
 import sys
 import threading
@@ -166,7 +167,8 @@ def _release(cfg: CloudConfig, args: argparse.Namespace, side: ReleaseSide) -> i
 
 
 @contextmanager
-def _service(cfg: CloudConfig, side: ReleaseSide) -> Iterator[RolloutService]:
+def _service(cfg: CloudConfig, side: ReleaseSide, *,
+             controller: bool) -> Iterator[RolloutService]:
     from cloud.fleet import FleetStore
     from cloud.rollout.hints import MqttHinter
     from cloud.rollout.service import RolloutService
@@ -174,7 +176,9 @@ def _service(cfg: CloudConfig, side: ReleaseSide) -> Iterator[RolloutService]:
     # The fleet store is the rollout's telemetry (the one place that opens it here).
     fleet = FleetStore(cfg.store)
     broker = cfg.release.rollout.broker
-    hinter = MqttHinter(broker, by="lineguard-cloud") if broker is not None else None
+    suffix = "" if controller else f"-cli-{os.getpid()}"
+    hinter = (MqttHinter(broker, by="lineguard-cloud", client_id_suffix=suffix)
+              if broker is not None else None)
     try:
         yield RolloutService(side.repo, side.store, fleet, hinter, cfg.release.rollout.bounds)
     finally:
@@ -184,7 +188,7 @@ def _service(cfg: CloudConfig, side: ReleaseSide) -> Iterator[RolloutService]:
 
 
 def _rollout(cfg: CloudConfig, args: argparse.Namespace, side: ReleaseSide) -> int:
-    with _service(cfg, side) as service:
+    with _service(cfg, side, controller=args.cmd == "rollout-controller") as service:
         return _rollout_with(cfg, args, side, service)
 
 

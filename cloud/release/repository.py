@@ -205,6 +205,15 @@ class Repository:
                                   tuple(delegated.keyids), delegated.threshold))
         return out
 
+    def public_key(self, keyid: str) -> Key:
+        """The public key `keyid` as root or targets lists it. Raises ReleaseError."""
+        state = self.load_state()
+        delegations = state.targets.signed.delegations
+        keys = {**(delegations.keys if delegations else {}), **state.root.signed.keys}
+        if keyid not in keys:
+            raise ReleaseError(f"no key {keyid} in root or targets")
+        return keys[keyid]
+
     def targets_of(self, role: str) -> dict[str, TargetFile]:
         """The targets `bundles` or `deploy` signs now, by path."""
         if role not in DELEGATED_PATHS:
