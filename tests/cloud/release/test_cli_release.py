@@ -81,6 +81,9 @@ def test_release_commands(database_url: str, tmp_path: Path,
     code, out, err = _run(capsys, "release", "rotate-root", "--revoke", timestamp_key,
                           "--keys-dir", str(keys), *c)
     assert code == 0 and "root version 2" in out, err
+    code, out, err = _run(capsys, "release", "rotate-key", "deploy", "--keys-dir", str(keys),
+                          *c)
+    assert code == 0 and "targets version 2: deploy key" in out, err
     code, out, err = _run(capsys, "release", "refresh", "--force", *c)
     assert code == 0, err
     with serve_directory(repo) as url:
