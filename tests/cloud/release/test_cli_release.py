@@ -21,6 +21,7 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     return code, out.out, out.err
 
 
+@pytest.mark.slow
 def test_release_commands(database_url: str, tmp_path: Path,
                           capsys: pytest.CaptureFixture[str]) -> None:
     repo = tmp_path / "tuf"

@@ -14,6 +14,7 @@ from protocol.mqtt_config import BrokerConfig
 from tests.mqtt_broker import MqttProbe, free_port, requires_mosquitto, start_broker
 
 
+@pytest.mark.mqtt
 @requires_mosquitto
 def test_hints_reach_the_line(tmp_path: Path) -> None:
     broker = start_broker(tmp_path)
