@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cloud.cli_db import add_db_commands, run_db
 from cloud.cli_models import add_models_command, run_models
+from cloud.cli_release import RELEASE_COMMANDS, add_release_commands, run_release
 from cloud.cli_retrain import add_retrain_commands, run_retrain, run_worker
 from cloud.datasets.cli import add_commands as add_dataset_commands
 from cloud.datasets.cli import run as run_dataset_command
@@ -80,11 +81,13 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
     import uvicorn
 
     from cloud.api import create_app
+    from cloud.api.releases import ReleaseApi
     from cloud.config import load_config
     from cloud.datasets.service import open_database, upload_router
     from cloud.errors import CloudError, ConfigError
     from cloud.fleet import FleetStore
-    from cloud.registry import ModelRegistry
+    from cloud.registry.open import open_registry
+    from cloud.release.open import open_release
 
     try:
         cfg = load_config(config_path)
@@ -93,6 +96,9 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
         token = cfg.api.secret()
         store = FleetStore(cfg.database, cfg.store)
         engine = open_database(cfg)
+        registry = open_registry(cfg.database, cfg.registry)
+        side = open_release(cfg.database, cfg.release)
+        release = ReleaseApi(side.store, cfg.release.repository_dir)
     except CloudError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -103,14 +109,14 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
     try:
-        app = create_app(store, token, public_docs=cfg.api.public_docs,
-                         registry=ModelRegistry(engine, cfg.registry.root),
-                         routers=[upload_router(cfg, engine)])
+        app = create_app(store, token, public_docs=cfg.api.public_docs, registry=registry,
+                         release=release, routers=[upload_router(cfg, engine)])
         uvicorn.run(app, host=host or cfg.api.host, port=port or cfg.api.port,
                     log_config=None, access_log=False)
     finally:
         store.close()
         engine.dispose()
+        side.close()
     return 0
 
 
@@ -310,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_command(sub)
     add_retrain_commands(sub)
     add_dataset_commands(command)
+    add_release_commands(sub)
     for cmd in sub.choices.values():
         add_logging_arguments(cmd)
     return parser
@@ -341,5 +348,7 @@ def main(argv: list[str]) -> int:
         return run_worker(args)
     if args.cmd in ("dataset", "line"):
         return run_dataset_command(args)
+    if args.cmd in RELEASE_COMMANDS:
+        return run_release(args)
     parser.error(f"unknown command {args.cmd}")
     return 2

@@ -36,6 +36,7 @@ from cloud.datasets.config import DatasetsConfig
 from cloud.db.config import DatabaseConfig
 from cloud.errors import ConfigError
 from cloud.registry.config import RegistryConfig
+from cloud.release.config import ReleaseConfig
 from cloud.retrain.config import RetrainConfig
 from protocol import ProtocolError, validate_id
 from protocol.backoff import BackoffConfig
@@ -198,6 +199,7 @@ class CloudConfig(_Section):
     store: FleetStoreConfig = Field(default_factory=FleetStoreConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    release: ReleaseConfig = Field(default_factory=ReleaseConfig)
     collector: CollectorConfig | None = None
     api: ApiConfig | None = None
     datasets: DatasetsConfig = Field(default_factory=DatasetsConfig)

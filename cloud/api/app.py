@@ -29,6 +29,7 @@ from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Secr
 from swagger_ui_bundle import swagger_ui_path
 
 from cloud.api.models import models_router
+from cloud.api.releases import ReleaseApi, add_release_routes
 from cloud.errors import FleetStoreError
 from cloud.fleet import (
     CollectorCounters,
@@ -199,13 +200,14 @@ def _not_found(site: str, line: str) -> HTTPException:
 
 def create_app(
     store: FleetStore, token: SecretStr | str, *, public_docs: bool = False,
-    registry: ModelRegistry | None = None,
+    registry: ModelRegistry | None = None, release: ReleaseApi | None = None,
     routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     """The fleet API over `store`; `token` is the bearer token (at least 16 characters).
     `public_docs`: serve `/openapi.json` without the token. `registry`: also serve
-    `/models` (cloud/api/models.py). `routers`: more endpoints that do their own
-    authentication (the lines' sample uploads: cloud/api/uploads.py).
+    `/models` (cloud/api/models.py). `release`: also serve `/tuf/...`, `/releases...`
+    and `/rollouts...` (cloud/api/releases.py). `routers`: more endpoints that do their
+    own authentication (the lines' sample uploads: cloud/api/uploads.py).
 
     Raises ValueError for a shorter token.
     """
@@ -357,4 +359,7 @@ def create_app(
             return JSONResponse(status_code=503, content={"detail": "model registry unavailable"})
     for extra in routers:
         app.include_router(extra)
+    if release is not None:
+        add_release_routes(app, release, store.lines, [Depends(auth)],
+                           {**UNAUTHORIZED, **UNAVAILABLE})
     return app
