@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from appliance.capture import Frame, FrameSource, make_source
 from appliance.capture.probe import require_file_sources
 from appliance.config import ApplianceConfig, PipelineConfig
-from appliance.errors import ConfigError, EngineError, NoModelError
+from appliance.errors import ConfigError, EngineError, NoModelError, UpdateRejected
 from appliance.pipeline.batcher import DynamicBatcher
 from appliance.pipeline.behind import BehindMonitor
 from appliance.pipeline.cpu import CpuMeter
@@ -59,9 +59,13 @@ from appliance.records import EventRecord, EventValue, InspectionRecord, Severit
 from appliance.records import UninspectedReason as Reason
 from appliance.store import Store
 from appliance.telemetry import Telemetry, TelemetryError, pipeline_gauges
+from appliance.telemetry.messages import model_ref_from_version_id
+from appliance.updater.service import Updates
+from appliance.watchdog import Notifier, Progress, Watchdog
 from models.bundle import Bundle, open_bundle
 from models.errors import ModelError
 from protocol.app_version import app_version
+from protocol.model_report import UpdateProgress
 
 logger = logging.getLogger(__name__)
 
@@ -228,6 +232,8 @@ class App:
         self.telemetry: Telemetry | None = None
         self.pipeline: Pipeline | None = None
         self._behind: BehindMonitor | None = None
+        self.updates: Updates | None = None
+        self._watchdog: Watchdog | None = None
         self._started_at = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -251,6 +257,11 @@ class App:
             self._event("appliance_start", "info", "app",
                         f"appliance {cfg.site}/{cfg.line} starting", site=cfg.site,
                         line=cfg.line, stations=len(cfg.stations))
+            if cfg.updates is not None and cfg.updates.enabled:
+                self.updates = Updates(cfg.updates, cfg.updates_dir, site=cfg.site,
+                                       line=cfg.line,
+                                       max_unpacked_bytes=cfg.model.max_unpacked_bytes)
+                self.updates.open()
             model = self._load_model(cfg.model.bundle)
             stations = [
                 Station(
@@ -285,7 +296,18 @@ class App:
             self._behind = BehindMonitor(cfg.pipeline.behind, self.pipeline.stats,
                                          self.events, clock=self._clock)
             self._behind.start()
+            if self.updates is not None:
+                self.updates.start_agent(self.pipeline, self.engine, self.events,
+                                         roi_of={s.name: s.roi_xywh for s in cfg.stations},
+                                         report=self._report_model)
+                if self.telemetry is not None:
+                    self.telemetry.command_listeners.append(self.updates.on_command)
+            self._watchdog = Watchdog(Notifier(), self._progress)
+            self._watchdog.start()
         except BaseException:
+            if self.updates is not None:
+                self.updates.stop()
+                self.updates = None
             if self.telemetry is not None:
                 self.telemetry.stop()
                 self.telemetry = None
@@ -305,6 +327,18 @@ class App:
         def withhold() -> Reason | None:
             return Reason.STORE_FULL if store.unwritable else None
         return withhold
+
+    def _progress(self) -> Progress:
+        pipeline, store = self.pipeline, self.store
+        if pipeline is None or store is None:
+            return Progress(0, 0, 0)
+        return Progress(pipeline.book.delivered, store.stats().committed, pipeline.book.pending)
+
+    def _report_model(self, current: str | None, previous: str | None,
+                      update: UpdateProgress | None) -> None:
+        if self.telemetry is not None:
+            self.telemetry.publish_model(model_ref_from_version_id(current),
+                                         model_ref_from_version_id(previous), update)
 
     def _start_telemetry(self, store: Store) -> Telemetry | None:
         """MQTT telemetry when configured. A telemetry that cannot start (outbox or TLS
@@ -338,10 +372,15 @@ class App:
 
     def _load_model(self, path: Path) -> LoadedModel | None:
         try:
+            if self.updates is not None and self.events is not None:
+                return self.updates.load_model(
+                    self.engine, lambda: open_model_bundle(path, self.cfg.bundles_dir,
+                                                           self.cfg.model.max_unpacked_bytes),
+                    events=self.events, verify=self.cfg.model.verify_golden)
             bundle = open_model_bundle(path, self.cfg.bundles_dir,
                                        self.cfg.model.max_unpacked_bytes)
             return self.engine.load(bundle, verify=self.cfg.model.verify_golden)
-        except (ModelError, EngineError) as e:
+        except (ModelError, EngineError, UpdateRejected) as e:
             if self._require_model:
                 raise NoModelError(
                     f"cannot load model bundle {path}: {e}. A line without a model cannot "
@@ -357,6 +396,12 @@ class App:
 
     def stop(self, timeout_s: float | None = None) -> None:
         """Stop the pipeline (drain), then flush and close the store. Idempotent."""
+        if self._watchdog is not None:
+            self._watchdog.stopping()
+            self._watchdog = None
+        if self.updates is not None:
+            self.updates.stop()
+            self.updates = None
         if self._behind is not None:
             self._behind.stop()
         if self.pipeline is not None:

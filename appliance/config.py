@@ -33,6 +33,7 @@ from appliance.capture.config import STATION_PATTERN, SimSourceConfig, SourceCon
 from appliance.errors import ConfigError
 from appliance.store.config import StoreConfig
 from appliance.telemetry.config import TelemetryConfig
+from appliance.updater.config import UpdatesConfig
 from models.bundle import DEFAULT_MAX_UNPACKED_BYTES
 from models.demo import demo_bundle_dir
 from protocol.backoff import BackoffConfig
@@ -203,6 +204,8 @@ class ApplianceConfig(_Section):
     store: StoreConfig
     telemetry: TelemetryConfig | None = None
     """MQTT telemetry to the cloud; absent means the appliance runs without it."""
+    updates: UpdatesConfig | None = None
+    """Verified model updates from the cloud's TUF repository; absent: none."""
 
     @model_validator(mode="before")
     @classmethod
@@ -249,6 +252,12 @@ class ApplianceConfig(_Section):
     def bundles_dir(self) -> Path:
         """Where .tar bundles are unpacked."""
         return self.data_dir / BUNDLES_DIR
+
+    @property
+    def updates_dir(self) -> Path:
+        """The update agent's cache (`updates.cache_dir`, default `<data_dir>/updates`)."""
+        cache = self.updates.cache_dir if self.updates is not None else None
+        return cache or self.data_dir / "updates"
 
 
 def config_from_dict(data: Mapping[str, Any], source: str = "config") -> ApplianceConfig:
