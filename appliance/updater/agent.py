@@ -302,7 +302,8 @@ class UpdateAgent:
             reason = shadow_refusal(result, wanted_frames=self.cfg.shadow_frames,
                                     min_agreement=self.cfg.min_agreement,
                                     max_latency_ratio=self.cfg.max_latency_ratio,
-                                    latency_budget_ms=self.cfg.latency_budget_ms)
+                                    latency_budget_ms=self.cfg.latency_budget_ms,
+                                    latency_floor_ms=self.cfg.latency_floor_ms)
             if reason is not None:
                 self._refused(attempt, "shadow", f"{reason} ({detail})", sequence)
                 return

@@ -59,7 +59,8 @@ class ShadowResult:
 
 
 def shadow_refusal(result: ShadowResult, *, wanted_frames: int, min_agreement: float,
-                   max_latency_ratio: float, latency_budget_ms: float | None) -> str | None:
+                   max_latency_ratio: float, latency_budget_ms: float | None,
+                   latency_floor_ms: float = 0.0) -> str | None:
     """Why a candidate fails its shadow run, or None if it passes."""
     if result.errors:
         return f"candidate failed on {result.errors} shadow frame(s)"
@@ -71,8 +72,8 @@ def shadow_refusal(result: ShadowResult, *, wanted_frames: int, min_agreement: f
     if latency_budget_ms is not None and result.candidate_ms_p50 > latency_budget_ms:
         return (f"median frame time {result.candidate_ms_p50:.1f} ms is over the budget "
                 f"of {latency_budget_ms:.1f} ms")
-    if result.active_ms_p50 > 0 and \
-            result.candidate_ms_p50 > max_latency_ratio * result.active_ms_p50:
+    if result.active_ms_p50 > 0 and result.candidate_ms_p50 > \
+            max(max_latency_ratio * result.active_ms_p50, result.active_ms_p50 + latency_floor_ms):
         return (f"median frame time {result.candidate_ms_p50:.1f} ms is over "
                 f"{max_latency_ratio:.1f}x the active model's {result.active_ms_p50:.1f} ms")
     return None

@@ -45,6 +45,9 @@ class UpdatesConfig(BaseModel):
     max_latency_ratio: float = Field(2.0, ge=1.0, le=100.0)
     """Refuse a candidate slower than this many times the active model (median
     single-frame time, both measured in the shadow run)."""
+    latency_floor_ms: float = Field(1.0, ge=0.0, le=10_000.0)
+    """A candidate is never refused for being slower by less than this (milliseconds):
+    below it the difference is measurement noise."""
     health_frames: int = Field(100, ge=0, le=1_000_000)
     """Verdicts by the new model that make the health window (0: commit at once)."""
     health_timeout_s: float = Field(600.0, gt=0.0, le=86_400.0)

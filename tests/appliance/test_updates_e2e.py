@@ -1,0 +1,254 @@
+"""Verified updates end to end: a real TUF repository over HTTP on 127.0.0.1, in-process
+appliances on a replayed line, the update agent staging bundles (golden, shadow, swap,
+health, commit or rollback), and the attacks it must refuse with the active model
+untouched."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from securesystemslib.signer import CryptoSigner
+
+from appliance.app import App
+from appliance.capture import ReplaySource
+from appliance.config import ApplianceConfig
+from appliance.updater.agent import UpdateAgent
+from models.bundle import Bundle, pack_bundle
+from tests.appliance.pipeline_helpers import WHITE
+from tests.appliance.tuf_repo import TufTestRepo, serve
+from tests.appliance.update_rig import (
+    escape_tar,
+    event_kinds,
+    inspections,
+    label_factory,
+    make_bundle,
+    state_of,
+    updates_config,
+    wait_until,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@dataclass
+class World:
+    root: Path
+    repo: TufTestRepo
+    url: str
+    root_file: Path
+    v1: Bundle
+    tars: dict[str, Path]
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Bundle]:
+    root = tmp_path_factory.mktemp("update-bundles")
+    return {"v1": make_bundle(root, 1), "v2": make_bundle(root, 2),
+            "blind": make_bundle(root, 3, kind="blind"),
+            "slow": make_bundle(root, 4, kind="slow"),
+            "crash": make_bundle(root, 5, kind="crash")}
+
+
+@pytest.fixture
+def world(tmp_path: Path, bundles: dict[str, Bundle]) -> Iterator[World]:
+    repo = TufTestRepo(tmp_path / "repo")
+    tars = {}
+    for key, b in bundles.items():
+        if key == "v1":
+            continue
+        tars[key] = pack_bundle(b.root, tmp_path / "tars" / f"{key}.tar")
+        repo.add_bundle(tars[key], "tiny", b.manifest.version)
+    repo.publish()
+    root_file = tmp_path / "trusted-root.json"
+    root_file.write_bytes(repo.trusted_root)
+    with serve(tmp_path / "repo") as url:
+        yield World(tmp_path, repo, url, root_file, bundles["v1"], tars)
+
+
+def start_app(w: World, name: str, line: str = "line-1", **updates: object) -> App:
+    cfg = updates_config(w.root, name, w.v1.root, w.url, w.root_file, line=line, **updates)
+    app = App(cfg, sources={"cam": ReplaySource([WHITE], max_fps=250.0)},
+              detector_factory=label_factory())
+    app.start()
+    return app
+
+
+def events_of(app: App) -> list[tuple[str, str]]:
+    if app.store is not None:
+        app.store.flush()
+    return event_kinds(app.cfg)
+
+
+def agent_of(app: App) -> UpdateAgent:
+    assert app.updates is not None and app.updates.agent is not None
+    return app.updates.agent
+
+
+def active(cfg: ApplianceConfig) -> str | None:
+    state = state_of(cfg)
+    return state.active.version_id if state.active else None
+
+
+def committed(cfg: ApplianceConfig, version_id: str) -> bool:
+    state = state_of(cfg)
+    return state.trial is None and state.active is not None and \
+        state.active.version_id == version_id
+
+
+def assert_one_verdict_per_contiguous_frame(cfg: ApplianceConfig) -> list[str | None]:
+    rows = inspections(cfg)
+    seqs = [int(r[0].rsplit(":", 1)[1]) for r in rows]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "a frame id is missing"
+    assert not [r for r in rows if r[1] == "uninspected" and "shutdown" not in str(r)]
+    return [r[2] for r in rows]
+
+
+def test_rollout_to_canary_then_promote_both_lines_end_on_it(world: World) -> None:
+    w = world
+    a1, a2 = start_app(w, "l1", "line-1"), start_app(w, "l2", "line-2")
+    try:
+        w.repo.assign("site-1", "line-1", "tiny", 2, 1, stage="canary")
+        w.repo.publish()
+        agent_of(a1).hint("hint", "0" * 32)
+        wait_until(lambda: committed(a1.cfg, "tiny:2"), 60, "canary commit")
+        assert active(a2.cfg) == "tiny:1"  # not assigned yet: untouched
+        w.repo.assign("site-1", "line-2", "tiny", 2, 1, stage="all")
+        w.repo.publish()
+        agent_of(a2).hint("hint")
+        wait_until(lambda: committed(a2.cfg, "tiny:2"), 60, "promotion commit")
+    finally:
+        a1.stop()
+        a2.stop()
+    for app in (a1, a2):
+        versions = assert_one_verdict_per_contiguous_frame(app.cfg)
+        first_v2 = versions.index("tiny:2")
+        assert set(versions[:first_v2]) == {"tiny:1"} and set(versions[first_v2:]) == {"tiny:2"}
+        steps = [k for k, _ in events_of(app)]
+        assert "update_step" in steps and "update_refused" not in steps
+
+
+@pytest.mark.parametrize("kind", ["blind", "slow"])
+def test_bad_but_signed_bundle_is_refused_at_shadow(world: World, kind: str) -> None:
+    w = world
+    version = {"blind": 3, "slow": 4}[kind]
+    app = start_app(w, "l1")
+    try:
+        w.repo.assign("site-1", "line-1", "tiny", version, 1)
+        w.repo.publish()
+        agent_of(app).check("hint")
+        assert active(app.cfg) == "tiny:1"
+        assert app.pipeline is not None and app.pipeline.model is not None
+        assert app.pipeline.model.version_id == "tiny:1"
+        state = state_of(app.cfg)
+        assert state.trial is None and state.last_sequence == 1
+        assert f"tiny:{version}" in state.abandoned
+        refused = [d for k, d in events_of(app) if k == "update_refused"]
+        assert len(refused) == 1 and '"step": "shadow"' in refused[0]
+        assert ("agreement" if kind == "blind" else "median frame time") in refused[0]
+        agent_of(app).check("poll")  # the same assignment is not tried again
+        assert len([k for k, _ in events_of(app) if k == "update_refused"]) == 1
+    finally:
+        app.stop()
+    assert set(assert_one_verdict_per_contiguous_frame(app.cfg)) == {"tiny:1"}
+
+
+def test_blind_bundle_without_shadow_is_rolled_back_in_the_health_window(world: World) -> None:
+    w = world
+    app = start_app(w, "l1", shadow_frames=0)
+    try:
+        wait_until(lambda: agent_of(app)._recent.count("tiny:1") >= 30, 20, "baseline")
+        w.repo.assign("site-1", "line-1", "tiny", 3, 1)
+        w.repo.publish()
+        agent_of(app).check("hint")
+        assert active(app.cfg) == "tiny:1"
+        assert app.pipeline is not None and app.pipeline.model is not None
+        assert app.pipeline.model.version_id == "tiny:1"
+        kinds = events_of(app)
+        rollback = [d for k, d in kinds if k == "model_rollback"]
+        assert len(rollback) == 1 and "defect rate" in rollback[0]
+    finally:
+        app.stop()
+    versions = assert_one_verdict_per_contiguous_frame(app.cfg)
+    assert "tiny:3" in versions and versions[-1] == "tiny:1"
+
+
+def test_attacks_are_refused_with_the_active_model_untouched(world: World,
+                                                              bundles: dict[str, Bundle]) -> None:
+    w = world
+    app = start_app(w, "l1")
+    agent = agent_of(app)
+    cfg = app.cfg
+
+    def untouched() -> None:
+        assert active(cfg) == "tiny:1"
+        assert app.pipeline is not None and app.pipeline.model is not None
+        assert app.pipeline.model.version_id == "tiny:1"
+
+    def refusals() -> list[str]:
+        return [d for k, d in events_of(app) if k == "update_refused"]
+
+    try:
+        # 1. tampered bundle: the served file is changed after it was signed.
+        w.repo.assign("site-1", "line-1", "tiny", 2, 1)
+        w.repo.publish()
+        served = next((w.repo.targets_dir / "bundles/tiny/2").glob("*.tiny-2.tar"))
+        data = bytearray(served.read_bytes())
+        data[600] ^= 0xFF
+        served.write_bytes(bytes(data))
+        agent.check("hint")
+        untouched()
+        assert len(refusals()) == 1 and "download" in refusals()[-1]
+        # 2. an assignment signed by a key the `deploy` role does not have.
+        w.repo.assign("site-1", "line-1", "tiny", 2, 2)
+        w.repo.publish(deploy_signer=CryptoSigner.generate_ed25519())
+        agent.check("hint")
+        untouched()
+        assert len(refusals()) == 2 and "refresh" in refusals()[-1]
+        # 3. a tar with a path escape, validly signed.
+        evil = escape_tar(bundles["v2"].root, w.root / "evil.tar")
+        w.repo.md["bundles"].signed.targets.pop("bundles/tiny/2/tiny-2.tar")
+        w.repo.add_bundle(evil, "tiny", 2)
+        w.repo.assign("site-1", "line-1", "tiny", 2, 5)
+        w.repo.publish()
+        agent.check("hint")
+        untouched()
+        assert len(refusals()) == 3 and "unpack" in refusals()[-1]
+        assert not (cfg.updates_dir / "escape.txt").exists()
+        assert not (cfg.updates_dir / "bundles" / "escape.txt").exists()
+        # 4. a replayed old assignment (sequence 3 after 5 was handled).
+        w.repo.md["bundles"].signed.targets.pop("bundles/tiny/2/tiny-2.tar")
+        w.repo.add_bundle(w.tars["v2"], "tiny", 2)
+        w.repo.assign("site-1", "line-1", "tiny", 2, 3)
+        w.repo.publish()
+        agent.check("hint")
+        untouched()
+        assert len(refusals()) == 4 and "replay" in refusals()[-1]
+        # 5. a bundle copied into the bundles folder by hand, asked for by version.
+        shutil.copytree(bundles["v2"].root, cfg.updates_dir / "bundles" / "tiny-2-byhand")
+        result = agent.request_rollback("tiny:2", who="test", source="cli")
+        assert not result.ok and "copied in by hand" in result.message
+        untouched()
+        assert len(refusals()) == 5
+    finally:
+        app.stop()
+    assert set(assert_one_verdict_per_contiguous_frame(cfg)) == {"tiny:1"}
+
+
+def test_unreachable_repository_backs_off_and_the_line_runs_on(world: World) -> None:
+    w = world
+    cfg = updates_config(w.root, "l1", w.v1.root, "http://127.0.0.1:9", w.root_file,
+                         poll_interval_s=0.05)
+    app = App(cfg, sources={"cam": ReplaySource([WHITE], max_fps=250.0)})
+    app.start()
+    try:
+        wait_until(lambda: app.stats().verdicts["fail"] >= 50, 20, "verdicts")
+    finally:
+        stop = threading.Event()
+        stop.set()
+        app.stop()
+    assert active(cfg) == "tiny:1"
