@@ -252,3 +252,76 @@ def test_unreachable_repository_backs_off_and_the_line_runs_on(world: World) -> 
         stop.set()
         app.stop()
     assert active(cfg) == "tiny:1"
+
+
+def test_rollback_command_with_no_network_runs_the_previous_bundle_within_a_second(
+    world: World, tmp_path: Path
+) -> None:
+    import time
+
+    import yaml
+
+    from appliance.cli import main as appliance_main
+
+    w = world
+    app = start_app(w, "l1", shadow_frames=0, health_frames=0)
+    first_v1: dict[str, float] = {}
+
+    def watch(record: object) -> None:
+        if getattr(record, "model_version", None) == "tiny:1" and "t" not in first_v1 \
+                and "asked" in first_v1:
+            first_v1["t"] = time.monotonic()
+
+    assert app.pipeline is not None
+    app.pipeline.add_listener(watch)
+    try:
+        w.repo.assign("site-1", "line-1", "tiny", 2, 1)
+        w.repo.publish()
+        agent_of(app).check("hint")
+        assert committed(app.cfg, "tiny:2")
+        config = tmp_path / "l1.yaml"
+        data = app.cfg.model_dump(mode="json")
+        data["updates"]["repository_url"] = "http://127.0.0.1:9"  # no network from here on
+        config.write_text(yaml.safe_dump(data))
+        first_v1["asked"] = time.monotonic()
+        assert appliance_main(["rollback", "--config", str(config), "--who", "alice"]) == 0
+        wait_until(lambda: "t" in first_v1, 5, "a verdict by the previous bundle")
+        assert first_v1["t"] - first_v1["asked"] < 1.0
+        assert active(app.cfg) == "tiny:1"
+        rollback = [d for k, d in events_of(app) if k == "model_rollback"]
+        assert len(rollback) == 1 and "alice" in rollback[0] and "cli" in rollback[0]
+    finally:
+        app.stop()
+    versions = assert_one_verdict_per_contiguous_frame(app.cfg)
+    assert versions[-1] == "tiny:1"
+
+
+def test_rollback_command_offline_changes_the_state_for_the_next_start(
+    world: World, tmp_path: Path
+) -> None:
+    import yaml
+
+    from appliance.cli import main as appliance_main
+
+    w = world
+    app = start_app(w, "l1", shadow_frames=0, health_frames=0)
+    try:
+        w.repo.assign("site-1", "line-1", "tiny", 2, 1)
+        w.repo.publish()
+        agent_of(app).check("hint")
+        assert committed(app.cfg, "tiny:2")
+    finally:
+        app.stop()
+    config = tmp_path / "l1.yaml"
+    config.write_text(yaml.safe_dump(app.cfg.model_dump(mode="json")))
+    assert appliance_main(["rollback", "--config", str(config), "--to", "7"]) == 1
+    assert appliance_main(["rollback", "--config", str(config), "--who", "bob"]) == 0
+    assert active(app.cfg) == "tiny:1"
+    again = start_app(w, "l1")
+    try:
+        assert again.pipeline is not None and again.pipeline.model is not None
+        assert again.pipeline.model.version_id == "tiny:1"
+        notes = [d for k, d in events_of(again) if k == "model_rollback"]
+        assert len(notes) == 1 and "bob" in notes[0]
+    finally:
+        again.stop()
