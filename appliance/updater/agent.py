@@ -111,6 +111,8 @@ class UpdateAgent:
         self._interrupted = threading.Event()
         self._hint: tuple[UpdateTrigger, str | None] = ("poll", None)
         self._threads: list[threading.Thread] = []
+        self.checks = 0
+        """Checks finished (whatever their outcome)."""
         pipeline.add_listener(self._on_verdict)
 
     # ------------------------------------------------------------------ lifecycle
@@ -161,8 +163,10 @@ class UpdateAgent:
                 continue
             except (UpdateStateError, OSError) as e:
                 logger.error("update check failed: %s", e)
-            except Exception:
+            except Exception:  # the agent must outlive any one check
                 logger.exception("update check failed")
+            finally:
+                self.checks += 1
             backoff.reset()
             delay = self.cfg.poll_interval_s
 

@@ -325,3 +325,37 @@ def test_rollback_command_offline_changes_the_state_for_the_next_start(
         assert len(notes) == 1 and "bob" in notes[0]
     finally:
         again.stop()
+
+
+@pytest.mark.slow
+def test_bundle_that_crashes_the_process_on_load_is_abandoned_after_n_starts(
+    world: World, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.appliance.update_rig import CRASH_EXIT
+
+    w = world
+    cfg = updates_config(w.root, "l1", w.v1.root, w.url, w.root_file, max_failed_starts=1)
+    config = tmp_path / "l1.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    w.repo.assign("site-1", "line-1", "tiny", 5, 1)
+    w.repo.publish()
+    codes = []
+    for _ in range(5):  # restarted as systemd would (Restart=on-failure)
+        done = subprocess.run([sys.executable, "-m", "tests.appliance.update_child",
+                               str(config)], capture_output=True, timeout=90, check=False)
+        codes.append(done.returncode)
+        if done.returncode == 0:
+            break
+        assert done.returncode == CRASH_EXIT, done.stderr.decode()[-2000:]
+    assert codes == [CRASH_EXIT, CRASH_EXIT, 0]
+    state = state_of(cfg)
+    assert state.active is not None and state.active.version_id == "tiny:1"
+    assert state.trial is None and "tiny:5" in state.abandoned and state.last_sequence == 1
+    kinds = [k for k, _ in event_kinds(cfg)]
+    assert kinds.count("update_abandoned") == 1
+    assert {v for _, _, v in inspections(cfg) if v} == {"tiny:1"}
