@@ -6,7 +6,7 @@ so the same process runs under systemd, in a container or in a terminal.
 
 `Watchdog` is what `lineguard-appliance.service` (`Type=notify`, `WatchdogSec=`) talks
 to: `READY=1` once the first verdict is committed by the store's writer, then
-`WATCHDOG=1` every `WATCHDOG_USEC / 4` only while the frame path makes progress, and
+`WATCHDOG=1` every `WATCHDOG_USEC / 6` only while the frame path makes progress, and
 `STOPPING=1` when the drain begins.
 
 Invariants:
@@ -14,7 +14,7 @@ Invariants:
   if, since the last check, verdicts were delivered AND the store's writer committed
   rows, or if nothing is waiting for a verdict (an idle line is healthy; a line with
   frames waiting and no verdicts coming is stalled);
-- a stalled pipeline stops the pings within one check interval (`WATCHDOG_USEC / 4`),
+- a stalled pipeline stops the pings within two check intervals (`WATCHDOG_USEC / 3`),
   well within `WatchdogSec / 2`, so systemd restarts the process;
 - nothing here blocks the frame path: the watchdog reads counters in its own thread.
 """
@@ -100,7 +100,7 @@ class Watchdog:
     def __init__(self, notifier: Notifier, progress: Callable[[], Progress]) -> None:
         self._notifier = notifier
         self._progress = progress
-        self.interval_s = notifier.watchdog_s / 4 if notifier.watchdog_s else DEFAULT_INTERVAL_S
+        self.interval_s = notifier.watchdog_s / 6 if notifier.watchdog_s else DEFAULT_INTERVAL_S
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.ready = False
