@@ -359,3 +359,57 @@ def test_bundle_that_crashes_the_process_on_load_is_abandoned_after_n_starts(
     kinds = [k for k, _ in event_kinds(cfg)]
     assert kinds.count("update_abandoned") == 1
     assert {v for _, _, v in inspections(cfg) if v} == {"tiny:1"}
+
+
+@pytest.mark.mqtt
+def test_mqtt_hint_only_wakes_the_check_and_progress_is_reported_on_model(
+    world: World, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    from protocol import new_msg_id, prepare
+    from protocol.commands import UpdateCommand
+    from tests.appliance.telemetry_helpers import Collector, telemetry_cfg
+    from tests.mqtt_broker import start_broker
+
+    w = world
+    with start_broker(tmp_path) as broker:
+        collector = Collector(broker.port)
+        collector.connect()
+        cfg = updates_config(w.root, "l1", w.v1.root, w.url, w.root_file, shadow_frames=5,
+                             health_frames=5)
+        cfg = cfg.model_copy(update={"telemetry": telemetry_cfg(broker.port)})
+        app = App(cfg, sources={"cam": ReplaySource([WHITE], max_fps=250.0)})
+        app.start()
+        try:
+            agent = agent_of(app)
+            wait_until(lambda: agent.checks >= 1, 20, "the first check")
+
+            def hint() -> str:
+                command = UpdateCommand(msg_id=new_msg_id(), site="site-1", line="line-1",
+                                        sent_at=datetime.now(UTC), issued_by="mallory",
+                                        target_name="tiny", target_version=9)
+                out = prepare(command)
+                collector.client.publish(out.topic, out.payload, 1, False)
+                return command.msg_id
+
+            checks = agent.checks
+            hint()  # no new signed assignment: the hint changes nothing
+            wait_until(lambda: agent.checks > checks, 20, "a check after the hint")
+            assert active(cfg) == "tiny:1"
+            w.repo.assign("site-1", "line-1", "tiny", 2, 1)
+            w.repo.publish()
+            msg_id = hint()
+            wait_until(lambda: committed(cfg, "tiny:2"), 30, "the update after the hint")
+
+            def commit_reported() -> bool:
+                return any(m.update is not None and m.update.step == "commit"
+                           for m in collector.kind("model"))
+            wait_until(commit_reported, 20, "the commit on the model topic")
+            steps = [m.update for m in collector.kind("model") if m.update is not None]
+            assert {s.step for s in steps} >= {"refresh", "download", "unpack", "golden",
+                                               "shadow", "swap", "health", "commit"}
+            assert all(s.trigger == "hint" and s.cmd_msg_id == msg_id for s in steps)
+        finally:
+            app.stop()
+            collector.close()
