@@ -19,11 +19,14 @@ class UpdatesConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
+    """False: no agent runs and the state file is not read: `model.bundle` runs."""
     repository_url: str = Field(pattern=r"^https?://[^\s]+$", max_length=1000)
     """Base URL of the TUF repository (`<url>/metadata/`, `<url>/targets/`)."""
     trusted_root: Path
     """The root metadata this appliance trusts first (shipped with it, e.g. 1.root.json)."""
     cache_dir: Path | None = None
+    """Where metadata, downloads, verified bundles and the state file live; None:
+    `<data_dir>/updates`. Keep it on the data disk (bundles are renamed into it)."""
     poll_interval_s: float = Field(300.0, ge=0.05, le=86_400.0)
     """Seconds between two checks of the signed assignment (a cmd/update hint checks now)."""
     check_backoff: BackoffConfig = Field(default_factory=BackoffConfig)
