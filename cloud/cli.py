@@ -8,6 +8,8 @@ import sys
 import threading
 from pathlib import Path
 
+from cloud.cli_models import add_models_command, run_models
+from cloud.cli_release import RELEASE_COMMANDS, add_release_commands, run_release
 from protocol.cliargs import (
     HelpFormatter,
     add_logging_arguments,
@@ -75,15 +77,21 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
     import uvicorn
 
     from cloud.api import create_app
+    from cloud.api.releases import ReleaseApi
     from cloud.config import load_config
     from cloud.errors import CloudError, ConfigError
     from cloud.fleet import FleetStore
+    from cloud.registry.open import open_registry
+    from cloud.release.open import open_release
 
     try:
         cfg = load_config(config_path)
         if cfg.api is None:
             raise ConfigError(f"{config_path}: no `api` section")
         token = cfg.api.secret()
+        registry = open_registry(cfg.database, cfg.registry)
+        side = open_release(cfg.database, cfg.release)
+        release = ReleaseApi(side.store, cfg.release.repository_dir)
         store = FleetStore(cfg.store)
     except CloudError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -95,11 +103,13 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
     try:
-        app = create_app(store, token, public_docs=cfg.api.public_docs)
+        app = create_app(store, token, public_docs=cfg.api.public_docs, registry=registry,
+                         release=release)
         uvicorn.run(app, host=host or cfg.api.host, port=port or cfg.api.port,
                     log_config=None, access_log=False)
     finally:
         store.close()
+        side.close()
     return 0
 
 
@@ -292,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_argument("--threads", type=positive_int, default=2, help="ORT threads for the timing")
     qu.add_argument("--bench-rounds", type=nonnegative_int, default=5,
                     help="timing rounds (0: no timing)")
+    add_models_command(sub)
+    add_release_commands(sub)
     for cmd in sub.choices.values():
         add_logging_arguments(cmd)
     return parser
@@ -313,5 +325,9 @@ def main(argv: list[str]) -> int:
         return _check_config(args.config, read_secrets=not args.skip_secrets)
     if args.cmd == "config-reference":
         return _reference()
+    if args.cmd == "models":
+        return run_models(args)
+    if args.cmd in RELEASE_COMMANDS:
+        return run_release(args)
     parser.error(f"unknown command {args.cmd}")
     return 2

@@ -32,7 +32,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from cloud.db.config import DatabaseConfig
 from cloud.errors import ConfigError
+from cloud.registry.config import RegistryConfig
+from cloud.release.config import ReleaseConfig
 from protocol import ProtocolError, validate_id
 from protocol.backoff import BackoffConfig
 from protocol.configfile import ConfigFileError, load_config_file, validate_mapping
@@ -180,6 +183,9 @@ class CloudConfig(_Section):
     """The whole file. `collect` needs `collector`, `serve` needs `api`."""
 
     store: FleetStoreConfig = Field(default_factory=FleetStoreConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    release: ReleaseConfig = Field(default_factory=ReleaseConfig)
     collector: CollectorConfig | None = None
     api: ApiConfig | None = None
 

@@ -27,6 +27,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, SecretStr
 from swagger_ui_bundle import swagger_ui_path
 
+from cloud.api.models import models_router
+from cloud.api.releases import ReleaseApi, add_release_routes
 from cloud.errors import FleetStoreError
 from cloud.fleet import (
     CollectorCounters,
@@ -38,6 +40,7 @@ from cloud.fleet import (
     QuarantineSummary,
 )
 from cloud.fleet.report import LineReport, ReportTooLarge
+from cloud.registry import ModelRegistry, RegistryError
 
 logger = logging.getLogger(__name__)
 
@@ -195,10 +198,13 @@ def _not_found(site: str, line: str) -> HTTPException:
 
 
 def create_app(
-    store: FleetStore, token: SecretStr | str, *, public_docs: bool = False
+    store: FleetStore, token: SecretStr | str, *, public_docs: bool = False,
+    registry: ModelRegistry | None = None, release: ReleaseApi | None = None,
 ) -> FastAPI:
     """The fleet API over `store`; `token` is the bearer token (at least 16 characters).
-    `public_docs`: serve `/openapi.json` without the token.
+    `public_docs`: serve `/openapi.json` without the token. `registry`: also serve
+    `/models` (cloud/api/models.py). `release`: also serve `/tuf/...`, `/releases...`
+    and `/rollouts...` (cloud/api/releases.py).
 
     Raises ValueError for a shorter token.
     """
@@ -340,4 +346,15 @@ def create_app(
         return fleet.counters()
 
     app.include_router(router)
+    if registry is not None:
+        app.include_router(models_router(registry, store.lines), dependencies=[Depends(auth)],
+                           responses={**UNAUTHORIZED, **UNAVAILABLE})
+
+        @app.exception_handler(RegistryError)
+        def _registry_failed(request: Request, exc: RegistryError) -> JSONResponse:
+            logger.error("model registry error on %s: %s", request.url.path, exc)
+            return JSONResponse(status_code=503, content={"detail": "model registry unavailable"})
+    if release is not None:
+        add_release_routes(app, release, store.lines, [Depends(auth)],
+                           {**UNAUTHORIZED, **UNAVAILABLE})
     return app

@@ -25,6 +25,8 @@ def test_serve_answers_health_and_checks_the_token(tmp_path):
     config = tmp_path / "cloud.yaml"
     config.write_text(
         f"store: {{path: {tmp_path / 'fleet.db'}}}\n"
+        f"database: {{url: 'sqlite:///{tmp_path / 'cloud.db'}'}}\n"
+        f"registry: {{root: {tmp_path / 'registry'}}}\n"
         f"api: {{port: {port}, token_file: {token_file}}}\n", "utf-8")
     log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen(
