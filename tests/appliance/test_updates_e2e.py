@@ -413,3 +413,47 @@ def test_mqtt_hint_only_wakes_the_check_and_progress_is_reported_on_model(
         finally:
             app.stop()
             collector.close()
+
+
+def test_rollout_from_the_clouds_release_repository(tmp_path: Path,
+                                                     bundles: dict[str, Bundle]) -> None:
+    """The same canary-then-promote, with the repository cloud/release writes (its
+    roles, keys, layout and publishing), served over HTTP."""
+    from datetime import UTC, datetime
+
+    from protocol.assignment import Assignment, bundle_target_path, deploy_target_path
+    from tests.cloud.release.tuf_helpers import new_repository, serve_directory
+
+    repo, _keys = new_repository(tmp_path / "cloud")
+    tar = pack_bundle(bundles["v2"].root, tmp_path / "v2.tar")
+    info = repo.add_target("bundles", bundle_target_path("tiny", 2), tar)
+    root_file = tmp_path / "root.json"
+    root_file.write_bytes(repo.trusted_root())
+
+    def assign(line: str, stage: str) -> None:
+        a = Assignment.model_validate({
+            "schema": "lineguard.assignment/1", "site": "site-1", "line": line,
+            "sequence": 1, "model": "tiny", "version": 2,
+            "bundle_target": bundle_target_path("tiny", 2),
+            "bundle_sha256": info.hashes["sha256"], "bundle_length": info.length,
+            "stage": stage, "issued_at": datetime.now(UTC), "issued_by": "test"})
+        repo.add_target("deploy", deploy_target_path("site-1", line),
+                        a.model_dump_json(by_alias=True).encode(),
+                        custom=a.model_dump(mode="json", by_alias=True))
+
+    with serve_directory(repo.root_dir) as url:
+        w = World(tmp_path, None, url, root_file, bundles["v1"], {})  # type: ignore[arg-type]
+        a1, a2 = start_app(w, "l1", "line-1"), start_app(w, "l2", "line-2")
+        try:
+            assign("line-1", "canary")
+            agent_of(a1).check("hint")
+            assert committed(a1.cfg, "tiny:2") and active(a2.cfg) == "tiny:1"
+            assign("line-2", "all")
+            agent_of(a2).check("hint")
+            assert committed(a2.cfg, "tiny:2")
+        finally:
+            a1.stop()
+            a2.stop()
+    for app in (a1, a2):
+        versions = assert_one_verdict_per_contiguous_frame(app.cfg)
+        assert versions[0] == "tiny:1" and versions[-1] == "tiny:2"
