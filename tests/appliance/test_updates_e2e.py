@@ -457,3 +457,28 @@ def test_rollout_from_the_clouds_release_repository(tmp_path: Path,
     for app in (a1, a2):
         versions = assert_one_verdict_per_contiguous_frame(app.cfg)
         assert versions[0] == "tiny:1" and versions[-1] == "tiny:2"
+
+
+def test_panel_rollback_control_goes_back_and_names_the_engineer(world: World) -> None:
+    from appliance.updater.errors import UpdateRejected
+    from appliance.updater.panel_control import AgentRollback
+
+    w = world
+    app = start_app(w, "l1", shadow_frames=0, health_frames=0)
+    control = AgentRollback(lambda: app.updates)
+    try:
+        assert control.previous() is None
+        with pytest.raises(UpdateRejected, match="no previous bundle"):
+            control.rollback("eve")
+        w.repo.assign("site-1", "line-1", "tiny", 2, 1)
+        w.repo.publish()
+        agent_of(app).check("hint")
+        assert control.previous() == "tiny:1"
+        assert control.rollback("eve") == "tiny:1"
+        assert app.pipeline is not None and app.pipeline.model is not None
+        assert app.pipeline.model.version_id == "tiny:1"
+        rollback = [d for k, d in events_of(app) if k == "model_rollback"]
+        assert len(rollback) == 1 and '"who": "eve"' in rollback[0] and "panel" in rollback[0]
+    finally:
+        app.stop()
+    assert AgentRollback(lambda: None).previous() is None
