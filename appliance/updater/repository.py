@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 from tuf.api.exceptions import DownloadError, DownloadLengthMismatchError, RepositoryError
-from tuf.api.metadata import TargetFile  # type: ignore[attr-defined]
+from tuf.api.metadata import TargetFile
 from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.updater import Updater
 from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
