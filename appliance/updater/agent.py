@@ -21,18 +21,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from appliance.errors import EngineError
 from appliance.pipeline.engine import Engine, LoadedModel, ModelInfo
 from appliance.pipeline.events import Events
-from appliance.records import InspectionRecord, Severity
+from appliance.records import InspectionRecord
 from appliance.updater import control
 from appliance.updater.compare import HealthFigures, health_failures, shadow_refusal
 from appliance.updater.config import UpdatesConfig
 from appliance.updater.errors import RepositoryUnavailable, UpdateRejected, UpdateStateError
+from appliance.updater.progress import Attempt, Report, StepReporter, model_ref
 from appliance.updater.repository import Repository
 from appliance.updater.state import (
     BundleRef,
@@ -48,12 +48,9 @@ from appliance.updater.taps import RecentVerdicts, Roi, ShadowTap
 from appliance.updater.verified import BundleCache
 from protocol.backoff import Backoff
 from protocol.fields import ModelRef, new_msg_id
-from protocol.model_report import StepState, UpdateProgress, UpdateStep, UpdateTrigger
+from protocol.model_report import UpdateProgress, UpdateStep, UpdateTrigger
 
 logger = logging.getLogger(__name__)
-
-Report = Callable[[str | None, str | None, UpdateProgress | None], None]
-"""`report(current version id, previous version id, progress)`: the `model` topic."""
 
 
 class LineControl(Protocol):
@@ -65,21 +62,6 @@ class LineControl(Protocol):
     def activate(self, model: LoadedModel, *, reason: str = "swap") -> ModelInfo | None: ...
 
     def add_listener(self, sink: Callable[[InspectionRecord], None]) -> None: ...
-
-
-@dataclass
-class _Attempt:
-    trigger: UpdateTrigger
-    cmd_msg_id: str | None = None
-    update_id: str = field(default_factory=new_msg_id)
-    target: ModelRef | None = None
-
-
-def _ref(version_id: str | None) -> ModelRef | None:
-    if not version_id or ":" not in version_id:
-        return None
-    name, version = version_id.rsplit(":", 1)
-    return ModelRef(name=name, version=int(version)) if version.isdigit() else None
 
 
 class UpdateAgent:
@@ -99,7 +81,7 @@ class UpdateAgent:
         self._bundles = bundles
         self._state = state_file
         self._roi_of = dict(roi_of)
-        self._report = report
+        self._progress = StepReporter(events, state_file, report)
         self._recent = RecentVerdicts(max(cfg.health_frames, 200))
         self._taps: list[ShadowTap] = []
         self._taps_lock = threading.Lock()
@@ -179,34 +161,10 @@ class UpdateAgent:
                                            request_id=request.request_id)
             control.write_result(self._cache_dir, result)
 
-    # ------------------------------------------------------------------ reporting
-    def _step(self, attempt: _Attempt, step: UpdateStep, state: StepState,
-              detail: str | None = None) -> None:
-        severity: Severity = "warning" if state == "failed" else "info"
-        target = f"{attempt.target.name}:{attempt.target.version}" if attempt.target else None
-        self._events.record("update_step", severity, "updater",
-                            f"update {step} {state}" + (f": {detail}" if detail else ""),
-                            update_id=attempt.update_id, trigger=attempt.trigger, step=step,
-                            state=state, target=target, detail=detail)
-        self._publish(UpdateProgress(update_id=attempt.update_id, trigger=attempt.trigger,
-                                     cmd_msg_id=attempt.cmd_msg_id, target=attempt.target,
-                                     step=step, state=state,
-                                     detail=detail[:1000] if detail else None))
-
-    def _publish(self, progress: UpdateProgress | None) -> None:
-        if self._report is None:
-            return
-        try:
-            state = self._state.load()
-        except UpdateStateError:
-            return
-        self._report(state.active.version_id if state.active else None,
-                     state.previous.version_id if state.previous else None, progress)
-
-    def _refused(self, attempt: _Attempt, step: UpdateStep, reason: str,
+    def _refused(self, attempt: Attempt, step: UpdateStep, reason: str,
                  sequence: int | None = None, *, done: bool = True) -> None:
-        self._step(attempt, step, "failed", reason)
-        target = f"{attempt.target.name}:{attempt.target.version}" if attempt.target else None
+        self._progress.step(attempt, step, "failed", reason)
+        target = attempt.target_id
         self._events.record("update_refused", "warning", "updater",
                             f"update refused at {step}: {reason}", alarm="update_refused",
                             update_id=attempt.update_id, step=step, target=target,
@@ -220,9 +178,9 @@ class UpdateAgent:
         Raises RepositoryUnavailable (retry later)."""
         with self._busy:
             self._interrupted.clear()
-            self._check(_Attempt(trigger, cmd_msg_id))
+            self._check(Attempt(trigger, cmd_msg_id))
 
-    def _check(self, attempt: _Attempt) -> None:
+    def _check(self, attempt: Attempt) -> None:
         try:
             session = self._repo.session()
             assignment = session.assignment(self.site, self.line)
@@ -245,23 +203,23 @@ class UpdateAgent:
         if state.active is not None and state.active.version_id == version_id:
             self._state.save(state.model_copy(update={"last_sequence": assignment.sequence}))
             return
-        self._step(attempt, "refresh", "succeeded",
-                   f"assignment {assignment.sequence} ({assignment.stage}, by "
-                   f"{assignment.issued_by}): {version_id}")
+        self._progress.step(attempt, "refresh", "succeeded",
+                            f"assignment {assignment.sequence} ({assignment.stage}, by "
+                            f"{assignment.issued_by}): {version_id}")
         ref = self._bundles.find(version_id)
         if ref is not None and ref.tar_sha256 == assignment.bundle_sha256:
-            self._step(attempt, "download", "skipped", "verified copy in the cache")
+            self._progress.step(attempt, "download", "skipped", "verified copy in the cache")
         else:
-            self._step(attempt, "download", "started")
+            self._progress.step(attempt, "download", "started")
             try:
                 tar = session.bundle(assignment)
             except RepositoryUnavailable as e:
-                self._step(attempt, "download", "failed", str(e))
+                self._progress.step(attempt, "download", "failed", str(e))
                 raise
             except UpdateRejected as e:
                 self._refused(attempt, "download", str(e), assignment.sequence)
                 return
-            self._step(attempt, "download", "succeeded")
+            self._progress.step(attempt, "download", "succeeded")
             try:
                 ref = self._bundles.install(tar, name=assignment.model,
                                             version=assignment.version,
@@ -272,23 +230,28 @@ class UpdateAgent:
                 return
             finally:
                 tar.unlink(missing_ok=True)
-            self._step(attempt, "unpack", "succeeded", ref.path)
-        self._stage(attempt, ref, assignment.sequence)
+            self._progress.step(attempt, "unpack", "succeeded", ref.path)
+        self._stage(attempt, ref, assignment.sequence,
+                    rollback_by=assignment.issued_by if assignment.stage == "rollback" else None)
 
-    def _stage(self, attempt: _Attempt, ref: BundleRef, sequence: int | None) -> None:
+    def _stage(self, attempt: Attempt, ref: BundleRef, sequence: int | None, *,
+               rollback_by: str | None = None) -> None:
+        """Golden, shadow, swap, health. A signed rollback assignment (`rollback_by`:
+        who signed it) goes back to a bundle that ran before: no shadow run against the
+        model it replaces, and a health window with absolute checks only."""
         # Persisted before the candidate's first load: a bundle that kills the process
         # while loading is counted at the next starts and abandoned.
         self._state.save(begin_staging(self._state.load(), ref, sequence))
-        self._step(attempt, "golden", "started")
+        self._progress.step(attempt, "golden", "started")
         try:
             candidate = self._engine.load(self._bundles.open(ref), verify=True)
         except (UpdateRejected, EngineError) as e:
             self._refused(attempt, "golden", str(e), sequence)
             return
-        self._step(attempt, "golden", "succeeded")
+        self._progress.step(attempt, "golden", "succeeded")
         active = self._pipeline.model
-        if active is not None and self.cfg.shadow_frames > 0:
-            self._step(attempt, "shadow", "started")
+        if active is not None and self.cfg.shadow_frames > 0 and rollback_by is None:
+            self._progress.step(attempt, "shadow", "started")
             tap = ShadowTap(candidate, active, self.cfg.shadow_frames, self._roi_of,
                             min_iou=self.cfg.match_iou)
             with self._taps_lock:
@@ -298,7 +261,7 @@ class UpdateAgent:
             with self._taps_lock:
                 self._taps.remove(tap)
             if self._stop.is_set() or self._interrupted.is_set():
-                self._step(attempt, "shadow", "skipped", "stopped")
+                self._progress.step(attempt, "shadow", "skipped", "stopped")
                 return
             detail = (f"{result.frames} frames, agreement {result.agreement:.3f}, "
                       f"{result.candidate_ms_p50:.1f} ms per frame against "
@@ -311,28 +274,36 @@ class UpdateAgent:
             if reason is not None:
                 self._refused(attempt, "shadow", f"{reason} ({detail})", sequence)
                 return
-            self._step(attempt, "shadow", "succeeded", detail)
+            self._progress.step(attempt, "shadow", "succeeded", detail)
         else:
-            self._step(attempt, "shadow", "skipped", "no active model to compare with"
-                       if active is None else "updates.shadow_frames is 0")
-        baseline = self._recent.figures(active.version_id) if active else None
+            self._progress.step(attempt, "shadow", "skipped", "no active model to compare with"
+                       if active is None else "a signed rollback" if rollback_by is not None
+                       else "updates.shadow_frames is 0")
+        baseline = self._recent.figures(active.version_id) \
+            if active is not None and rollback_by is None else None
         seen_before = self._recent.count(candidate.version_id)
         with self._swap_lock:
             self._state.save(activated(self._state.load()))
             self._pipeline.activate(candidate, reason="update")
             self._standby = active
-        self._step(attempt, "swap", "succeeded", f"{active.version_id if active else None} -> "
-                   f"{candidate.version_id}")
+        self._progress.step(attempt, "swap", "succeeded",
+                            f"{active.version_id if active else None} -> "
+                            f"{candidate.version_id}")
+        if rollback_by is not None:
+            self._events.record("model_rollback", "warning", "updater",
+                                f"rolled back to {candidate.version_id} by a signed assignment "
+                                f"from {rollback_by}", to=candidate.version_id, who=rollback_by,
+                                via="assignment", reason="signed rollback assignment")
         self._health(attempt, candidate.version_id, baseline, seen_before)
 
-    def _health(self, attempt: _Attempt, version_id: str, before: HealthFigures | None,
+    def _health(self, attempt: Attempt, version_id: str, before: HealthFigures | None,
                 seen_before: int) -> None:
-        self._step(attempt, "health", "started")
+        self._progress.step(attempt, "health", "started")
         cfg = self.cfg
         complete = self._recent.wait_for(version_id, seen_before + cfg.health_frames,
                                          cfg.health_timeout_s, self._stop)
         if self._stop.is_set() or self._interrupted.is_set():
-            self._step(attempt, "health", "skipped", "stopped")
+            self._progress.step(attempt, "health", "skipped", "stopped")
             return
         after = self._recent.figures(version_id, last=max(cfg.health_frames, 1))
         if not complete:
@@ -347,12 +318,12 @@ class UpdateAgent:
                 max_defect_rate_shift=cfg.max_defect_rate_shift)
         if failures:
             reason = "; ".join(failures)
-            self._step(attempt, "health", "failed", reason)
+            self._progress.step(attempt, "health", "failed", reason)
             self._automatic_rollback(attempt, reason)
             return
-        self._step(attempt, "health", "succeeded")
+        self._progress.step(attempt, "health", "succeeded")
         self._state.save(commit(self._state.load()))
-        self._step(attempt, "commit", "succeeded")
+        self._progress.step(attempt, "commit", "succeeded")
 
     def _resume_trial(self) -> None:
         """A bundle swapped in before a restart is still on trial: its health window."""
@@ -360,12 +331,12 @@ class UpdateAgent:
         model = self._pipeline.model
         if state.trial is None or not state.trial.activated or model is None:
             return
-        attempt = _Attempt("crash_recovery", target=_ref(model.version_id))
+        attempt = Attempt("crash_recovery", target=model_ref(model.version_id))
         with self._busy:
             self._health(attempt, model.version_id, None, self._recent.count(model.version_id))
 
     # ------------------------------------------------------------------ rollback
-    def _automatic_rollback(self, attempt: _Attempt, reason: str) -> None:
+    def _automatic_rollback(self, attempt: Attempt, reason: str) -> None:
         with self._swap_lock:
             state = roll_back(self._state.load())
             target = state.active
@@ -379,7 +350,8 @@ class UpdateAgent:
                             f"rolled back to {model.version_id}: {reason}",
                             to=model.version_id, who="update agent", via="health",
                             reason=reason)
-        self._step(attempt, "rollback", "succeeded", f"back to {model.version_id}: {reason}")
+        self._progress.step(attempt, "rollback", "succeeded",
+                            f"back to {model.version_id}: {reason}")
 
     def _model_for(self, ref: BundleRef) -> LoadedModel:
         standby = self._standby
@@ -424,8 +396,8 @@ class UpdateAgent:
         self._events.record("model_rollback", "warning", "updater",
                             f"rolled back to {model.version_id} (asked by {who} via {source})",
                             to=model.version_id, who=who, via=source, reason="manual")
-        self._publish(UpdateProgress(update_id=rid, trigger="manual", step="rollback",
-                                     state="succeeded", target=_ref(model.version_id),
+        self._progress.publish(UpdateProgress(update_id=rid, trigger="manual", step="rollback",
+                                     state="succeeded", target=model_ref(model.version_id),
                                      detail=f"asked by {who} via {source}"))
         return result(True, f"{model.version_id} active", model.version_id)
 

@@ -23,10 +23,11 @@ from pathlib import Path
 from appliance.errors import EngineError
 from appliance.pipeline.engine import Engine, LoadedModel
 from appliance.pipeline.events import Events
-from appliance.updater.agent import LineControl, Report, UpdateAgent
+from appliance.updater.agent import LineControl, UpdateAgent
 from appliance.updater.config import UpdatesConfig
 from appliance.updater.control import AgentLock
 from appliance.updater.errors import UpdateRejected, UpdateStateError
+from appliance.updater.progress import Report
 from appliance.updater.repository import Repository
 from appliance.updater.state import BundleRef, StateFile, boot_choice, roll_back
 from appliance.updater.taps import Roi
@@ -78,8 +79,10 @@ class Updates:
             logger.warning("bundle %s on trial: start %d of %d", state.active.version_id
                            if state.active else None, state.trial.failed_starts,
                            self.cfg.max_failed_starts)
-        while state.active is not None:
+        tried: set[str] = set()
+        while state.active is not None and state.active.version_id not in tried:
             ref = state.active
+            tried.add(ref.version_id)
             try:
                 return engine.load(self.bundles.open(ref), verify=verify)
             except (UpdateRejected, EngineError) as e:
@@ -92,6 +95,8 @@ class Updates:
                 else:
                     state = roll_back(state)
                 self.state_file.save(state)
+        if state.active is not None:  # every known bundle was refused
+            state = state.model_copy(update={"active": None, "trial": None})
         bundle = open_configured()
         model = engine.load(bundle, verify=verify)
         adopted: BundleRef = self.bundles.adopt(bundle.root)

@@ -482,3 +482,28 @@ def test_panel_rollback_control_goes_back_and_names_the_engineer(world: World) -
     finally:
         app.stop()
     assert AgentRollback(lambda: None).previous() is None
+
+
+def test_signed_rollback_assignment_goes_back_without_a_shadow_run(world: World) -> None:
+    w = world
+    app = start_app(w, "l1", health_frames=5)
+    try:
+        w.repo.assign("site-1", "line-1", "tiny", 2, 1)
+        w.repo.publish()
+        agent_of(app).check("hint")
+        assert committed(app.cfg, "tiny:2")
+        v1_tar = pack_bundle(w.v1.root, w.root / "tars" / "v1.tar")
+        w.repo.add_bundle(v1_tar, "tiny", 1)
+        w.repo.assign("site-1", "line-1", "tiny", 1, 2, stage="rollback")
+        w.repo.publish()
+        agent_of(app).check("rollback")
+        assert committed(app.cfg, "tiny:1")
+        events = events_of(app)
+        shadow = [d for k, d in events if k == "update_step" and '"step": "shadow"' in d]
+        assert "a signed rollback" in shadow[-1]
+        rollback = [d for k, d in events if k == "model_rollback"]
+        assert len(rollback) == 1 and '"via": "assignment"' in rollback[0]
+    finally:
+        app.stop()
+    versions = assert_one_verdict_per_contiguous_frame(app.cfg)
+    assert versions[0] == "tiny:1" and "tiny:2" in versions and versions[-1] == "tiny:1"
