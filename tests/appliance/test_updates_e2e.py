@@ -72,7 +72,7 @@ def world(tmp_path: Path, bundles: dict[str, Bundle]) -> Iterator[World]:
 
 def start_app(w: World, name: str, line: str = "line-1", **updates: object) -> App:
     cfg = updates_config(w.root, name, w.v1.root, w.url, w.root_file, line=line, **updates)
-    app = App(cfg, sources={"cam": ReplaySource([WHITE], max_fps=250.0)},
+    app = App(cfg, sources={"cam": ReplaySource([WHITE], max_fps=80.0)},
               detector_factory=label_factory())
     app.start()
     return app
@@ -243,7 +243,7 @@ def test_unreachable_repository_backs_off_and_the_line_runs_on(world: World) -> 
     w = world
     cfg = updates_config(w.root, "l1", w.v1.root, "http://127.0.0.1:9", w.root_file,
                          poll_interval_s=0.05)
-    app = App(cfg, sources={"cam": ReplaySource([WHITE], max_fps=250.0)})
+    app = App(cfg, sources={"cam": ReplaySource([WHITE], max_fps=80.0)})
     app.start()
     try:
         wait_until(lambda: app.stats().verdicts["fail"] >= 50, 20, "verdicts")
@@ -379,7 +379,7 @@ def test_mqtt_hint_only_wakes_the_check_and_progress_is_reported_on_model(
         cfg = updates_config(w.root, "l1", w.v1.root, w.url, w.root_file, shadow_frames=5,
                              health_frames=5)
         cfg = cfg.model_copy(update={"telemetry": telemetry_cfg(broker.port)})
-        app = App(cfg, sources={"cam": ReplaySource([WHITE], max_fps=250.0)})
+        app = App(cfg, sources={"cam": ReplaySource([WHITE], max_fps=80.0)})
         app.start()
         try:
             agent = agent_of(app)

@@ -16,7 +16,7 @@ from tests.appliance.update_rig import label_factory, wait_until
 
 def main(argv: list[str]) -> int:
     cfg = load_config(Path(argv[0]))
-    app = App(cfg, sources={"cam": ReplaySource([WHITE], max_fps=200.0)},
+    app = App(cfg, sources={"cam": ReplaySource([WHITE], max_fps=80.0)},
               detector_factory=label_factory())
     app.start()
     try:
