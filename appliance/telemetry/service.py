@@ -129,6 +129,7 @@ class Telemetry:
         self._last_publisher: Publisher | None = None
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
+        self._last_update: UpdateProgress | None = None
         self.command_listeners: list[Callable[[Message], None]] = []
         """Called with every valid `cmd/...` message for this line (on the MQTT network
         thread: keep them quick). Commands are hints; listeners decide nothing on them
@@ -226,7 +227,12 @@ class Telemetry:
         update: UpdateProgress | None = None,
     ) -> bool:
         """Hand a `model` report over (at start, on each update step, on each model
-        change). False if refused."""
+        change). A report without `update` carries the latest step reported, so the
+        retained copy never loses how the last update ended. False if refused."""
+        if update is None:
+            update = self._last_update
+        else:
+            self._last_update = update
         sent_at = utc(self._clock())
         return self.publish("model", lambda: ModelReport(
             msg_id=new_msg_id(), site=self.site, line=self.line, sent_at=sent_at,

@@ -507,3 +507,41 @@ def test_signed_rollback_assignment_goes_back_without_a_shadow_run(world: World)
         app.stop()
     versions = assert_one_verdict_per_contiguous_frame(app.cfg)
     assert versions[0] == "tiny:1" and "tiny:2" in versions and versions[-1] == "tiny:1"
+
+
+@pytest.mark.mqtt
+def test_the_retained_model_report_keeps_how_a_refused_update_ended(
+    world: World, tmp_path: Path
+) -> None:
+    """What the cloud's rollout controller reads: the canary's latest `model` report says
+    the activation of the bad bundle failed, even after later model reports."""
+    from tests.appliance.telemetry_helpers import Collector, telemetry_cfg
+    from tests.mqtt_broker import start_broker
+
+    w = world
+    with start_broker(tmp_path) as broker:
+        fleet = Collector(broker.port, client_id="fleet")  # the cloud's collector
+        fleet.connect()
+        cfg = updates_config(w.root, "l1", w.v1.root, w.url, w.root_file, shadow_frames=0)
+        cfg = cfg.model_copy(update={"telemetry": telemetry_cfg(broker.port)})
+        app = App(cfg, sources={"cam": ReplaySource([WHITE], max_fps=80.0)})
+        app.start()
+        try:
+            wait_until(lambda: agent_of(app)._recent.count("tiny:1") >= 30, 20, "baseline")
+            w.repo.assign("site-1", "line-1", "tiny", 3, 1)
+            w.repo.publish()
+            agent_of(app).check("hint")
+            assert active(cfg) == "tiny:1"
+        finally:
+            app.stop()
+            fleet.close()
+        collector = Collector(broker.port, client_id="late")  # the retained copy
+        collector.connect()
+        try:
+            wait_until(lambda: bool(collector.kind("model")), 10, "the retained model report")
+            last = collector.kind("model")[-1]
+            assert last.current is not None and last.current.version == 1
+            assert last.update is not None and last.update.step == "rollback"
+            assert last.update.target is not None and last.update.target.version == 3
+        finally:
+            collector.close()
