@@ -114,7 +114,7 @@ def test_stalled_pipeline_stops_the_pings_within_half_the_watchdog_period(
     tmp_path: Path, receiver: tuple[Receiver, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     r, path = receiver
-    watchdog_s = 0.6
+    watchdog_s = 1.2
     monkeypatch.setenv("NOTIFY_SOCKET", path)
     monkeypatch.setenv("WATCHDOG_USEC", str(int(watchdog_s * 1e6)))
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
