@@ -127,7 +127,10 @@ class UpdateAgent:
 
     def _run(self) -> None:
         backoff = Backoff(self.cfg.check_backoff)
-        self._resume_trial()
+        try:
+            self._resume_trial()
+        except Exception:  # the agent must outlive a failed resume (the state says trial)
+            logger.exception("could not finish the trial of the active bundle")
         delay = 0.0
         while not self._stop.is_set():
             woke = self._wake.wait(delay)
@@ -157,8 +160,13 @@ class UpdateAgent:
             request = control.take_request(self._cache_dir)
             if request is None:
                 continue
-            result = self.request_rollback(request.to, who=request.who, source=request.source,
-                                           request_id=request.request_id)
+            try:
+                result = self.request_rollback(request.to, who=request.who,
+                                               source=request.source,
+                                               request_id=request.request_id)
+            except (UpdateStateError, OSError) as e:
+                result = control.RollbackResult(request_id=request.request_id, ok=False,
+                                                message=str(e), at=now_utc())
             control.write_result(self._cache_dir, result)
 
     def _refused(self, attempt: Attempt, step: UpdateStep, reason: str,
@@ -279,6 +287,9 @@ class UpdateAgent:
             self._progress.step(attempt, "shadow", "skipped", "no active model to compare with"
                        if active is None else "a signed rollback" if rollback_by is not None
                        else "updates.shadow_frames is 0")
+        if self._interrupted.is_set() or self._stop.is_set():
+            self._progress.step(attempt, "swap", "skipped", "stopped or rolled back meanwhile")
+            return
         baseline = self._recent.figures(active.version_id) \
             if active is not None and rollback_by is None else None
         seen_before = self._recent.count(candidate.version_id)
@@ -340,9 +351,15 @@ class UpdateAgent:
         with self._swap_lock:
             state = roll_back(self._state.load())
             target = state.active
-            model = self._model_for(target) if target else None
+            try:
+                model = self._model_for(target) if target else None
+            except (UpdateRejected, EngineError) as e:
+                model, reason = None, f"{reason}; the previous bundle cannot load: {e}"
             if model is None or target is None:
-                logger.error("cannot roll back: no previous bundle")
+                self._progress.step(attempt, "rollback", "failed", reason)
+                self._events.record("update_refused", "alarm", "updater",
+                                    f"automatic rollback impossible: {reason}",
+                                    alarm="update_refused", step="rollback", reason=reason)
                 return
             self._state.save(state)
             self._pipeline.activate(model, reason="rollback")
@@ -396,9 +413,9 @@ class UpdateAgent:
         self._events.record("model_rollback", "warning", "updater",
                             f"rolled back to {model.version_id} (asked by {who} via {source})",
                             to=model.version_id, who=who, via=source, reason="manual")
-        self._progress.publish(UpdateProgress(update_id=rid, trigger="manual", step="rollback",
-                                     state="succeeded", target=model_ref(model.version_id),
-                                     detail=f"asked by {who} via {source}"))
+        self._progress.publish(UpdateProgress(
+            update_id=rid, trigger="manual", step="rollback", state="succeeded",
+            target=model_ref(model.version_id), detail=f"asked by {who} via {source}"))
         return result(True, f"{model.version_id} active", model.version_id)
 
     def _find(self, to: str, *known: BundleRef | None) -> BundleRef | None:
