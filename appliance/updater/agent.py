@@ -252,7 +252,7 @@ class UpdateAgent:
         self._state.save(begin_staging(self._state.load(), ref, sequence))
         self._progress.step(attempt, "golden", "started")
         try:
-            candidate = self._engine.load(self._bundles.open(ref), verify=True)
+            candidate = self._load_bounded(ref)
         except (UpdateRejected, EngineError) as e:
             self._refused(attempt, "golden", str(e), sequence)
             return
@@ -306,6 +306,27 @@ class UpdateAgent:
                                 f"from {rollback_by}", to=candidate.version_id, who=rollback_by,
                                 via="assignment", reason="signed rollback assignment")
         self._health(attempt, candidate.version_id, baseline, seen_before)
+
+    def _load_bounded(self, ref: BundleRef) -> LoadedModel:
+        """Load a candidate in a thread of its own, waiting at most `load_timeout_s`.
+        Raises UpdateRejected (too slow, or what the load raised), EngineError."""
+        box: list[LoadedModel | Exception] = []
+
+        def load() -> None:
+            try:
+                box.append(self._engine.load(self._bundles.open(ref), verify=True))
+            except (UpdateRejected, EngineError) as e:
+                box.append(e)
+
+        thread = threading.Thread(target=load, name="update-load", daemon=True)
+        thread.start()
+        thread.join(self.cfg.load_timeout_s)
+        if not box:
+            raise UpdateRejected(f"{ref.version_id} did not load in "
+                                 f"{self.cfg.load_timeout_s:.0f} s (updates.load_timeout_s)")
+        if isinstance(box[0], Exception):
+            raise box[0]
+        return box[0]
 
     def _health(self, attempt: Attempt, version_id: str, before: HealthFigures | None,
                 seen_before: int) -> None:

@@ -33,6 +33,9 @@ class UpdatesConfig(BaseModel):
     """Retry delays while the repository cannot be reached (the line keeps running)."""
     max_bundle_bytes: int = Field(2 * 1024**3, ge=1024, le=64 * 1024**3)
     """A bundle tar larger than this (as signed) is refused before download."""
+    load_timeout_s: float = Field(300.0, gt=0.0, le=86_400.0)
+    """A candidate that has not loaded (checks, golden set, warm-up) by then is refused;
+    the line keeps its model (a load that hangs is left behind in its thread)."""
     shadow_frames: int = Field(50, ge=0, le=100_000)
     """Live frames the candidate judges beside the active model (0: no shadow run)."""
     shadow_timeout_s: float = Field(300.0, gt=0.0, le=86_400.0)

@@ -545,3 +545,30 @@ def test_the_retained_model_report_keeps_how_a_refused_update_ended(
             assert last.update.target is not None and last.update.target.version == 3
         finally:
             collector.close()
+
+
+def test_bundle_that_hangs_while_loading_is_refused_and_the_line_runs_on(
+    world: World, tmp_path: Path
+) -> None:
+    from tests.appliance.update_rig import HANG_RELEASE
+
+    w = world
+    hang = make_bundle(tmp_path / "b", 6, kind="hang")
+    w.repo.add_bundle(pack_bundle(hang.root, tmp_path / "hang.tar"), "tiny", 6)
+    w.repo.assign("site-1", "line-1", "tiny", 6, 1)
+    w.repo.publish()
+    HANG_RELEASE.clear()
+    app = start_app(w, "l1", load_timeout_s=1.0)
+    try:
+        wait_until(lambda: agent_of(app).checks >= 1, 20, "the check")
+        refused = [d for k, d in events_of(app) if k == "update_refused"]
+        assert len(refused) == 1 and "did not load in 1 s" in refused[0]
+        assert active(app.cfg) == "tiny:1" and "tiny:6" in state_of(app.cfg).abandoned
+        assert app.pipeline is not None and app.pipeline.model is not None
+        assert app.pipeline.model.version_id == "tiny:1"
+        fails = app.stats().verdicts["fail"]
+        wait_until(lambda: app.stats().verdicts["fail"] > fails + 10, 10, "parts judged")
+    finally:
+        HANG_RELEASE.set()
+        app.stop()
+    assert set(assert_one_verdict_per_contiguous_frame(app.cfg)) == {"tiny:1"}

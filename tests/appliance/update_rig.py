@@ -8,6 +8,7 @@ import io
 import os
 import sqlite3
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +33,9 @@ from tests.models.onnx_builders import (
 SLOW_LABEL = "slow-3x"
 CRASH_LABEL = "crash-on-load"
 CRASH_EXIT = 17
+HANG_LABEL = "hang-on-load"
+HANG_RELEASE = threading.Event()
+"""Set to let a bundle labelled `HANG_LABEL` finish loading (tests set it when done)."""
 
 
 def make_bundle(root: Path, version: int, *, kind: str = "good") -> Bundle:
@@ -47,8 +51,8 @@ def make_bundle(root: Path, version: int, *, kind: str = "good") -> Bundle:
                             classes=["dent", "scratch", "stain"], input_hw=(64, 64),
                             lineage=tiny_lineage(), golden_images=[white], providers=["cpu"])
     bundle = build_tiny_bundle(out, work, version=version)
-    if kind in ("slow", "crash"):
-        label = SLOW_LABEL if kind == "slow" else CRASH_LABEL
+    if kind in ("slow", "crash", "hang"):
+        label = {"slow": SLOW_LABEL, "crash": CRASH_LABEL, "hang": HANG_LABEL}[kind]
         path = out / "manifest.json"
         path.write_text(path.read_text().replace(f'"tiny-v{version}"', f'"{label}"'))
     return bundle
@@ -63,6 +67,8 @@ def label_factory(slow_s: float = 0.004) -> Callable[..., OnnxDetector]:
         label = parse_manifest(Path(path).parent / "manifest.json").label
         if label == CRASH_LABEL:
             os._exit(CRASH_EXIT)
+        if label == HANG_LABEL:
+            HANG_RELEASE.wait(60)
         detector = OnnxDetector(path, providers, intra_op_threads=intra,
                                 inter_op_threads=inter)
         if label == SLOW_LABEL:
