@@ -33,10 +33,10 @@ from appliance.alarms import AlarmBook
 from appliance.capture import Frame, FrameSource, make_source
 from appliance.capture.probe import require_file_sources
 from appliance.config import ApplianceConfig, PipelineConfig
-from appliance.errors import ConfigError, EngineError, NoModelError
+from appliance.errors import ConfigError, EngineError, NoModelError, UpdateRejected
 from appliance.labels import LabelBook
 from appliance.panel.metrics import PrometheusExporter, state_from_app
-from appliance.panel.ports import NoRollback, RollbackControl
+from appliance.panel.ports import NoRollback, RollbackControl, RollbackUnavailable
 from appliance.panel.service import Panel
 from appliance.pipeline.batcher import DynamicBatcher
 from appliance.pipeline.behind import BehindMonitor
@@ -66,10 +66,15 @@ from appliance.records import EventRecord, EventValue, InspectionRecord, Severit
 from appliance.records import UninspectedReason as Reason
 from appliance.store import Store
 from appliance.telemetry import Telemetry, TelemetryError, pipeline_gauges
+from appliance.telemetry.messages import model_ref_from_version_id
+from appliance.updater.panel_control import AgentRollback
+from appliance.updater.service import Updates
 from appliance.users import UserBook
+from appliance.watchdog import Notifier, Progress, Watchdog
 from models.bundle import Bundle, open_bundle
 from models.errors import ModelError
 from protocol.app_version import app_version
+from protocol.model_report import UpdateProgress
 
 logger = logging.getLogger(__name__)
 
@@ -242,11 +247,13 @@ class App:
         self.pipeline: Pipeline | None = None
         self.panel: Panel | None = None
         self.thresholds = ThresholdOverrides(cfg.thresholds_file)
-        self._rollback = rollback or NoRollback()
+        self._rollback = rollback
         self._behind: BehindMonitor | None = None
         self.alarms: AlarmBook | None = None
         """The alarm book (the panel's alarms), set while started."""
         self._alarm_rules: AlarmMonitor | None = None
+        self.updates: Updates | None = None
+        self._watchdog: Watchdog | None = None
         self._started_at = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -270,6 +277,11 @@ class App:
             self._event("appliance_start", "info", "app",
                         f"appliance {cfg.site}/{cfg.line} starting", site=cfg.site,
                         line=cfg.line, stations=len(cfg.stations))
+            if cfg.updates is not None and cfg.updates.enabled:
+                self.updates = Updates(cfg.updates, cfg.updates_dir, site=cfg.site,
+                                       line=cfg.line,
+                                       max_unpacked_bytes=cfg.model.max_unpacked_bytes)
+                self.updates.open()
             model = self._load_model(cfg.model.bundle)
             stations = [
                 Station(
@@ -308,10 +320,24 @@ class App:
             self._behind.start()
             self._alarm_rules = AlarmMonitor(cfg.alarms, self.alarms, self._alarm_inputs)
             self._alarm_rules.start()
+            if self.updates is not None:
+                self.updates.start_agent(self.pipeline, self.engine, self.events,
+                                         roi_of={s.name: s.roi_xywh for s in cfg.stations},
+                                         report=self._report_model)
+                if self.telemetry is not None:
+                    self.telemetry.command_listeners.append(self.updates.on_command)
+            self._watchdog = Watchdog(Notifier(), self._progress)
+            self._watchdog.start()
         except BaseException:
+            if self._alarm_rules is not None:
+                self._alarm_rules.stop()
+                self._alarm_rules = None
             if self.panel is not None:
                 self.panel.stop()
                 self.panel = None
+            if self.updates is not None:
+                self.updates.stop()
+                self.updates = None
             if self.telemetry is not None:
                 self.telemetry.stop()
                 self.telemetry = None
@@ -331,6 +357,18 @@ class App:
         def withhold() -> Reason | None:
             return Reason.STORE_FULL if store.unwritable else None
         return withhold
+
+    def _progress(self) -> Progress:
+        pipeline, store = self.pipeline, self.store
+        if pipeline is None or store is None:
+            return Progress(0, 0, 0)
+        return Progress(pipeline.book.delivered, store.stats().committed, pipeline.book.pending)
+
+    def _report_model(self, current: str | None, previous: str | None,
+                      update: UpdateProgress | None) -> None:
+        if self.telemetry is not None:
+            self.telemetry.publish_model(model_ref_from_version_id(current),
+                                         model_ref_from_version_id(previous), update)
 
     def _start_telemetry(self, store: Store) -> Telemetry | None:
         """MQTT telemetry when configured. A telemetry that cannot start (outbox or TLS
@@ -367,9 +405,19 @@ class App:
                       alarms=alarms, labels=LabelBook(store, classes, clock=self._clock),
                       exporter=exporter,
                       readiness=self.readiness, thresholds=self.thresholds,
-                      rollback=self._rollback, record_event=events.record, clock=self._clock)
+                      rollback=self._panel_rollback(), record_event=events.record,
+                      clock=self._clock)
         panel.start()
         return panel
+
+    def _panel_rollback(self) -> RollbackControl:
+        """The panel's rollback control: the one given, else the update agent's when
+        updates are configured, else none (no previous bundle)."""
+        if self._rollback is not None:
+            return self._rollback
+        if self.cfg.updates is not None and self.cfg.updates.enabled:
+            return AgentRollback(lambda: self.updates, RollbackUnavailable)
+        return NoRollback()
 
     def _count_crash_gaps(self, telemetry: Telemetry, store: Store) -> None:
         """The parts a killed run left without a verdict (recorded at open as
@@ -385,10 +433,15 @@ class App:
 
     def _load_model(self, path: Path) -> LoadedModel | None:
         try:
+            if self.updates is not None and self.events is not None:
+                return self.updates.load_model(
+                    self.engine, lambda: open_model_bundle(path, self.cfg.bundles_dir,
+                                                           self.cfg.model.max_unpacked_bytes),
+                    events=self.events, verify=self.cfg.model.verify_golden)
             bundle = open_model_bundle(path, self.cfg.bundles_dir,
                                        self.cfg.model.max_unpacked_bytes)
             return self.engine.load(bundle, verify=self.cfg.model.verify_golden)
-        except (ModelError, EngineError) as e:
+        except (ModelError, EngineError, UpdateRejected) as e:
             if self._require_model:
                 raise NoModelError(
                     f"cannot load model bundle {path}: {e}. A line without a model cannot "
@@ -407,6 +460,12 @@ class App:
         if self._alarm_rules is not None:
             self._alarm_rules.stop()
             self._alarm_rules = None
+        if self._watchdog is not None:
+            self._watchdog.stopping()
+            self._watchdog = None
+        if self.updates is not None:
+            self.updates.stop()
+            self.updates = None
         if self._behind is not None:
             self._behind.stop()
         if self.pipeline is not None:

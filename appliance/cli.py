@@ -3,6 +3,7 @@
     lineguard appliance check-config [--config FILE] [--print] [--skip-model]
                                      [--skip-sources] [--source-timeout-ms MS]
     lineguard appliance config-reference
+    lineguard appliance rollback [--config FILE] [--to VERSION]  (see appliance/cli_rollback.py)
     lineguard appliance report [--since 1h|all] [--json]      (see appliance/cli_report.py)
     lineguard appliance show PART_OR_FRAME [--out FILE] [--json]
     lineguard appliance user add|passwd|remove|list ...        (see appliance/cli_users.py)
@@ -41,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from appliance import cli_labels, cli_report, cli_users
+from appliance import cli_labels, cli_report, cli_rollback, cli_users
 from appliance.app import App, RunSummary, open_model_bundle
 from appliance.capture import make_source
 from appliance.capture.probe import SourceProbe, config_errors, probe_sources
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_report.add_parsers(sub)
     cli_users.add_parsers(sub)
     cli_labels.add_parsers(sub)
+    cli_rollback.add_parser(sub, HelpFormatter)
     return parser
 
 
@@ -218,7 +220,7 @@ def main(argv: list[str]) -> int:
         return 0
     commands = {"check-config": check_config, "run": run, "report": cli_report.report,
                 "show": cli_report.show, "user": cli_users.user,
-                "export-labels": cli_labels.export}
+                "export-labels": cli_labels.export, "rollback": cli_rollback.rollback}
     try:
         return commands[args.command](args)
     except ConfigError as e:

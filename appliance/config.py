@@ -35,6 +35,7 @@ from appliance.errors import ConfigError
 from appliance.panel.config import PanelConfig
 from appliance.store.config import StoreConfig
 from appliance.telemetry.config import TelemetryConfig
+from appliance.updater.config import UpdatesConfig
 from models.bundle import DEFAULT_MAX_UNPACKED_BYTES
 from models.demo import demo_bundle_dir
 from protocol.backoff import BackoffConfig
@@ -210,6 +211,8 @@ class ApplianceConfig(_Section):
     """The operator web panel; absent means no panel is served."""
     alarms: AlarmRulesConfig = Field(default_factory=AlarmRulesConfig)
     """When the operator panel's alarms are raised (appliance/alarm_rules.py)."""
+    updates: UpdatesConfig | None = None
+    """Verified model updates from the cloud's TUF repository; absent: none."""
 
     @model_validator(mode="before")
     @classmethod
@@ -263,6 +266,12 @@ class ApplianceConfig(_Section):
         if self.panel is not None and self.panel.thresholds_file is not None:
             return self.panel.thresholds_file
         return self.data_dir / THRESHOLDS_FILE
+
+    @property
+    def updates_dir(self) -> Path:
+        """The update agent's cache (`updates.cache_dir`, default `<data_dir>/updates`)."""
+        cache = self.updates.cache_dir if self.updates is not None else None
+        return cache or self.data_dir / "updates"
 
 
 def config_from_dict(data: Mapping[str, Any], source: str = "config") -> ApplianceConfig:
