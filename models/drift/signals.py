@@ -1,0 +1,163 @@
+"""Per-frame drift signals: cheap image statistics and a small fixed embedding.
+
+Pure functions over numpy arrays, shared by the appliance (every inspected frame), the
+bundle builder (the reference from training and validation frames) and the benchmark,
+so the three can never compute a signal two ways.
+
+A frame is first brought to `work_width_px` wide (INTER_AREA); then, for the inspected
+region (`roi`) and a fixed background region (`bg`): channel means (B, G, R), the grey
+spread, clipped fractions (grey <= 2, >= 253) and sharpness (log variance of the
+Laplacian); for the inspected region also an 8-bin grey histogram, two structure-tensor
+orientation terms (rotation, anisotropy) and an 8-dimensional fixed random projection
+of an 8 x 8 grey thumbnail (the embedding). `SIGNAL_NAMES` names every entry of the
+vector; `SIGNALS_VERSION` changes whenever a signal's definition does (a reference is
+only comparable with signals of its own version).
+
+The detector-output channel (detections per frame, score statistics, per-class counts)
+is kept apart in `output_signals`: a real change in the defect rate is not image drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+F32 = npt.NDArray[np.float32]
+U8 = npt.NDArray[np.uint8]
+
+SIGNALS_VERSION: Final = "lineguard.drift-signals/1"
+HIST_BINS: Final = 8
+THUMB_PX: Final = 8
+EMBED_DIMS: Final = 8
+EMBED_SEED: Final = 20260101
+
+_REGION_STATS: Final = ("mean_b", "mean_g", "mean_r", "std", "clip_lo", "clip_hi", "sharpness")
+SIGNAL_NAMES: Final[tuple[str, ...]] = (
+    *(f"roi.{s}" for s in _REGION_STATS),
+    *(f"roi.hist{i}" for i in range(HIST_BINS)),
+    "roi.orient_c",
+    "roi.orient_s",
+    *(f"bg.{s}" for s in _REGION_STATS),
+    *(f"emb{i}" for i in range(EMBED_DIMS)),
+)
+N_SIGNALS: Final = len(SIGNAL_NAMES)
+
+OUTPUT_NAMES_FIXED: Final = ("detections", "score_mean", "score_max")
+
+FracBox = tuple[float, float, float, float]
+
+
+class SignalError(ValueError):
+    """A frame or region that signals cannot be computed from (named in the message)."""
+
+
+@dataclass(frozen=True)
+class SignalSpec:
+    """Where the signals look: regions as fractions (x1, y1, x2, y2) of the frame, and
+    the working width the frame is resized to first."""
+
+    roi_frac: FracBox = (0.15, 0.15, 0.85, 0.85)
+    background_frac: FracBox = (0.0, 0.0, 1.0, 0.1)
+    work_width_px: int = 320
+
+    def __post_init__(self) -> None:
+        for name, box in (("roi_frac", self.roi_frac), ("background_frac", self.background_frac)):
+            x1, y1, x2, y2 = box
+            if not (0.0 <= x1 < x2 <= 1.0 and 0.0 <= y1 < y2 <= 1.0):
+                raise SignalError(f"{name} {box} must satisfy 0 <= x1 < x2 <= 1, 0 <= y1 < y2 <= 1")
+        if not 32 <= self.work_width_px <= 4096:
+            raise SignalError(f"work_width_px {self.work_width_px} must be within 32..4096")
+
+
+def embedding_projection() -> F32:
+    """The fixed random projection [THUMB_PX**2, EMBED_DIMS] (same on every machine)."""
+    rng = np.random.default_rng(EMBED_SEED)
+    m = rng.standard_normal((THUMB_PX * THUMB_PX, EMBED_DIMS)) / np.sqrt(THUMB_PX * THUMB_PX)
+    return m.astype(np.float32)
+
+
+_PROJECTION: Final = embedding_projection()
+
+
+def _crop(img: U8, box: FracBox) -> U8:
+    h, w = img.shape[:2]
+    x1, y1 = int(box[0] * w), int(box[1] * h)
+    x2, y2 = max(x1 + 4, int(round(box[2] * w))), max(y1 + 4, int(round(box[3] * h)))
+    return img[y1:min(y2, h), x1:min(x2, w)]
+
+
+def _region_stats(bgr: U8, grey: U8, out: F32, at: int) -> None:
+    means = bgr.reshape(-1, 3).mean(axis=0) if bgr.ndim == 3 else np.repeat(grey.mean(), 3)
+    out[at:at + 3] = means / 255.0
+    out[at + 3] = float(grey.std()) / 64.0
+    n = float(grey.size)
+    out[at + 4] = float(np.count_nonzero(grey <= 2)) / n
+    out[at + 5] = float(np.count_nonzero(grey >= 253)) / n
+    lap = cv2.Laplacian(grey, cv2.CV_16S, ksize=1)
+    out[at + 6] = float(np.log(float(lap.astype(np.float32).var()) + 1.0)) / 4.0
+
+
+def frame_signals(image: U8, spec: SignalSpec) -> F32:
+    """The signal vector [N_SIGNALS] (float32, order of SIGNAL_NAMES) of one frame.
+
+    `image` is uint8, HxWx3 BGR or HxW grey, at least 16 x 16. Values are scaled to be
+    of order 1 (means in 0..1, log sharpness / 4). Raises SignalError for another shape
+    or dtype.
+    """
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (
+        image.ndim == 3 and image.shape[2] != 3
+    ):
+        raise SignalError(f"frame must be uint8 HxW or HxWx3, got {image.dtype} {image.shape}")
+    h, w = image.shape[:2]
+    if h < 16 or w < 16:
+        raise SignalError(f"frame {w}x{h} is smaller than 16x16")
+    if w != spec.work_width_px:
+        nh = max(16, round(h * spec.work_width_px / w))
+        image = cv2.resize(image, (spec.work_width_px, nh), interpolation=cv2.INTER_AREA)
+    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+    out = np.empty(N_SIGNALS, np.float32)
+    roi, roi_grey = _crop(image, spec.roi_frac), _crop(grey, spec.roi_frac)
+    _region_stats(roi, roi_grey, out, 0)
+    hist = np.bincount((roi_grey >> 5).ravel(), minlength=HIST_BINS)
+    out[7:7 + HIST_BINS] = hist / float(roi_grey.size)
+    small = cv2.resize(roi_grey, (64, 48), interpolation=cv2.INTER_AREA).astype(np.float32)
+    gx = small[:, 1:] - small[:, :-1]
+    gy = small[1:, :] - small[:-1, :]
+    gx, gy = gx[:-1, :], gy[:, :-1]
+    jxx, jyy, jxy = float((gx * gx).mean()), float((gy * gy).mean()), float((gx * gy).mean())
+    energy = jxx + jyy + 1e-3
+    at = 7 + HIST_BINS
+    out[at] = (jxx - jyy) / energy
+    out[at + 1] = 2.0 * jxy / energy
+    bg, bg_grey = _crop(image, spec.background_frac), _crop(grey, spec.background_frac)
+    _region_stats(bg, bg_grey, out, at + 2)
+    thumb = cv2.resize(small, (THUMB_PX, THUMB_PX), interpolation=cv2.INTER_AREA)
+    out[at + 9:] = ((thumb.ravel() - 128.0) / 64.0) @ _PROJECTION
+    return out
+
+
+def output_names(classes: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Names of the detector-output vector for a model with `classes`."""
+    return (*OUTPUT_NAMES_FIXED, *(f"class.{c}" for c in classes))
+
+
+def output_signals(scores: npt.NDArray[np.floating], class_ids: npt.NDArray[np.integer],
+                   n_classes: int) -> F32:
+    """The detector-output vector of one frame: detections, mean and max score (0 when
+    none), then per-class counts [3 + n_classes]. Raises SignalError for a class id out
+    of range."""
+    out = np.zeros(3 + n_classes, np.float32)
+    n = len(scores)
+    out[0] = n
+    if n:
+        out[1] = float(np.mean(scores))
+        out[2] = float(np.max(scores))
+        ids = np.asarray(class_ids, np.int64)
+        if ids.min() < 0 or ids.max() >= n_classes:
+            raise SignalError(f"class id out of range 0..{n_classes - 1}: {ids.tolist()}")
+        out[3:] = np.bincount(ids, minlength=n_classes)
+    return out
