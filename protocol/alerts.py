@@ -16,7 +16,10 @@ from protocol.envelope import Envelope
 from protocol.fields import ModelRef, Name, ShortText, UtcTimestamp
 from protocol.topics import TopicKind
 
-AlertText = Annotated[str, Field(min_length=1, max_length=1000, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$")]
+# Free text, one or more lines (no other control characters).
+AlertText = Annotated[
+    str, Field(min_length=1, max_length=1000, pattern=r"^[^\x00-\x09\x0b-\x1f\x7f]*$")
+]
 
 
 class AlertCommand(Envelope):

@@ -59,16 +59,18 @@ class Window:
     frames: int
     sums: F64
     samples: F64  # [k, D], k >= 0
-    end_frame: int = 0  # stream position after this window (frames seen so far)
+    first_frame: int = 0  # frame id (or stream position) of the window's first frame
+    end_frame: int = 0  # ... and of the frame after its last
 
     @staticmethod
     def of(frames: npt.NDArray[np.floating], sample_k: int, rng: np.random.Generator,
            end_frame: int = 0) -> Window:
-        """A window from raw frame signals [n, D] with `sample_k` frames sampled."""
+        """A window from raw frame signals [n, D] with `sample_k` frames sampled, ending
+        before stream position `end_frame`."""
         x = np.asarray(frames, np.float64)
         k = min(sample_k, len(x))
         idx = np.sort(rng.choice(len(x), size=k, replace=False)) if k else np.zeros(0, int)
-        return Window(len(x), x.sum(axis=0), x[idx], end_frame)
+        return Window(len(x), x.sum(axis=0), x[idx], end_frame - len(x), end_frame)
 
     @property
     def mean(self) -> F64:
@@ -93,8 +95,8 @@ class Alert:
     """A confirmed drift: when it began (stream frame), the channels that moved
     (name, shift in reference standard deviations), the CUSUM and MMD evidence."""
 
-    onset_frame: int
-    detected_frame: int
+    onset_frame: int  # first frame of the window where the evidence began to accumulate
+    detected_frame: int  # end of the window that raised it
     channels: tuple[tuple[str, float], ...]
     statistic: float
     threshold: float
@@ -220,6 +222,7 @@ class DriftDetector:
         self.config = config
         self._rng = np.random.default_rng(seed)
         self.state = state or DetectorState(np.zeros(len(baseline.names)))
+        self._end_frame = 0
 
     def reset(self) -> None:
         """Forget the accumulated evidence and unlatch (after an acknowledged alert)."""
@@ -235,6 +238,7 @@ class DriftDetector:
         if window.frames == 0:
             return None
         st.frames_seen += window.frames
+        self._end_frame = window.end_frame
         z = (window.mean - b.mean) @ b.whitener.T * np.sqrt(window.frames)
         was_zero = not st.accumulator.any()
         stats, st.accumulator = mcusum_path(z[None, :], self.config.allowance, st.accumulator)
@@ -244,7 +248,7 @@ class DriftDetector:
             st.since_onset_samples, st.pending_windows = [], 0
             return None
         if was_zero:
-            st.onset_frame = st.frames_seen - window.frames
+            st.onset_frame = window.first_frame
         st.since_onset_frames += window.frames
         st.since_onset_sums = window.sums.copy() if st.since_onset_sums is None \
             else st.since_onset_sums + window.sums
@@ -268,8 +272,7 @@ class DriftDetector:
                 self.reset()
             return None
         st.latched = True
-        assert st.since_onset_sums is not None  # set whenever the accumulator is non-zero
-        return Alert(st.onset_frame, st.frames_seen, self.moved_channels(), st.last_statistic,
+        return Alert(st.onset_frame, self._end_frame, self.moved_channels(), st.last_statistic,
                      b.threshold, p)
 
     def moved_channels(self) -> tuple[tuple[str, float], ...]:

@@ -86,7 +86,7 @@ _PROJECTION: Final = embedding_projection()
 def _crop(img: U8, box: FracBox) -> U8:
     h, w = img.shape[:2]
     x1, y1 = int(box[0] * w), int(box[1] * h)
-    x2, y2 = max(x1 + 4, int(round(box[2] * w))), max(y1 + 4, int(round(box[3] * h)))
+    x2, y2 = max(x1 + 4, round(box[2] * w)), max(y1 + 4, round(box[3] * h))
     return img[y1:min(y2, h), x1:min(x2, w)]
 
 
