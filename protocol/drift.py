@@ -142,14 +142,14 @@ class SignalMoments(BaseModel):
 
 class ReferenceInfo(BaseModel):
     """Which reference the line's signals are meant to be compared with: the bundle's
-    (from its training and validation frames) or one refined from the first frames the
-    line ran the model on (`line`), and how many frames it holds."""
+    (from its training and validation frames; `sha256` of its reference file) or one
+    refined from the first `frames` frames the line ran the model on (`line`)."""
 
     model_config = WIRE_CONFIG
 
     source: Literal["bundle", "line"]
     frames: Count
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
 
 
 class DriftSketchV2(Envelope):

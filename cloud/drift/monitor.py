@@ -134,7 +134,8 @@ class DriftMonitor:
 
     # ------------------------------------------------------------------ detector
     def _new_detector(self, model: ModelRef, sketch: DriftSketchV2) -> DetectorRow:
-        ref = self._references(model)
+        line_ref = sketch.reference is not None and sketch.reference.source == "line"
+        ref = None if line_ref else self._references(model)
         if ref is not None and sketch.image is not None and ref.names == sketch.image.names:
             try:
                 base = build_baseline(ref.matrix(), tuple(ref.names), sketch.frame_count,
@@ -145,7 +146,11 @@ class DriftMonitor:
             else:
                 return DetectorRow("bundle", len(ref.frames), persist.baseline_to_json(base),
                                    persist.state_to_json(DetectorState(np.zeros(len(ref.names)))))
-        return DetectorRow("line", 0, None, json.dumps({"samples": [], "window_frames": []}))
+        # The line asked for a reference from its first N frames (refinement), or there is
+        # no bundle reference: either way the line's sampled frames make the reference.
+        target = sketch.reference.frames if line_ref and sketch.reference else 0
+        return DetectorRow("line", 0, None, json.dumps(
+            {"samples": [], "window_frames": [], "target_frames": target}))
 
     def _step(self, key: DetectorKey, row: DetectorRow, sketch: DriftSketchV2
               ) -> tuple[DetectorRow, Alert | None, float | None]:
@@ -178,7 +183,10 @@ class DriftMonitor:
         data["samples"] += sketch.image.samples
         data["window_frames"].append(sketch.frame_count)
         data["names"] = list(sketch.image.names)
-        if len(data["samples"]) < self._cfg.line_reference_frames:
+        target = int(data.get("target_frames") or 0)
+        enough = (sum(data["window_frames"]) >= target and len(data["samples"]) >= 50) \
+            if target else len(data["samples"]) >= self._cfg.line_reference_frames
+        if not enough:
             return DetectorRow("line", len(data["samples"]), None, json.dumps(data))
         n = int(np.median(data["window_frames"]))
         try:

@@ -194,6 +194,19 @@ def _v6_capture_marks_run_state(db: Database) -> None:
     )
 
 
+def _v10_drift_windows(db: Database) -> None:
+    """`drift_windows`: per station, the open drift window (JSON, appliance/drift/
+    window.py), saved every few frames and at stop so a restart resumes it (pre-assigned
+    v10 in the merge plan; positional like every migration)."""
+    db.execute(
+        """CREATE TABLE drift_windows (
+            station TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )"""
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_inspections_defects_events,
     _v2_images,
@@ -201,6 +214,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v4_inspections_seq,
     _v5_annotated_images_part_index,
     _v6_capture_marks_run_state,
+    _v10_drift_windows,
 )
 
 
