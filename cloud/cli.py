@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+from cloud.cli_drift import add_drift_command, run_drift
 from protocol.cliargs import (
     HelpFormatter,
     add_logging_arguments,
@@ -259,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not read password_file / token_file (check on another machine)")
     command("config-reference",
             "print every config key with its default, unit and bounds (Markdown)")
+    add_drift_command(sub)
     qu = command("quantize", "make an INT8 (static, calibrated) variant of a bundle",
                  ":\nsame name and version as the source, `variant: int8` in the manifest.")
     qu.add_argument("bundle", type=Path, help="FP32 bundle directory or .tar/.tar.gz")
@@ -313,5 +315,7 @@ def main(argv: list[str]) -> int:
         return _check_config(args.config, read_secrets=not args.skip_secrets)
     if args.cmd == "config-reference":
         return _reference()
+    if args.cmd == "drift":
+        return run_drift(args)
     parser.error(f"unknown command {args.cmd}")
     return 2

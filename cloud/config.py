@@ -32,6 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from cloud.drift.config import DriftConfig
 from cloud.errors import ConfigError
 from protocol import ProtocolError, validate_id
 from protocol.backoff import BackoffConfig
@@ -182,6 +183,8 @@ class CloudConfig(_Section):
     store: FleetStoreConfig = Field(default_factory=FleetStoreConfig)
     collector: CollectorConfig | None = None
     api: ApiConfig | None = None
+    # `lineguard cloud drift`: the drift monitor (docs/drift.md).
+    drift: DriftConfig | None = None
 
 
 def parse_config(data: object, source: str = "<config>") -> CloudConfig:

@@ -27,6 +27,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, SecretStr
 from swagger_ui_bundle import swagger_ui_path
 
+from cloud.drift.api import drift_router
+from cloud.drift.store import DriftStore
 from cloud.errors import FleetStoreError
 from cloud.fleet import (
     CollectorCounters,
@@ -195,10 +197,12 @@ def _not_found(site: str, line: str) -> HTTPException:
 
 
 def create_app(
-    store: FleetStore, token: SecretStr | str, *, public_docs: bool = False
+    store: FleetStore, token: SecretStr | str, *, public_docs: bool = False,
+    drift: DriftStore | None = None,
 ) -> FastAPI:
     """The fleet API over `store`; `token` is the bearer token (at least 16 characters).
-    `public_docs`: serve `/openapi.json` without the token.
+    `public_docs`: serve `/openapi.json` without the token. `drift`: also serve
+    `/drift/...` (cloud/drift/api.py).
 
     Raises ValueError for a shorter token.
     """
@@ -340,4 +344,7 @@ def create_app(
         return fleet.counters()
 
     app.include_router(router)
+    if drift is not None:
+        app.include_router(drift_router(drift), dependencies=[Depends(auth)],
+                           responses={**UNAUTHORIZED, **UNAVAILABLE})
     return app

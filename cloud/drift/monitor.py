@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine
 
 from cloud.drift import persist
 from cloud.drift.config import DriftConfig
@@ -50,7 +50,6 @@ from cloud.drift.store import (
     set_window_statistic,
     window_start_ms,
 )
-from cloud.drift.tables import drift_alerts, drift_detectors
 from models.drift.reference import DriftReference
 from protocol.alerts import AlertCommand
 from protocol.drift import DriftSketchV2
@@ -239,20 +238,5 @@ class DriftMonitor:
                        alert.alert_id, text, published, retrain)
 
     def acknowledge(self, alert_id: str, by: str) -> AlertRow | None:
-        """Acknowledge an alert and unlatch its detector (new evidence starts from zero).
-        Returns the updated alert, or None when there is no such alert."""
-        alert = self.store.alert(alert_id)
-        if alert is None:
-            return None
-        key = DetectorKey(alert.site, alert.line, alert.station, alert.model_name,
-                          alert.model_version)
-        now_ms = int(self._clock() * 1000)
-        with self._engine.begin() as conn:
-            conn.execute(update(drift_alerts).where(drift_alerts.c.alert_id == alert_id)
-                         .values(acknowledged_at_ms=now_ms, acknowledged_by=by[:128]))
-            row = load_detector(conn, key)
-            if row is not None and row.baseline_json is not None:
-                fresh = DetectorState(np.zeros(len(json.loads(row.baseline_json)["names"])))
-                conn.execute(update(drift_detectors).where(key.where(drift_detectors)).values(
-                    state_json=persist.state_to_json(fresh), updated_at_ms=now_ms))
-        return self.store.alert(alert_id)
+        """See DriftStore.acknowledge."""
+        return self.store.acknowledge(alert_id, by, int(self._clock() * 1000))

@@ -10,8 +10,11 @@ import json
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
 from sqlalchemy import Connection, Engine, and_, insert, select, update
 
+from cloud.drift.detector import DetectorState
+from cloud.drift.persist import state_to_json
 from cloud.drift.tables import drift_alerts, drift_detectors, drift_windows
 
 
@@ -157,6 +160,25 @@ class DriftStore:
         with self.engine.begin() as conn:
             conn.execute(update(drift_alerts).where(drift_alerts.c.alert_id == alert_id)
                          .values(**values))
+
+    def acknowledge(self, alert_id: str, by: str, now_ms: int) -> AlertRow | None:
+        """Acknowledge an alert and unlatch its detector (evidence starts again from
+        zero, so a drift that goes on raises a new alert). None: no such alert."""
+        alert = self.alert(alert_id)
+        if alert is None:
+            return None
+        key = DetectorKey(alert.site, alert.line, alert.station, alert.model_name,
+                          alert.model_version)
+        with self.engine.begin() as conn:
+            conn.execute(update(drift_alerts).where(drift_alerts.c.alert_id == alert_id)
+                         .values(acknowledged_at_ms=now_ms, acknowledged_by=by[:128]))
+            row = load_detector(conn, key)
+            if row is not None and row.baseline_json is not None:
+                width = len(json.loads(row.baseline_json)["names"])
+                conn.execute(update(drift_detectors).where(key.where(drift_detectors)).values(
+                    state_json=state_to_json(DetectorState(np.zeros(width))),
+                    updated_at_ms=now_ms))
+        return self.alert(alert_id)
 
     def windows(self, site: str, line: str, limit: int = 500) -> list[dict[str, Any]]:
         """Recent windows of a line (no signal payloads), newest first."""
