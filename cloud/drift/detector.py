@@ -12,8 +12,10 @@ Invariants:
   probability `false_alarms_per_10k` (a reference mean re-estimated from a bootstrap
   sample in every replicate, so the estimation error of the reference is in `h`);
 - the CUSUM (Crosier's MCUSUM) sees one whitened window mean at a time,
-  z = sqrt(n) W (mean - mu); an alarm is only an alert once the MMD test between
-  reference frames and the frames sampled since the estimated onset gives
+  z = sqrt(n) W (mean - mu); on an alarm the onset is the most likely change point
+  over the last `history_windows` windows (`change_point`), and the alarm is only an
+  alert once the MMD test between reference frames and the frames sampled since that
+  onset gives
   p <= `mmd_alpha` (p counts the observed statistic: (1 + #{perm >= obs}) / (1 + P));
 - after an alert the detector is latched: it raises nothing more until `reset()`.
 """
@@ -29,6 +31,7 @@ import numpy.typing as npt
 F64 = npt.NDArray[np.float64]
 
 FRAMES_PER_RATE: Final = 10_000
+_SAMPLED_WINDOWS: Final = 16
 
 
 class DetectorError(ValueError):
@@ -50,6 +53,7 @@ class DetectorConfig:
     confirm_windows: int = 4
     channel_z: float = 4.0
     max_channels: int = 8
+    history_windows: int = 64
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,7 @@ def build_baseline(reference: npt.NDArray[np.floating], names: tuple[str, ...],
 def mmd_test(x: F64, y: F64, permutations: int, rng: np.random.Generator) -> tuple[float, float]:
     """Unbiased MMD^2 with a Gaussian kernel (median heuristic) between samples x [m, D]
     and y [n, D] (both already standardised); returns (statistic, permutation p-value
-    counting the observed statistic)."""
+    counting the observed statistic: (1 + #{perm >= obs}) / (1 + permutations))."""
     z = np.vstack([x, y])
     sq = np.sum(z * z, axis=1)
     d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * z @ z.T, 0.0)
@@ -184,18 +188,33 @@ def mmd_test(x: F64, y: F64, permutations: int, rng: np.random.Generator) -> tup
     k = np.exp(-d2 / max(med, 1e-12))
     np.fill_diagonal(k, 0.0)
     m, n = len(x), len(y)
-
-    def stat(idx: npt.NDArray[np.intp]) -> float:
-        a, b = idx[:m], idx[m:]
-        kxx = k[np.ix_(a, a)].sum() / (m * (m - 1))
-        kyy = k[np.ix_(b, b)].sum() / (n * (n - 1))
-        kxy = k[np.ix_(a, b)].sum() / (m * n)
-        return float(kxx + kyy - 2.0 * kxy)
-
-    base = np.arange(m + n)
-    observed = stat(base)
-    exceed = sum(stat(rng.permutation(base)) >= observed for _ in range(permutations))
+    # Row 0 is the observed split; the others are permutations. With a = 1 on the x
+    # side, a'Ka / m(m-1) + b'Kb / n(n-1) - 2 a'Kb / mn is the unbiased estimate.
+    labels = np.zeros((permutations + 1, m + n))
+    labels[0, :m] = 1.0
+    for i in range(1, permutations + 1):
+        labels[i, rng.permutation(m + n)[:m]] = 1.0
+    ka = labels @ k
+    total = k.sum()
+    aka = np.sum(ka * labels, axis=1)
+    akb = np.sum(ka, axis=1) - aka
+    bkb = total - aka - 2.0 * akb
+    stats = aka / (m * (m - 1)) + bkb / (n * (n - 1)) - 2.0 * akb / (m * n)
+    observed = float(stats[0])
+    exceed = int(np.sum(stats[1:] >= observed - 1e-12))
     return observed, (1.0 + exceed) / (1.0 + permutations)
+
+
+@dataclass
+class WindowRecord:
+    """What the detector remembers of one recent window."""
+
+    first_frame: int
+    end_frame: int
+    frames: int
+    sums: F64
+    z: F64
+    samples: F64
 
 
 @dataclass
@@ -204,13 +223,19 @@ class DetectorState:
 
     accumulator: F64
     frames_seen: int = 0
-    onset_frame: int = 0
-    since_onset_frames: int = 0
-    since_onset_sums: F64 | None = None
-    since_onset_samples: list[F64] = field(default_factory=list)
+    history: list[WindowRecord] = field(default_factory=list)
     pending_windows: int = 0
     latched: bool = False
     last_statistic: float = 0.0
+
+
+def change_point(z: F64) -> int:
+    """The most likely start of a mean shift in whitened window means z [T, D]: the
+    index tau maximising ||sum(z[tau:])||^2 / (T - tau) (the likelihood ratio of a
+    shift in the mean of N(0, I) data starting at tau)."""
+    tail = np.cumsum(z[::-1], axis=0)[::-1]  # tail[t] = sum(z[t:])
+    lengths = np.arange(len(z), 0, -1, dtype=np.float64)
+    return int(np.argmax(np.sum(tail * tail, axis=1) / lengths))
 
 
 class DriftDetector:
@@ -222,7 +247,6 @@ class DriftDetector:
         self.config = config
         self._rng = np.random.default_rng(seed)
         self.state = state or DetectorState(np.zeros(len(baseline.names)))
-        self._end_frame = 0
 
     def reset(self) -> None:
         """Forget the accumulated evidence and unlatch (after an acknowledged alert)."""
@@ -232,35 +256,33 @@ class DriftDetector:
     def update(self, window: Window) -> Alert | None:
         """Feed one window; raises DetectorError for a window of another width or with
         non-finite values."""
-        b, st = self.baseline, self.state
+        b, st, cfg = self.baseline, self.state, self.config
         if window.sums.shape != b.mean.shape or not np.isfinite(window.sums).all():
             raise DetectorError(f"window has {window.sums.shape} sums; expected {b.mean.shape}")
         if window.frames == 0:
             return None
         st.frames_seen += window.frames
-        self._end_frame = window.end_frame
         z = (window.mean - b.mean) @ b.whitener.T * np.sqrt(window.frames)
-        was_zero = not st.accumulator.any()
-        stats, st.accumulator = mcusum_path(z[None, :], self.config.allowance, st.accumulator)
+        stats, st.accumulator = mcusum_path(z[None, :], cfg.allowance, st.accumulator)
         st.last_statistic = float(stats[0])
-        if not st.accumulator.any():
-            st.since_onset_frames, st.since_onset_sums = 0, None
-            st.since_onset_samples, st.pending_windows = [], 0
-            return None
-        if was_zero:
-            st.onset_frame = window.first_frame
-        st.since_onset_frames += window.frames
-        st.since_onset_sums = window.sums.copy() if st.since_onset_sums is None \
-            else st.since_onset_sums + window.sums
-        if len(window.samples):
-            st.since_onset_samples.append(np.asarray(window.samples, np.float64))
+        st.history.append(WindowRecord(window.first_frame, window.end_frame, window.frames,
+                                       np.asarray(window.sums, np.float64), z,
+                                       np.asarray(window.samples, np.float64)))
+        del st.history[:-cfg.history_windows]
+        if len(st.history) > _SAMPLED_WINDOWS:  # the MMD test uses the latest samples only
+            old = st.history[-_SAMPLED_WINDOWS - 1]
+            old.samples = old.samples[:0]
         if st.latched or st.last_statistic <= b.threshold:
+            st.pending_windows = 0
             return None
         return self._confirm()
 
     def _confirm(self) -> Alert | None:
         b, st, cfg = self.baseline, self.state, self.config
-        recent = np.vstack(st.since_onset_samples) if st.since_onset_samples else np.zeros((0, 1))
+        tau = change_point(np.vstack([w.z for w in st.history]))
+        since = st.history[tau:]
+        samples = [w.samples for w in since if len(w.samples)]
+        recent = np.vstack(samples) if samples else np.zeros((0, len(b.names)))
         p = 1.0
         if len(recent) >= 8:
             x = (b.reference - b.mean) / b.std
@@ -272,18 +294,18 @@ class DriftDetector:
                 self.reset()
             return None
         st.latched = True
-        return Alert(st.onset_frame, self._end_frame, self.moved_channels(), st.last_statistic,
-                     b.threshold, p)
+        frames = sum(w.frames for w in since)
+        sums = np.sum([w.sums for w in since], axis=0)
+        return Alert(since[0].first_frame, since[-1].end_frame,
+                     self.moved_channels(sums, frames), st.last_statistic, b.threshold, p)
 
-    def moved_channels(self) -> tuple[tuple[str, float], ...]:
-        """Signals whose mean since the onset moved by more than `channel_z` standard
-        errors, largest first: (name, shift in reference standard deviations)."""
-        b, st = self.baseline, self.state
-        if st.since_onset_sums is None or st.since_onset_frames == 0:
-            return ()
-        mean = st.since_onset_sums / st.since_onset_frames
-        effect = (mean - b.mean) / b.std
-        zscore = effect * np.sqrt(st.since_onset_frames)
+    def moved_channels(self, sums: F64, frames: int) -> tuple[tuple[str, float], ...]:
+        """Signals whose mean over `frames` frames (`sums`) is more than `channel_z`
+        standard errors from the reference, largest first: (name, shift in reference
+        standard deviations)."""
+        b = self.baseline
+        effect = (sums / max(frames, 1) - b.mean) / b.std
+        zscore = effect * np.sqrt(frames)
         order = np.argsort(-np.abs(zscore))
         return tuple((b.names[i], round(float(effect[i]), 3)) for i in order
                      if abs(zscore[i]) > self.config.channel_z)[: self.config.max_channels]

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from cloud.drift.detector import Baseline, DetectorState
+from cloud.drift.detector import Baseline, DetectorState, WindowRecord
 
 
 def _arr(value: Any) -> np.ndarray[Any, np.dtype[np.float64]]:
@@ -31,9 +31,8 @@ def baseline_from_json(text: str) -> Baseline:
 def state_to_json(s: DetectorState, extra: dict[str, Any] | None = None) -> str:
     return json.dumps({
         "accumulator": s.accumulator.tolist(), "frames_seen": s.frames_seen,
-        "onset_frame": s.onset_frame, "since_onset_frames": s.since_onset_frames,
-        "since_onset_sums": None if s.since_onset_sums is None else s.since_onset_sums.tolist(),
-        "since_onset_samples": [x.tolist() for x in s.since_onset_samples[-16:]],
+        "history": [[w.first_frame, w.end_frame, w.frames, w.sums.tolist(), w.z.tolist(),
+                     w.samples.tolist()] for w in s.history],
         "pending_windows": s.pending_windows, "latched": s.latched,
         "last_statistic": s.last_statistic, **(extra or {}),
     })
@@ -41,12 +40,12 @@ def state_to_json(s: DetectorState, extra: dict[str, Any] | None = None) -> str:
 
 def state_from_json(text: str) -> DetectorState:
     d = json.loads(text)
-    sums = d["since_onset_sums"]
+    width = len(d["accumulator"])
+    history = [WindowRecord(int(a), int(b), int(n), _arr(sums), _arr(z),
+                            _arr(samples).reshape(-1, width))
+               for a, b, n, sums, z, samples in d["history"]]
     return DetectorState(
         accumulator=_arr(d["accumulator"]), frames_seen=int(d["frames_seen"]),
-        onset_frame=int(d["onset_frame"]), since_onset_frames=int(d["since_onset_frames"]),
-        since_onset_sums=None if sums is None else _arr(sums),
-        since_onset_samples=[_arr(x) for x in d["since_onset_samples"]],
-        pending_windows=int(d["pending_windows"]), latched=bool(d["latched"]),
-        last_statistic=float(d["last_statistic"]),
+        history=history, pending_windows=int(d["pending_windows"]),
+        latched=bool(d["latched"]), last_statistic=float(d["last_statistic"]),
     )
