@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     quick = args.quick
     args.streams = args.streams or (4 if quick else 12)
-    pool = 80 if quick else 300
+    pool, normal_pool = (80, 250) if quick else (200, 600)
     args.onset, args.length = (200, 500) if quick else (300, 700)
     args.no_drift_streams = 4 if quick else 10
     args.no_drift_length = 2500 if quick else 5000
@@ -310,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     per_ds: dict[str, dict[str, dict[str, Any]]] = {}
     for name in args.datasets.split(","):
         t0 = time.perf_counter()
-        ds = neu_dataset(pool, spec, args.seed) if name == "neu-det" else \
-            linesim_dataset(pool, spec, args.seed)
+        ds = neu_dataset(pool, spec, args.seed, normal_pool) if name == "neu-det" else \
+            linesim_dataset(pool, spec, args.seed, normal_pool)
         if ds is None:
             log(f"  {name}: dataset absent, skipped")
             continue

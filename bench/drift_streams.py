@@ -78,7 +78,8 @@ def _drifted(images: list[U8], spec: SignalSpec, seed: int) -> dict[tuple[str, s
     return out
 
 
-def neu_dataset(pool: int, spec: SignalSpec, seed: int) -> Dataset | None:
+def neu_dataset(pool: int, spec: SignalSpec, seed: int, normal_pool: int = 0
+                ) -> Dataset | None:
     """NEU-DET: reference from train images, streams from val images (both without the
     held-out class); the held-out class is the new variant. None when absent."""
     if not (NEU_DIR / "images" / "val").is_dir():
@@ -98,16 +99,16 @@ def neu_dataset(pool: int, spec: SignalSpec, seed: int) -> Dataset | None:
             imgs.append(img[:, ::-1].copy() if rng.random() < 0.5 else img)  # position variation
         return imgs
 
-    ref = load("train", False, 4 * pool)
-    normal = load("val", False, pool)
+    ref = load("train", False, 4 * max(pool, normal_pool))
+    normal = load("val", False, max(pool, normal_pool))
     return Dataset(
         "neu-det", _signals(ref, spec), _signals(normal, spec),
         _signals(load("train", False, pool), spec), _signals(load("val", True, pool), spec),
-        _drifted(normal, spec, seed),
+        _drifted(normal[:pool], spec, seed),
     )
 
 
-def linesim_dataset(pool: int, spec: SignalSpec, seed: int) -> Dataset:
+def linesim_dataset(pool: int, spec: SignalSpec, seed: int, normal_pool: int = 0) -> Dataset:
     """linesim at 320x240: reference and stream pools from different seeds; normal
     variation is the simulator's own (part position, variant plate/disc, defects), plus
     a pool with a different defect rate; the new variant is `ribbed`."""
@@ -116,15 +117,15 @@ def linesim_dataset(pool: int, spec: SignalSpec, seed: int) -> Dataset:
     def render(cfg: linesim.LineConfig, n: int, first: int = 0) -> list[U8]:
         return [linesim.render(cfg, first + i).image_bgr for i in range(n)]
 
-    normal = render(base, pool)
+    normal = render(base, max(pool, normal_pool))
     alt = linesim.LineConfig(width_px=320, height_px=240, seed=seed + 2, defect_free_fraction=0.9)
     variant = linesim.LineConfig(width_px=320, height_px=240, seed=seed + 3,
                                  drift=linesim.Drift(variant="ribbed"))
     ref_cfg = linesim.LineConfig(width_px=320, height_px=240, seed=seed + 1)
     return Dataset(
-        "linesim", _signals(render(ref_cfg, 4 * pool), spec), _signals(normal, spec),
-        _signals(render(alt, pool), spec), _signals(render(variant, pool), spec),
-        _drifted(normal, spec, seed),
+        "linesim", _signals(render(ref_cfg, 4 * max(pool, normal_pool)), spec),
+        _signals(normal, spec), _signals(render(alt, max(pool, normal_pool)), spec),
+        _signals(render(variant, pool), spec), _drifted(normal[:pool], spec, seed),
     )
 
 

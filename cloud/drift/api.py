@@ -15,6 +15,9 @@ from cloud.drift.store import AlertRow, DriftStore
 from protocol.fields import ID_PATTERN
 
 ALERT_ID = r"^drift-[0-9a-f]{16}$"
+AlertId = Annotated[str, Path(pattern=ALERT_ID)]
+SiteId = Annotated[str, Path(pattern=ID_PATTERN)]
+LineId = Annotated[str, Path(pattern=ID_PATTERN)]
 
 
 class MovedChannel(BaseModel):
@@ -85,7 +88,6 @@ def _view(a: AlertRow) -> DriftAlertView:
 def drift_router(store: DriftStore) -> APIRouter:
     """The drift routes over `store` (add the auth dependency when including it)."""
     router = APIRouter(prefix="/drift", tags=["drift"])
-    AlertId = Annotated[str, Path(pattern=ALERT_ID)]
 
     def _not_found(alert_id: str) -> HTTPException:
         return HTTPException(status.HTTP_404_NOT_FOUND, f"no drift alert {alert_id}")
@@ -113,8 +115,7 @@ def drift_router(store: DriftStore) -> APIRouter:
         return _view(found)
 
     @router.get("/lines/{site}/{line}/windows")
-    def windows(site: Annotated[str, Path(pattern=ID_PATTERN)],
-                line: Annotated[str, Path(pattern=ID_PATTERN)],
+    def windows(site: SiteId, line: LineId,
                 limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> list[DriftWindowView]:
         """A line's recent drift windows with the detector's statistic, newest first."""
         return [DriftWindowView(**{k: v for k, v in w.items() if k not in ("site", "line",

@@ -90,6 +90,7 @@ class DriftMonitor:
         self._request_retrain = request_retrain
         self._clock = clock
         self.store = DriftStore(engine)
+        self._baselines: dict[DetectorKey, tuple[str, Baseline]] = {}
         self.counts = {"windows": 0, "duplicates": 0, "skipped": 0, "alerts": 0}
 
     def ingest(self, sketch: DriftSketchV2, received_at_ms: int | None = None) -> AlertRow | None:
@@ -123,7 +124,7 @@ class DriftMonitor:
                 set_window_statistic(conn, sketch.msg_id, statistic)
             if fired is not None:
                 onset_ms = window_start_ms(conn, key, fired.onset_frame) or row["window_start_ms"]
-                alert = self._alert_row(key, fired, onset_ms, now_ms)
+                alert = self._alert_row(key, fired, onset_ms, now_ms, sketch.msg_id)
                 insert_alert(conn, alert)
             save_detector(conn, key, det_row, now_ms, exists=found is not None)
         if alert is not None:
@@ -158,7 +159,11 @@ class DriftMonitor:
             return row, None, None
         if row.baseline_json is None:
             return self._collect(key, row, sketch), None, None
-        baseline = persist.baseline_from_json(row.baseline_json)
+        cached = self._baselines.get(key)
+        if cached is None or cached[0] != row.baseline_json:
+            cached = (row.baseline_json, persist.baseline_from_json(row.baseline_json))
+            self._baselines[key] = cached
+        baseline = cached[1]
         if tuple(image.names) != baseline.names:
             logger.warning("drift: %s/%s sends signals %s unlike its reference; skipped",
                            key.site, key.line, sketch.signals_version)
@@ -201,8 +206,10 @@ class DriftMonitor:
                            persist.state_to_json(DetectorState(np.zeros(len(base.names)))))
 
     # ------------------------------------------------------------------ alerts
-    def _alert_row(self, key: DetectorKey, fired: Alert, onset_ms: int, now_ms: int) -> AlertRow:
-        digest = hashlib.sha256(f"{key}|{fired.onset_frame}|{now_ms}".encode()).hexdigest()
+    def _alert_row(self, key: DetectorKey, fired: Alert, onset_ms: int, now_ms: int,
+                   msg_id: str) -> AlertRow:
+        # The window that raised it is unique (msg_id is the windows' primary key).
+        digest = hashlib.sha256(f"{key}|{msg_id}".encode()).hexdigest()
         return AlertRow(
             f"drift-{digest[:16]}", key.site, key.line, key.station, key.model_name,
             key.model_version, list(fired.channels), fired.onset_frame, onset_ms, now_ms,
