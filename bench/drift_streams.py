@@ -57,11 +57,16 @@ class Dataset:
     drifted: dict[tuple[str, str], F64]  # (kind, severity) -> drifted normal pool
 
 
-def _signals(images: list[U8], spec: SignalSpec) -> F64:
-    return np.asarray([frame_signals(im, spec) for im in images], np.float64)
+# A frame and its defect boxes (xyxy pixels): the ground truth stands in for the
+# detector's boxes, which the appliance leaves out of the image signals.
+Framed = tuple[U8, F64]
 
 
-def _drifted(images: list[U8], spec: SignalSpec, seed: int) -> dict[tuple[str, str], F64]:
+def _signals(images: list[Framed], spec: SignalSpec) -> F64:
+    return np.asarray([frame_signals(im, spec, boxes) for im, boxes in images], np.float64)
+
+
+def _drifted(images: list[Framed], spec: SignalSpec, seed: int) -> dict[tuple[str, str], F64]:
     out: dict[tuple[str, str], F64] = {}
     for kind, knobs in DRIFTS.items():
         if kind == "variant":
@@ -69,11 +74,13 @@ def _drifted(images: list[U8], spec: SignalSpec, seed: int) -> dict[tuple[str, s
         for sev, text in zip(SEVERITIES, knobs, strict=True):
             drift = linesim.Drift.parse(text)
             frames = []
-            for i, im in enumerate(images):
+            for i, (im, boxes) in enumerate(images):
                 # One smudge pattern per drift (a lens is dirty the same way every frame);
-                # sensor noise differs per frame.
+                # sensor noise differs per frame. (Geometric drifts move the defects a
+                # few pixels off their boxes: a detector would follow them.)
                 smudge_seed = seed if kind == "dirty_lens" else seed + i
-                frames.append(linesim.apply_drift(np.random.default_rng(smudge_seed), im, drift))
+                frames.append((linesim.apply_drift(np.random.default_rng(smudge_seed), im, drift),
+                               boxes))
             out[(kind, sev)] = _signals(frames, spec)
     return out
 
@@ -81,30 +88,41 @@ def _drifted(images: list[U8], spec: SignalSpec, seed: int) -> dict[tuple[str, s
 def neu_dataset(pool: int, spec: SignalSpec, seed: int, normal_pool: int = 0
                 ) -> Dataset | None:
     """NEU-DET: reference from train images, streams from val images (both without the
-    held-out class); the held-out class is the new variant. None when absent."""
+    held-out class; half of them mirrored); the held-out class is the new variant; the
+    normal variation is every image mirrored. None when absent."""
     if not (NEU_DIR / "images" / "val").is_dir():
         return None
     rng = np.random.default_rng(seed)
 
-    def load(split: str, held_out: bool, limit: int) -> list[U8]:
+    def load(split: str, held_out: bool, limit: int, flip: float) -> list[Framed]:
         paths = sorted((NEU_DIR / "images" / split).glob("*.jpg"))
         paths = [p for p in paths if p.stem.startswith(NEU_HELD_OUT_CLASS) == held_out]
         pick = rng.permutation(len(paths))[:limit]
-        imgs = []
+        out: list[Framed] = []
         for i in pick:
             grey = cv2.imread(str(paths[i]), cv2.IMREAD_GRAYSCALE)
             if grey is None:
                 raise OSError(f"cannot read {paths[i]}")
             img = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
-            imgs.append(img[:, ::-1].copy() if rng.random() < 0.5 else img)  # position variation
-        return imgs
+            h, w = grey.shape
+            label = NEU_DIR / "labels" / split / (paths[i].stem + ".txt")
+            rows = np.loadtxt(label, ndmin=2) if label.exists() else np.zeros((0, 5))
+            boxes = np.zeros((0, 4)) if rows.size == 0 else np.stack([
+                (rows[:, 1] - rows[:, 3] / 2) * w, (rows[:, 2] - rows[:, 4] / 2) * h,
+                (rows[:, 1] + rows[:, 3] / 2) * w, (rows[:, 2] + rows[:, 4] / 2) * h], axis=1)
+            if rng.random() < flip:  # position variation: the strip runs the other way
+                img = img[:, ::-1].copy()
+                boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]],
+                                 axis=1) if len(boxes) else boxes
+            out.append((img, boxes))
+        return out
 
-    ref = load("train", False, 4 * max(pool, normal_pool))
-    normal = load("val", False, max(pool, normal_pool))
+    ref = load("train", False, 4 * max(pool, normal_pool), 0.5)
+    normal = load("val", False, max(pool, normal_pool), 0.5)
     return Dataset(
         "neu-det", _signals(ref, spec), _signals(normal, spec),
-        _signals(load("train", False, pool), spec), _signals(load("val", True, pool), spec),
-        _drifted(normal[:pool], spec, seed),
+        _signals(load("val", False, max(pool, normal_pool), 1.0), spec),
+        _signals(load("val", True, pool, 0.5), spec), _drifted(normal[:pool], spec, seed),
     )
 
 
@@ -114,8 +132,10 @@ def linesim_dataset(pool: int, spec: SignalSpec, seed: int, normal_pool: int = 0
     a pool with a different defect rate; the new variant is `ribbed`."""
     base = linesim.LineConfig(width_px=320, height_px=240, seed=seed)
 
-    def render(cfg: linesim.LineConfig, n: int, first: int = 0) -> list[U8]:
-        return [linesim.render(cfg, first + i).image_bgr for i in range(n)]
+    def render(cfg: linesim.LineConfig, n: int, first: int = 0) -> list[Framed]:
+        parts = [linesim.render(cfg, first + i) for i in range(n)]
+        return [(p.image_bgr, np.array([(d.x1, d.y1, d.x2, d.y2) for d in p.defects],
+                                       np.float64).reshape(-1, 4)) for p in parts]
 
     normal = render(base, max(pool, normal_pool))
     alt = linesim.LineConfig(width_px=320, height_px=240, seed=seed + 2, defect_free_fraction=0.9)

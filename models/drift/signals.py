@@ -34,6 +34,8 @@ HIST_BINS: Final = 8
 THUMB_PX: Final = 8
 EMBED_DIMS: Final = 8
 EMBED_SEED: Final = 20260101
+# Detection boxes covering more of a region than this are not left out of it.
+MAX_EXCLUDED: Final = 0.6
 
 _REGION_STATS: Final = ("mean_b", "mean_g", "mean_r", "std", "clip_lo", "clip_hi", "sharpness")
 SIGNAL_NAMES: Final[tuple[str, ...]] = (
@@ -83,30 +85,59 @@ def embedding_projection() -> F32:
 _PROJECTION: Final = embedding_projection()
 
 
-def _crop(img: U8, box: FracBox) -> U8:
-    h, w = img.shape[:2]
+def _bounds(shape: tuple[int, ...], box: FracBox) -> tuple[int, int, int, int]:
+    h, w = shape[:2]
     x1, y1 = int(box[0] * w), int(box[1] * h)
     x2, y2 = max(x1 + 4, round(box[2] * w)), max(y1 + 4, round(box[3] * h))
-    return img[y1:min(y2, h), x1:min(x2, w)]
+    return x1, y1, min(x2, w), min(y2, h)
 
 
-def _region_stats(bgr: U8, grey: U8, out: F32, at: int) -> None:
-    means = bgr.reshape(-1, 3).mean(axis=0) if bgr.ndim == 3 else np.repeat(grey.mean(), 3)
-    out[at:at + 3] = means / 255.0
-    out[at + 3] = float(grey.std()) / 64.0
-    n = float(grey.size)
-    out[at + 4] = float(np.count_nonzero(grey <= 2)) / n
-    out[at + 5] = float(np.count_nonzero(grey >= 253)) / n
-    lap = cv2.Laplacian(grey, cv2.CV_16S, ksize=1)
-    out[at + 6] = float(np.log(float(lap.astype(np.float32).var()) + 1.0)) / 4.0
+def _keep_mask(bounds: tuple[int, int, int, int], boxes: npt.NDArray[np.float64]
+               ) -> U8 | None:
+    """Pixels of a region outside every box (None: keep all). Boxes covering more than
+    MAX_EXCLUDED of the region are ignored (too little would be left to compare)."""
+    if len(boxes) == 0:
+        return None
+    x1, y1, x2, y2 = bounds
+    keep = np.ones((y2 - y1, x2 - x1), np.uint8)
+    for bx1, by1, bx2, by2 in boxes:
+        a, b = max(int(bx1) - x1, 0), max(int(by1) - y1, 0)
+        c, d = min(int(np.ceil(bx2)) - x1, x2 - x1), min(int(np.ceil(by2)) - y1, y2 - y1)
+        if c > a and d > b:
+            keep[b:d, a:c] = 0
+    kept = int(np.count_nonzero(keep))
+    if kept == keep.size or kept < (1.0 - MAX_EXCLUDED) * keep.size:
+        return None
+    return keep
 
 
-def frame_signals(image: U8, spec: SignalSpec) -> F32:
+def _region_stats(bgr: U8, grey: U8, keep: U8 | None, out: F32, at: int) -> None:
+    # OpenCV's masked reductions: a boolean-indexed copy of the pixels costs more.
+    lap = cv2.Laplacian(grey, cv2.CV_32F, ksize=1)
+    colour = bgr if bgr.ndim == 3 else cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    means = cv2.mean(colour, mask=keep)
+    out[at:at + 3] = np.asarray(means[:3], np.float32) / 255.0
+    _, grey_sd = cv2.meanStdDev(grey, mask=keep)
+    out[at + 3] = float(grey_sd[0, 0]) / 64.0
+    n = float(cv2.countNonZero(keep)) if keep is not None else float(grey.size)
+    low, high = grey <= 2, grey >= 253
+    if keep is not None:
+        low, high = low & (keep > 0), high & (keep > 0)
+    out[at + 4] = float(np.count_nonzero(low)) / n
+    out[at + 5] = float(np.count_nonzero(high)) / n
+    _, lap_sd = cv2.meanStdDev(lap, mask=keep)
+    out[at + 6] = float(np.log(float(lap_sd[0, 0]) ** 2 + 1.0)) / 4.0
+
+
+def frame_signals(image: U8, spec: SignalSpec,
+                  exclude_xyxy: npt.ArrayLike | None = None) -> F32:
     """The signal vector [N_SIGNALS] (float32, order of SIGNAL_NAMES) of one frame.
 
-    `image` is uint8, HxWx3 BGR or HxW grey, at least 16 x 16. Values are scaled to be
-    of order 1 (means in 0..1, log sharpness / 4). Raises SignalError for another shape
-    or dtype.
+    `image` is uint8, HxWx3 BGR or HxW grey, at least 16 x 16. `exclude_xyxy` [k, 4]:
+    boxes (image pixels, x1 y1 x2 y2) left out of the statistics: the detections, so
+    that a change in the defect rate does not move the image signals. Values are scaled
+    to be of order 1 (means in 0..1, log sharpness / 4). Raises SignalError for another
+    shape or dtype.
     """
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (
         image.ndim == 3 and image.shape[2] != 3
@@ -115,15 +146,24 @@ def frame_signals(image: U8, spec: SignalSpec) -> F32:
     h, w = image.shape[:2]
     if h < 16 or w < 16:
         raise SignalError(f"frame {w}x{h} is smaller than 16x16")
+    boxes = np.zeros((0, 4)) if exclude_xyxy is None else \
+        np.asarray(exclude_xyxy, np.float64).reshape(-1, 4)
     if w != spec.work_width_px:
-        nh = max(16, round(h * spec.work_width_px / w))
+        scale = spec.work_width_px / w
+        nh = max(16, round(h * scale))
         image = cv2.resize(image, (spec.work_width_px, nh), interpolation=cv2.INTER_AREA)
+        boxes = boxes * scale
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
     out = np.empty(N_SIGNALS, np.float32)
-    roi, roi_grey = _crop(image, spec.roi_frac), _crop(grey, spec.roi_frac)
-    _region_stats(roi, roi_grey, out, 0)
-    hist = np.bincount((roi_grey >> 5).ravel(), minlength=HIST_BINS)
-    out[7:7 + HIST_BINS] = hist / float(roi_grey.size)
+    rb = _bounds(image.shape, spec.roi_frac)
+    roi, roi_grey = image[rb[1]:rb[3], rb[0]:rb[2]], grey[rb[1]:rb[3], rb[0]:rb[2]]
+    keep = _keep_mask(rb, boxes)
+    _region_stats(roi, roi_grey, keep, out, 0)
+    hist = cv2.calcHist([roi_grey], [0], keep, [HIST_BINS], [0, 256]).ravel()
+    out[7:7 + HIST_BINS] = hist / max(float(hist.sum()), 1.0)
+    if keep is not None:  # fill what is left out with the typical grey, for the shape terms
+        roi_grey = roi_grey.copy()
+        roi_grey[keep == 0] = np.uint8(cv2.mean(roi_grey, mask=keep)[0])
     small = cv2.resize(roi_grey, (64, 48), interpolation=cv2.INTER_AREA).astype(np.float32)
     gx = small[:, 1:] - small[:, :-1]
     gy = small[1:, :] - small[:-1, :]
@@ -133,8 +173,9 @@ def frame_signals(image: U8, spec: SignalSpec) -> F32:
     at = 7 + HIST_BINS
     out[at] = (jxx - jyy) / energy
     out[at + 1] = 2.0 * jxy / energy
-    bg, bg_grey = _crop(image, spec.background_frac), _crop(grey, spec.background_frac)
-    _region_stats(bg, bg_grey, out, at + 2)
+    bb = _bounds(image.shape, spec.background_frac)
+    _region_stats(image[bb[1]:bb[3], bb[0]:bb[2]], grey[bb[1]:bb[3], bb[0]:bb[2]],
+                  _keep_mask(bb, boxes), out, at + 2)
     thumb = cv2.resize(small, (THUMB_PX, THUMB_PX), interpolation=cv2.INTER_AREA)
     out[at + 9:] = ((thumb.ravel() - 128.0) / 64.0) @ _PROJECTION
     return out
