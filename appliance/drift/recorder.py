@@ -138,7 +138,7 @@ class DriftRecorder:
         if facts is None or seq is None or record.image_bgr is None:
             return
         t0 = time.perf_counter()
-        image = frame_signals(record.image_bgr, self._spec)
+        image = frame_signals(record.image_bgr, self._spec, [d.box_xyxy for d in record.defects])
         scores = np.array([d.score for d in record.defects], np.float32)
         ids = np.array([d.class_id for d in record.defects], np.int64)
         out = output_signals(scores, ids, len(facts.classes))
