@@ -31,6 +31,8 @@ from typing import Any, Protocol
 from appliance.capture import Frame, FrameSource, make_source
 from appliance.capture.probe import require_file_sources
 from appliance.config import ApplianceConfig, PipelineConfig
+from appliance.drift.recorder import DriftRecorder
+from appliance.drift.wiring import start_drift
 from appliance.errors import ConfigError, EngineError, NoModelError
 from appliance.pipeline.batcher import DynamicBatcher
 from appliance.pipeline.behind import BehindMonitor
@@ -228,6 +230,7 @@ class App:
         self.telemetry: Telemetry | None = None
         self.pipeline: Pipeline | None = None
         self._behind: BehindMonitor | None = None
+        self._drift: DriftRecorder | None = None
         self._started_at = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -281,6 +284,11 @@ class App:
             if self.telemetry is not None:
                 self.telemetry.attach(self.pipeline)
                 self._count_crash_gaps(self.telemetry, self.store)
+                pipeline = self.pipeline
+                self._drift = start_drift(
+                    cfg.drift, site=cfg.site, line=cfg.line, store=self.store,
+                    publish=self.telemetry.publish, current_model=lambda: pipeline.model,
+                    add_listener=pipeline.add_listener, clock=self._clock)
             self.pipeline.start()
             self._behind = BehindMonitor(cfg.pipeline.behind, self.pipeline.stats,
                                          self.events, clock=self._clock)
@@ -361,6 +369,9 @@ class App:
             self._behind.stop()
         if self.pipeline is not None:
             self.pipeline.stop(timeout_s)
+        if self._drift is not None:
+            self._drift.stop()  # saves the open windows while the store is still up
+            self._drift = None
         if self.telemetry is not None:
             self.telemetry.stop()
             self.telemetry = None

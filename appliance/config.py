@@ -30,6 +30,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from appliance.capture.config import STATION_PATTERN, SimSourceConfig, SourceConfig
+from appliance.drift.config import DriftConfig
 from appliance.errors import ConfigError
 from appliance.store.config import StoreConfig
 from appliance.telemetry.config import TelemetryConfig
@@ -203,6 +204,8 @@ class ApplianceConfig(_Section):
     store: StoreConfig
     telemetry: TelemetryConfig | None = None
     """MQTT telemetry to the cloud; absent means the appliance runs without it."""
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    """Drift signals per inspected frame, sent per window on `drift` (with telemetry)."""
 
     @model_validator(mode="before")
     @classmethod
