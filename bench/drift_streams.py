@@ -39,7 +39,8 @@ DRIFTS: Final[dict[str, tuple[str, str, str]]] = {
     "translation": ("shift_px=3:2", "shift_px=8:5", "shift_px=20:12"),
     "colour_cast": ("color_cast=1.03:1:0.97", "color_cast=1.06:1:0.94",
                     "color_cast=1.12:1:0.88"),
-    "dirty_lens": ("dirty_lens=0.05", "dirty_lens=0.12", "dirty_lens=0.25"),
+    # linesim's smudges are small: 0.3 is four soft spots of about a tenth of the frame.
+    "dirty_lens": ("dirty_lens=0.3", "dirty_lens=0.5", "dirty_lens=0.8"),
     # Share of frames that are the new variant after the onset.
     "variant": ("0.25", "0.5", "1.0"),
 }

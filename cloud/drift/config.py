@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,7 +46,7 @@ class DriftConfig(BaseModel):
     # (a bundle directory per version); None: references always come from the line.
     bundles_dir: Path | None = None
     # Severity of the alarm shown on the line's panel.
-    alert_severity: str = Field("warning", pattern=r"^(info|warning|critical)$")
+    alert_severity: Literal["info", "warning", "critical"] = "warning"
     # Ask for retraining (the datasets' `request_retrain`) once per alert.
     request_retrain: bool = True
     # The in-memory queue between MQTT and the detector (QoS 1 beyond it is re-sent).

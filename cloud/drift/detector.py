@@ -46,7 +46,7 @@ class DetectorConfig:
     allowance: float = 2.0
     bootstrap_replicates: int = 200
     block_frames: int = 10
-    shrinkage: float = 0.1
+    shrinkage: float = 0.02
     mmd_alpha: float = 0.01
     mmd_permutations: int = 300
     mmd_reference_frames: int = 200

@@ -123,7 +123,8 @@ class DriftMonitor:
             if statistic is not None:
                 set_window_statistic(conn, sketch.msg_id, statistic)
             if fired is not None:
-                onset_ms = window_start_ms(conn, key, fired.onset_frame) or row["window_start_ms"]
+                onset_ms = window_start_ms(conn, key, fired.onset_frame) or _to_ms(
+                    sketch.window_start)
                 alert = self._alert_row(key, fired, onset_ms, now_ms, sketch.msg_id)
                 insert_alert(conn, alert)
             save_detector(conn, key, det_row, now_ms, exists=found is not None)
@@ -224,7 +225,7 @@ class DriftMonitor:
         command = AlertCommand(
             msg_id=new_msg_id(), site=alert.site, line=alert.line,
             sent_at=datetime.fromtimestamp(self._clock(), UTC), alert_id=alert.alert_id,
-            code="drift", severity=self._cfg.alert_severity,  # type: ignore[arg-type]
+            code="drift", severity=self._cfg.alert_severity,
             message=text[:1000],
             station=None if alert.station == NO_STATION else alert.station,
             model=ModelRef(name=alert.model_name, version=alert.model_version),

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from models.drift.signals import SIGNAL_NAMES, SIGNALS_VERSION, SignalSpec, frame_signals
 from models.errors import ModelError
+from models.yolo_dataset import YoloDataset
 from protocol.atomic import atomic_write_text
 
 REFERENCE_FILE: Final = "drift_reference.json"
@@ -75,18 +76,32 @@ def reference_from_signals(signals: npt.NDArray[np.floating], source: Literal["b
     return DriftReference(source=source, names=list(SIGNAL_NAMES), frames=rows, origin=origin)
 
 
-def reference_from_images(paths: list[Path], spec: SignalSpec, origin: str = "") -> DriftReference:
-    """A bundle reference from image files (training and validation frames, in order).
-    Unreadable files are skipped; raises DriftReferenceError when none can be read."""
+def reference_from_dataset(dataset: YoloDataset, spec: SignalSpec, splits: tuple[str, ...] = (
+        "train", "val"), max_frames: int = 1500) -> DriftReference:
+    """A bundle reference from a YOLO dataset's training and validation images (evenly
+    spaced, at most `max_frames`), each with its labelled boxes left out like the
+    appliance leaves out its detections. Unreadable images are skipped; raises
+    DriftReferenceError when none can be read."""
     import cv2
 
+    paths = [p for split in splits if split in dataset.sources for p in dataset.images(split)]
+    if len(paths) > max_frames:
+        paths = [paths[i] for i in np.linspace(0, len(paths) - 1, max_frames).astype(int)]
     rows = []
-    for path in paths[:MAX_REFERENCE_FRAMES]:
+    for path in paths:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is not None:
-            rows.append(frame_signals(image, spec))
+        if image is None:
+            continue
+        h, w = image.shape[:2]
+        labels = dataset.labels_for(path).astype(np.float64)
+        boxes = np.stack([(labels[:, 1] - labels[:, 3] / 2) * w,
+                          (labels[:, 2] - labels[:, 4] / 2) * h,
+                          (labels[:, 1] + labels[:, 3] / 2) * w,
+                          (labels[:, 2] + labels[:, 4] / 2) * h], axis=1)
+        rows.append(frame_signals(np.asarray(image, np.uint8), spec, boxes))
     if not rows:
         raise DriftReferenceError(f"none of {len(paths)} reference images could be read")
+    origin = f"{'+'.join(splits)}: {len(rows)} frames"
     return reference_from_signals(np.asarray(rows), "bundle", origin)
 
 

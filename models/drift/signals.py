@@ -79,7 +79,7 @@ def embedding_projection() -> F32:
     """The fixed random projection [THUMB_PX**2, EMBED_DIMS] (same on every machine)."""
     rng = np.random.default_rng(EMBED_SEED)
     m = rng.standard_normal((THUMB_PX * THUMB_PX, EMBED_DIMS)) / np.sqrt(THUMB_PX * THUMB_PX)
-    return m.astype(np.float32)
+    return np.asarray(m, np.float32)
 
 
 _PROJECTION: Final = embedding_projection()
@@ -101,6 +101,9 @@ def _keep_mask(bounds: tuple[int, int, int, int], boxes: npt.NDArray[np.float64]
     x1, y1, x2, y2 = bounds
     keep = np.ones((y2 - y1, x2 - x1), np.uint8)
     for bx1, by1, bx2, by2 in boxes:
+        # A defect's halo (shadow, blur, a raised rim) reaches past its box: widen it.
+        mx, my = 2.0 + 0.15 * (bx2 - bx1), 2.0 + 0.15 * (by2 - by1)
+        bx1, by1, bx2, by2 = bx1 - mx, by1 - my, bx2 + mx, by2 + my
         a, b = max(int(bx1) - x1, 0), max(int(by1) - y1, 0)
         c, d = min(int(np.ceil(bx2)) - x1, x2 - x1), min(int(np.ceil(by2)) - y1, y2 - y1)
         if c > a and d > b:
@@ -151,9 +154,11 @@ def frame_signals(image: U8, spec: SignalSpec,
     if w != spec.work_width_px:
         scale = spec.work_width_px / w
         nh = max(16, round(h * scale))
-        image = cv2.resize(image, (spec.work_width_px, nh), interpolation=cv2.INTER_AREA)
+        image = np.asarray(cv2.resize(image, (spec.work_width_px, nh),
+                                      interpolation=cv2.INTER_AREA), np.uint8)
         boxes = boxes * scale
-    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+    grey = np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), np.uint8) if image.ndim == 3 \
+        else image
     out = np.empty(N_SIGNALS, np.float32)
     rb = _bounds(image.shape, spec.roi_frac)
     roi, roi_grey = image[rb[1]:rb[3], rb[0]:rb[2]], grey[rb[1]:rb[3], rb[0]:rb[2]]
