@@ -281,6 +281,29 @@ def plot(per_ds: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
     plt.close(fig)
 
 
+def signal_cost(spec: SignalSpec) -> None:
+    """CPU per frame of the line's signals at 320 px, one thread (the appliance budget
+    is 2 ms), with and without detection boxes to leave out."""
+    import cv2
+
+    import linesim
+    from models.drift.signals import frame_signals
+
+    cv2.setNumThreads(1)
+    cfg = linesim.LineConfig(width_px=320, height_px=240, seed=99)
+    parts = [linesim.render(cfg, i) for i in range(60)]
+    for label, with_boxes in (("without boxes", False), ("with boxes", True)):
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.process_time()
+            for p in parts:
+                boxes = [(d.x1, d.y1, d.x2, d.y2) for d in p.defects] if with_boxes else None
+                frame_signals(p.image_bgr, spec, boxes)
+            best = min(best, (time.process_time() - t0) / len(parts) * 1000.0)
+        print(f"signals at 320x240, 1 thread, {label}: {best:.3f} ms CPU per frame "
+              f"(budget 2 ms: {best / 2.0:.2f} of it)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a smaller run (< 2 minutes)")
@@ -307,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         print(text, flush=True)
 
     spec = SignalSpec()
+    signal_cost(spec)
     per_ds: dict[str, dict[str, dict[str, Any]]] = {}
     for name in args.datasets.split(","):
         t0 = time.perf_counter()
