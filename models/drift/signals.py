@@ -34,8 +34,9 @@ HIST_BINS: Final = 8
 THUMB_PX: Final = 8
 EMBED_DIMS: Final = 8
 EMBED_SEED: Final = 20260101
-# Detection boxes covering more of a region than this are not left out of it.
-MAX_EXCLUDED: Final = 0.6
+# Detection boxes covering more of a region than this are not left out of it (too
+# little would be left to compare).
+MAX_EXCLUDED: Final = 0.95
 
 _REGION_STATS: Final = ("mean_b", "mean_g", "mean_r", "std", "clip_lo", "clip_hi", "sharpness")
 SIGNAL_NAMES: Final[tuple[str, ...]] = (
@@ -132,6 +133,18 @@ def _region_stats(bgr: U8, grey: U8, keep: U8 | None, out: F32, at: int) -> None
     out[at + 6] = float(np.log(float(lap_sd[0, 0]) ** 2 + 1.0)) / 4.0
 
 
+def _downsample(grey: U8, keep: U8 | None, size_wh: tuple[int, int]) -> F32:
+    """`grey` averaged down to `size_wh`; with `keep`, each cell is the mean of its kept
+    pixels only (normalised convolution), so left-out boxes do not show in the shape."""
+    if keep is None:
+        return np.asarray(cv2.resize(grey, size_wh, interpolation=cv2.INTER_AREA), np.float32)
+    k = keep.astype(np.float32)
+    num = cv2.resize(grey.astype(np.float32) * k, size_wh, interpolation=cv2.INTER_AREA)
+    den = cv2.resize(k, size_wh, interpolation=cv2.INTER_AREA)
+    fill = float(num.sum() / max(float(den.sum()), 1e-6))
+    return np.asarray(np.where(den > 0.05, num / np.maximum(den, 1e-6), fill), np.float32)
+
+
 def frame_signals(image: U8, spec: SignalSpec,
                   exclude_xyxy: npt.ArrayLike | None = None) -> F32:
     """The signal vector [N_SIGNALS] (float32, order of SIGNAL_NAMES) of one frame.
@@ -166,10 +179,7 @@ def frame_signals(image: U8, spec: SignalSpec,
     _region_stats(roi, roi_grey, keep, out, 0)
     hist = cv2.calcHist([roi_grey], [0], keep, [HIST_BINS], [0, 256]).ravel()
     out[7:7 + HIST_BINS] = hist / max(float(hist.sum()), 1.0)
-    if keep is not None:  # fill what is left out with the typical grey, for the shape terms
-        roi_grey = roi_grey.copy()
-        roi_grey[keep == 0] = np.uint8(cv2.mean(roi_grey, mask=keep)[0])
-    small = cv2.resize(roi_grey, (64, 48), interpolation=cv2.INTER_AREA).astype(np.float32)
+    small = _downsample(roi_grey, keep, (64, 48))
     gx = small[:, 1:] - small[:, :-1]
     gy = small[1:, :] - small[:-1, :]
     gx, gy = gx[:-1, :], gy[:, :-1]
@@ -181,7 +191,7 @@ def frame_signals(image: U8, spec: SignalSpec,
     bb = _bounds(image.shape, spec.background_frac)
     _region_stats(image[bb[1]:bb[3], bb[0]:bb[2]], grey[bb[1]:bb[3], bb[0]:bb[2]],
                   _keep_mask(bb, boxes), out, at + 2)
-    thumb = cv2.resize(small, (THUMB_PX, THUMB_PX), interpolation=cv2.INTER_AREA)
+    thumb = _downsample(roi_grey, keep, (THUMB_PX, THUMB_PX))
     out[at + 9:] = ((thumb.ravel() - 128.0) / 64.0) @ _PROJECTION
     return out
 

@@ -27,7 +27,9 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from fastapi.testclient import TestClient
 
-CFG = DriftConfig(bootstrap_replicates=100, mmd_permutations=200, line_reference_frames=400)
+pytestmark = pytest.mark.slow  # a few hundred windows through the database, twice
+
+CFG = DriftConfig(bootstrap_replicates=60, mmd_permutations=200, line_reference_frames=400)
 WINDOW = 20
 
 
