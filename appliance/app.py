@@ -33,6 +33,8 @@ from appliance.alarms import AlarmBook
 from appliance.capture import Frame, FrameSource, make_source
 from appliance.capture.probe import require_file_sources
 from appliance.config import ApplianceConfig, PipelineConfig
+from appliance.drift.recorder import DriftRecorder
+from appliance.drift.wiring import start_drift
 from appliance.errors import ConfigError, EngineError, NoModelError, UpdateRejected
 from appliance.labels import LabelBook
 from appliance.panel.metrics import PrometheusExporter, state_from_app
@@ -254,6 +256,7 @@ class App:
         self._alarm_rules: AlarmMonitor | None = None
         self.updates: Updates | None = None
         self._watchdog: Watchdog | None = None
+        self._drift: DriftRecorder | None = None
         self._started_at = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -312,6 +315,11 @@ class App:
             if self.telemetry is not None:
                 self.telemetry.attach(self.pipeline)
                 self._count_crash_gaps(self.telemetry, self.store)
+                pipeline = self.pipeline
+                self._drift = start_drift(
+                    cfg.drift, site=cfg.site, line=cfg.line, store=self.store,
+                    publish=self.telemetry.publish, current_model=lambda: pipeline.model,
+                    add_listener=pipeline.add_listener, clock=self._clock)
             self.alarms = AlarmBook(self.store, clock=self._clock)
             self.panel = self._start_panel(self.store, self.pipeline, self.events, self.alarms)
             self.pipeline.start()
@@ -470,6 +478,9 @@ class App:
             self._behind.stop()
         if self.pipeline is not None:
             self.pipeline.stop(timeout_s)
+        if self._drift is not None:
+            self._drift.stop()  # saves the open windows while the store is still up
+            self._drift = None
         if self.telemetry is not None:
             self.telemetry.stop()
             self.telemetry = None

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from appliance.alarm_rules import AlarmRulesConfig
 from appliance.capture.config import STATION_PATTERN, SimSourceConfig, SourceConfig
+from appliance.drift.config import DriftConfig
 from appliance.errors import ConfigError
 from appliance.panel.config import PanelConfig
 from appliance.store.config import StoreConfig
@@ -213,6 +214,8 @@ class ApplianceConfig(_Section):
     """When the operator panel's alarms are raised (appliance/alarm_rules.py)."""
     updates: UpdatesConfig | None = None
     """Verified model updates from the cloud's TUF repository; absent: none."""
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    """Drift signals per inspected frame, sent per window on `drift` (with telemetry)."""
 
     @model_validator(mode="before")
     @classmethod

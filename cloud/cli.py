@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 from cloud.cli_db import add_db_commands, run_db
+from cloud.cli_drift import add_drift_command, run_drift
 from cloud.cli_models import add_models_command, run_models
 from cloud.cli_release import RELEASE_COMMANDS, add_release_commands, run_release
 from cloud.cli_retrain import add_retrain_commands, run_retrain, run_worker
@@ -280,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not read password_file / token_file (check on another machine)")
     command("config-reference",
             "print every config key with its default, unit and bounds (Markdown)")
+    add_drift_command(sub)
     qu = command("quantize", "make an INT8 (static, calibrated) variant of a bundle",
                  ":\nsame name and version as the source, `variant: int8` in the manifest.")
     qu.add_argument("bundle", type=Path, help="FP32 bundle directory or .tar/.tar.gz")
@@ -350,5 +352,7 @@ def main(argv: list[str]) -> int:
         return run_dataset_command(args)
     if args.cmd in RELEASE_COMMANDS:
         return run_release(args)
+    if args.cmd == "drift":
+        return run_drift(args)
     parser.error(f"unknown command {args.cmd}")
     return 2

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from cloud.datasets.config import DatasetsConfig
 from cloud.db.config import DatabaseConfig
+from cloud.drift.config import DriftConfig
 from cloud.errors import ConfigError
 from cloud.registry.config import RegistryConfig
 from cloud.release.config import ReleaseConfig
@@ -203,6 +204,8 @@ class CloudConfig(_Section):
     collector: CollectorConfig | None = None
     api: ApiConfig | None = None
     datasets: DatasetsConfig = Field(default_factory=DatasetsConfig)
+    # `lineguard cloud drift`: the drift monitor (docs/drift.md).
+    drift: DriftConfig | None = None
 
 
 def parse_config(data: object, source: str = "<config>") -> CloudConfig:

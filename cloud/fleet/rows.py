@@ -18,6 +18,7 @@ from typing import Final, cast
 from protocol import (
     DefectEvent,
     DriftSketch,
+    DriftSketchV2,
     LatencyStage,
     Message,
     MetricsMessage,
@@ -140,7 +141,7 @@ def rows_for(item: Received, stored_at_ms: int) -> MessageRows:
             (m.msg_id, i, d.class_id, d.class_name, d.score, *d.box_xyxy)
             for i, d in enumerate(m.defects)
         ]
-    elif isinstance(m, DriftSketch):
+    elif isinstance(m, DriftSketch | DriftSketchV2):
         rows.drift = (
             *head, to_ms(m.window_start), to_ms(m.window_end), m.station, m.frame_count,
             *_model_cols(m.ref_model)[:2], text,

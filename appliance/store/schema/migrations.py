@@ -259,6 +259,18 @@ def _v7_users_alarms_labels(db: Database) -> None:
     db.execute("CREATE INDEX labels_pending ON labels (frame_id) WHERE exported_at IS NULL")
 
 
+def _v8_drift_windows(db: Database) -> None:
+    """`drift_windows`: per station, the open drift window (JSON, appliance/drift/
+    window.py), saved every few frames and at stop so a restart resumes it."""
+    db.execute(
+        """CREATE TABLE drift_windows (
+            station TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )"""
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_inspections_defects_events,
     _v2_images,
@@ -267,6 +279,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v5_annotated_images_part_index,
     _v6_capture_marks_run_state,
     _v7_users_alarms_labels,
+    _v8_drift_windows,
 )
 
 
