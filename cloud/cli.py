@@ -8,6 +8,8 @@ import sys
 import threading
 from pathlib import Path
 
+from cloud.datasets.cli import add_commands as add_dataset_commands
+from cloud.datasets.cli import run as run_dataset_command
 from protocol.cliargs import (
     HelpFormatter,
     add_logging_arguments,
@@ -76,6 +78,7 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
 
     from cloud.api import create_app
     from cloud.config import load_config
+    from cloud.datasets.service import open_database, upload_router
     from cloud.errors import CloudError, ConfigError
     from cloud.fleet import FleetStore
 
@@ -84,6 +87,7 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
         if cfg.api is None:
             raise ConfigError(f"{config_path}: no `api` section")
         token = cfg.api.secret()
+        engine = open_database(cfg)
         store = FleetStore(cfg.store)
     except CloudError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -95,11 +99,13 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
     try:
-        app = create_app(store, token, public_docs=cfg.api.public_docs)
+        app = create_app(store, token, public_docs=cfg.api.public_docs,
+                         routers=[upload_router(cfg, engine)])
         uvicorn.run(app, host=host or cfg.api.host, port=port or cfg.api.port,
                     log_config=None, access_log=False)
     finally:
         store.close()
+        engine.dispose()
     return 0
 
 
@@ -292,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_argument("--threads", type=positive_int, default=2, help="ORT threads for the timing")
     qu.add_argument("--bench-rounds", type=nonnegative_int, default=5,
                     help="timing rounds (0: no timing)")
+    add_dataset_commands(command)
     for cmd in sub.choices.values():
         add_logging_arguments(cmd)
     return parser
@@ -313,5 +320,7 @@ def main(argv: list[str]) -> int:
         return _check_config(args.config, read_secrets=not args.skip_secrets)
     if args.cmd == "config-reference":
         return _reference()
+    if args.cmd in ("dataset", "line"):
+        return run_dataset_command(args)
     parser.error(f"unknown command {args.cmd}")
     return 2

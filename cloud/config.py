@@ -32,6 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from cloud.datasets.config import DatasetsConfig
 from cloud.errors import ConfigError
 from protocol import ProtocolError, validate_id
 from protocol.backoff import BackoffConfig
@@ -182,6 +183,7 @@ class CloudConfig(_Section):
     store: FleetStoreConfig = Field(default_factory=FleetStoreConfig)
     collector: CollectorConfig | None = None
     api: ApiConfig | None = None
+    datasets: DatasetsConfig = Field(default_factory=DatasetsConfig)
 
 
 def parse_config(data: object, source: str = "<config>") -> CloudConfig:

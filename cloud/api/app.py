@@ -17,6 +17,7 @@ import hmac
 import html
 import logging
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, status
@@ -195,10 +196,12 @@ def _not_found(site: str, line: str) -> HTTPException:
 
 
 def create_app(
-    store: FleetStore, token: SecretStr | str, *, public_docs: bool = False
+    store: FleetStore, token: SecretStr | str, *, public_docs: bool = False,
+    routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     """The fleet API over `store`; `token` is the bearer token (at least 16 characters).
-    `public_docs`: serve `/openapi.json` without the token.
+    `public_docs`: serve `/openapi.json` without the token. `routers`: more endpoints
+    that do their own authentication (the lines' sample uploads: cloud/api/uploads.py).
 
     Raises ValueError for a shorter token.
     """
@@ -340,4 +343,6 @@ def create_app(
         return fleet.counters()
 
     app.include_router(router)
+    for extra in routers:
+        app.include_router(extra)
     return app

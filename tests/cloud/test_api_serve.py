@@ -29,8 +29,9 @@ def test_serve_answers_health_and_checks_the_token(tmp_path):
     log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "lineguard", "cloud", "serve", "--config", str(config)],
-        cwd=h.REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # the cloud database's default file lands in the working directory
+        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(h.REPO), "PYTHONUNBUFFERED": "1"},
     )
     base = f"http://127.0.0.1:{port}"
 

@@ -1,0 +1,55 @@
+"""Wiring the dataset index into the cloud's processes: the database engine (migrated
+per `database.migrate_on_start`) and the upload router for `lineguard cloud serve`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from cloud.db import DatabaseConfig, current_revisions, open_engine, upgrade
+from cloud.db.migrate import head_revisions
+from cloud.errors import CloudError, ConfigError
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+
+    from cloud.config import CloudConfig
+
+
+def database_config(cfg: CloudConfig) -> DatabaseConfig:
+    """The config's `database:` section (the built-in default where a config has none)."""
+    value = getattr(cfg, "database", None)
+    return value if isinstance(value, DatabaseConfig) else DatabaseConfig()
+
+
+def open_database(cfg: CloudConfig) -> Engine:
+    """An engine on the cloud database, migrated to this build's schema if
+    `migrate_on_start`; otherwise ConfigError when it is behind."""
+    db = database_config(cfg)
+    engine = open_engine(db)
+    try:
+        if db.migrate_on_start:
+            upgrade(engine, db)
+        elif not current_revisions(engine) >= head_revisions():
+            raise ConfigError("the cloud database needs migrating: run `lineguard cloud db "
+                              "upgrade` (database.migrate_on_start is off)")
+    except SQLAlchemyError as e:
+        engine.dispose()
+        raise CloudError(f"cannot open the cloud database: {str(e).splitlines()[0]}") from e
+    except CloudError:
+        engine.dispose()
+        raise
+    return engine
+
+
+def upload_router(cfg: CloudConfig, engine: Engine) -> APIRouter:
+    """`POST /lines/{site}/{line}/samples` over the config's dataset root and `engine`."""
+    from cloud.api.uploads import samples_router
+    from cloud.datasets.inbox import SampleInbox
+    from cloud.datasets.index import DatasetIndex
+
+    index = DatasetIndex(engine, cfg.datasets.root, val_fraction=cfg.datasets.val_fraction)
+    inbox = SampleInbox(index, max_pixels=cfg.datasets.upload_max_pixels)
+    return samples_router(inbox, max_body_bytes=cfg.datasets.upload_max_bytes)
