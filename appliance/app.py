@@ -61,6 +61,8 @@ from appliance.records import EventRecord, EventValue, InspectionRecord, Severit
 from appliance.records import UninspectedReason as Reason
 from appliance.store import Store
 from appliance.telemetry import Telemetry, TelemetryError, pipeline_gauges
+from appliance.uploads import Uploads
+from appliance.uploads.wiring import start_uploads
 from models.bundle import Bundle, open_bundle
 from models.errors import ModelError
 from protocol.app_version import app_version
@@ -233,6 +235,8 @@ class App:
         self.alarms: AlarmBook | None = None
         """The alarm book (the panel's alarms), set while started."""
         self._alarm_rules: AlarmMonitor | None = None
+        self.uploads: Uploads | None = None
+        """Sample uploads to the cloud (appliance/uploads/), set while started."""
         self._started_at = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -282,6 +286,10 @@ class App:
                             providers=",".join(model.info.providers))
             for listener in self._listeners:
                 self.pipeline.add_listener(listener)
+            self.uploads = start_uploads(cfg.uploads, self.store, site=cfg.site, line=cfg.line,
+                                         data_dir=cfg.data_dir, model=self._current_model,
+                                         add_listener=self.pipeline.add_listener,
+                                         clock=self._clock)
             self.telemetry = self._start_telemetry(self.store)
             if self.telemetry is not None:
                 self.telemetry.attach(self.pipeline)
@@ -294,6 +302,9 @@ class App:
             self._alarm_rules = AlarmMonitor(cfg.alarms, self.alarms, self._alarm_inputs)
             self._alarm_rules.start()
         except BaseException:
+            if self.uploads is not None:
+                self.uploads.stop()
+                self.uploads = None
             if self.telemetry is not None:
                 self.telemetry.stop()
                 self.telemetry = None
@@ -301,6 +312,9 @@ class App:
             self.store = None
             raise
         return self.pipeline
+
+    def _current_model(self) -> LoadedModel | None:
+        return self.pipeline.model if self.pipeline is not None else None
 
     @staticmethod
     def _note_captured(store: Store) -> Callable[[Frame], None]:
@@ -375,6 +389,9 @@ class App:
         if self.telemetry is not None:
             self.telemetry.stop()
             self.telemetry = None
+        if self.uploads is not None:
+            self.uploads.stop()
+            self.uploads = None
         if self.store is not None:
             self._event("appliance_stop", "info", "app", "appliance stopped")
             self.store.stop()

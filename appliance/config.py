@@ -34,6 +34,7 @@ from appliance.capture.config import STATION_PATTERN, SimSourceConfig, SourceCon
 from appliance.errors import ConfigError
 from appliance.store.config import StoreConfig
 from appliance.telemetry.config import TelemetryConfig
+from appliance.uploads.config import UploadsConfig
 from models.bundle import DEFAULT_MAX_UNPACKED_BYTES
 from models.demo import demo_bundle_dir
 from protocol.backoff import BackoffConfig
@@ -206,6 +207,9 @@ class ApplianceConfig(_Section):
     """MQTT telemetry to the cloud; absent means the appliance runs without it."""
     alarms: AlarmRulesConfig = Field(default_factory=AlarmRulesConfig)
     """When the operator panel's alarms are raised (appliance/alarm_rules.py)."""
+    uploads: UploadsConfig | None = None
+    """Frames sampled for labelling and uploaded to the cloud (appliance/uploads/); absent
+    means no uploads."""
 
     @model_validator(mode="before")
     @classmethod
