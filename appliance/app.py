@@ -61,7 +61,7 @@ from appliance.records import EventRecord, EventValue, InspectionRecord, Severit
 from appliance.records import UninspectedReason as Reason
 from appliance.store import Store
 from appliance.telemetry import Telemetry, TelemetryError, pipeline_gauges
-from appliance.uploads import Uploads
+from appliance.uploads.service import Uploads
 from appliance.uploads.wiring import start_uploads
 from models.bundle import Bundle, open_bundle
 from models.errors import ModelError

@@ -5,6 +5,5 @@ bounded store-backed queue and JPEG spool), `client.py` (one HTTPS upload and wh
 answer means), `service.py` (`Uploads`: the verdict listener and the two threads)."""
 
 from appliance.uploads.config import SharesConfig, UploadsConfig
-from appliance.uploads.service import AUTH_ALARM, Uploads, UploadStats
 
-__all__ = ["AUTH_ALARM", "SharesConfig", "UploadStats", "Uploads", "UploadsConfig"]
+__all__ = ["SharesConfig", "UploadsConfig"]
