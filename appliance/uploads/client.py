@@ -53,6 +53,11 @@ def model_ref(model_version: str | None) -> dict[str, object] | None:
     return {"name": name, "version": int(version)} if version.isdigit() and name else None
 
 
+def _box(box: Box) -> Box:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return x1, y1, x2, y2
+
+
 def sample_meta(sample_id: str, frame_id: str, captured_at_s: float,
                 model: dict[str, object], reason: str,
                 predictions: Sequence[tuple[str, float, Box]],
@@ -63,8 +68,8 @@ def sample_meta(sample_id: str, frame_id: str, captured_at_s: float,
         "captured_at": datetime.fromtimestamp(captured_at_s, UTC),
         "model": model, "reason": reason,
         "predictions": [{"class_name": c, "score": min(max(float(s), 0.0), 1.0),
-                         "box_xyxy": list(b)} for c, s, b in predictions],
-        "labels": [{"kind": k, "class_name": c, "box_xyxy": list(b)} for k, c, b in labels],
+                         "box_xyxy": _box(b)} for c, s, b in predictions],
+        "labels": [{"kind": k, "class_name": c, "box_xyxy": _box(b)} for k, c, b in labels],
     })
     return json.dumps(meta.model_dump(mode="json", by_alias=True), separators=(",", ":"))
 
