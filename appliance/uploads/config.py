@@ -44,6 +44,7 @@ class UploadsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
+    """False: the section is kept but nothing is sampled or sent."""
     url: str = Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
     """The cloud API's base URL (`https://cloud.example/api`); samples go to
     `{url}/lines/{site}/{line}/samples`. Use https: the token is a bearer secret."""
@@ -80,6 +81,7 @@ class UploadsConfig(BaseModel):
     queue_max_bytes: int = Field(1024 * MiB, ge=MiB, le=1024 * 1024 * MiB)
     """Bytes of waiting JPEGs; beyond this the oldest are dropped (an event)."""
     jpeg_quality: int = Field(92, ge=50, le=100)
+    """JPEG quality of sampled frames (operator-labelled frames send the kept image)."""
     timeout_s: float = Field(30.0, gt=0.0, le=600.0)
     """One upload's connect/read/write timeout."""
     backoff: BackoffConfig = Field(default_factory=BackoffConfig)
