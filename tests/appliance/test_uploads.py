@@ -19,6 +19,7 @@ import pytest
 
 from appliance.alarms import AlarmBook
 from appliance.labels import LabelBook
+from appliance.records import InspectionRecord, Verdict
 from appliance.store import Store
 from appliance.store.schema.migrations import MIGRATIONS
 from appliance.uploads.config import UploadsConfig
@@ -35,8 +36,8 @@ from tests.mqtt_broker import free_port
 SITE, LINE = "plant1", "line1"  # each cloud test uploads as its own line
 
 
-def record(i: int, verdict: str = "pass", n_defects: int = 0):  # type: ignore[no-untyped-def]
-    return dataclasses.replace(rec(i, verdict, n_defects=n_defects, image=noisy(i)),  # type: ignore[arg-type]
+def record(i: int, verdict: Verdict = "pass", n_defects: int = 0) -> InspectionRecord:
+    return dataclasses.replace(rec(i, verdict, n_defects=n_defects, image=noisy(i)),
                                model_version="demo:3")
 
 
@@ -276,4 +277,5 @@ def test_operator_labelled_frames_become_a_dataset_version(
     result = cloud.inbox.accept(SITE, "labels", "parts", classes=list(CLASSES))
     assert result.accepted == 1
     [item] = cloud.inbox.index.items(result.version.ref)
-    assert sorted(CLASSES[int(row.split()[0])] for row in item.labels.splitlines()) == ["crack", "scratch"]
+    boxes = [CLASSES[int(row.split()[0])] for row in item.labels.splitlines()]
+    assert sorted(boxes) == ["crack", "scratch"]

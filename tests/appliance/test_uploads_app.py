@@ -5,6 +5,7 @@ stop leaves the queue for the next start."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from appliance.app import App
@@ -16,7 +17,7 @@ from tests.appliance.test_panel_metrics import parse, value
 from tests.mqtt_broker import free_port
 
 
-def wait_for(predicate, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
