@@ -87,8 +87,13 @@ def add_commands(command: Command) -> None:
     ac.add_argument("--include-predictions", action="store_true",
                     help="samples without operator labels take their predictions as labels "
                     "(default: they are skipped and stay in the inbox)")
-    ac.add_argument("--min-score", type=float, default=0.5,
-                    help="with --include-predictions: the lowest score taken")
+    ac.add_argument("--min-score", type=float, default=0.0,
+                    help="the lowest prediction score taken as a label (predictions are the "
+                    "line's detections, after its own thresholds)")
+    ac.add_argument("--drop-unreviewed", action="store_true",
+                    help="on operator-labelled samples, only what the operator confirmed or "
+                    "drew (default: predictions nobody reviewed count, as in the panel's "
+                    "export)")
     ac.add_argument("--classes", type=comma_list, metavar="NAME[,NAME...]",
                     help="class names when --into is a new dataset and there is no --base")
     gc = sc("gc", "delete image objects no dataset or sample refers to")
@@ -119,9 +124,13 @@ def run(args: argparse.Namespace) -> int:
     from cloud.errors import CloudError
 
     try:
-        if args.cmd == "line":
-            return _token(args)
-        return _dataset(args)
+        index, cfg = _open(args.config)
+        try:
+            if args.cmd == "line":
+                return _token(index, args)
+            return _dataset(index, cfg, args)
+        finally:
+            index.engine.dispose()
     except CloudError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -129,18 +138,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _open(config_path: Path | None) -> tuple[DatasetIndex, CloudConfig]:
     from cloud.config import CloudConfig, load_config
-    from cloud.datasets.index import DatasetIndex
-    from cloud.datasets.service import open_database
+    from cloud.datasets.service import open_index
 
     cfg = load_config(config_path) if config_path is not None else CloudConfig()
-    engine = open_database(cfg)
-    return DatasetIndex(engine, cfg.datasets.root, val_fraction=cfg.datasets.val_fraction), cfg
+    return open_index(cfg), cfg
 
 
-def _token(args: argparse.Namespace) -> int:
+def _token(index: DatasetIndex, args: argparse.Namespace) -> int:
     from cloud.datasets.inbox import SampleInbox
 
-    index, _ = _open(args.config)
     site, line = args.line
     token = SampleInbox(index).issue_token(site, line)
     print(f"upload token for {site}/{line} (shown once; store it in the line's "
@@ -155,10 +161,9 @@ def _counts_line(version: DatasetVersion) -> str:
             f"val {c.images.get('val', 0)}), {boxes} boxes")
 
 
-def _dataset(args: argparse.Namespace) -> int:
+def _dataset(index: DatasetIndex, cfg: CloudConfig, args: argparse.Namespace) -> int:
     from cloud.datasets.inbox import SampleInbox
 
-    index, cfg = _open(args.config)
     cmd = args.dataset_cmd
     if cmd == "import":
         v = index.import_yolo(args.path, args.name, split=args.split, classes=args.classes,
@@ -191,6 +196,7 @@ def _dataset(args: argparse.Namespace) -> int:
         result = SampleInbox(index).accept(
             site, line, args.into, base=args.base,
             include_predictions=args.include_predictions, min_score=args.min_score,
+            drop_unreviewed=args.drop_unreviewed,
             classes=args.classes)
         v = result.version
         print(f"{v.ref} {v.fingerprint[:12]}: {_counts_line(v)}; accepted {result.accepted} "
