@@ -53,6 +53,8 @@ class AddResult:
     """False: the sample id was queued already."""
     dropped: tuple[str, ...]
     """Sample ids dropped (oldest first) to keep within the bound."""
+    replaced: int = 0
+    """Samples of the same frame removed (`supersede`)."""
 
 
 def spool_name(sample_id: str) -> str:
@@ -115,9 +117,11 @@ class UploadQueue:
         return len(orphans), len(missing)
 
     def add(self, sample_id: str, frame_id: str, reason: str, meta_json: str,
-            jpeg: bytes) -> AddResult:
-        """Spool the JPEG and queue the sample; drop the oldest beyond the bound. Raises
-        StoreError (nothing queued; the file is removed), OSError (spool not writable)."""
+            jpeg: bytes, *, supersede: bool = False) -> AddResult:
+        """Spool the JPEG and queue the sample; drop the oldest beyond the bound.
+        `supersede`: first remove the frame's other samples still queued (an operator's
+        newer labels replace what was not sent yet). Raises StoreError (nothing queued;
+        the file is removed), OSError (spool not writable)."""
         name = spool_name(sample_id)
         file = self._dir / name
         existed = file.exists()
@@ -126,7 +130,14 @@ class UploadQueue:
         now = self._clock()
         max_items, max_bytes = self._max_items, self._max_bytes
 
-        def work(conn: sqlite3.Connection) -> tuple[bool, list[tuple[str, str]]]:
+        def work(conn: sqlite3.Connection) -> tuple[bool, list[tuple[str, str]], list[str]]:
+            replaced: list[str] = []
+            if supersede:
+                replaced = [str(r[0]) for r in conn.execute(
+                    "SELECT image FROM upload_queue WHERE frame_id = ? AND sample_id <> ?",
+                    (frame_id, sample_id)).fetchall()]
+                conn.execute("DELETE FROM upload_queue WHERE frame_id = ? AND sample_id <> ?",
+                             (frame_id, sample_id))
             added = conn.execute(
                 "INSERT OR IGNORE INTO upload_queue (sample_id, frame_id, reason, meta_json,"
                 " image, bytes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -143,16 +154,16 @@ class UploadQueue:
                     conn.execute("DELETE FROM upload_queue WHERE id = ?", (_id,))
                     dropped.append((str(sid), str(image)))
                     count, total = count - 1, total - int(size)
-            return added, dropped
+            return added, dropped, replaced
 
         try:
-            added, dropped = self._commit(work)
+            added, dropped, replaced = self._commit(work)
         except StoreError:
             if not existed:
                 self._unlink([name])
             raise
-        self._unlink([image for _, image in dropped])
-        return AddResult(added, tuple(sid for sid, _ in dropped))
+        self._unlink([image for _, image in dropped] + replaced)
+        return AddResult(added, tuple(sid for sid, _ in dropped), len(replaced))
 
     def oldest(self) -> QueuedSample | None:
         rows = self._read(f"SELECT {_COLUMNS} FROM upload_queue ORDER BY id LIMIT 1")

@@ -183,7 +183,8 @@ class Uploads:
     def _queue(self, sample_id: str, frame_id: str, reason: str, meta_json: str,
                jpeg: bytes) -> None:
         try:
-            result = self.queue.add(sample_id, frame_id, reason, meta_json, jpeg)
+            result = self.queue.add(sample_id, frame_id, reason, meta_json, jpeg,
+                                    supersede=reason == "operator")
         except (StoreError, OSError) as e:
             logger.error("cannot queue sample %s: %s", sample_id, e)
             return
@@ -298,7 +299,11 @@ class Uploads:
                         if backoff.wait(self._stop):
                             return
                         continue
-                wait_s = self._send(client, sample, backoff)
+                try:
+                    wait_s = self._send(client, sample, backoff)
+                except StoreError as e:  # the store is stopping or failing: try later
+                    logger.warning("upload queue: %s", e)
+                    wait_s = backoff.next_delay_s()
                 if wait_s is not None and self._stop.wait(wait_s):
                     return
         finally:

@@ -83,6 +83,20 @@ def test_queue_bound_drops_the_oldest_and_adding_twice_is_one_sample(
     assert queue.image_bytes(oldest) == b"x" * 100
 
 
+def test_an_operator_sample_supersedes_the_frames_queued_samples(store: Store,
+                                                                 tmp_path: Path) -> None:
+    queue = UploadQueue(store, tmp_path / "spool", max_items=10, max_bytes=10**6)
+    queue.recover()
+    queue.add("s1:1", "s1:1", "random", "{}", b"a")
+    queue.add("s1:2", "s1:2", "random", "{}", b"b")
+    queue.add("s1:1.op4", "s1:1", "operator", "{}", b"c", supersede=True)
+    result = queue.add("s1:1.op7", "s1:1", "operator", "{}", b"d", supersede=True)
+    assert result.added and result.replaced == 1
+    assert queue.sample_ids() == ["s1:2", "s1:1.op7"]
+    assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == \
+        sorted(spool_name(s) for s in ("s1:2", "s1:1.op7"))
+
+
 def test_recover_removes_stray_files_and_rows_without_image(store: Store,
                                                             tmp_path: Path) -> None:
     queue = UploadQueue(store, tmp_path / "spool", max_items=10, max_bytes=10**6)
