@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from appliance.app import App
 from appliance.capture import ReplaySource
 from appliance.config import load_config
@@ -24,6 +26,7 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_app_samples_frames_and_exports_upload_counters(tmp_path: Path) -> None:
     bundle = tiny_bundle(tmp_path / "bundles")
     (tmp_path / "upload.token").write_text("t0ken\n")
