@@ -11,9 +11,18 @@ import sys
 from pathlib import Path
 
 from cloud.config import CloudConfig
+from cloud.fleet import FleetStore
 from cloud.fleet.views import LineView
 from cloud.registry import ModelEntry, ModelRef, ModelRegistry, RegistryLineage
 from protocol.cliargs import HelpFormatter
+
+
+def model_ref_arg(text: str) -> ModelRef:
+    """argparse type of MODEL@VERSION arguments (the error says the expected form)."""
+    try:
+        return ModelRef.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_models_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,9 +41,9 @@ def add_models_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     ls.add_argument("--name", help="only this model name")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     sh = command("show", "one model: lineage, gate outcome, history, where it runs")
-    sh.add_argument("model", type=ModelRef.parse, metavar="MODEL@VERSION")
+    sh.add_argument("model", type=model_ref_arg, metavar="MODEL@VERSION")
     pr = command("promote", "approve a candidate whose gate passed (an engineer's decision)")
-    pr.add_argument("model", type=ModelRef.parse, metavar="MODEL@VERSION")
+    pr.add_argument("model", type=model_ref_arg, metavar="MODEL@VERSION")
     pr.add_argument("--reason", required=True, help="why (kept in the model's history)")
     pr.add_argument("--by", default=None, help="who approves (default: the login name)")
     im = command("import", "register an existing bundle directory (e.g. a production model)")
@@ -49,13 +58,19 @@ def add_models_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     im.add_argument("--by", default=None, help="who imports (default: the login name)")
 
 
-def _lines(cfg: CloudConfig) -> list[LineView]:
-    """The fleet store's lines, or none when there is no fleet store yet."""
+def open_fleet_store(cfg: CloudConfig) -> FleetStore | None:
+    """The fleet store (where each model runs: the same cloud database). The one place
+    the registry's commands open it."""
     from cloud.fleet import FleetStore
 
-    if not cfg.store.path.exists():
+    return FleetStore(cfg.database, cfg.store)
+
+
+def _lines(cfg: CloudConfig) -> list[LineView]:
+    """The fleet store's lines, or none when there is no fleet store yet."""
+    store = open_fleet_store(cfg)
+    if store is None:
         return []
-    store = FleetStore(cfg.store)
     try:
         return store.lines()
     finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import signal
 import sys
 import threading
@@ -38,7 +39,7 @@ def add_release_commands(sub: _Sub[argparse.ArgumentParser]) -> None:
         return p
 
     rel = parser(sub, "release", "the signed TUF repository: init, status, refresh, "
-                 "rotate-root, publish, assign", config=False)
+                 "rotate-root, rotate-key, publish, assign", config=False)
     rsub = rel.add_subparsers(dest="release_cmd", required=True)
     init = parser(rsub, "init", "create the keys (ed25519) and the first version of every "
                   "role in DIR", config=False)
@@ -55,6 +56,10 @@ def add_release_commands(sub: _Sub[argparse.ArgumentParser]) -> None:
     rot.add_argument("--revoke", action="append", required=True, metavar="KEYID",
                      help="key id (or a unique prefix of 8+ hex digits); repeatable")
     rot.add_argument("--keys-dir", type=Path, required=True, help="where the new keys go")
+    rk = parser(rsub, "rotate-key", "replace the key of a delegated role (bundles, deploy); "
+                "needs the targets key")
+    rk.add_argument("role", choices=["bundles", "deploy"])
+    rk.add_argument("--keys-dir", type=Path, required=True, help="where the new key goes")
     pub = parser(rsub, "publish", "sign an approved registry model as a bundle target")
     pub.add_argument("model", type=ModelRef.parse, metavar="MODEL@VERSION")
     pub.add_argument("--by", help="who publishes (default: the login name)")
@@ -131,7 +136,7 @@ def _init(args: argparse.Namespace) -> int:
 def _release(cfg: CloudConfig, args: argparse.Namespace, side: ReleaseSide) -> int:
     from cloud.registry import ModelRegistry
     from cloud.release.publish import assign_line, publish_release
-    from cloud.release.rotation import rotate_root
+    from cloud.release.rotation import rotate_delegated_key, rotate_root
     from cloud.rollout.service import split_line
 
     cmd = args.release_cmd
@@ -144,13 +149,19 @@ def _release(cfg: CloudConfig, args: argparse.Namespace, side: ReleaseSide) -> i
         print(f"re-signed: {', '.join(done)}" if done else "nothing due")
     elif cmd == "rotate-root":
         result = rotate_root(side.repo, args.revoke, args.keys_dir, cfg.release.signers_file)
-        print(f"root version {result.root_version}: revoked "
+        print(f"root version {result.version}: revoked "
               f"{', '.join(k[:16] for k in result.revoked)}")
         for k in result.new_keys:
             print(f"new {k.role} key {k.key.keyid}: {k.path}")
         if cfg.release.signers_file is None:
             print("no release.signers_file: add the new keys to release.signers",
                   file=sys.stderr)
+    elif cmd == "rotate-key":
+        result = rotate_delegated_key(side.repo, args.role, args.keys_dir,
+                                      cfg.release.signers_file)
+        revoked = ", ".join(k[:16] for k in result.revoked)
+        print(f"targets version {result.version}: {args.role} key "
+              f"{result.new_keys[0].key.keyid} replaces {revoked}")
     elif cmd == "publish":
         registry = ModelRegistry(side.engine, cfg.registry.root)
         r = publish_release(side.repo, registry, side.store, args.model.name,
@@ -166,15 +177,18 @@ def _release(cfg: CloudConfig, args: argparse.Namespace, side: ReleaseSide) -> i
 
 
 @contextmanager
-def _service(cfg: CloudConfig, side: ReleaseSide) -> Iterator[RolloutService]:
+def _service(cfg: CloudConfig, side: ReleaseSide, *,
+             controller: bool) -> Iterator[RolloutService]:
     from cloud.fleet import FleetStore
     from cloud.rollout.hints import MqttHinter
     from cloud.rollout.service import RolloutService
 
     # The fleet store is the rollout's telemetry (the one place that opens it here).
-    fleet = FleetStore(cfg.store)
+    fleet = FleetStore(cfg.database, cfg.store)
     broker = cfg.release.rollout.broker
-    hinter = MqttHinter(broker, by="lineguard-cloud") if broker is not None else None
+    suffix = "" if controller else f"-cli-{os.getpid()}"
+    hinter = (MqttHinter(broker, by="lineguard-cloud", client_id_suffix=suffix)
+              if broker is not None else None)
     try:
         yield RolloutService(side.repo, side.store, fleet, hinter, cfg.release.rollout.bounds)
     finally:
@@ -184,7 +198,7 @@ def _service(cfg: CloudConfig, side: ReleaseSide) -> Iterator[RolloutService]:
 
 
 def _rollout(cfg: CloudConfig, args: argparse.Namespace, side: ReleaseSide) -> int:
-    with _service(cfg, side) as service:
+    with _service(cfg, side, controller=args.cmd == "rollout-controller") as service:
         return _rollout_with(cfg, args, side, service)
 
 

@@ -75,6 +75,7 @@ class ModelRegistry:
     def __init__(self, engine: Engine, root: Path,
                  clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
         self._engine = engine
+        self.engine = engine
         self.root = Path(root)
         self._clock_ms = clock_ms
 

@@ -51,3 +51,23 @@ events = Table(
     Column("by", Text, nullable=False),
     Column("at_ms", BigInteger, nullable=False),
 )
+
+retrain_requests = Table(
+    "retrain_requests",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("site", Text, nullable=False),
+    Column("line", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("requested_at_ms", BigInteger, nullable=False),
+    Column("started_at_ms", BigInteger, nullable=True),
+    Column("finished_at_ms", BigInteger, nullable=True),
+    Column("parent_name", Text, nullable=True),
+    Column("parent_version", BigInteger, nullable=True),
+    Column("dataset_ref", Text, nullable=True),
+    Column("candidate_name", Text, nullable=True),
+    Column("candidate_version", BigInteger, nullable=True),
+    Column("outcome", Text, nullable=True),
+)

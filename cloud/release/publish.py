@@ -95,27 +95,29 @@ def assign_line(repo: Repository, store: ReleaseStore, site: str, line: str, mod
     except ProtocolError as e:
         raise PublishRejected(str(e)) from e
     bundle_target = bundle_target_path(model, version)
-    bundle = repo.targets_of("bundles").get(bundle_target)
-    if bundle is None:
-        raise PublishRejected(f"{model}@{version} is not released (no signed bundle "
-                              f"{bundle_target}); publish it first")
     deploy_path = deploy_target_path(site, line)
-    signed_now = repo.targets_of("deploy").get(deploy_path)
-    repo_sequence = int(signed_now.custom.get("sequence", 0)) if signed_now else 0
-    sequence = max(store.last_sequence(site, line), repo_sequence) + 1
-    issued_at = ms_to_dt(store.clock_ms())
-    assignment = Assignment(
-        site=site, line=line, sequence=sequence, model=model, version=version,
-        bundle_target=bundle_target, bundle_sha256=bundle.hashes["sha256"],
-        bundle_length=bundle.length, rollout_id=rollout_id, stage=stage,
-        issued_at=issued_at, issued_by=by, reason=reason)
-    body = assignment.model_dump_json(by_alias=True).encode("utf-8")
-    repo.add_target("deploy", deploy_path, body,
-                    custom=assignment.model_dump(mode="json", by_alias=True))
-    store.record_assignment(AssignmentView(
-        site=site, line=line, sequence=sequence, model=model, version=version,
-        bundle_target=bundle_target, rollout_id=rollout_id, stage=stage, issued_by=by,
-        reason=reason, issued_at=issued_at))
+    # Under the repository lock from reading the current sequence to signing the next.
+    with repo.locked():
+        bundle = repo.targets_of("bundles").get(bundle_target)
+        if bundle is None:
+            raise PublishRejected(f"{model}@{version} is not released (no signed bundle "
+                                  f"{bundle_target}); publish it first")
+        signed_now = repo.targets_of("deploy").get(deploy_path)
+        repo_sequence = int(signed_now.custom.get("sequence", 0)) if signed_now else 0
+        sequence = max(store.last_sequence(site, line), repo_sequence) + 1
+        issued_at = ms_to_dt(store.clock_ms())
+        assignment = Assignment(
+            site=site, line=line, sequence=sequence, model=model, version=version,
+            bundle_target=bundle_target, bundle_sha256=bundle.hashes["sha256"],
+            bundle_length=bundle.length, rollout_id=rollout_id, stage=stage,
+            issued_at=issued_at, issued_by=by, reason=reason)
+        body = assignment.model_dump_json(by_alias=True).encode("utf-8")
+        repo.add_target("deploy", deploy_path, body,
+                        custom=assignment.model_dump(mode="json", by_alias=True))
+        store.record_assignment(AssignmentView(
+            site=site, line=line, sequence=sequence, model=model, version=version,
+            bundle_target=bundle_target, rollout_id=rollout_id, stage=stage, issued_by=by,
+            reason=reason, issued_at=issued_at))
     logger.info("assigned %s/%s to %s@%d (sequence %d, %s)", site, line, model, version,
                 sequence, stage)
     return assignment

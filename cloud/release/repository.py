@@ -18,7 +18,8 @@ Invariants:
   clients see the previous repository, whole and valid; a crash before it leaves only
   unreferenced files, which the next write overwrites.
 - One writer at a time: every write holds an exclusive `flock` on `.lock` in the
-  repository directory (the rollout controller and an engineer's CLI may both sign).
+  repository directory (the rollout controller and an engineer's CLI may both sign);
+  `locked()` lets a caller hold it across a read and the write that depends on it.
 - Every role version only moves forward; signed metadata is verified against its
   delegator before it is written (a missing signer fails before anything is written).
 - Custom target fields are strings and integers only (canonical JSON has no floats).
@@ -32,6 +33,7 @@ import hashlib
 import logging
 import re
 import shutil
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,7 +44,6 @@ from securesystemslib.signer import Key
 from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import (
     DelegatedRole,
-    Delegations,
     Metadata,
     MetaFile,
     Role,
@@ -88,7 +89,7 @@ def _custom_ok(value: object) -> bool:
 
 
 @dataclass
-class _State:
+class RepoState:
     root: Metadata[Root]
     targets: Metadata[Targets]
     bundles: Metadata[Targets]
@@ -125,66 +126,15 @@ class Repository:
         self.signers = signers
         self.expiry = expiry
         self._clock = clock
-
-    # ---- creation
-
-    @classmethod
-    def create(cls, root_dir: Path, role_keys: Mapping[str, Key], signers: SignerPool,
-               expiry: RoleExpiry, *, clock: Clock = utc_now) -> Repository:
-        """Write the first version of every role into an empty `root_dir` (one key per
-        role, threshold 1, consistent snapshots). Raises ReleaseError."""
-        missing = [r for r in (*TOP_ROLES, *DELEGATED_PATHS) if r not in role_keys]
-        if missing:
-            raise ReleaseError(f"no key for role(s) {', '.join(missing)}")
-        root_dir = Path(root_dir)
-        if (root_dir / "metadata").exists() and any((root_dir / "metadata").iterdir()):
-            raise ReleaseError(f"{root_dir} already holds a TUF repository")
-        repo = cls(root_dir, signers, expiry, clock=clock)
-        now = repo._now()
-        root = Root(expires=now + timedelta(days=expiry.root_days), consistent_snapshot=True)
-        for role in TOP_ROLES:
-            root.add_key(role_keys[role], role)
-        targets = Targets(expires=now + timedelta(days=expiry.targets_days))
-        targets.delegations = Delegations(keys={}, roles={})
-        for role, pattern in DELEGATED_PATHS.items():
-            assert targets.delegations.roles is not None
-            targets.delegations.roles[role] = DelegatedRole(
-                role, [], 1, terminating=True, paths=[pattern])
-            targets.add_key(role_keys[role], role)
-        state = _State(
-            root=Metadata(root), targets=Metadata(targets),
-            bundles=Metadata(Targets(expires=now + timedelta(days=expiry.bundles_days))),
-            deploy=Metadata(Targets(expires=now + timedelta(days=expiry.deploy_days))),
-            snapshot=Metadata(Snapshot(expires=now)),
-            timestamp=Metadata(Timestamp(expires=now)),
-        )
-        try:
-            repo.metadata_dir.mkdir(parents=True, exist_ok=True)
-            repo.targets_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ReleaseError(f"cannot create {root_dir}: {e}") from e
-        with repo._locked():
-            repo._sign_root(state.root, [state.root.signed])
-            # Version 1 of every targets role; snapshot and timestamp get version 1 too.
-            for role in ("targets", "bundles", "deploy"):
-                md = state.delegated(role)
-                repo._sign(md, role, state)
-                state.snapshot.signed.meta[f"{role}.json"] = MetaFile(md.signed.version)
-            repo._write_versioned(state.root, "root")
-            for role in ("targets", "bundles", "deploy"):
-                repo._write_versioned(state.delegated(role), role)
-            state.snapshot.signed.expires = repo._expires("snapshot")
-            repo._sign(state.snapshot, "snapshot", state)
-            snapshot_bytes = repo._write_versioned(state.snapshot, "snapshot")
-            repo._write_timestamp(state, snapshot_bytes, bump=False)
-        return repo
+        self._thread_lock = threading.RLock()
+        self._depth = 0
 
     # ---- reading
 
-    def _now(self) -> datetime:
+    def now(self) -> datetime:
         return self._clock().astimezone(UTC).replace(microsecond=0)
 
-    def _expires(self, role: str) -> datetime:
+    def expires_for(self, role: str) -> datetime:
         e = self.expiry
         lifetime = {
             "root": timedelta(days=e.root_days), "targets": timedelta(days=e.targets_days),
@@ -192,11 +142,11 @@ class Repository:
             "snapshot": timedelta(days=e.snapshot_days),
             "timestamp": timedelta(hours=e.timestamp_hours),
         }[role]
-        return self._now() + lifetime
+        return self.now() + lifetime
 
     def lifetime(self, role: str) -> timedelta:
         """How long a newly signed version of `role` stays valid."""
-        return self._expires(role) - self._now()
+        return self.expires_for(role) - self.now()
 
     def _read(self, name: str) -> Metadata[Any]:
         path = self.metadata_dir / name
@@ -216,7 +166,7 @@ class Repository:
             raise ReleaseError(f"cannot list {self.metadata_dir}: {e}") from e
         return sorted(int(m.group(1)) for n in names if (m := _ROOT_FILE.match(n)))
 
-    def _load(self) -> _State:
+    def load_state(self) -> RepoState:
         versions = self.root_versions()
         if not versions:
             raise ReleaseError(f"{self.metadata_dir} holds no root metadata")
@@ -228,7 +178,7 @@ class Repository:
         def role(name: str) -> Metadata[Targets]:
             return self._read(f"{meta[f'{name}.json'].version}.{name}.json")
 
-        return _State(root=self._read(f"{versions[-1]}.root.json"), targets=role("targets"),
+        return RepoState(root=self._read(f"{versions[-1]}.root.json"), targets=role("targets"),
                       bundles=role("bundles"), deploy=role("deploy"), snapshot=snapshot,
                       timestamp=timestamp)
 
@@ -241,7 +191,7 @@ class Repository:
 
     def status(self) -> list[RoleStatus]:
         """Every role's newest version, expiry and keys."""
-        state = self._load()
+        state = self.load_state()
         out = []
         for name in TOP_ROLES:
             md: Metadata[Any] = getattr(state, name)
@@ -255,11 +205,20 @@ class Repository:
                                   tuple(delegated.keyids), delegated.threshold))
         return out
 
+    def public_key(self, keyid: str) -> Key:
+        """The public key `keyid` as root or targets lists it. Raises ReleaseError."""
+        state = self.load_state()
+        delegations = state.targets.signed.delegations
+        keys = {**(delegations.keys if delegations else {}), **state.root.signed.keys}
+        if keyid not in keys:
+            raise ReleaseError(f"no key {keyid} in root or targets")
+        return keys[keyid]
+
     def targets_of(self, role: str) -> dict[str, TargetFile]:
         """The targets `bundles` or `deploy` signs now, by path."""
         if role not in DELEGATED_PATHS:
             raise ReleaseError(f"unknown delegated role {role!r}")
-        return dict(self._load().delegated(role).signed.targets)
+        return dict(self.load_state().delegated(role).signed.targets)
 
     def target_file(self, info: TargetFile) -> Path:
         """Where a signed target's bytes sit (hash-prefixed name)."""
@@ -270,7 +229,7 @@ class Repository:
         return self.targets_dir / directory / f"{sha256}.{name}"
 
     @staticmethod
-    def _delegated_role(state: _State, role: str) -> DelegatedRole:
+    def _delegated_role(state: RepoState, role: str) -> DelegatedRole:
         delegations = state.targets.signed.delegations
         if delegations is None or delegations.roles is None or role not in delegations.roles:
             raise ReleaseError(f"targets delegates no role {role!r}")
@@ -278,7 +237,7 @@ class Repository:
 
     # ---- signing
 
-    def _role_keys(self, state: _State, role: str) -> tuple[list[Key], int]:
+    def _role_keys(self, state: RepoState, role: str) -> tuple[list[Key], int]:
         if role in TOP_ROLES:
             r: Role = state.root.signed.roles[role]
             keys = state.root.signed.keys
@@ -289,7 +248,7 @@ class Repository:
             keys = delegations.keys
         return [keys[k] for k in r.keyids], r.threshold
 
-    def _sign(self, md: Metadata[Any], role: str, state: _State,
+    def sign_role(self, md: Metadata[Any], role: str, state: RepoState,
               extra_keys: tuple[Key, ...] = ()) -> None:
         """Sign with every available key of `role` (and `extra_keys`, e.g. a key being
         rotated out, so that clients on the old root still accept it). Raises
@@ -318,7 +277,7 @@ class Repository:
         except UnsignedMetadataError as e:
             raise SigningError(f"signing {role} with key {key.keyid[:16]} failed: {e}") from e
 
-    def _sign_root(self, md: Metadata[Root], trusting: list[Root]) -> None:
+    def sign_root(self, md: Metadata[Root], trusting: list[Root]) -> None:
         """Sign a root with every available key of itself and of the roots it must
         satisfy; check each one's threshold. Raises SigningError."""
         md.signatures.clear()
@@ -340,18 +299,31 @@ class Repository:
     # ---- writing
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        lock_path = self.root_dir / ".lock"
-        try:
-            fh = lock_path.open("a")
-        except OSError as e:
-            raise ReleaseError(f"cannot open the lock file {lock_path}: {e}") from e
-        with fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    def locked(self) -> Iterator[None]:
+        """Hold the repository's write lock (re-entrant within this object): a caller
+        that reads the repository and then writes based on what it read (the next
+        assignment sequence) holds it across both. Raises ReleaseError."""
+        with self._thread_lock:
+            if self._depth > 0:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            lock_path = self.root_dir / ".lock"
             try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+                fh = lock_path.open("a")
+            except OSError as e:
+                raise ReleaseError(f"cannot open the lock file {lock_path}: {e}") from e
+            with fh:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+                self._depth = 1
+                try:
+                    yield
+                finally:
+                    self._depth = 0
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def _write_meta(self, name: str, data: bytes) -> None:
         """Write one metadata file atomically (the seam a crash test breaks)."""
@@ -360,7 +332,7 @@ class Repository:
         except OSError as e:
             raise ReleaseError(f"cannot write {self.metadata_dir / name}: {e}") from e
 
-    def _write_versioned(self, md: Metadata[Any], role: str) -> bytes:
+    def write_versioned(self, md: Metadata[Any], role: str) -> bytes:
         try:
             data = md.to_bytes()
         except SerializationError as e:
@@ -368,19 +340,19 @@ class Repository:
         self._write_meta(f"{md.signed.version}.{role}.json", data)
         return data
 
-    def _write_timestamp(self, state: _State, snapshot_bytes: bytes, *, bump: bool = True,
+    def write_timestamp(self, state: RepoState, snapshot_bytes: bytes, *, bump: bool = True,
                          extra_keys: tuple[Key, ...] = ()) -> None:
         ts = state.timestamp.signed
         if bump:
             ts.version += 1
-        ts.expires = self._expires("timestamp")
+        ts.expires = self.expires_for("timestamp")
         ts.snapshot_meta = MetaFile(
             state.snapshot.signed.version, length=len(snapshot_bytes),
             hashes={"sha256": hashlib.sha256(snapshot_bytes).hexdigest()})
-        self._sign(state.timestamp, "timestamp", state, extra_keys)
+        self.sign_role(state.timestamp, "timestamp", state, extra_keys)
         self._write_meta("timestamp.json", state.timestamp.to_bytes())
 
-    def _publish(self, state: _State, changed: set[str],
+    def publish_state(self, state: RepoState, changed: set[str],
                  extra_keys: Mapping[str, tuple[Key, ...]] | None = None) -> None:
         """Bump, sign and write each changed targets role, then snapshot, then timestamp
         (see the invariants). Every versioned file is signed before the first write."""
@@ -392,19 +364,19 @@ class Repository:
                 continue
             md = state.delegated(role)
             md.signed.version += 1
-            md.signed.expires = self._expires(role)
-            self._sign(md, role, state, extra.get(role, ()))
+            md.signed.expires = self.expires_for(role)
+            self.sign_role(md, role, state, extra.get(role, ()))
             snap.meta[f"{role}.json"] = MetaFile(md.signed.version)
             to_write.append((md, role))
         snap.version += 1
-        snap.expires = self._expires("snapshot")
-        self._sign(state.snapshot, "snapshot", state, extra.get("snapshot", ()))
+        snap.expires = self.expires_for("snapshot")
+        self.sign_role(state.snapshot, "snapshot", state, extra.get("snapshot", ()))
         for md, role in to_write:
-            self._write_versioned(md, role)
-        snapshot_bytes = self._write_versioned(state.snapshot, "snapshot")
-        self._write_timestamp(state, snapshot_bytes, extra_keys=extra.get("timestamp", ()))
+            self.write_versioned(md, role)
+        snapshot_bytes = self.write_versioned(state.snapshot, "snapshot")
+        self.write_timestamp(state, snapshot_bytes, extra_keys=extra.get("timestamp", ()))
 
-    def _store_target(self, target_path: str, source: Path | bytes) -> TargetFile:
+    def store_target(self, target_path: str, source: Path | bytes) -> TargetFile:
         if not _TARGET_PATH.match(target_path):
             raise ReleaseError(f"not a safe target path: {target_path!r}")
         try:
@@ -437,16 +409,16 @@ class Repository:
         if custom is not None and not _custom_ok(dict(custom)):
             raise ReleaseError("custom target fields must be strings, integers, booleans, "
                                "lists or objects of those: canonical JSON has no floats")
-        with self._locked():
-            state = self._load()
+        with self.locked():
+            state = self.load_state()
             if not self._delegated_role(state, role).is_delegated_path(target_path):
                 raise ReleaseError(f"{target_path} is outside the {role} role's paths "
                                    f"({DELEGATED_PATHS[role]})")
-            info = self._store_target(target_path, source)
+            info = self.store_target(target_path, source)
             if custom is not None:
                 info.unrecognized_fields["custom"] = dict(custom)
             state.delegated(role).signed.targets[target_path] = info
-            self._publish(state, {role})
+            self.publish_state(state, {role})
         logger.info("published %s (%d bytes, sha256 %s) signed by %s", target_path,
                     info.length, info.hashes["sha256"][:16], role)
         return info
@@ -456,9 +428,9 @@ class Repository:
         than `refresh_when_left_fraction` of their lifetime left (all with `force`).
         Returns the roles re-signed; logs a warning for root or targets close to expiry
         (they are signed offline). Raises ReleaseError, SigningError."""
-        with self._locked():
-            state = self._load()
-            now = self._now()
+        with self.locked():
+            state = self.load_state()
+            now = self.now()
             due = {role for role in ONLINE_ROLES
                    if force or self._due(getattr(state, role).signed.expires, now, role)}
             for role in ("root", "targets"):
@@ -469,7 +441,7 @@ class Repository:
                                    md.signed.expires.isoformat())
             if not due:
                 return []
-            self._publish(state, due & {"bundles", "deploy"})
+            self.publish_state(state, due & {"bundles", "deploy"})
         return sorted(due | {"snapshot", "timestamp"})
 
     def _due(self, expires: datetime, now: datetime, role: str) -> bool:

@@ -34,10 +34,14 @@ class _Handler(MqttHandler):
 class MqttHinter:
     """Publishes hints with QoS 1 and waits (bounded) for the broker's ack."""
 
-    def __init__(self, broker: BrokerConfig, *, by: str, timeout_s: float = 5.0) -> None:
+    def __init__(self, broker: BrokerConfig, *, by: str, timeout_s: float = 5.0,
+                 client_id_suffix: str = "") -> None:
+        """`client_id_suffix` keeps a one-shot command from taking over the controller's
+        MQTT session (the broker drops the older of two clients with one id)."""
         self._handler = _Handler()
+        client_id = (broker.client_id or "lineguard-rollout-hints") + client_id_suffix
         try:
-            options = ClientOptions(client_id=broker.client_id or "lineguard-rollout-hints")
+            options = ClientOptions(client_id=client_id)
             self._client: MqttClient = paho_client(broker, options, self._handler)
         except BrokerSetupError as e:
             raise ReleaseError(f"cannot set up the MQTT client for hints: {e}") from e

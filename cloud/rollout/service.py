@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
+from cloud.errors import CloudError
 from cloud.fleet.views import LineModelView, LineView, MetricsPoint
 from cloud.release.config import HealthBounds
 from cloud.release.errors import PublishRejected, ReleaseError
@@ -164,6 +165,8 @@ class RolloutService:
         decision = decide_stage(verdicts, last_stage=last)
         if decision.action == "wait":
             return r
+        logger.info("rollout %s of %s@%d stage %d: %s (%s)", r.rollout_id, r.model, r.version,
+                    r.stage_index, decision.action, decision.reason)
         if decision.action == "halt":
             self._halt(r, f"stage {r.stage_index} unhealthy: {decision.reason}", "halted")
         elif decision.action == "complete":
@@ -306,14 +309,18 @@ class RolloutService:
                 logger.warning("no cmd/rollback hint to %s/%s: %s", site, line, e)
 
 
-def run_controller(service: RolloutService, stop: threading.Event, interval_s: float,
-                   *, on_error: Callable[[Exception], None] | None = None) -> None:
+class Stepper(Protocol):
+    def step(self) -> object: ...
+
+
+def run_controller(service: Stepper, stop: threading.Event, interval_s: float,
+                   *, on_error: Callable[[CloudError], None] | None = None) -> None:
     """Call `service.step()` every `interval_s` until `stop` is set. A failing step is
     logged and retried at the next tick (the database or repository may come back)."""
     while not stop.is_set():
         try:
             service.step()
-        except ReleaseError as e:
+        except CloudError as e:  # release records, repository, fleet store: retried
             logger.error("rollout controller step failed: %s", e)
             if on_error is not None:
                 on_error(e)

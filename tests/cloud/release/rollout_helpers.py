@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from cloud.config import FleetStoreConfig
+from cloud.db import DatabaseConfig
 from cloud.fleet import FleetStore, Received
 from cloud.registry import ModelRegistry
 from cloud.release.config import HealthBounds
@@ -58,7 +58,8 @@ class World:
         self.clock = Clock()
         self.store = ReleaseStore(engine, clock_ms=self.clock.ms)
         self.repo = repo
-        self.fleet = FleetStore(FleetStoreConfig(path=tmp / "fleet.db"),
+        url = engine.url.render_as_string(hide_password=False)
+        self.fleet = FleetStore(DatabaseConfig(url=url),
                                 clock=lambda: self.clock.now.timestamp())
         self.hinter = RecordingHinter()
         registry = ModelRegistry(engine, tmp / "registry")

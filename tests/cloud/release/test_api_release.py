@@ -47,7 +47,7 @@ def world(engine: Engine, tmp_path: Path) -> Iterator[World]:
     w.fleet.close()
 
 
-def test_release_views_and_tuf_files(world: World, tmp_path: Path) -> None:
+def test_release_views_and_tuf_files_over_http(world: World, tmp_path: Path) -> None:
     rollout = world.service().start("demo", 2, ["plant1/line-1"], by="alice")
     app = create_app(world.fleet, TOKEN, release=ReleaseApi(world.store, world.repo.root_dir))
     with TestClient(app) as client:
@@ -78,10 +78,7 @@ def test_release_views_and_tuf_files(world: World, tmp_path: Path) -> None:
                     "/tuf/targets/deploy", "/tuf/metadata/nope.json",
                     "/tuf/targets/%2Fetc%2Fpasswd"):
             assert client.get(bad).status_code == 404, bad
-
-
-def test_a_line_updates_through_the_api(world: World, tmp_path: Path) -> None:
-    app = create_app(world.fleet, TOKEN, release=ReleaseApi(world.store, world.repo.root_dir))
+    # A line's TUF client through the API served by uvicorn on 127.0.0.1.
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
                                            access_log=False, lifespan="off"))

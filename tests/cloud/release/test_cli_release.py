@@ -21,6 +21,7 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     return code, out.out, out.err
 
 
+@pytest.mark.slow
 def test_release_commands(database_url: str, tmp_path: Path,
                           capsys: pytest.CaptureFixture[str]) -> None:
     repo = tmp_path / "tuf"
@@ -33,7 +34,6 @@ def test_release_commands(database_url: str, tmp_path: Path,
     config.write_text(yaml.safe_dump({
         "database": {"url": database_url},
         "registry": {"root": str(tmp_path / "registry")},
-        "store": {"path": str(tmp_path / "fleet.db")},
         "release": {"repository_dir": str(repo), "signers_file": str(keys / "signers.json"),
                     "rollout": {"bounds": {"health_window_s": 60}}},
     }))
@@ -81,6 +81,9 @@ def test_release_commands(database_url: str, tmp_path: Path,
     code, out, err = _run(capsys, "release", "rotate-root", "--revoke", timestamp_key,
                           "--keys-dir", str(keys), *c)
     assert code == 0 and "root version 2" in out, err
+    code, out, err = _run(capsys, "release", "rotate-key", "deploy", "--keys-dir", str(keys),
+                          *c)
+    assert code == 0 and "targets version 2: deploy key" in out, err
     code, out, err = _run(capsys, "release", "refresh", "--force", *c)
     assert code == 0, err
     with serve_directory(repo) as url:

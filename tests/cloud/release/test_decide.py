@@ -100,3 +100,25 @@ def test_split_waves(n: int, waves: int, sizes: list[int]) -> None:
     out = split_waves(lines, waves)
     assert [len(x) for x in out] == sizes
     assert [x for wave in out for x in wave] == sorted(lines)
+
+
+def test_the_controller_loop_survives_a_failing_step() -> None:
+    import threading
+
+    from cloud.release.errors import ReleaseError
+    from cloud.rollout.service import run_controller
+
+    stop = threading.Event()
+    calls: list[int] = []
+    errors: list[Exception] = []
+
+    class Flaky:
+        def step(self) -> object:
+            calls.append(1)
+            if len(calls) == 1:
+                raise ReleaseError("database locked")
+            stop.set()
+            return []
+
+    run_controller(Flaky(), stop, 0.01, on_error=errors.append)
+    assert len(calls) == 2 and [str(e) for e in errors] == ["database locked"]

@@ -14,6 +14,7 @@ from protocol.mqtt_config import BrokerConfig
 from tests.mqtt_broker import MqttProbe, free_port, requires_mosquitto, start_broker
 
 
+@pytest.mark.mqtt
 @requires_mosquitto
 def test_hints_reach_the_line(tmp_path: Path) -> None:
     broker = start_broker(tmp_path)
@@ -25,7 +26,7 @@ def test_hints_reach_the_line(tmp_path: Path) -> None:
         hinter.update("plant1", "line-1", "demo", 2, "rollout ro-1 canary")
         hinter.rollback("plant1", "line-1", 1, "rollout ro-1 halted")
         got = [probe.get(10.0) for _ in range(2)]
-        messages = [decode(m.topic, m.payload) for m in got if m is not None]
+        messages = [decode(m.topic, m.payload) for m in got if m is not None and m.topic]
         assert isinstance(messages[0], UpdateCommand)
         assert (messages[0].target_name, messages[0].target_version) == ("demo", 2)
         assert isinstance(messages[1], RollbackCommand) and messages[1].target_version == 1

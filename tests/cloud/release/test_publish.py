@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,3 +106,29 @@ def test_assignment_needs_a_released_bundle_and_a_valid_line(
     with pytest.raises(PublishRejected, match="line"):
         assign_line(repo, store, "plant1", "line/1", "demo", 3, stage="manual", by="alice")
     assert repo.targets_of("deploy") == {}
+
+
+def test_concurrent_assigners_never_reuse_a_sequence(engine: Engine, repo: Repository) -> None:
+    repo.add_target("bundles", bundle_target_path("demo", 1), b"bundle", {"version": 1})
+    store = ReleaseStore(engine)
+    # Two writers with their own Repository objects, as two processes would have.
+    writers = [Repository(repo.root_dir, repo.signers, repo.expiry) for _ in range(2)]
+    errors: list[BaseException] = []
+
+    def assign(writer: Repository) -> None:
+        try:
+            for _ in range(3):
+                assign_line(writer, store, "plant1", "line-1", "demo", 1, stage="manual",
+                            by="t")
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=assign, args=(w,)) for w in writers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    assert sorted(a.sequence for a in store.assignments("plant1", "line-1")) == [1, 2, 3, 4, 5, 6]
+    assert repo.targets_of("deploy")[deploy_target_path("plant1", "line-1")].custom[
+        "sequence"] == 6

@@ -102,7 +102,7 @@ def test_healthy_canary_is_promoted_to_every_line_across_restarts(
     assert _signed_versions(world.repo, tmp_path) == dict.fromkeys(LINES, 2)
 
 
-def test_unhealthy_metrics_on_a_canary_halt(world: World) -> None:
+def test_unhealthy_metrics_or_no_activation_halt(world: World) -> None:
     world.service().start("demo", 2, ["plant1/line-2"], by="alice")
     world.clock.advance(10)
     world.report("plant1/line-2", current=2, target=2)
@@ -111,6 +111,14 @@ def test_unhealthy_metrics_on_a_canary_halt(world: World) -> None:
     [r] = world.service().step()
     assert r.state == "halted" and r.reason is not None and "latency p99 900.0 ms" in r.reason
     assert world.assigned("plant1/line-2") == (1, "rollback")
+    # A second rollout whose canary never reports the new model active.
+    world.service().start("demo", 2, ["plant1/line-1"], by="alice")
+    world.clock.advance(599)
+    assert world.service().step()[0].state == "active"
+    world.clock.advance(2)
+    [r] = world.service().step()
+    assert r.state == "halted" and r.reason is not None and "not active after 600 s" in r.reason
+    assert world.assigned("plant1/line-1") == (1, "rollback")
 
 
 def test_halt_by_hand_and_a_second_rollout(world: World) -> None:
@@ -127,15 +135,6 @@ def test_halt_by_hand_and_a_second_rollout(world: World) -> None:
         service.start("demo", 3, ["plant1/line-1"], by="bob")
     with pytest.raises(PublishRejected, match="not SITE/LINE"):
         service.start("demo", 2, ["line-1"], by="bob")
-
-
-def test_canary_that_never_activates_halts_after_the_timeout(world: World) -> None:
-    world.service().start("demo", 2, ["plant1/line-1"], by="alice")
-    world.clock.advance(599)
-    assert world.service().step()[0].state == "active"
-    world.clock.advance(2)
-    [r] = world.service().step()
-    assert r.state == "halted" and r.reason is not None and "not active after 600 s" in r.reason
 
 
 def test_rollback_on_purpose_is_a_new_assignment(world: World, tmp_path: Path) -> None:
@@ -157,3 +156,24 @@ def test_rollback_on_purpose_is_a_new_assignment(world: World, tmp_path: Path) -
     assert world.hinter.sent[-1] == ("rollback", "plant1/line-1", "", 2)
     assert _signed_versions(world.repo, tmp_path)["plant1/line-1"] == 2
     assert timedelta(0) <= world.clock.now - world.store.events()[0].at
+
+
+def test_a_restarted_controller_finishes_what_a_crash_left(world: World) -> None:
+    r = world.service().start("demo", 2, ["plant1/line-1"], by="alice")
+    # A crash right after the promotion was recorded, before any wave line was signed.
+    assert world.store.move_rollout(r, state="active", stage_index=1,
+                                    stage_started_at_ms=world.clock.ms(), reason=None,
+                                    step="promoted", detail="test")
+    assert world.assigned("plant1/line-2") == (1, "manual")
+    [after] = world.service().step()
+    assert after.stage_index == 1
+    assert world.assigned("plant1/line-2") == (2, "all")
+    assert world.assigned("plant1/line-3") == (2, "all")
+    # A crash right after the halt was recorded, before any line was sent back.
+    assert world.store.move_rollout(after, state="halted", stage_index=1,
+                                    stage_started_at_ms=world.clock.ms(), reason="test",
+                                    step="halted", detail="test")
+    assert world.service().step() == []
+    assert {world.assigned(name) for name in LINES} == {(1, "rollback")}
+    world.service().step()  # nothing more to do: no second rollback assignment
+    assert len(world.store.assignments("plant1", "line-1")) == 3

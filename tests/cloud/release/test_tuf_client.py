@@ -22,7 +22,7 @@ from cloud.release.config import RoleExpiry
 from cloud.release.errors import ReleaseError, SigningError
 from cloud.release.keys import SignerPool
 from cloud.release.repository import Repository
-from cloud.release.rotation import rotate_root
+from cloud.release.rotation import rotate_delegated_key, rotate_root
 from tests.cloud.release.tuf_helpers import Line, new_repository, reopen, serve_directory
 
 BUNDLE = "bundles/demo/1/demo-1.tar"
@@ -108,7 +108,7 @@ def test_root_rotation_is_followed_and_the_revoked_key_refused(
         line.base_url = url
         line.fetch(DEPLOY)
         result = rotate_root(repo, [old_keyid[:12]], keys_dir, keys_dir / "signers.json")
-        assert result.root_version == 2 and result.revoked == (old_keyid,)
+        assert result.version == 2 and result.revoked == (old_keyid,)
         # The line still holds root 1 and follows to root 2 on its next check.
         assert json.loads(line.fetch(DEPLOY))["sequence"] == 1
         trusted = Metadata.from_file(str(line.home / "metadata" / "root.json"))
@@ -144,11 +144,11 @@ def test_bundle_listed_by_deploy_but_not_by_bundles_is_refused(
         repo: Repository, line: Line) -> None:
     # The deploy key's holder signs a bundle of its own: `bundles` alone may list them.
     rogue = "bundles/demo/9/demo-9.tar"
-    with repo._locked():
-        state = repo._load()
-        info = repo._store_target(rogue, b"rogue model")
+    with repo.locked():
+        state = repo.load_state()
+        info = repo.store_target(rogue, b"rogue model")
         state.deploy.signed.targets[rogue] = info
-        repo._publish(state, {"deploy"})
+        repo.publish_state(state, {"deploy"})
     assert repo.target_file(info).exists()
     with serve_directory(repo.root_dir) as url:
         line.base_url = url
@@ -213,3 +213,26 @@ def test_generated_keys_are_private_files(tmp_path: Path) -> None:
     for pem in keys_dir.glob("*.pem"):
         assert pem.stat().st_mode & 0o077 == 0
         assert isinstance(CryptoSigner.private_bytes, property)
+
+
+def test_deploy_key_rotation_is_followed_and_the_old_key_refused(
+        repo: Repository, tmp_path: Path) -> None:
+    keys_dir = tmp_path / "keys"
+    old_keyid = next(s for s in repo.status() if s.role == "deploy").keyids[0]
+    old_key = repo.public_key(old_keyid)
+    old_pem = next(keys_dir.glob(f"deploy-{old_keyid[:16]}.pem"))
+    result = rotate_delegated_key(repo, "deploy", keys_dir, keys_dir / "signers.json")
+    assert result.revoked == (old_keyid,) and result.version == 2
+    repo = reopen(repo, keys_dir)
+    repo.add_target("deploy", DEPLOY, _assignment(2), {"sequence": 2})
+    with serve_directory(repo.root_dir) as url:
+        assert json.loads(Line(url, tmp_path / "a", repo.trusted_root()).fetch(DEPLOY))[
+            "sequence"] == 2
+        # The current deploy metadata, re-signed by the old key alone: refused.
+        version = next(s for s in repo.status() if s.role == "deploy").version
+        path = repo.metadata_dir / f"{version}.deploy.json"
+        md = Metadata.from_file(str(path))
+        md.sign(Signer.from_priv_key_uri(f"file2:{old_pem}", old_key))
+        path.write_bytes(md.to_bytes())
+        with pytest.raises(UnsignedMetadataError):
+            Line(url, tmp_path / "b", repo.trusted_root()).fetch(DEPLOY)
