@@ -224,7 +224,7 @@ class Writes:
             known = self._known[size] = Compiled(
                 select(messages.c.msg_id, messages.c.content_sha256)
                 .where(messages.c.msg_id.in_(params)), self._dialect)
-        padded = [*ids, *(ids[-1:] * (size - len(ids)))]
+        padded = [*ids, *([ids[-1]] * (size - len(ids)))]
         return known.fetch(conn, {f"id{i}": msg_id for i, msg_id in enumerate(padded)})
 
 
