@@ -34,7 +34,7 @@ topic write lineguard/plant1/line-1/#
 
 
 @pytest.fixture
-def secured(tmp_path, database_url):
+def secured(tmp_path):
     passwd = tmp_path / "passwd"
     passwd.touch()
     for user, password in ACCOUNTS.items():
@@ -45,7 +45,8 @@ def secured(tmp_path, database_url):
     broker = start_broker(
         tmp_path, f"{h.BROKER_CONF}allow_anonymous false\npassword_file {passwd}\n"
                   f"acl_file {acl}\n")
-    store = FleetStore(DatabaseConfig(url=database_url))
+    # SQLite only: this is about the broker's accounts, not the database (test time).
+    store = FleetStore(DatabaseConfig(url=h.sqlite_url(tmp_path / "fleet.db")))
     try:
         yield broker, store, tmp_path
     finally:
