@@ -44,7 +44,7 @@ class DetectorError(CloudError, ValueError):
 class DetectorConfig:
     """Tuning of the detector (the cloud's `drift:` config section holds the same keys)."""
 
-    false_alarms_per_10k: float = 0.3
+    false_alarms_per_10k: float = 0.1
     allowance: float = 2.0
     bootstrap_replicates: int = 200
     block_frames: int = 10
