@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -78,6 +78,10 @@ class EvalReport:
     providers: list[str]
     f1_confidence: float
     split: str
+    pr_curves: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = field(
+        default_factory=dict)
+    """Per class with ground truth: (recall, precision) at 101 confidence thresholds
+    from 0 to 1 (IoU 0.5), for plotting."""
 
 
 def read_image(path: Path) -> npt.NDArray[np.uint8]:
@@ -273,6 +277,11 @@ def evaluate_report(
         providers=active_providers,
         f1_confidence=summary.confidence,
         split=split,
+        pr_curves={
+            names[int(c)]: (tuple(float(v) for v in summary.r_curve[i, ::10]),
+                            tuple(float(v) for v in summary.p_curve[i, ::10]))
+            for i, c in enumerate(summary.classes)
+        },
     )
 
 

@@ -213,7 +213,10 @@ def _iou_xyxy(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDA
     area_a = (a64[2] - a64[0]) * (a64[3] - a64[1])
     area_b = (b64[:, 2] - b64[:, 0]) * (b64[:, 3] - b64[:, 1])
     union = area_a + area_b - inter
-    out: npt.NDArray[np.float64] = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+    # A box clipped flat against the image border has no area, so no IoU; the same
+    # flat box found again (every corner within half a pixel) still counts as found.
+    same = np.all(np.abs(b64 - a64) <= 0.5, axis=1).astype(np.float64)
+    out: npt.NDArray[np.float64] = np.where(union > 0, inter / np.maximum(union, 1e-12), same)
     return out
 
 

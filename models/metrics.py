@@ -174,6 +174,10 @@ class ClassAP:
     f1: FloatArray  # [C]
     ap: FloatArray  # [C, T] AP per IoU threshold
     confidence: float  # the confidence where mean F1 peaks (0 when there are no classes)
+    # [C, 1000] precision and recall (IoU 0.5) at confidences linspace(0, 1, 1000): the
+    # PR curve of each class, traced by the confidence threshold
+    p_curve: FloatArray = field(default_factory=lambda: np.zeros((0, _CURVE_POINTS)))
+    r_curve: FloatArray = field(default_factory=lambda: np.zeros((0, _CURVE_POINTS)))
 
     @property
     def ap50(self) -> FloatArray:
@@ -261,6 +265,8 @@ def ap_per_class(
         f1=f1_curve[:, best],
         ap=ap,
         confidence=float(x[best]) if nc else 0.0,
+        p_curve=p_curve,
+        r_curve=r_curve,
     )
 
 

@@ -17,6 +17,7 @@ import hmac
 import html
 import logging
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, status
@@ -27,6 +28,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, SecretStr
 from swagger_ui_bundle import swagger_ui_path
 
+from cloud.api.models import models_router
+from cloud.api.releases import ReleaseApi, add_release_routes
 from cloud.drift.api import drift_router
 from cloud.drift.store import DriftStore
 from cloud.errors import FleetStoreError
@@ -40,6 +43,7 @@ from cloud.fleet import (
     QuarantineSummary,
 )
 from cloud.fleet.report import LineReport, ReportTooLarge
+from cloud.registry import ModelRegistry, RegistryError
 
 logger = logging.getLogger(__name__)
 
@@ -198,11 +202,15 @@ def _not_found(site: str, line: str) -> HTTPException:
 
 def create_app(
     store: FleetStore, token: SecretStr | str, *, public_docs: bool = False,
-    drift: DriftStore | None = None,
+    registry: ModelRegistry | None = None, release: ReleaseApi | None = None,
+    drift: DriftStore | None = None, routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     """The fleet API over `store`; `token` is the bearer token (at least 16 characters).
-    `public_docs`: serve `/openapi.json` without the token. `drift`: also serve
-    `/drift/...` (cloud/drift/api.py).
+    `public_docs`: serve `/openapi.json` without the token. `registry`: also serve
+    `/models` (cloud/api/models.py). `release`: also serve `/tuf/...`, `/releases...`
+    and `/rollouts...` (cloud/api/releases.py). `routers`: more endpoints that do their
+    own authentication (the lines' sample uploads: cloud/api/uploads.py). `drift`:
+    also serve `/drift/...` (cloud/drift/api.py).
 
     Raises ValueError for a shorter token.
     """
@@ -344,6 +352,19 @@ def create_app(
         return fleet.counters()
 
     app.include_router(router)
+    if registry is not None:
+        app.include_router(models_router(registry, store.lines), dependencies=[Depends(auth)],
+                           responses={**UNAUTHORIZED, **UNAVAILABLE})
+
+        @app.exception_handler(RegistryError)
+        def _registry_failed(request: Request, exc: RegistryError) -> JSONResponse:
+            logger.error("model registry error on %s: %s", request.url.path, exc)
+            return JSONResponse(status_code=503, content={"detail": "model registry unavailable"})
+    for extra in routers:
+        app.include_router(extra)
+    if release is not None:
+        add_release_routes(app, release, store.lines, [Depends(auth)],
+                           {**UNAUTHORIZED, **UNAVAILABLE})
     if drift is not None:
         app.include_router(drift_router(drift), dependencies=[Depends(auth)],
                            responses={**UNAUTHORIZED, **UNAVAILABLE})

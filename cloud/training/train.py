@@ -15,11 +15,12 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import cv2
 import numpy as np
@@ -84,6 +85,9 @@ class TrainConfig:
     golden_count: int = 4
     parent_version: int | None = None
     work_dir: Path = Path("runs/train")
+    device: str = "cpu"
+    """Ultralytics' `device` for training ("cpu", "0", "0,1" for DDP on two GPUs); the
+    ONNX export always runs on the CPU."""
 
 
 def dataset_fingerprint(ds: YoloDataset) -> str:
@@ -230,7 +234,7 @@ def train_args(cfg: TrainConfig) -> dict[str, object]:
     """The arguments handed to Ultralytics' `model.train` (recorded in the lineage)."""
     return {
         "data": str(cfg.data_yaml), "epochs": cfg.epochs, "imgsz": cfg.imgsz,
-        "batch": cfg.batch, "nbs": cfg.batch, "device": "cpu", "workers": cfg.workers,
+        "batch": cfg.batch, "nbs": cfg.batch, "device": cfg.device, "workers": cfg.workers,
         "seed": cfg.seed, "deterministic": True, "plots": False, "amp": False,
         "project": str(cfg.work_dir.resolve()), "name": cfg.name, "exist_ok": True,
         "patience": cfg.patience, "verbose": True, "optimizer": cfg.optimizer,
@@ -243,10 +247,13 @@ def train_detector(
     progress: Callable[[str], None] | None = None,
     *,
     trained_weights: Path | None = None,
+    callbacks: Mapping[str, Callable[[Any], None]] | None = None,
 ) -> Bundle:
     """Check the arguments (`plan_training`), then train, export, evaluate and bundle;
     returns the verified bundle. With `trained_weights` (the best.pt of an earlier run
     with the same `cfg`), training is skipped and the run resumes at the export.
+    `callbacks`: Ultralytics event name -> function of the trainer (e.g.
+    `on_fit_epoch_end` for a progress line per epoch).
     Raises TrainingError (or UltralyticsUnavailable without the train extra)."""
     say = progress or (lambda msg: logger.info("%s", msg))
     plan = plan_training(cfg, trained_weights)
@@ -254,7 +261,7 @@ def train_detector(
     work = cfg.work_dir.resolve()
     ultralytics = import_ultralytics(work / "yolo_config", cfg.torch_threads)
     args = train_args(cfg)
-    best = trained_weights or _train(ultralytics, cfg, args, say)
+    best = trained_weights or _train(ultralytics, cfg, args, say, callbacks or {})
 
     say(f"exporting {best} to ONNX with a dynamic batch axis")
     try:
@@ -267,11 +274,14 @@ def train_detector(
 
 
 def _train(ultralytics: ModuleType, cfg: TrainConfig, args: dict[str, object],
-           say: Callable[[str], None]) -> Path:
+           say: Callable[[str], None],
+           callbacks: Mapping[str, Callable[[Any], None]]) -> Path:
 
     say(f"training {cfg.model} on {cfg.data_yaml} for {cfg.epochs} epochs at {cfg.imgsz}px "
         "(Ultralytics prints per-epoch progress)")
     model = ultralytics.YOLO(cfg.model, task="detect")
+    for event, callback in callbacks.items():
+        model.add_callback(event, callback)
     try:
         with ultralytics_output():
             model.train(**args)

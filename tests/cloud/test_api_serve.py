@@ -18,19 +18,21 @@ pytestmark = pytest.mark.timeout(300)
 TOKEN = "serve-test-token-0123456789"
 
 
-def test_serve_answers_health_and_checks_the_token(tmp_path):
+def test_serve_answers_health_and_checks_the_token(tmp_path, database_url):
     port = free_port()
     token_file = tmp_path / "api.token"
     token_file.write_text(TOKEN + "\n", "utf-8")
     config = tmp_path / "cloud.yaml"
     config.write_text(
-        f"store: {{path: {tmp_path / 'fleet.db'}}}\n"
+        f"database: {{url: '{database_url}'}}\n"
+        f"registry: {{root: {tmp_path / 'registry'}}}\n"
         f"api: {{port: {port}, token_file: {token_file}}}\n", "utf-8")
     log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "lineguard", "cloud", "serve", "--config", str(config)],
-        cwd=h.REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # the cloud database's default file lands in the working directory
+        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(h.REPO), "PYTHONUNBUFFERED": "1"},
     )
     base = f"http://127.0.0.1:{port}"
 

@@ -10,7 +10,8 @@ import pytest
 from pydantic import SecretStr
 
 from cloud.collector import Collector
-from cloud.config import BrokerConfig, CollectorConfig, FleetStoreConfig
+from cloud.config import BrokerConfig, CollectorConfig
+from cloud.db import DatabaseConfig
 from cloud.fleet import FleetStore
 from protocol.backoff import BackoffConfig
 from protocol.mqtt_client import Reason
@@ -33,7 +34,7 @@ topic write lineguard/plant1/line-1/#
 
 
 @pytest.fixture
-def secured(tmp_path):
+def secured(tmp_path, database_url):
     passwd = tmp_path / "passwd"
     passwd.touch()
     for user, password in ACCOUNTS.items():
@@ -44,7 +45,7 @@ def secured(tmp_path):
     broker = start_broker(
         tmp_path, f"{h.BROKER_CONF}allow_anonymous false\npassword_file {passwd}\n"
                   f"acl_file {acl}\n")
-    store = FleetStore(FleetStoreConfig(path=tmp_path / "fleet.db"))
+    store = FleetStore(DatabaseConfig(url=database_url))
     try:
         yield broker, store, tmp_path
     finally:
@@ -75,7 +76,7 @@ def test_collector_logs_in_with_its_password_file(secured):
         assert not line.connect().is_failure
         message = h.metrics()
         line.publish(*h.wire(message))
-        h.wait_for(lambda: message.msg_id in h.stored_ids(store.path), 60, "stored")
+        h.wait_for(lambda: message.msg_id in h.stored_ids(store.url), 60, "stored")
     finally:
         line.close()
         collector.stop()

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloud.collector import Collector, MqttSession
-from cloud.config import BrokerConfig, CollectorConfig, FleetStoreConfig
+from cloud.config import BrokerConfig, CollectorConfig
+from cloud.db import DatabaseConfig
 from cloud.fleet import FleetStore
 from protocol import MAX_PAYLOAD_BYTES
 from protocol.backoff import BackoffConfig
@@ -48,9 +49,9 @@ def started(cfg: CollectorConfig, store: FleetStore) -> Collector:
 
 
 @pytest.fixture
-def rig(tmp_path):
+def rig(tmp_path, database_url):
     broker = start_broker(tmp_path, h.BROKER_CONF)
-    store = FleetStore(FleetStoreConfig(path=tmp_path / "fleet.db"))
+    store = FleetStore(DatabaseConfig(url=database_url))
     probe = MqttProbe(broker.port, "line-sim")
     assert not probe.connect().is_failure
     try:
@@ -70,7 +71,7 @@ def test_same_msg_id_twice_is_stored_once(rig):
             probe.publish(*h.wire(message))
         probe.publish(*h.wire(h.defect()), qos=0)  # QoS 0 is stored too (nothing to ack)
         h.wait_for(lambda: counter(store, "received") >= 4, WAIT_S, "4 deliveries")
-        assert sorted(h.stored_ids(store.path)) == sorted(
+        assert sorted(h.stored_ids(store.url)) == sorted(
             [first.msg_id, second.msg_id, *(e.msg_id for e in store.defect_events())]
         )
         assert counter(store, "duplicates") == 1
@@ -123,7 +124,7 @@ def test_committed_but_unacked_messages_come_back_and_are_not_stored_twice(
     collector = started(cfg, store)
     try:
         h.wait_for(lambda: counter(store, "duplicates") == 30, WAIT_S, "30 redelivered")
-        assert sorted(h.stored_ids(store.path)) == sorted(m.msg_id for m in messages)
+        assert sorted(h.stored_ids(store.url)) == sorted(m.msg_id for m in messages)
     finally:
         collector.stop()
     # Acknowledged this time: a third run gets nothing back.
@@ -131,7 +132,7 @@ def test_committed_but_unacked_messages_come_back_and_are_not_stored_twice(
     try:
         sentinel = h.metrics()
         probe.publish(*h.wire(sentinel))
-        h.wait_for(lambda: sentinel.msg_id in h.stored_ids(store.path), WAIT_S, "sentinel")
+        h.wait_for(lambda: sentinel.msg_id in h.stored_ids(store.url), WAIT_S, "sentinel")
         assert counter(store, "duplicates") == 30
     finally:
         collector.stop()
@@ -149,7 +150,7 @@ def test_reconnects_after_a_broker_restart(rig):
         assert not probe.connect().is_failure
         after = h.metrics()
         probe.publish(*h.wire(after))
-        h.wait_for(lambda: after.msg_id in h.stored_ids(store.path), WAIT_S, "stored after")
+        h.wait_for(lambda: after.msg_id in h.stored_ids(store.url), WAIT_S, "stored after")
         assert counter(store, "stored") == 2
     finally:
         probe.close()
@@ -198,10 +199,10 @@ _topics = st.sampled_from([
 
 
 @pytest.fixture(scope="module")
-def shared_rig(tmp_path_factory):
+def shared_rig(tmp_path_factory, module_database_url):
     tmp = tmp_path_factory.mktemp("fuzz")
     broker = start_broker(tmp, h.BROKER_CONF)
-    store = FleetStore(FleetStoreConfig(path=tmp / "fleet.db"))
+    store = FleetStore(DatabaseConfig(url=module_database_url))
     collector = started(collector_config(broker.port, "c-fuzz"), store)
     probe = MqttProbe(broker.port, "fuzzer")
     assert not probe.connect().is_failure
@@ -230,7 +231,7 @@ def test_generated_junk_is_quarantined_and_valid_messages_still_stored(shared_ri
                f"{total} deliveries")
     assert counter(store, "quarantined") == before["quarantined"] + len(junk)
     assert counter(store, "stored") == before["stored"] + valid
-    assert set(m.msg_id for m in messages) <= set(h.stored_ids(store.path))
+    assert set(m.msg_id for m in messages) <= set(h.stored_ids(store.url))
     assert collector.stats().connected
     # The writer's own stats are updated just after the commit the counters are part of.
     h.wait_for(lambda: collector.stats().writer.received == counter(store, "received"),
@@ -280,7 +281,7 @@ def test_retained_state_published_before_the_first_start_is_collected(rig):
         h.wait_for(lambda: (v := store.line("plant1", "line-4")) is not None
                    and v.online is False, WAIT_S, "the live status")
         # Through the shared and the state subscription, stored once.
-        assert sorted(h.stored_ids(store.path)) == sorted(
+        assert sorted(h.stored_ids(store.url)) == sorted(
             [status.msg_id, report.msg_id, later.msg_id])
     finally:
         collector.stop()

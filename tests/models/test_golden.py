@@ -194,3 +194,16 @@ def test_grey_golden_images_round_trip(tmp_path: Path) -> None:
     assert stored.shape == (50, 70)  # kept grey, lossless
     np.testing.assert_array_equal(stored, grey)
     assert verify_golden(bundle, OnnxDetector(bundle.model_path)).detections == 2
+
+
+@pytest.mark.parametrize(("a", "b", "expected"), [
+    ([0, 480, 106.5, 480], [0, 480, 106.5, 480], 1.0),   # flat against the border, found again
+    ([0, 480, 106.5, 480], [0, 479.2, 106.5, 480], 0.0),  # flat vs. a box: no overlap to measure
+    ([0, 0, 10, 10], [0, 0, 10, 10], 1.0),
+    ([0, 0, 10, 10], [5, 0, 15, 10], 1 / 3),
+])
+def test_iou_of_flat_boxes(a: list[float], b: list[float], expected: float) -> None:
+    from models.golden import _iou_xyxy
+
+    got = _iou_xyxy(np.asarray(a, np.float32), np.asarray([b], np.float32))
+    assert got[0] == pytest.approx(expected)
