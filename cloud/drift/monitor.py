@@ -59,6 +59,7 @@ logger = logging.getLogger(__name__)
 
 ReferenceSource = Callable[[ModelRef], DriftReference | None]
 PublishAlert = Callable[[AlertCommand], bool]
+# The retraining hook (cloud/retrain: `RetrainQueue.request_retrain("site/line", reason)`).
 RequestRetrain = Callable[[str, str], object]
 NO_STATION = "-"
 
@@ -240,7 +241,8 @@ class DriftMonitor:
         retrain = False
         if self._request_retrain is not None and self._cfg.request_retrain:
             try:
-                self._request_retrain(alert.line, f"drift alert {alert.alert_id}: {text}")
+                self._request_retrain(f"{alert.site}/{alert.line}",
+                                      f"drift alert {alert.alert_id}: {text}")
                 retrain = True
             except Exception:  # the hook is another component's: log, never lose the alert
                 logger.exception("drift: request_retrain failed for %s", alert.alert_id)
