@@ -33,6 +33,7 @@ from appliance.alarms import AlarmBook
 from appliance.capture import Frame, FrameSource, make_source
 from appliance.capture.probe import require_file_sources
 from appliance.config import ApplianceConfig, PipelineConfig
+from appliance.drift.alerts import AlertListener
 from appliance.drift.recorder import DriftRecorder
 from appliance.drift.wiring import start_drift
 from appliance.errors import ConfigError, EngineError, NoModelError, UpdateRejected
@@ -330,6 +331,9 @@ class App:
                     cfg.drift, site=cfg.site, line=cfg.line, store=self.store,
                     publish=self.telemetry.publish, current_model=lambda: pipeline.model,
                     add_listener=pipeline.add_listener, clock=self._clock)
+                # The cloud's alerts (cmd/alert, e.g. drift) become alarms on the panel.
+                self.telemetry.command_listeners.append(
+                    AlertListener(self.alarms.raise_alarm, site=cfg.site, line=cfg.line))
             self.panel = self._start_panel(self.store, self.pipeline, self.events, self.alarms)
             self.pipeline.start()
             self._behind = BehindMonitor(cfg.pipeline.behind, self.pipeline.stats,

@@ -21,6 +21,8 @@ from protocol.cliargs import HelpFormatter
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from cloud.config import CloudConfig
+
 
 def add_drift_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `drift` under the cloud's sub-commands."""
@@ -41,13 +43,11 @@ def add_drift_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
             p.add_argument("--by", required=True, help="who acknowledges (for the record)")
 
 
-def _engine(cfg: object) -> Engine:
-    from cloud.db import DatabaseConfig, open_engine, upgrade
+def _engine(cfg: CloudConfig) -> Engine:
+    from cloud.db import open_engine, upgrade
 
-    # The shared `database:` section (cloud/db); its defaults until the config has one.
-    db_cfg = getattr(cfg, "database", None) or DatabaseConfig()
-    engine = open_engine(db_cfg)
-    upgrade(engine, db_cfg)
+    engine = open_engine(cfg.database)
+    upgrade(engine, cfg.database)
     return engine
 
 
@@ -85,6 +85,11 @@ def run_drift(args: argparse.Namespace,
             return 1
         print(f"{found.alert_id} acknowledged by {found.acknowledged_by}")
         return 0
+    if request_retrain is None and drift_cfg.request_retrain:
+        from cloud.retrain.requests import RetrainQueue
+
+        request_retrain = RetrainQueue(engine, min_interval_h=cfg.retrain.min_interval_h
+                                       ).request_retrain
     references = BundleReferences(drift_cfg.bundles_dir)
     service = DriftService(drift_cfg, lambda publish: DriftMonitor(
         engine, drift_cfg, references=references, publish=publish,

@@ -78,7 +78,7 @@ def test_drift_from_line_reference_raises_one_alert(engine: Engine) -> None:
     cmd = rec.published[0]
     assert (cmd.site, cmd.line, cmd.code, cmd.station) == ("plant1", "line-3", "drift", "cam")
     assert cmd.channels[:2] and set(cmd.channels[:2]) == {"roi.std", "roi.hist3"}
-    assert len(rec.retrains) == 1 and rec.retrains[0][0] == "line-3"
+    assert len(rec.retrains) == 1 and rec.retrains[0][0] == "plant1/line-3"
     stored = DriftStore(mon.store.engine).alerts("plant1", "line-3")
     assert len(stored) == 1 and stored[0].published and stored[0].retrain_requested
     assert mon.counts["windows"] == 100
