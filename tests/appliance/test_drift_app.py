@@ -18,7 +18,7 @@ from protocol.drift import DriftSketchV2
 from protocol.topics import alert_command_topic
 from tests.mqtt_broker import MqttProbe, requires_mosquitto, start_broker
 
-pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(240), requires_mosquitto]
+pytestmark = [pytest.mark.mqtt, pytest.mark.slow, pytest.mark.timeout(240), requires_mosquitto]
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo" / "bundle"
 
