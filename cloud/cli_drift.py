@@ -44,11 +44,10 @@ def add_drift_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _engine(cfg: CloudConfig) -> Engine:
-    from cloud.db import open_engine, upgrade
+    # The one way a cloud process opens the database (migrates if migrate_on_start).
+    from cloud.datasets.service import open_database
 
-    engine = open_engine(cfg.database)
-    upgrade(engine, cfg.database)
-    return engine
+    return open_database(cfg)
 
 
 def run_drift(args: argparse.Namespace,

@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy import Engine
 from starlette.exceptions import StarletteDeprecationWarning
 
-from cloud.config import FleetStoreConfig
 from cloud.db import DatabaseConfig, open_engine, upgrade
 from cloud.drift.config import DriftConfig
 from cloud.drift.monitor import DriftMonitor
@@ -111,7 +110,7 @@ def test_bundle_reference_and_acknowledge(engine: Engine) -> None:
     assert len(rec.retrains) == 2
 
 
-def test_api_lists_and_acknowledges(engine: Engine, tmp_path) -> None:
+def test_api_lists_and_acknowledges(engine: Engine) -> None:
     rec = Recorder()
     ref = reference_from_signals(frames(800, seed=4), "bundle")
     mon = monitor(engine, rec, references=lambda model: ref)
@@ -119,7 +118,7 @@ def test_api_lists_and_acknowledges(engine: Engine, tmp_path) -> None:
         mon.ingest(m)
     from cloud.api import create_app
 
-    fleet = FleetStore(FleetStoreConfig(path=tmp_path / "fleet.db"))
+    fleet = FleetStore(DatabaseConfig(url=str(mon.store.engine.url)))
     try:
         app = create_app(fleet, "t" * 16, drift=DriftStore(mon.store.engine))
         client = TestClient(app, headers={"Authorization": "Bearer " + "t" * 16})
