@@ -147,8 +147,9 @@ def sharpness(grey: U8) -> float:
 
 def _charuco(board: BoardSpec) -> tuple[cv2.aruco.CharucoBoard, cv2.aruco.CharucoDetector]:
     dictionary = cv2.aruco.getPredefinedDictionary(getattr(cv2.aruco, board.aruco_dict))
-    charuco = cv2.aruco.CharucoBoard((board.cols, board.rows), board.square_mm,
-                                     board.marker_mm, dictionary)
+    marker_mm = board.marker_mm if board.marker_mm is not None else 0.75 * board.square_mm
+    charuco = cv2.aruco.CharucoBoard((board.cols, board.rows), board.square_mm, marker_mm,
+                                     dictionary)
     return charuco, cv2.aruco.CharucoDetector(charuco)
 
 

@@ -38,6 +38,7 @@ MAX_CAMERA_BYTES = 4 * 1024 * 1024
 
 Coefficient = Annotated[float, Field(ge=-1e3, le=1e3)]
 Pixels = Annotated[float, Field(ge=0.0, le=1e5)]
+Side = Annotated[int, Field(ge=1, le=65_535)]
 
 
 class _Frozen(BaseModel):
@@ -59,13 +60,13 @@ class CameraCalibration(_Frozen):
     RMS reprojection error; `sha256` the content hash (see module doc).
     """
 
-    format: Literal["lineguard.camera/1"] = CAMERA_FORMAT
+    format: Literal["lineguard.camera/1"] = "lineguard.camera/1"
     fx: float = Field(gt=0.0, le=1e6)
     fy: float = Field(gt=0.0, le=1e6)
     cx: Pixels
     cy: Pixels
     dist: tuple[Coefficient, Coefficient, Coefficient, Coefficient, Coefficient]
-    image_size: tuple[Annotated[int, Field(ge=1, le=65_535)], Annotated[int, Field(ge=1, le=65_535)]]
+    image_size: tuple[Side, Side]
     rms_px: float = Field(ge=0.0, le=1e6)
     board: str = Field(default="", max_length=256)
     square_mm: float | None = Field(default=None, gt=0.0, le=1e4)
@@ -139,7 +140,8 @@ def load_camera(path: Path) -> CameraCalibration:
         with Path(path).open("rb") as fh:
             raw = fh.read(MAX_CAMERA_BYTES + 1)
     except OSError as exc:
-        raise CalibrationError(f"cannot read camera calibration {path}: {exc.strerror or exc}") from None
+        raise CalibrationError(
+            f"cannot read camera calibration {path}: {exc.strerror or exc}") from None
     if len(raw) > MAX_CAMERA_BYTES:
         raise CalibrationError(f"{path}: larger than {MAX_CAMERA_BYTES} bytes")
     return parse_camera(raw.decode("utf-8", errors="replace"), str(path))

@@ -65,7 +65,9 @@ class ScaleMeasurement:
     corners: int
 
 
-def _undistort(points: npt.NDArray[np.float32], camera: CameraCalibration) -> npt.NDArray[np.float64]:
+def _undistort(
+    points: npt.NDArray[np.float32], camera: CameraCalibration
+) -> npt.NDArray[np.float64]:
     criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
     out = cv2.undistortPoints(points.reshape(-1, 1, 2).astype(np.float64), camera.matrix,
                               camera.dist_array, P=camera.matrix, criteria=criteria)
@@ -127,13 +129,12 @@ def measure_scale(
         raise CalibrationError(
             f"{name}: the board is tilted {tilt:.1f} degrees from the image plane (max "
             f"{MAX_TILT_DEG:g}); lay it flat on the conveyor for the scale")
-    if camera_height_mm is not None:
-        if abs(distance / camera_height_mm - 1) > MAX_HEIGHT_MISMATCH:
-            implied = board.square_mm * camera_height_mm / distance
-            raise CalibrationError(
-                f"{name}: the board appears {distance:.1f} mm from the camera but the camera "
-                f"height is {camera_height_mm:g} mm: --square-mm {board.square_mm:g} is "
-                f"probably wrong (the views fit {implied:.2f} mm squares)")
+    if camera_height_mm is not None and abs(distance / camera_height_mm - 1) > MAX_HEIGHT_MISMATCH:
+        implied = board.square_mm * camera_height_mm / distance
+        raise CalibrationError(
+            f"{name}: the board appears {distance:.1f} mm from the camera but the camera "
+            f"height is {camera_height_mm:g} mm: --square-mm {board.square_mm:g} is "
+            f"probably wrong (the views fit {implied:.2f} mm squares)")
     scale = Scale(mm_per_px_x=board.square_mm / pitch_x, mm_per_px_y=board.square_mm / pitch_y)
     return ScaleMeasurement(scale, distance, tilt, len(obj))
 

@@ -53,7 +53,7 @@ class PinholeCamera:
     height_px: int = 480
 
     def __post_init__(self) -> None:
-        if self.width_px < 64 or self.height_px < 64 or self.width_px > 8192 or self.height_px > 8192:
+        if not (64 <= self.width_px <= 8192 and 64 <= self.height_px <= 8192):
             raise ConfigError("linesim: image size must be 64..8192 px per side")
         if not (0 < self.fx < 1e5 and 0 < self.fy < 1e5):
             raise ConfigError("linesim: fx and fy must be > 0")
@@ -120,7 +120,8 @@ class BoardSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in {"chessboard", "charuco"}:
-            raise ConfigError(f"linesim: board kind must be chessboard or charuco, not {self.kind!r}")
+            raise ConfigError(
+                f"linesim: board kind must be chessboard or charuco, not {self.kind!r}")
         if not (2 <= self.cols <= 40 and 2 <= self.rows <= 40):
             raise ConfigError("linesim: board needs 2..40 inner corners per side")
         if not (0 < self.square_mm <= 1000):
@@ -157,8 +158,9 @@ class BoardSpec:
             cells = ((ii + jj) % 2 == 0).astype(np.uint8) * 255
             inner = 255 - np.kron(cells, np.ones((sq, sq), np.uint8))
         m = round(margin * ppmm)
-        return np.asarray(cv2.copyMakeBorder(inner, m, m, m, m, cv2.BORDER_CONSTANT,
-                                             value=255), np.uint8), ppmm
+        bordered: U8 = np.asarray(
+            cv2.copyMakeBorder(inner, m, m, m, m, cv2.BORDER_CONSTANT, value=255), np.uint8)
+        return bordered, ppmm
 
 
 def _rotation(rx_deg: float, ry_deg: float, rz_deg: float) -> F64:
@@ -203,7 +205,8 @@ def render_plane(camera: PinholeCamera, board: BoardSpec, rot: F64, t_mm: F64,
     big = np.where(inside, sampled, big_bg).astype(np.float32)
     small = cv2.resize(big, (camera.width_px, camera.height_px), interpolation=cv2.INTER_AREA)
     small = small * 0.8 + 25.0 + rng.normal(0.0, noise_sigma, small.shape)
-    return np.clip(np.rint(small), 0, 255).astype(np.uint8)
+    out: U8 = np.clip(np.rint(small), 0, 255).astype(np.uint8)
+    return out
 
 
 @dataclass(frozen=True)
