@@ -1,20 +1,26 @@
 """Decision thresholds chosen from data for a target miss rate. Pure numpy/scipy.
 
-A *part* is one image of the validation set. For a class c (or for "any defect" when
-one threshold serves every class) a part is *defective* when its labels hold a box of
-c, and *good* when its labels hold no box at all. Its *score* is the highest score of
-a detection of c (any class, for "any defect") the model reports for it, 0 when none;
-the judge fails a part when a score is strictly above the threshold.
+A *part* is one image of the validation set; its *score* for a class is the highest
+score of a detection of that class the model reports for it (0 when none); the judge
+fails a part when a score is strictly above the threshold.
+
+- One threshold for every class: a part is *defective* when its labels hold any box,
+  *good* when they hold none; its score is its highest score of any class.
+- One threshold per class c: a part is defective for c when its labels hold a box of
+  c, and a *negative* for c otherwise (a defect-free part, or one with other defects
+  only); its score is its class-c score. A negative above the threshold is a false
+  alarm of c: a false reject when the part is good.
 
 - miss rate(t) = defective parts with score <= t / defective parts
-- false-reject rate(t) = good parts with score > t / good parts
+- false-reject rate(t) = negatives with score > t / negatives
 
 The chosen threshold is the highest t (fewest false rejects) whose miss rate on the
 set is at most the target: with n defective parts sorted by score s_1 <= ... <= s_n
 and k = floor(target * n) misses allowed, t is the float32 just below s_(k+1). The
 miss rate's 95% Clopper-Pearson interval says what the set supports; a set with
 fewer than ``ceil(3 / target)`` defective parts of a class cannot show the target
-even with no miss at all (rule of three), so it is refused, saying how many it needs.
+even with no miss at all (rule of three), so it is refused, saying how many it needs;
+so is a set of one kind of part only (no negatives, or no defects).
 """
 
 from __future__ import annotations
@@ -52,7 +58,8 @@ F64 = npt.NDArray[np.float64]
 @dataclass(frozen=True)
 class PartScores:
     """Per part: the scores of one class (or any defect), and which parts are
-    defective for it and which are good (defect-free). Arrays of equal length."""
+    defective for it and which are its negatives (`good`: not defective for it).
+    Arrays of equal length."""
 
     name: str
     scores: F64
@@ -79,12 +86,14 @@ def part_scores(
         matrix[i] = np.asarray(scores, np.float64)
         present[i, np.asarray(labels, np.int64)] = True
     any_defect: npt.NDArray[np.bool_] = np.asarray(present.any(axis=1), bool)
-    good: npt.NDArray[np.bool_] = ~any_defect
     if not per_class:
         best: F64 = matrix.max(axis=1) if nc else np.zeros(n)
-        return [PartScores(ANY_DEFECT, best, any_defect, good)]
-    return [PartScores(name, matrix[:, c], np.asarray(present[:, c], bool), good)
-            for c, name in enumerate(classes)]
+        return [PartScores(ANY_DEFECT, best, any_defect, ~any_defect)]
+    out = []
+    for c, name in enumerate(classes):
+        has_c: npt.NDArray[np.bool_] = np.asarray(present[:, c], bool)
+        out.append(PartScores(name, matrix[:, c], has_c, ~has_c))
+    return out
 
 
 def required_defects(target_miss_rate: float) -> int:
@@ -136,8 +145,12 @@ def choose_threshold(part: PartScores, target_miss_rate: float) -> ClassThreshol
     n_good = int(part.good.sum())
     if n_good == 0:
         raise ThresholdError(
-            f"{part.name}: the set holds only defective parts (no defect-free image), so "
-            "false rejects cannot be measured; add good parts")
+            f"{part.name}: every part of the set is defective (a set of one kind only), so "
+            "false rejects cannot be measured; add defect-free parts (or use --per-class)")
+    if n_def == 0:
+        raise ThresholdError(
+            f"{part.name}: the set holds no defective part (a set of one kind only); "
+            f"need at least {required_defects(target_miss_rate)}")
     need = required_defects(target_miss_rate)
     if n_def < need:
         raise ThresholdError(
