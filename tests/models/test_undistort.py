@@ -119,7 +119,7 @@ def test_shipped_calibration_must_match_the_spec(undistorting_bundle: Path,
     shutil.copytree(undistorting_bundle, root)
     (root / CAMERA_FILE).write_text(OTHER.to_json())
     resign_bundle(root)
-    with pytest.raises(BundleIntegrityError, match="preprocess.undistort_calibration names"):
+    with pytest.raises(BundleIntegrityError, match=r"preprocess\.undistort_calibration names"):
         bundle_undistorter(load_bundle(root))
     edited = json.loads(CAMERA.to_json())
     edited["fx"] = 701.0  # edited without a new hash

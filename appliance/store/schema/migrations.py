@@ -194,6 +194,13 @@ def _v6_capture_marks_run_state(db: Database) -> None:
     )
 
 
+def _v11_defect_sizes_mm(db: Database) -> None:
+    """A defect's box size on the part plane in mm (`width_mm`, `height_mm`), from the
+    station's calibrated scale; NULL where the station has none (and for older rows)."""
+    db.execute("ALTER TABLE defects ADD COLUMN width_mm REAL CHECK (width_mm >= 0)")
+    db.execute("ALTER TABLE defects ADD COLUMN height_mm REAL CHECK (height_mm >= 0)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_inspections_defects_events,
     _v2_images,
@@ -201,6 +208,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v4_inspections_seq,
     _v5_annotated_images_part_index,
     _v6_capture_marks_run_state,
+    _v11_defect_sizes_mm,  # pre-assigned v11 (calibration); appended last, renumbered on merge
 )
 
 
