@@ -29,8 +29,8 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "MIN_EDGE_SHARPNESS",
     "MIN_SHARPNESS",
+    "BoardDetection",
     "BoardSpec",
-    "Detection",
     "calibrate_camera",
     "edge_sharpness",
     "find_board",
@@ -116,7 +116,7 @@ def parse_board(text: str, square_mm: float, marker_mm: float | None = None,
 
 
 @dataclass(frozen=True)
-class Detection:
+class BoardDetection:
     """Board corners found in one view: image points [N, 2] px, object points [N, 3] mm."""
 
     image_points: F32
@@ -174,7 +174,7 @@ def _charuco(board: BoardSpec) -> tuple[cv2.aruco.CharucoBoard, cv2.aruco.Charuc
     return charuco, cv2.aruco.CharucoDetector(charuco)
 
 
-def find_board(grey: U8, board: BoardSpec, min_fraction: float = 0.5) -> Detection | None:
+def find_board(grey: U8, board: BoardSpec, min_fraction: float = 0.5) -> BoardDetection | None:
     """Board corners in `grey`, or None when the (full) board is not found.
 
     A chessboard must be found whole; a ChArUco board may be partly hidden, but at
@@ -185,13 +185,13 @@ def find_board(grey: U8, board: BoardSpec, min_fraction: float = 0.5) -> Detecti
         ok, corners = cv2.findChessboardCornersSB(grey, (board.cols, board.rows), flags=flags)
         if not ok or corners is None:
             return None
-        return Detection(np.asarray(corners, np.float32).reshape(-1, 2), board.object_points())
+        return BoardDetection(np.asarray(corners, np.float32).reshape(-1, 2), board.object_points())
     charuco, detector = _charuco(board)
     corners, ids, _, _ = detector.detectBoard(grey)
     if ids is None or corners is None or len(ids) < max(4, min_fraction * board.corner_count):
         return None
     all_points = np.asarray(charuco.getChessboardCorners(), np.float32).reshape(-1, 3)
-    return Detection(np.asarray(corners, np.float32).reshape(-1, 2),
+    return BoardDetection(np.asarray(corners, np.float32).reshape(-1, 2),
                      all_points[np.asarray(ids).ravel()])
 
 
@@ -227,7 +227,7 @@ def calibrate_camera(
         raise CalibrationError("no calibration images given")
     size: tuple[int, int] | None = None
     first = ""
-    found: list[tuple[str, Detection]] = []
+    found: list[tuple[str, BoardDetection]] = []
     for path in images:
         grey = read_grey(path)
         wh = (int(grey.shape[1]), int(grey.shape[0]))

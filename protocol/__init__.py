@@ -15,7 +15,7 @@ on its own, so `import protocol` does not load paho).
 
 from protocol.codec import MAX_PAYLOAD_BYTES, Outgoing, decode, encode, prepare, topic_of
 from protocol.commands import RollbackCommand, UpdateCommand
-from protocol.defect import DefectEvent, Detection
+from protocol.defect import DefectEvent, DefectEventV1, Detection, SizedDetection
 from protocol.drift import BrightnessHistogram, ChannelStats, DriftSketch, SharpnessStats
 from protocol.envelope import Envelope
 from protocol.errors import (
@@ -71,6 +71,7 @@ __all__ = [
     "BrightnessHistogram",
     "ChannelStats",
     "DefectEvent",
+    "DefectEventV1",
     "Detection",
     "DiskUsage",
     "DriftSketch",
@@ -91,6 +92,7 @@ __all__ = [
     "QueueName",
     "RollbackCommand",
     "SharpnessStats",
+    "SizedDetection",
     "StatusMessage",
     "TopicKind",
     "TopicMismatch",

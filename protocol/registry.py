@@ -11,7 +11,7 @@ from types import MappingProxyType
 from typing import Final
 
 from protocol.commands import RollbackCommand, UpdateCommand
-from protocol.defect import DefectEvent
+from protocol.defect import DefectEvent, DefectEventV1
 from protocol.drift import DriftSketch
 from protocol.metrics import MetricsMessage, MetricsMessageV1
 from protocol.model_report import ModelReport
@@ -22,6 +22,7 @@ Message = (
     | MetricsMessage
     | MetricsMessageV1
     | DefectEvent
+    | DefectEventV1
     | DriftSketch
     | ModelReport
     | UpdateCommand
@@ -33,6 +34,7 @@ MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
     MetricsMessage,
     MetricsMessageV1,
     DefectEvent,
+    DefectEventV1,
     DriftSketch,
     ModelReport,
     UpdateCommand,
@@ -40,7 +42,7 @@ MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
 )
 
 
-LEGACY_TYPES: Final[tuple[type[Message], ...]] = (MetricsMessageV1,)
+LEGACY_TYPES: Final[tuple[type[Message], ...]] = (MetricsMessageV1, DefectEventV1)
 """Older versions consumers still read and lines no longer send (kept while outboxes of
 older lines may hold them)."""
 
