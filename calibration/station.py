@@ -28,23 +28,24 @@ MmPerPx = Annotated[float, Field(gt=0.0, le=1e4)]
 
 
 class StationCalibrationConfig(BaseModel):
-    """`stations[].calibration`: the station camera's calibration and scale.
+    """A station camera's calibration and scale (see docs/calibration.md)."""
 
-    `camera_json`: the camera.json of this station's camera (`lineguard calibration
-    camera`); a bundle that undistorts runs only where this has its calibration hash.
-    `mm_per_px_xy`: mm per pixel on the part plane, x and y (`lineguard calibration
-    scale`). `roi_mm_xywh`: the station's ROI in mm from the frame's top-left (instead
-    of `roi_xywh` in pixels). `min_defect_mm`: per class, the smallest defect that
-    fails a part, as the longer side of its box in mm (smaller ones are ignored).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False,
+                              use_attribute_docstrings=True)
 
     camera_json: Path | None = None
+    """The camera.json of this station's camera (`lineguard calibration camera`); a
+    bundle that undistorts runs only where this has the calibration hash it names."""
     mm_per_px_xy: tuple[MmPerPx, MmPerPx] | None = None
+    """Millimetres per pixel on the part plane, x and y (`lineguard calibration scale`):
+    defect sizes in mm appear in verdicts, the store and `events/defect`."""
     roi_mm_xywh: tuple[Millimetres, Millimetres, Millimetres, Millimetres] | None = None
+    """The station's ROI in mm (x, y from the frame's top-left, width, height), instead
+    of `roi_xywh` in pixels; needs `mm_per_px_xy`."""
     min_defect_mm: dict[Annotated[str, Field(min_length=1, max_length=128)], Millimetres] = \
         Field(default_factory=dict, max_length=1000)
+    """Per class name, the smallest defect that fails a part: the longer side of its box
+    in mm (smaller detections are ignored); needs `mm_per_px_xy`."""
 
     @model_validator(mode="after")
     def _needs_scale(self) -> StationCalibrationConfig:
