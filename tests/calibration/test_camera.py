@@ -34,6 +34,7 @@ def _undistorted_corner_rms(camera: CameraCalibration, truth: dict[str, Any]) ->
     return float(np.sqrt(((found - ideal) ** 2).sum(axis=1).mean()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("views", "board"), [
     ("chessboard_views", "chessboard:9x6"),
     ("charuco_views", "charuco:10x7"),

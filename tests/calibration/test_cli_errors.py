@@ -92,6 +92,7 @@ CAMERA_CASES: dict[str, tuple[Callable[[Views, Path], list[str]], str]] = {
 }
 
 
+@pytest.mark.slow  # renders a set of views once (a few seconds)
 @pytest.mark.parametrize("case", sorted(CAMERA_CASES))
 def test_bad_camera_input_is_one_line_and_exit_2(
     case: str, chessboard_views: Views, tmp_path: Path, capsys: pytest.CaptureFixture[str]
