@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--report", type=Path, default=None,
                     help="report folder (default: OUT.report beside the bundle)")
     th.add_argument("--batch", type=positive_int, default=8, help="inference batch size")
-    th.add_argument("--providers", type=comma_list, default=None,
+    th.add_argument("--providers", type=comma_list, default=None, metavar="NAME[,NAME...]",
                     help="ONNX Runtime providers, e.g. cuda,cpu (default: best available)")
     add_logging_arguments(th, default_level="warning")
     return parser
