@@ -31,7 +31,8 @@ from linesim.dataset import export_yolo
 from models.bundle import load_bundle
 from tests.cloud.registry.helpers import DEMO_WEIGHTS, migrated_engine
 
-pytestmark = pytest.mark.slow
+# Minutes on a busy 2-core machine (seconds per epoch alone); the suite default is 600 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 IMGSZ = 160
 TRAINING = TrainingDefaults(epochs=3, imgsz=IMGSZ, batch=16, lr0=0.0005, warmup_epochs=0.0,
