@@ -36,11 +36,21 @@ def epoch_callback(say: Callable[[str], None],
                    clock: Callable[[], float] = time.monotonic) -> Callable[[Any], None]:
     """An `on_fit_epoch_end` callback that reports each epoch through `say`."""
     start = clock()
+    reported: set[int] = set()
 
     def on_fit_epoch_end(trainer: Any) -> None:
         try:
-            line = epoch_line(int(trainer.epoch) + 1, int(trainer.epochs), clock() - start,
-                              _losses(trainer), _map50(trainer))
+            epoch, total = int(trainer.epoch) + 1, int(trainer.epochs)
+            if epoch in reported or epoch > total:
+                # Ultralytics fires the event once more for its final validation of the
+                # best weights.
+                map50 = _map50(trainer)
+                if map50 is not None:
+                    say(f"best weights: val mAP50 {map50:.3f}")
+                return
+            reported.add(epoch)
+            line = epoch_line(epoch, total, clock() - start, _losses(trainer),
+                              _map50(trainer))
         except (AttributeError, TypeError, ValueError) as e:
             # A trainer of another Ultralytics version: lose the line, not the training.
             logger.warning("no progress line for this epoch: %s", e)
