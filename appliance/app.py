@@ -28,10 +28,19 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from appliance.alarm_rules import AlarmInputs, AlarmMonitor, alarm_inputs
+from appliance.alarms import AlarmBook
 from appliance.capture import Frame, FrameSource, make_source
 from appliance.capture.probe import require_file_sources
 from appliance.config import ApplianceConfig, PipelineConfig
-from appliance.errors import ConfigError, EngineError, NoModelError
+from appliance.drift.alerts import AlertListener
+from appliance.drift.recorder import DriftRecorder
+from appliance.drift.wiring import start_drift
+from appliance.errors import ConfigError, EngineError, NoModelError, UpdateRejected
+from appliance.labels import LabelBook
+from appliance.panel.metrics import PrometheusExporter, state_from_app
+from appliance.panel.ports import NoRollback, RollbackControl, RollbackUnavailable
+from appliance.panel.service import Panel
 from appliance.pipeline.batcher import DynamicBatcher
 from appliance.pipeline.behind import BehindMonitor
 from appliance.pipeline.cpu import CpuMeter
@@ -53,15 +62,24 @@ from appliance.pipeline.preprocess_stage import PreprocessStage
 from appliance.pipeline.slot import ModelSlot
 from appliance.pipeline.source_stage import FrameBudget, SourceStage, Station, StationsDone
 from appliance.pipeline.stats import PipelineStats, VerdictCounters
+from appliance.pipeline.thresholds import ThresholdOverrides
 from appliance.pipeline.verdicts import VerdictBook
 from appliance.readiness import Readiness, readiness_of
 from appliance.records import EventRecord, EventValue, InspectionRecord, Severity
 from appliance.records import UninspectedReason as Reason
 from appliance.store import Store
 from appliance.telemetry import Telemetry, TelemetryError, pipeline_gauges
+from appliance.telemetry.messages import model_ref_from_version_id
+from appliance.updater.panel_control import AgentRollback
+from appliance.updater.service import Updates
+from appliance.uploads.service import Uploads
+from appliance.uploads.wiring import start_uploads
+from appliance.users import UserBook
+from appliance.watchdog import Notifier, Progress, Watchdog
 from models.bundle import Bundle, open_bundle
 from models.errors import ModelError
 from protocol.app_version import app_version
+from protocol.model_report import UpdateProgress
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +103,7 @@ def build_pipeline(
     events: Events | None = None,
     on_captured: Callable[[Frame], None] | None = None,
     withhold_pass: Callable[[], Reason | None] | None = None,
+    thresholds: ThresholdOverrides | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Pipeline:
     """Compose the frame path (see the module docstring) for `stations`, judged by
@@ -92,7 +111,8 @@ def build_pipeline(
     its verdicts going to `store`; `max_frames` stops the sources after that many
     frames in all; `on_captured(frame)` is told of every frame before it can get a verdict
     (the store's captured high-water mark); while `withhold_pass()` names a reason, a
-    `pass` is recorded as `uninspected: <reason>` (the store cannot commit). Raises
+    `pass` is recorded as `uninspected: <reason>` (the store cannot commit);
+    `thresholds` are the engineer's per-class overrides (the panel). Raises
     ValueError without stations."""
     if not stations:
         raise ValueError("a pipeline needs at least one station")
@@ -140,7 +160,8 @@ def build_pipeline(
     infer_finished = threading.Event()
     post = PostprocessStage(inbox=Inbox[Batch](cfg.post_queue_batches), book=book,
                             health=health, upstream_finished=infer_finished, abort=abort,
-                            keep_images=cfg.keep_images, cpu=cpu, clock=clock)
+                            keep_images=cfg.keep_images, cpu=cpu, clock=clock,
+                            thresholds=thresholds)
     post_outbox: Outbox[Batch] = post.inbox if mode == "worker" else Inline(post.finish_batch)
     infer = InferStage(inbox=batcher, outbox=post_outbox, engine=engine, slot=slot, book=book,
                        events=events, health=health, draining=draining, abort=abort,
@@ -198,7 +219,8 @@ class App:
     (see `Pipeline.add_listener`); `require_model` says whether a bundle that cannot
     load is an error at start (`NoModelError`) or a run of `uninspected: no_model` with
     the `no_model` alarm (None: as the config says, `model.allow_start_without_model`);
-    `detector_factory` is the seam in front of ONNX Runtime."""
+    `detector_factory` is the seam in front of ONNX Runtime; `rollback` is the panel's
+    rollback control (the updater's; None: there is no previous bundle)."""
 
     def __init__(
         self,
@@ -209,6 +231,7 @@ class App:
         listeners: Sequence[Callable[[InspectionRecord], None]] = (),
         require_model: bool | None = None,
         detector_factory: DetectorFactory = default_detector_factory,
+        rollback: RollbackControl | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         unknown = sorted(set(sources or {}) - {s.name for s in cfg.stations})
@@ -227,7 +250,18 @@ class App:
         self.events: Events | None = None
         self.telemetry: Telemetry | None = None
         self.pipeline: Pipeline | None = None
+        self.panel: Panel | None = None
+        self.thresholds = ThresholdOverrides(cfg.thresholds_file)
+        self._rollback = rollback
         self._behind: BehindMonitor | None = None
+        self.alarms: AlarmBook | None = None
+        """The alarm book (the panel's alarms), set while started."""
+        self._alarm_rules: AlarmMonitor | None = None
+        self.updates: Updates | None = None
+        self._watchdog: Watchdog | None = None
+        self._drift: DriftRecorder | None = None
+        self.uploads: Uploads | None = None
+        """Sample uploads to the cloud (appliance/uploads/), set while started."""
         self._started_at = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -251,6 +285,11 @@ class App:
             self._event("appliance_start", "info", "app",
                         f"appliance {cfg.site}/{cfg.line} starting", site=cfg.site,
                         line=cfg.line, stations=len(cfg.stations))
+            if cfg.updates is not None and cfg.updates.enabled:
+                self.updates = Updates(cfg.updates, cfg.updates_dir, site=cfg.site,
+                                       line=cfg.line,
+                                       max_unpacked_bytes=cfg.model.max_unpacked_bytes)
+                self.updates.open()
             model = self._load_model(cfg.model.bundle)
             stations = [
                 Station(
@@ -269,7 +308,7 @@ class App:
                                            events=self.events,
                                            on_captured=self._note_captured(self.store),
                                            withhold_pass=self._store_full(self.store),
-                                           clock=self._clock)
+                                           thresholds=self.thresholds, clock=self._clock)
             if model is not None:
                 self._event("model_change", "info", "engine",
                             f"model {model.version_id} active at start", previous=None,
@@ -277,15 +316,52 @@ class App:
                             providers=",".join(model.info.providers))
             for listener in self._listeners:
                 self.pipeline.add_listener(listener)
+            self.alarms = AlarmBook(self.store, clock=self._clock)
+            self.uploads = start_uploads(cfg.uploads, self.store, self.alarms,
+                                         site=cfg.site, line=cfg.line,
+                                         data_dir=cfg.data_dir, model=self._current_model,
+                                         add_listener=self.pipeline.add_listener,
+                                         clock=self._clock)
             self.telemetry = self._start_telemetry(self.store)
             if self.telemetry is not None:
                 self.telemetry.attach(self.pipeline)
                 self._count_crash_gaps(self.telemetry, self.store)
+                pipeline = self.pipeline
+                self._drift = start_drift(
+                    cfg.drift, site=cfg.site, line=cfg.line, store=self.store,
+                    publish=self.telemetry.publish, current_model=lambda: pipeline.model,
+                    add_listener=pipeline.add_listener, clock=self._clock)
+                # The cloud's alerts (cmd/alert, e.g. drift) become alarms on the panel.
+                self.telemetry.command_listeners.append(
+                    AlertListener(self.alarms.raise_alarm, site=cfg.site, line=cfg.line))
+            self.panel = self._start_panel(self.store, self.pipeline, self.events, self.alarms)
             self.pipeline.start()
             self._behind = BehindMonitor(cfg.pipeline.behind, self.pipeline.stats,
                                          self.events, clock=self._clock)
             self._behind.start()
+            self._alarm_rules = AlarmMonitor(cfg.alarms, self.alarms, self._alarm_inputs)
+            self._alarm_rules.start()
+            if self.updates is not None:
+                self.updates.start_agent(self.pipeline, self.engine, self.events,
+                                         roi_of={s.name: s.roi_xywh for s in cfg.stations},
+                                         report=self._report_model)
+                if self.telemetry is not None:
+                    self.telemetry.command_listeners.append(self.updates.on_command)
+            self._watchdog = Watchdog(Notifier(), self._progress)
+            self._watchdog.start()
         except BaseException:
+            if self._alarm_rules is not None:
+                self._alarm_rules.stop()
+                self._alarm_rules = None
+            if self.panel is not None:
+                self.panel.stop()
+                self.panel = None
+            if self.updates is not None:
+                self.updates.stop()
+                self.updates = None
+            if self.uploads is not None:
+                self.uploads.stop()
+                self.uploads = None
             if self.telemetry is not None:
                 self.telemetry.stop()
                 self.telemetry = None
@@ -293,6 +369,9 @@ class App:
             self.store = None
             raise
         return self.pipeline
+
+    def _current_model(self) -> LoadedModel | None:
+        return self.pipeline.model if self.pipeline is not None else None
 
     @staticmethod
     def _note_captured(store: Store) -> Callable[[Frame], None]:
@@ -305,6 +384,18 @@ class App:
         def withhold() -> Reason | None:
             return Reason.STORE_FULL if store.unwritable else None
         return withhold
+
+    def _progress(self) -> Progress:
+        pipeline, store = self.pipeline, self.store
+        if pipeline is None or store is None:
+            return Progress(0, 0, 0)
+        return Progress(pipeline.book.delivered, store.stats().committed, pipeline.book.pending)
+
+    def _report_model(self, current: str | None, previous: str | None,
+                      update: UpdateProgress | None) -> None:
+        if self.telemetry is not None:
+            self.telemetry.publish_model(model_ref_from_version_id(current),
+                                         model_ref_from_version_id(previous), update)
 
     def _start_telemetry(self, store: Store) -> Telemetry | None:
         """MQTT telemetry when configured. A telemetry that cannot start (outbox or TLS
@@ -324,6 +415,37 @@ class App:
             return None
         return telemetry
 
+    def _start_panel(self, store: Store, pipeline: Pipeline, events: Events,
+                     alarms: AlarmBook) -> Panel | None:
+        """The operator panel when configured (served until `stop`)."""
+        cfg = self.cfg
+        if cfg.panel is None:
+            return None
+        def classes() -> tuple[str, ...]:  # the active model's, after a hot swap too
+            model = pipeline.model
+            return model.info.classes if model is not None else ()
+        exporter = PrometheusExporter(lambda: state_from_app(self))
+        pipeline.add_listener(exporter.observe)
+        panel = Panel(cfg.panel, pipeline=pipeline, db_path=cfg.store.path,
+                      images_dir=cfg.store.images.dir,
+                      stations=tuple(s.name for s in cfg.stations), users=UserBook(store),
+                      alarms=alarms, labels=LabelBook(store, classes, clock=self._clock),
+                      exporter=exporter,
+                      readiness=self.readiness, thresholds=self.thresholds,
+                      rollback=self._panel_rollback(), record_event=events.record,
+                      clock=self._clock)
+        panel.start()
+        return panel
+
+    def _panel_rollback(self) -> RollbackControl:
+        """The panel's rollback control: the one given, else the update agent's when
+        updates are configured, else none (no previous bundle)."""
+        if self._rollback is not None:
+            return self._rollback
+        if self.cfg.updates is not None and self.cfg.updates.enabled:
+            return AgentRollback(lambda: self.updates, RollbackUnavailable)
+        return NoRollback()
+
     def _count_crash_gaps(self, telemetry: Telemetry, store: Store) -> None:
         """The parts a killed run left without a verdict (recorded at open as
         `uninspected: crash`) count in the first telemetry window of this run."""
@@ -338,10 +460,15 @@ class App:
 
     def _load_model(self, path: Path) -> LoadedModel | None:
         try:
+            if self.updates is not None and self.events is not None:
+                return self.updates.load_model(
+                    self.engine, lambda: open_model_bundle(path, self.cfg.bundles_dir,
+                                                           self.cfg.model.max_unpacked_bytes),
+                    events=self.events, verify=self.cfg.model.verify_golden)
             bundle = open_model_bundle(path, self.cfg.bundles_dir,
                                        self.cfg.model.max_unpacked_bytes)
             return self.engine.load(bundle, verify=self.cfg.model.verify_golden)
-        except (ModelError, EngineError) as e:
+        except (ModelError, EngineError, UpdateRejected) as e:
             if self._require_model:
                 raise NoModelError(
                     f"cannot load model bundle {path}: {e}. A line without a model cannot "
@@ -357,13 +484,31 @@ class App:
 
     def stop(self, timeout_s: float | None = None) -> None:
         """Stop the pipeline (drain), then flush and close the store. Idempotent."""
+        if self._alarm_rules is not None:
+            self._alarm_rules.stop()
+            self._alarm_rules = None
+        if self._watchdog is not None:
+            self._watchdog.stopping()
+            self._watchdog = None
+        if self.updates is not None:
+            self.updates.stop()
+            self.updates = None
         if self._behind is not None:
             self._behind.stop()
         if self.pipeline is not None:
             self.pipeline.stop(timeout_s)
+        if self._drift is not None:
+            self._drift.stop()  # saves the open windows while the store is still up
+            self._drift = None
         if self.telemetry is not None:
             self.telemetry.stop()
             self.telemetry = None
+        if self.panel is not None:
+            self.panel.stop()
+            self.panel = None
+        if self.uploads is not None:
+            self.uploads.stop()
+            self.uploads = None
         if self.store is not None:
             self._event("appliance_stop", "info", "app", "appliance stopped")
             self.store.stop()
@@ -394,6 +539,13 @@ class App:
             return Readiness(ready=False, reasons=("not_started",))
         return readiness_of(self.pipeline.stats(),
                             store_unwritable=self.store is not None and self.store.unwritable)
+
+    def _alarm_inputs(self) -> AlarmInputs | None:
+        """What the alarm rules look at now (None while not running)."""
+        if self.pipeline is None or self.store is None:
+            return None
+        telemetry = self.telemetry.stats() if self.telemetry is not None else None
+        return alarm_inputs(self.stats(), self.store, self.cfg.engine, telemetry)
 
     def _event(self, kind: str, severity: Severity, source: str, message: str,
                **data: EventValue) -> None:

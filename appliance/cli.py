@@ -3,8 +3,11 @@
     lineguard appliance check-config [--config FILE] [--print] [--skip-model]
                                      [--skip-sources] [--source-timeout-ms MS]
     lineguard appliance config-reference
+    lineguard appliance rollback [--config FILE] [--to VERSION]  (see appliance/cli_rollback.py)
     lineguard appliance report [--since 1h|all] [--json]      (see appliance/cli_report.py)
     lineguard appliance show PART_OR_FRAME [--out FILE] [--json]
+    lineguard appliance user add|passwd|remove|list ...        (see appliance/cli_users.py)
+    lineguard appliance export-labels DIR [--all] [--since 7d]  (see appliance/cli_labels.py)
     lineguard appliance run [--config FILE] [--frames N] [--json] [--data-dir DIR]
                             [--bundle PATH] [--status-interval-s S] [--log-level L]
                             [--log-format text|json]
@@ -39,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from appliance import cli_report
+from appliance import cli_labels, cli_report, cli_rollback, cli_users
 from appliance.app import App, RunSummary, open_model_bundle
 from appliance.capture import make_source
 from appliance.capture.probe import SourceProbe, config_errors, probe_sources
@@ -200,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds between status lines (default: 1 on a terminal, else 10)")
     add_logging_arguments(go, default_level="info")
     cli_report.add_parsers(sub)
+    cli_users.add_parsers(sub)
+    cli_labels.add_parsers(sub)
+    cli_rollback.add_parser(sub, HelpFormatter)
     return parser
 
 
@@ -213,7 +219,8 @@ def main(argv: list[str]) -> int:
                                "lineguard appliance config-reference"), end="")
         return 0
     commands = {"check-config": check_config, "run": run, "report": cli_report.report,
-                "show": cli_report.show}
+                "show": cli_report.show, "user": cli_users.user,
+                "export-labels": cli_labels.export, "rollback": cli_rollback.rollback}
     try:
         return commands[args.command](args)
     except ConfigError as e:

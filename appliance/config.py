@@ -29,10 +29,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from appliance.alarm_rules import AlarmRulesConfig
 from appliance.capture.config import STATION_PATTERN, SimSourceConfig, SourceConfig
+from appliance.drift.config import DriftConfig
 from appliance.errors import ConfigError
+from appliance.panel.config import PanelConfig
 from appliance.store.config import StoreConfig
 from appliance.telemetry.config import TelemetryConfig
+from appliance.updater.config import UpdatesConfig
+from appliance.uploads.config import UploadsConfig
 from models.bundle import DEFAULT_MAX_UNPACKED_BYTES
 from models.demo import demo_bundle_dir
 from protocol.backoff import BackoffConfig
@@ -45,6 +50,7 @@ DEMO_BUNDLE = demo_bundle_dir()
 DB_NAME = "lineguard.db"
 IMAGES_DIR = "images"
 BUNDLES_DIR = "bundles"
+THRESHOLDS_FILE = "thresholds.json"
 
 
 class _Section(BaseModel):
@@ -203,6 +209,17 @@ class ApplianceConfig(_Section):
     store: StoreConfig
     telemetry: TelemetryConfig | None = None
     """MQTT telemetry to the cloud; absent means the appliance runs without it."""
+    panel: PanelConfig | None = None
+    """The operator web panel; absent means no panel is served."""
+    alarms: AlarmRulesConfig = Field(default_factory=AlarmRulesConfig)
+    """When the operator panel's alarms are raised (appliance/alarm_rules.py)."""
+    updates: UpdatesConfig | None = None
+    """Verified model updates from the cloud's TUF repository; absent: none."""
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    """Drift signals per inspected frame, sent per window on `drift` (with telemetry)."""
+    uploads: UploadsConfig | None = None
+    """Frames sampled for labelling and uploaded to the cloud (appliance/uploads/); absent
+    means no uploads."""
 
     @model_validator(mode="before")
     @classmethod
@@ -249,6 +266,19 @@ class ApplianceConfig(_Section):
     def bundles_dir(self) -> Path:
         """Where .tar bundles are unpacked."""
         return self.data_dir / BUNDLES_DIR
+
+    @property
+    def thresholds_file(self) -> Path:
+        """Where the engineer's per-class threshold overrides persist."""
+        if self.panel is not None and self.panel.thresholds_file is not None:
+            return self.panel.thresholds_file
+        return self.data_dir / THRESHOLDS_FILE
+
+    @property
+    def updates_dir(self) -> Path:
+        """The update agent's cache (`updates.cache_dir`, default `<data_dir>/updates`)."""
+        cache = self.updates.cache_dir if self.updates is not None else None
+        return cache or self.data_dir / "updates"
 
 
 def config_from_dict(data: Mapping[str, Any], source: str = "config") -> ApplianceConfig:

@@ -53,3 +53,32 @@ class StoreError(ApplianceError):
 
 class UpdateRejected(ApplianceError):
     """A model update was refused (signature, golden set, compatibility)."""
+
+
+class UserError(ApplianceError):
+    """A panel account operation was refused (bad name, role or password)."""
+
+
+class UnknownUser(UserError):
+    """No panel account has that name."""
+
+
+class UserExists(UserError):
+    """A panel account with that name already exists."""
+
+
+class UnknownAlarm(ApplianceError):
+    """No alarm has that id."""
+
+
+class LabelError(ApplianceError):
+    """Operator feedback could not be stored or exported."""
+
+
+class UnknownFrame(LabelError):
+    """No stored inspection has that frame id."""
+
+
+class BadLabel(LabelError):
+    """A label does not fit its frame (no such defect, a box outside the image, an
+    unknown class, a frame without a kept image)."""

@@ -19,6 +19,13 @@ bundled at each size), so (a)-(d) run the model that fits the data:
   a subscriber in another process, metrics every second, one `events/defect` message per
   failed part: about 3/4 of linesim parts and nearly every NEU-DET image fail, so this is
   far above a real line's fail rate); e/b is what telemetry costs the pipeline;
+- (f) with `--panel`: the operator panel on (appliance/panel, uvicorn in the appliance
+  process) and five clients in another process (bench/panel_clients.py) following the
+  live view's event stream (up to 10 frames/s each) and polling the counters and the
+  series every second.
+  The live view needs the frames, so (f) runs with `keep_images` on, and is compared
+  with (b_img), the same pipeline with images kept and no panel: f/b_img is what the
+  panel costs the pipeline (target >= 0.95);
 - verdict latency p50/p99 (judged_at - captured_at) with frames arriving at a fixed rate
   of half of (b)'s measured throughput at that batch size;
 - where (b)'s CPU goes, in milliseconds of CPU per frame: the pipeline's own per-stage
@@ -32,7 +39,7 @@ reported). Prints a table and one JSON line (`{"bench": "pipeline", ...}`).
 
     .venv/bin/python bench/pipeline.py [--sizes 320,640] [--batches 1,4,8] [--frames N]
         [--datasets linesim,neu-det] [--threads T] [--repeat R] [--no-int8] [--quick]
-        [--telemetry] [--json-out FILE]
+        [--telemetry] [--panel] [--json-out FILE]
 """
 
 from __future__ import annotations
@@ -75,7 +82,7 @@ NEU_DET_CLASSES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-
                    "scratches")
 STATION = "bench"
 ImageBGR = npt.NDArray[np.uint8]
-TARGETS = {"b/a": 0.92, "b/c": 1.2, "e/b": 0.97, "p99_over_a1": 2.0,
+TARGETS = {"b/a": 0.92, "b/c": 1.2, "e/b": 0.97, "f/b_img": 0.95, "p99_over_a1": 2.0,
            "int8_map50_drop": 0.01}
 
 
@@ -199,23 +206,86 @@ class PipelineRun:
     mean_batch: float = 0.0
     stage_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     cpu_ms_per_frame: dict[str, float] = field(default_factory=dict)
+    panel_clients: dict[str, Any] | None = None
+
+
+class GatedSource:
+    """A source whose `open` waits (bounded) for `gate`: frames start once the panel
+    clients are logged in, so their logins are not part of the measured run."""
+
+    def __init__(self, inner: ReplaySource, gate: threading.Event) -> None:
+        self._inner = inner
+        self._gate = gate
+
+    def open(self) -> None:
+        if not self._gate.wait(300):
+            raise SystemExit("panel clients never got ready")
+        self._inner.open()
+
+    def read(self) -> Any:
+        return self._inner.read()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class PanelClients:
+    """Column (f): panel clients in another process (bench/panel_clients.py)."""
+
+    USER, PASSWORD = "bench", "bench-password"
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+        self.summary: dict[str, Any] | None = None
+
+    @classmethod
+    def add_user(cls, cfg: Any) -> PanelClients:
+        """An operator account in the run's (new) store, cheap argon2 parameters."""
+        from argon2 import PasswordHasher
+
+        from appliance.store import Store
+        from appliance.users import UserBook
+        with Store(cfg.store) as store:
+            UserBook(store, hasher=PasswordHasher(time_cost=1, memory_cost=1024,
+                                                  parallelism=1)
+                     ).add(cls.USER, "operator", cls.PASSWORD)
+        return cls()
+
+    def start(self, url: str, n: int) -> None:
+        script = Path(__file__).resolve().parent / "panel_clients.py"
+        self.proc = subprocess.Popen([sys.executable, str(script), url, self.USER,
+                                      self.PASSWORD, str(n)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().strip() if self.proc.stdout else ""
+        if line != "ready":
+            raise SystemExit(f"panel clients did not start: {line!r}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        out, _ = self.proc.communicate(timeout=60)
+        self.summary = json.loads(out.strip().splitlines()[-1])
 
 
 def bench_pipeline(bundle_dir: Path, frames: list[ImageBGR], batch: int, threads: int,
                    work: Path, rate_fps: float | None = None,
-                   mqtt_port: int | None = None) -> PipelineRun:
-    """(b)/(d)/(e): the real appliance over a ReplaySource of `frames` (paced at
-    `rate_fps` if given; with telemetry to 127.0.0.1:`mqtt_port` if given); frames/s from
-    the first capture to the last verdict committed."""
+                   mqtt_port: int | None = None, keep_images: bool = False,
+                   panel_clients: int = 0) -> PipelineRun:
+    """(b)/(d)/(e)/(f): the real appliance over a ReplaySource of `frames` (paced at
+    `rate_fps` if given; with telemetry to 127.0.0.1:`mqtt_port` if given; with the panel
+    and `panel_clients` clients following it if > 0); frames/s from the first capture to
+    the last verdict committed. Frames start once the clients are logged in."""
     data_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work))
     raw: dict[str, Any] = {
         "data_dir": str(data_dir),
         "stations": [{"name": STATION}],
         "model": {"bundle": str(bundle_dir), "verify_golden": False},
         "engine": {"providers": ["cpu"], "intra_op_threads": threads},
-        "pipeline": {"max_batch": batch, "overflow": "block", "keep_images": False,
+        "pipeline": {"max_batch": batch, "overflow": "block", "keep_images": keep_images,
                      "queue_frames": max(32, 4 * batch)},
     }
+    if panel_clients:
+        raw["panel"] = {"port": 0}
     if mqtt_port is not None:
         raw["telemetry"] = {"broker": {"host": "127.0.0.1", "port": mqtt_port},
                             "metrics_interval_s": 1.0}
@@ -232,9 +302,14 @@ def bench_pipeline(bundle_dir: Path, frames: list[ImageBGR], batch: int, threads
         if len(judged) >= n:
             done.set()
 
-    source = ReplaySource(frames, loop=False, max_fps=rate_fps)
+    gate = threading.Event()
+    source = GatedSource(ReplaySource(frames, loop=False, max_fps=rate_fps), gate)
     app = App(cfg, sources={STATION: source}, listeners=[listener], require_model=True)
+    clients = PanelClients.add_user(cfg) if panel_clients else None
     pipeline = app.start()  # model load and warm-up are not part of the CPU per frame
+    if clients is not None and app.panel is not None:
+        clients.start(app.panel.url, panel_clients)
+    gate.set()
     threads_before = _python_thread_cpu_s()
     usage_before = resource.getrusage(resource.RUSAGE_SELF)
     try:
@@ -249,6 +324,8 @@ def bench_pipeline(bundle_dir: Path, frames: list[ImageBGR], batch: int, threads
         threads_after = _python_thread_cpu_s()
         usage_after = resource.getrusage(resource.RUSAGE_SELF)
     finally:
+        if clients is not None:
+            clients.stop()
         app.stop()
     shutil.rmtree(data_dir, ignore_errors=True)
     lat = [(j - c) * 1000.0 for c, j in zip(captured, judged, strict=True)]
@@ -261,7 +338,8 @@ def bench_pipeline(bundle_dir: Path, frames: list[ImageBGR], batch: int, threads
     return PipelineRun(fps=n / (t_end - min(captured)), verdicts=dict(stats.verdicts),
                        latencies_ms=lat, mean_batch=stats.mean_batch,
                        stage_ms=stats.latency_ms,
-                       cpu_ms_per_frame={k: round(v, 3) for k, v in cpu.items()})
+                       cpu_ms_per_frame={k: round(v, 3) for k, v in cpu.items()},
+                       panel_clients=clients.summary if clients is not None else None)
 
 
 # ---------------------------------------------------------------------------- (e)
@@ -370,7 +448,9 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
     b_runs: list[PipelineRun] = []
     d_runs: list[PipelineRun] = []
     e_runs: list[PipelineRun] = []
-    for _ in range(args.repeat):  # interleaved: a, b, d, e, a, b, d, e, ...
+    bi_runs: list[PipelineRun] = []
+    f_runs: list[PipelineRun] = []
+    for _ in range(args.repeat):  # interleaved: a, b, d, e, b_img, f, a, b, ...
         a_runs.append(bench_session(fp32, frames, batch, args.threads, det))
         b_runs.append(bench_pipeline(fp32.root, frames, batch, args.threads, work))
         if "int8" in bundles:
@@ -379,6 +459,11 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
         if mqtt_port is not None:
             e_runs.append(bench_pipeline(fp32.root, frames, batch, args.threads, work,
                                          mqtt_port=mqtt_port))
+        if args.panel:
+            bi_runs.append(bench_pipeline(fp32.root, frames, batch, args.threads, work,
+                                          keep_images=True))
+            f_runs.append(bench_pipeline(fp32.root, frames, batch, args.threads, work,
+                                         keep_images=True, panel_clients=args.panel_clients))
     a1 = bench_session(fp32, frames[: max(8, len(frames) // 4)], 1, args.threads, det)
     c = None if args.no_ultralytics else bench_ultralytics(
         fp32.model_path, frames_npy, size, batch, args.threads, env)
@@ -387,6 +472,10 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
     b = best_b.fps
     d = max(r.fps for r in d_runs) if d_runs else None
     e = max(r.fps for r in e_runs) if e_runs else None
+    best_bi = max(bi_runs, key=lambda r: r.fps) if bi_runs else None
+    b_img = best_bi.fps if best_bi else None
+    best_f = max(f_runs, key=lambda r: r.fps) if f_runs else None
+    f = best_f.fps if best_f else None
     rate = b / 2.0
     n_lat = max(batch * 4, min(len(frames), int(rate * args.latency_s)))
     lat = bench_pipeline(fp32.root, frames[:n_lat], batch, args.threads, work, rate_fps=rate)
@@ -401,7 +490,18 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
         "d_fps_median": round(statistics.median(r.fps for r in d_runs), 1) if d_runs else None,
         "e_fps": round(e, 1) if e else None,
         "e_fps_median": round(statistics.median(r.fps for r in e_runs), 1) if e_runs else None,
+        "b_img_fps": round(b_img, 1) if b_img else None,
+        "f_fps": round(f, 1) if f else None,
+        "f_fps_median": round(statistics.median(r.fps for r in f_runs), 1) if f_runs else None,
+        "b_img_fps_median": (round(statistics.median(r.fps for r in bi_runs), 1)
+                             if bi_runs else None),
+        "f_clients": best_f.panel_clients if best_f else None,
+        # the appliance process's CPU per frame (ms) without and with the panel: what the
+        # panel costs inside the appliance, apart from the clients' own CPU
+        "b_img_process_cpu_ms": best_bi.cpu_ms_per_frame["process"] if best_bi else None,
+        "f_process_cpu_ms": best_f.cpu_ms_per_frame["process"] if best_f else None,
         "b/a": _ratio(b, a), "b/c": _ratio(b, c), "d/c": _ratio(d, c), "e/b": _ratio(e, b),
+        "f/b_img": _ratio(f, b_img),
         "b_mean_batch": round(best_b.mean_batch, 2), "b_verdicts": best_b.verdicts,
         "b_stage_ms": best_b.stage_ms, "b_cpu_ms_per_frame": best_b.cpu_ms_per_frame,
         "half_load_fps": round(rate, 1), "latency_frames": n_lat,
@@ -412,9 +512,9 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    cols = ["dataset", "size", "batch", "a_fps", "b_fps", "c_fps", "d_fps", "e_fps", "b/a",
-            "b/c", "d/c", "e/b", "b_mean_batch", "half_load_fps", "latency_p50_ms",
-            "latency_p99_ms", "a_batch1_ms", "p99_over_a1"]
+    cols = ["dataset", "size", "batch", "a_fps", "b_fps", "c_fps", "d_fps", "e_fps",
+            "b_img_fps", "f_fps", "b/a", "b/c", "d/c", "e/b", "f/b_img", "b_mean_batch",
+            "half_load_fps", "latency_p50_ms", "latency_p99_ms", "a_batch1_ms", "p99_over_a1"]
     print(" | ".join(f"{c:>8}" for c in cols))
     for r in rows:
         print(" | ".join(f"{'-' if r[c] is None else r[c]!s:>8}" for c in cols))
@@ -436,6 +536,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="linesim val images for the FP32 vs INT8 mAP50 check (0: skip)")
     p.add_argument("--telemetry", action="store_true",
                    help="add column (e): the pipeline with MQTT telemetry to a local mosquitto")
+    p.add_argument("--panel", action="store_true",
+                   help="add columns (b_img) and (f): the pipeline with images kept, without "
+                        "and with the operator panel and clients following it")
+    p.add_argument("--panel-clients", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="tiny smoke run")
     p.add_argument("--json-out", type=Path)
     args = p.parse_args(argv)

@@ -3,7 +3,8 @@
 A local mosquitto (on a free port of 127.0.0.1, settings as deploy/mosquitto) carries
 the same load twice: once to a plain paho subscriber (no validation, no storage,
 automatic acks) and once to `lineguard cloud collect` (a real process: validation,
-de-duplication, SQLite commit, then acks). Load, per phase:
+de-duplication, database commit (SQLite, or PostgreSQL with `--database-url`),
+then acks). Load, per phase:
 
 - n1, n10, n50: N simulated lines at realistic rates sped up `--speed` times: a metrics
   message every simulated second and a defect event per failed part (10 parts/s, 5 %
@@ -26,6 +27,9 @@ has no ratio and the JSON says `"complete": false`.
     .venv/bin/python bench/telemetry.py            # n1, n10, n50 and a 100,000 burst
     .venv/bin/python bench/telemetry.py --quick    # smoke: n1, n10, a 3,000 burst
     .venv/bin/python bench/telemetry.py --workers 1   # one collector process
+    .venv/bin/python bench/telemetry.py --database-url postgresql+psycopg://postgres@127.0.0.1/bench
+                                                      # the collector on PostgreSQL (an
+                                                      # empty database; default: SQLite)
 
 Prints a table and one JSON line (`{"bench": "telemetry", ...}`).
 """
@@ -40,7 +44,6 @@ import multiprocessing as mp
 import os
 import random
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -50,6 +53,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import NullPool, create_engine, text
+from sqlalchemy.exc import DBAPIError
 from telemetry_load import DEFECT, HOST, METRICS, plain_subscriber, publish_schedule, templates
 
 from protocol.mqtt_client import ClientOptions, MqttHandler, paho_client
@@ -199,30 +204,34 @@ def summarize(rows: list[tuple[int, int]], expected: int, cpu: float) -> dict[st
     }
 
 
-def wait_rows(db: Path, site: str, expected: int) -> list[tuple[int, int]]:
-    """Poll the collector's store until `expected` messages of `site` are committed."""
-    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+def _read(db: str, query: str, **params: object) -> list[Any]:
+    """One read on the collector's database (a fresh connection: no pool to outlive)."""
+    engine = create_engine(db, poolclass=NullPool)
     try:
-        count, last_change, last_count = 0, time.monotonic(), -1
-        while count < expected and time.monotonic() - last_change < STALL_S:
-            time.sleep(0.2)
-            count = conn.execute("SELECT COUNT(*) FROM messages WHERE site = ?",
-                                 (site,)).fetchone()[0]
-            if count != last_count:
-                last_change, last_count = time.monotonic(), count
-        rows = conn.execute("SELECT stored_at_ms, sent_at_ms FROM messages WHERE site = ?",
-                            (site,)).fetchall()
-        return [(int(a), int(b)) for a, b in rows]
+        with engine.connect() as conn:
+            return list(conn.execute(text(query), params))
     finally:
-        conn.close()
+        engine.dispose()
 
 
-def start_collector(tmp: Path, port: int,
-                    workers: int) -> tuple[subprocess.Popen[bytes], Path]:
-    db = tmp / "fleet.db"
+def wait_rows(db: str, site: str, expected: int) -> list[tuple[int, int]]:
+    """Poll the collector's store until `expected` messages of `site` are committed."""
+    count, last_change, last_count = 0, time.monotonic(), -1
+    while count < expected and time.monotonic() - last_change < STALL_S:
+        time.sleep(0.2)
+        count = _read(db, "SELECT COUNT(*) FROM messages WHERE site = :site", site=site)[0][0]
+        if count != last_count:
+            last_change, last_count = time.monotonic(), count
+    rows = _read(db, "SELECT stored_at_ms, sent_at_ms FROM messages WHERE site = :site",
+                 site=site)
+    return [(int(a), int(b)) for a, b in rows]
+
+
+def start_collector(tmp: Path, port: int, workers: int,
+                    db: str) -> tuple[subprocess.Popen[bytes], str]:
     config = tmp / "cloud.yaml"
     config.write_text(
-        f"store: {{path: {db}}}\n"
+        f"database: {{url: '{db}'}}\n"
         f"collector: {{group: bench, log_interval_s: 0, workers: {workers},\n"
         f"            broker: {{port: {port}, client_id: bench-collector}}}}\n", "utf-8")
     log = (tmp / "collector.log").open("wb")
@@ -241,27 +250,23 @@ def start_collector(tmp: Path, port: int,
                 raise RuntimeError(f"collector exited: see {tmp / 'collector.log'}")
             probe.publish(sentinel.topic, sentinel.render(), 1, False)
             time.sleep(0.5)
-            if db.exists():
-                try:
-                    if workers_storing(db) >= workers:
-                        return process, db
-                except sqlite3.OperationalError:
-                    pass
+            try:
+                if workers_storing(db) >= workers:
+                    return process, db
+            except DBAPIError:
+                pass  # not created or migrated yet
         raise RuntimeError("collector did not start storing")
     finally:
         probe.stop()
 
 
-def workers_storing(db: Path) -> int:
+def workers_storing(db: str) -> int:
     """How many collector workers have committed something (sentinels are dealt out
     round robin, so every subscribed worker soon has)."""
-    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-    try:
-        count: int = conn.execute("SELECT COUNT(DISTINCT collector_id) FROM counters "
-                                  "WHERE name = 'stored'").fetchone()[0]
-        return count
-    finally:
-        conn.close()
+    if db.startswith("sqlite:///") and not Path(db.removeprefix("sqlite:///")).exists():
+        return 0
+    return int(_read(db, "SELECT COUNT(DISTINCT collector_id) FROM counters "
+                         "WHERE name = 'stored'")[0][0])
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -295,7 +300,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                          cpu_s(plain.pid) - cpu0)
             parent.send(("stop",))
             plain.join(30)
-            collector, db = start_collector(tmp, port, args.workers)
+            url = args.database_url or f"sqlite:///{tmp / 'fleet.db'}"
+            collector, db = start_collector(tmp, port, args.workers, url)
             try:
                 for phase in phases:
                     site = f"c-{phase.name}"
@@ -336,11 +342,13 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
     complete = all(r[k]["count"] == r[k]["expected"] for r in results.values()
                    for k in ("plain", "collector"))
     load = os.getloadavg()
-    print(f"collector workers {args.workers}; CPU {cpu_model()}, {os.cpu_count()} threads, "
+    database = args.database_url.split(":")[0] or "sqlite"
+    print(f"collector workers {args.workers}; database {database}; "
+          f"CPU {cpu_model()}, {os.cpu_count()} threads, "
           f"load average {load[0]:.1f}; target ratio >= {TARGET_RATIO}; complete: {complete}")
     print(json.dumps({
         "bench": "telemetry", "quick": args.quick, "speed": args.speed,
-        "workers": args.workers, "target_ratio": TARGET_RATIO,
+        "workers": args.workers, "database": database, "target_ratio": TARGET_RATIO,
         "min_ratio": min(ratios) if ratios else None, "complete": complete,
         "cpu": cpu_model(), "cpus": os.cpu_count(), "load_avg_1m": round(load[0], 2),
         "phases": results,
@@ -360,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="collector worker processes (collector.workers)")
     parser.add_argument("--window", type=int, default=100,
                         help="in-flight QoS 1 messages per simulated line")
+    parser.add_argument("--database-url", default="",
+                        help="the collector's database: an empty PostgreSQL database's "
+                        "URL (default: an SQLite file in the run's temporary folder)")
     parser.add_argument("--phases", default="",
                         help="run only these phases (comma-separated, e.g. burst)")
     args = parser.parse_args(argv)

@@ -8,7 +8,10 @@ import sys
 import threading
 from pathlib import Path
 
+from cloud.cli_db import add_db_commands, run_db
+from cloud.cli_drift import add_drift_command, run_drift
 from cloud.cli_models import add_models_command, run_models
+from cloud.cli_release import RELEASE_COMMANDS, add_release_commands, run_release
 from cloud.cli_retrain import add_retrain_commands, run_retrain, run_worker
 from cloud.datasets.cli import add_commands as add_dataset_commands
 from cloud.datasets.cli import run as run_dataset_command
@@ -63,7 +66,7 @@ def _collect(config_path: Path) -> int:
         if cfg.collector is None:
             raise ConfigError(f"{config_path}: no `collector` section")
         password = cfg.collector.broker.secret()
-        FleetStore(cfg.store).close()  # create / migrate once, and fail here if it can't
+        FleetStore(cfg.database, cfg.store).close()  # migrate once, or fail here
     except CloudError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -71,27 +74,33 @@ def _collect(config_path: Path) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     if cfg.collector.workers == 1:
-        return run_collector(cfg.collector, cfg.store, password, stop)
-    return WorkerPool(cfg.collector, cfg.store, password).run(stop)
+        return run_collector(cfg.collector, cfg.database, cfg.store, password, stop)
+    return WorkerPool(cfg.collector, cfg.database, cfg.store, password).run(stop)
 
 
 def _serve(config_path: Path, host: str | None, port: int | None) -> int:
     import uvicorn
 
     from cloud.api import create_app
+    from cloud.api.releases import ReleaseApi
     from cloud.config import load_config
     from cloud.datasets.service import open_database, upload_router
+    from cloud.drift.store import DriftStore
     from cloud.errors import CloudError, ConfigError
     from cloud.fleet import FleetStore
-    from cloud.registry import ModelRegistry
+    from cloud.registry.open import open_registry
+    from cloud.release.open import open_release
 
     try:
         cfg = load_config(config_path)
         if cfg.api is None:
             raise ConfigError(f"{config_path}: no `api` section")
         token = cfg.api.secret()
+        store = FleetStore(cfg.database, cfg.store)
         engine = open_database(cfg)
-        store = FleetStore(cfg.store)
+        registry = open_registry(cfg.database, cfg.registry)
+        side = open_release(cfg.database, cfg.release)
+        release = ReleaseApi(side.store, cfg.release.repository_dir)
     except CloudError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -102,14 +111,15 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
     try:
-        app = create_app(store, token, public_docs=cfg.api.public_docs,
-                         registry=ModelRegistry(engine, cfg.registry.root),
-                         routers=[upload_router(cfg, engine)])
+        app = create_app(store, token, public_docs=cfg.api.public_docs, registry=registry,
+                         release=release, routers=[upload_router(cfg, engine)],
+                         drift=DriftStore(engine))
         uvicorn.run(app, host=host or cfg.api.host, port=port or cfg.api.port,
                     log_config=None, access_log=False)
     finally:
         store.close()
         engine.dispose()
+        side.close()
     return 0
 
 
@@ -127,7 +137,10 @@ def _check_config(config_path: Path, read_secrets: bool) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     sections = [name for name in ("collector", "api") if getattr(cfg, name) is not None]
-    print(f"config ok: fleet store {cfg.store.path}; sections: "
+    from sqlalchemy.engine import make_url
+
+    where = make_url(cfg.database.url).render_as_string(hide_password=True)
+    print(f"config ok: database {where}; sections: "
           f"{', '.join(sections) or 'none (collect and serve need collector and api)'}"
           + ("" if read_secrets else "; secret files not read"))
     return 0
@@ -257,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--threads", type=positive_int, help="torch threads (default: all cores)")
     tr.add_argument("--work-dir", type=Path, default=Path("runs/train"),
                     help="Ultralytics' run directory (weights, staging)")
+    add_db_commands(command)
     co = command("collect", "collect every line's MQTT telemetry into the fleet store")
     co.add_argument("--config", type=Path, required=True, help="cloud YAML config file")
     se = command("serve", "serve the fleet API (FastAPI, uvicorn)")
@@ -269,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not read password_file / token_file (check on another machine)")
     command("config-reference",
             "print every config key with its default, unit and bounds (Markdown)")
+    add_drift_command(sub)
     qu = command("quantize", "make an INT8 (static, calibrated) variant of a bundle",
                  ":\nsame name and version as the source, `variant: int8` in the manifest.")
     qu.add_argument("bundle", type=Path, help="FP32 bundle directory or .tar/.tar.gz")
@@ -305,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_command(sub)
     add_retrain_commands(sub)
     add_dataset_commands(command)
+    add_release_commands(sub)
     for cmd in sub.choices.values():
         add_logging_arguments(cmd)
     return parser
@@ -320,6 +336,8 @@ def main(argv: list[str]) -> int:
         return _collect(args.config)
     if args.cmd == "serve":
         return _serve(args.config, args.host, args.port)
+    if args.cmd == "db":
+        return run_db(args)
     if args.cmd == "quantize":
         return _quantize(args)
     if args.cmd == "check-config":
@@ -334,5 +352,9 @@ def main(argv: list[str]) -> int:
         return run_worker(args)
     if args.cmd in ("dataset", "line"):
         return run_dataset_command(args)
+    if args.cmd in RELEASE_COMMANDS:
+        return run_release(args)
+    if args.cmd == "drift":
+        return run_drift(args)
     parser.error(f"unknown command {args.cmd}")
     return 2

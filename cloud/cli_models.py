@@ -59,13 +59,11 @@ def add_models_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def open_fleet_store(cfg: CloudConfig) -> FleetStore | None:
-    """The fleet store (where each model runs), or None when there is none yet. The
-    one place the registry's commands open it."""
+    """The fleet store (where each model runs: the same cloud database). The one place
+    the registry's commands open it."""
     from cloud.fleet import FleetStore
 
-    if not cfg.store.path.exists():
-        return None
-    return FleetStore(cfg.store)
+    return FleetStore(cfg.database, cfg.store)
 
 
 def _lines(cfg: CloudConfig) -> list[LineView]:

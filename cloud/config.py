@@ -1,4 +1,4 @@
-"""Configuration of the cloud's collector, fleet store and fleet API (one YAML file).
+"""Configuration of the cloud's database, collector, fleet store and fleet API (one YAML file).
 
 Every section forbids unknown keys and carries units in its names. Errors are
 `ConfigError`s naming the file, the key path and why, e.g.
@@ -6,7 +6,7 @@ Every section forbids unknown keys and carries units in its names. Errors are
 
 Example::
 
-    store: {path: /var/lib/lineguard-cloud/fleet.db}
+    database: {url: sqlite:////var/lib/lineguard-cloud/fleet.db}   # or postgresql+psycopg://...
     collector:
       group: collectors               # instances in one group share the messages
       broker:                         # the same keys as a line's `telemetry.broker`
@@ -28,14 +28,16 @@ directory of the process.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from cloud.datasets.config import DatasetsConfig
 from cloud.db.config import DatabaseConfig
+from cloud.drift.config import DriftConfig
 from cloud.errors import ConfigError
 from cloud.registry.config import RegistryConfig
+from cloud.release.config import ReleaseConfig
 from cloud.retrain.config import RetrainConfig
 from protocol import ProtocolError, validate_id
 from protocol.backoff import BackoffConfig
@@ -136,21 +138,32 @@ class CollectorConfig(_Section):
         return self
 
 
-class FleetStoreConfig(_Section):
-    """The fleet database (SQLite; several collectors on one machine may share it)."""
+# Keys of `store:` up to 0.1, now in `database:` (a config still using them is refused
+# with the new key's name rather than a bare "extra inputs are not permitted").
+_MOVED_STORE_KEYS: Final = {
+    "path": "database.url (e.g. sqlite:////var/lib/lineguard-cloud/fleet.db: the same "
+            "file, migrated on first start)",
+    "busy_timeout_ms": "database.busy_timeout_ms",
+    "synchronous": "database.synchronous",
+    "wal_autocheckpoint_pages": "database.wal_autocheckpoint_pages",
+}
 
-    path: Path = Path("fleet.db")
-    # How long a writer waits for another process's write lock before failing.
-    busy_timeout_ms: int = Field(30_000, ge=0, le=600_000)
-    # NORMAL: a commit survives a process kill (WAL); FULL: also a power cut (fsync).
-    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
-    # WAL pages (4 KiB) between automatic checkpoints. Larger: fewer, cheaper-per-row
-    # checkpoints (hot index pages are copied once, not once per 4 MiB) at the cost of a
-    # WAL file of up to about this many pages; 10000 halves the commit cost of a busy
-    # collector against SQLite's default of 1000.
-    wal_autocheckpoint_pages: int = Field(10_000, ge=100, le=1_000_000)
+
+class FleetStoreConfig(_Section):
+    """The fleet store's own settings (where the database is: `database`)."""
+
     # Bytes of a quarantined payload kept for inspection (the length is always kept).
     quarantine_keep_bytes: int = Field(4096, ge=0, le=256 * 1024)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: object) -> object:
+        if isinstance(data, dict):
+            moved = [f"{key} moved to {_MOVED_STORE_KEYS[key]}"
+                     for key in data if key in _MOVED_STORE_KEYS]
+            if moved:
+                raise ValueError("; ".join(moved))
+        return data
 
 
 class ApiConfig(_Section):
@@ -183,13 +196,16 @@ class ApiConfig(_Section):
 class CloudConfig(_Section):
     """The whole file. `collect` needs `collector`, `serve` needs `api`."""
 
-    store: FleetStoreConfig = Field(default_factory=FleetStoreConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    store: FleetStoreConfig = Field(default_factory=FleetStoreConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    release: ReleaseConfig = Field(default_factory=ReleaseConfig)
     collector: CollectorConfig | None = None
     api: ApiConfig | None = None
     datasets: DatasetsConfig = Field(default_factory=DatasetsConfig)
+    # `lineguard cloud drift`: the drift monitor (docs/drift.md).
+    drift: DriftConfig | None = None
 
 
 def parse_config(data: object, source: str = "<config>") -> CloudConfig:

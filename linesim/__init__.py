@@ -7,7 +7,7 @@ benchmarks. Imports nothing of lineguard's own packages.
 from linesim.config import CLASSES, ConfigError, Drift, LineConfig
 from linesim.dataset import export_yolo
 from linesim.line import SimFrame, SimulatedLine, render
-from linesim.render import DefectBox, RenderedPart
+from linesim.render import DefectBox, RenderedPart, apply_drift
 
 __all__ = [
     "CLASSES",
@@ -18,6 +18,7 @@ __all__ = [
     "RenderedPart",
     "SimFrame",
     "SimulatedLine",
+    "apply_drift",
     "export_yolo",
     "render",
 ]

@@ -267,3 +267,10 @@ def _apply_drift(
     if drift.noise_sigma > 0:
         img = img + rng.standard_normal(img.shape).astype(np.float32) * drift.noise_sigma
     return img.astype(np.float32), masks
+
+
+def apply_drift(rng: np.random.Generator, image_bgr: U8, drift: Drift) -> U8:
+    """`drift` applied to any BGR uint8 image (e.g. a real photo), as on rendered parts;
+    `rng` draws the dirty-lens smudges and the noise."""
+    img, _ = _apply_drift(rng, image_bgr.astype(np.float32), [], drift)
+    return np.clip(img, 0, 255).astype(np.uint8)

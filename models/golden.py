@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -331,11 +331,13 @@ def build_bundle(
     metrics: Metrics | None = None,
     golden_images: Sequence[npt.NDArray[np.uint8]],
     providers: Sequence[str] | None = None,
+    extra_files: Mapping[str, Path] | None = None,
 ) -> Bundle:
     """Build a verified bundle in `out_dir` (must not exist or be empty) from an ONNX
     file: the input/output names, dtype and batch come from the model; model IO is
     checked against the manifest; the golden set is made from `golden_images` and
-    then verified on the written bundle.
+    then verified on the written bundle. `extra_files` (bundle-relative name -> source)
+    are added and listed in the manifest like every file (e.g. `drift_reference.json`).
 
     Raises ManifestError, ModelShapeError, RuntimeUnavailableError, ModelError.
     """
@@ -371,7 +373,8 @@ def build_bundle(
     check_model_io(detector, manifest)
     with tempfile.TemporaryDirectory(prefix="lineguard-golden-") as staging:
         golden_files = create_golden(Path(staging), manifest, golden_images, detector)
-        bundle = write_bundle(Path(out_dir), manifest, {MODEL: Path(onnx_path), **golden_files})
+        bundle = write_bundle(Path(out_dir), manifest,
+                              {MODEL: Path(onnx_path), **golden_files, **(extra_files or {})})
     report = verify_golden(bundle, detector)
     logger.info(
         "built bundle %s v%d: %d golden images, %d detections",

@@ -13,10 +13,19 @@ plumbing: `protocol.mqtt_config` (broker settings, one spelling for both process
 on its own, so `import protocol` does not load paho).
 """
 
+from protocol.alerts import AlertCommand
 from protocol.codec import MAX_PAYLOAD_BYTES, Outgoing, decode, encode, prepare, topic_of
 from protocol.commands import RollbackCommand, UpdateCommand
 from protocol.defect import DefectEvent, Detection
-from protocol.drift import BrightnessHistogram, ChannelStats, DriftSketch, SharpnessStats
+from protocol.drift import (
+    BrightnessHistogram,
+    ChannelStats,
+    DriftSketch,
+    DriftSketchV2,
+    ReferenceInfo,
+    SharpnessStats,
+    SignalMoments,
+)
 from protocol.envelope import Envelope
 from protocol.errors import (
     InvalidTopic,
@@ -46,6 +55,7 @@ from protocol.topics import (
     TOPIC_POLICY,
     TopicKind,
     TopicPolicy,
+    alert_command_topic,
     command_filter,
     defect_event_topic,
     drift_topic,
@@ -68,12 +78,14 @@ __all__ = [
     "MESSAGE_TYPES",
     "SCHEMAS",
     "TOPIC_POLICY",
+    "AlertCommand",
     "BrightnessHistogram",
     "ChannelStats",
     "DefectEvent",
     "Detection",
     "DiskUsage",
     "DriftSketch",
+    "DriftSketchV2",
     "Envelope",
     "InvalidTopic",
     "LatencyStage",
@@ -89,8 +101,10 @@ __all__ = [
     "PayloadTooLarge",
     "ProtocolError",
     "QueueName",
+    "ReferenceInfo",
     "RollbackCommand",
     "SharpnessStats",
+    "SignalMoments",
     "StatusMessage",
     "TopicKind",
     "TopicMismatch",
@@ -100,6 +114,7 @@ __all__ = [
     "UpdateCommand",
     "UpdateProgress",
     "VerdictCounts",
+    "alert_command_topic",
     "command_filter",
     "decode",
     "defect_event_topic",

@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+from protocol.alerts import AlertCommand
 from protocol.codec import prepare
 from protocol.commands import RollbackCommand, UpdateCommand
 from protocol.defect import DefectEvent, Detection
-from protocol.drift import BrightnessHistogram, ChannelStats, DriftSketch, SharpnessStats
+from protocol.drift import DriftSketchV2, ReferenceInfo, SignalMoments
 from protocol.fields import ModelRef
 from protocol.metrics import (
     DiskUsage,
@@ -123,26 +124,34 @@ def _defect_example(current: ModelRef) -> DefectEvent:
     )
 
 
-def _drift_example(current: ModelRef) -> DriftSketch:
-    return DriftSketch(
+def _drift_example(current: ModelRef) -> DriftSketchV2:
+    names = ["roi.mean_g", "roi.std", "roi.sharpness", "bg.mean_g", "emb0"]
+    return DriftSketchV2(
         msg_id="a1b2c3d4e5f60718293a4b5c6d7e8f90",
         site=SITE,
         line=LINE,
         sent_at=_T0,
-        window_start=_T0 - timedelta(minutes=15),
+        window_start=_T0 - timedelta(seconds=30),
         window_end=_T0,
         station="cam-top",
-        frame_count=900,
         ref_model=current,
-        channels=[
-            ChannelStats(channel="r", mean_u8=121.4, std_u8=31.2),
-            ChannelStats(channel="g", mean_u8=119.8, std_u8=30.7),
-            ChannelStats(channel="b", mean_u8=117.1, std_u8=29.9),
-        ],
-        brightness_hist=BrightnessHistogram(
-            fractions=[0.01, 0.04, 0.12, 0.27, 0.31, 0.17, 0.06, 0.02]
+        first_frame_id=120_400,
+        last_frame_id=120_699,
+        frame_count=300,
+        signals_version="lineguard.drift-signals/1",
+        reference=ReferenceInfo(source="bundle", frames=1200, sha256="9f" * 32),
+        image=SignalMoments(
+            names=names,
+            sums=[141.3, 147.6, 396.0, 37.8, -9.6],
+            sums_sq=[66.6, 73.1, 523.1, 4.8, 12.9],
+            samples=[[0.471, 0.489, 1.318, 0.126, -0.041],
+                     [0.468, 0.502, 1.327, 0.125, -0.022]],
         ),
-        sharpness=SharpnessStats(mean=412.5, std=58.1, p05=318.0, p50=409.2, p95=511.7),
+        output=SignalMoments(
+            names=["detections", "score_mean", "score_max", "class.scratch", "class.pit"],
+            sums=[231.0, 101.7, 129.3, 140.0, 91.0],
+            sums_sq=[412.0, 61.2, 73.0, 190.0, 95.0],
+        ),
     )
 
 
@@ -186,7 +195,22 @@ def _command_examples(current: ModelRef, previous: ModelRef) -> list[tuple[str, 
         reason="canary showed a defect-rate shift",
         issued_by="alice@plant1",
     )
-    return [("cmd/update", update), ("cmd/rollback", rollback)]
+    alert = AlertCommand(
+        msg_id="d71f3a5c9e2b4f6a8c0d1e2f3a4b5c6d",
+        site=SITE,
+        line=LINE,
+        sent_at=_T0,
+        alert_id="drift-8c41e07d2b",
+        code="drift",
+        severity="warning",
+        message="image drift on line-3 (model neu-det-yolo11n v7): roi.sharpness, bg.mean_g",
+        model=current,
+        channels=["roi.sharpness", "bg.mean_g"],
+        began_at=_T0 - timedelta(minutes=4),
+        raised_at=_T0,
+        issued_by="drift-monitor",
+    )
+    return [("cmd/update", update), ("cmd/rollback", rollback), ("cmd/alert", alert)]
 
 
 def example_messages() -> list[tuple[str, Message]]:

@@ -19,7 +19,7 @@ import logging
 import re
 import sys
 from datetime import UTC, datetime
-from typing import Literal, TextIO, get_args
+from typing import Final, Literal, TextIO, get_args
 
 __all__ = [
     "LOG_FORMATS",
@@ -90,6 +90,12 @@ class LogStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         return text if callable(isatty) and isatty() else strip_ansi(text)
 
 
+# Libraries that log routine steps at INFO on every process start (Alembic: each plugin
+# it sets up, its dialect and DDL mode); their warnings still show.
+_QUIET_LOGGERS: Final = {"alembic.runtime.plugins": "WARNING",
+                         "alembic.runtime.migration": "WARNING"}
+
+
 def configure_logging(
     level: str = "info", log_format: str = "text", stream: TextIO | None = None
 ) -> None:
@@ -112,6 +118,8 @@ def configure_logging(
         old.close()
     root.addHandler(handler)
     root.setLevel(level.upper())
+    for name, quiet_level in _QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(quiet_level)
 
 
 class PlainTextWriter(io.TextIOBase):

@@ -10,9 +10,10 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Final
 
+from protocol.alerts import AlertCommand
 from protocol.commands import RollbackCommand, UpdateCommand
 from protocol.defect import DefectEvent
-from protocol.drift import DriftSketch
+from protocol.drift import DriftSketch, DriftSketchV2
 from protocol.metrics import MetricsMessage, MetricsMessageV1
 from protocol.model_report import ModelReport
 from protocol.status import StatusMessage
@@ -23,9 +24,11 @@ Message = (
     | MetricsMessageV1
     | DefectEvent
     | DriftSketch
+    | DriftSketchV2
     | ModelReport
     | UpdateCommand
     | RollbackCommand
+    | AlertCommand
 )
 
 MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
@@ -34,13 +37,15 @@ MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
     MetricsMessageV1,
     DefectEvent,
     DriftSketch,
+    DriftSketchV2,
     ModelReport,
     UpdateCommand,
     RollbackCommand,
+    AlertCommand,
 )
 
 
-LEGACY_TYPES: Final[tuple[type[Message], ...]] = (MetricsMessageV1,)
+LEGACY_TYPES: Final[tuple[type[Message], ...]] = (MetricsMessageV1, DriftSketch)
 """Older versions consumers still read and lines no longer send (kept while outboxes of
 older lines may hold them)."""
 

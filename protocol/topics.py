@@ -30,6 +30,7 @@ class TopicKind(StrEnum):
     MODEL = "model"
     UPDATE_COMMAND = "cmd/update"
     ROLLBACK_COMMAND = "cmd/rollback"
+    ALERT_COMMAND = "cmd/alert"
 
 
 class TopicPolicy(NamedTuple):
@@ -52,11 +53,14 @@ TOPIC_POLICY: Final = MappingProxyType(
         # Never retained: a stale command must not be replayed to every reconnecting line.
         TopicKind.UPDATE_COMMAND: TopicPolicy(qos=1, retain=False),
         TopicKind.ROLLBACK_COMMAND: TopicPolicy(qos=1, retain=False),
+        TopicKind.ALERT_COMMAND: TopicPolicy(qos=1, retain=False),
     }
 )
 
 # Kinds the cloud publishes to a line; everything else is published by the line.
-COMMAND_KINDS: Final = frozenset({TopicKind.UPDATE_COMMAND, TopicKind.ROLLBACK_COMMAND})
+COMMAND_KINDS: Final = frozenset(
+    {TopicKind.UPDATE_COMMAND, TopicKind.ROLLBACK_COMMAND, TopicKind.ALERT_COMMAND}
+)
 
 _KIND_BY_SUFFIX: Final = MappingProxyType({kind.value: kind for kind in TopicKind})
 
@@ -125,6 +129,11 @@ def update_command_topic(site: str, line: str) -> str:
 def rollback_command_topic(site: str, line: str) -> str:
     """`lineguard/<site>/<line>/cmd/rollback` (cloud to line)."""
     return topic_for(TopicKind.ROLLBACK_COMMAND, site, line)
+
+
+def alert_command_topic(site: str, line: str) -> str:
+    """`lineguard/<site>/<line>/cmd/alert` (cloud to line: an alarm for the panel)."""
+    return topic_for(TopicKind.ALERT_COMMAND, site, line)
 
 
 def command_filter(site: str, line: str) -> str:

@@ -10,6 +10,7 @@ database that may create databases).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -34,9 +35,8 @@ def _admin() -> object:
         )
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A new, empty PostgreSQL database for one test; its SQLAlchemy URL."""
+@contextlib.contextmanager
+def _postgres_database() -> Iterator[str]:
     import psycopg
     from psycopg import sql
 
@@ -57,6 +57,13 @@ def postgres_url() -> Iterator[str]:
         admin.close()
 
 
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test; its SQLAlchemy URL."""
+    with _postgres_database() as url:
+        yield url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of an empty cloud database: an SQLite file, then a PostgreSQL database."""
@@ -64,3 +71,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'cloud.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def module_database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """`database_url` shared by a module's tests (for read-only tests over one fixture
+    data set: the data is written once per back end)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('clouddb') / 'cloud.db'}"
+        return
+    with _postgres_database() as url:
+        yield url

@@ -59,10 +59,11 @@ raise SystemExit(1 if bad else 0)
 """
 
 WHERE = """
-import appliance, cloud.training, models.demo, protocol.schemas
+import appliance, cloud.training, models.demo, protocol.schemas, appliance.panel.web
 print(appliance.__file__)
 print(models.demo.demo_bundle_dir())
 print(protocol.schemas.SCHEMA_DIR)
+print(appliance.panel.web.STATIC_DIR)
 """
 
 
@@ -117,6 +118,7 @@ def test_wheel_installs_and_runs_the_demo_from_anywhere(tmp_path: Path) -> None:
     for path in where:  # the wheel's copy, not the checkout's
         assert Path(path).is_relative_to(venv), where
     assert (Path(where[1]) / "manifest.json").is_file()
+    assert {"panel.js", "panel.css"} <= {p.name for p in Path(where[3]).iterdir()}
 
     demo = _run([str(venv / "bin" / "lineguard"), "demo", "--frames", "20"],
                 cwd=elsewhere, env=env)

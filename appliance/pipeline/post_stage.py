@@ -28,6 +28,7 @@ from appliance.pipeline.health import EngineHealth
 from appliance.pipeline.inbox import POLL_S, Inbox
 from appliance.pipeline.job import Batch, BatchInfo, Job
 from appliance.pipeline.judge import Judge, inspected_record
+from appliance.pipeline.thresholds import ThresholdOverrides
 from appliance.pipeline.verdicts import VerdictBook
 from appliance.records import InspectionRecord
 from appliance.records import UninspectedReason as Reason
@@ -52,8 +53,10 @@ class PostprocessStage:
         keep_images: bool,
         cpu: CpuMeter,
         clock: Callable[[], float] = time.time,
+        thresholds: ThresholdOverrides | None = None,
     ) -> None:
         self.inbox = inbox
+        self._thresholds = thresholds
         self._cpu = cpu
         self._book = book
         self._health = health
@@ -63,7 +66,7 @@ class PostprocessStage:
         self._clock = clock
         self.batch_listeners: list[Callable[[BatchInfo], None]] = []
         self._holding: Batch | None = None
-        self._judge: tuple[LoadedModel, Judge] | None = None
+        self._judge: tuple[LoadedModel, int, Judge] | None = None
 
     def take_lost(self) -> list[Job]:
         """The jobs of the batch this stage held when it died."""
@@ -89,10 +92,16 @@ class PostprocessStage:
         self.finish(b)
 
     def judge_for(self, model: LoadedModel) -> Judge:
-        """The thresholds of `model` (made once per model)."""
-        if self._judge is None or self._judge[0] is not model:
-            self._judge = (model, Judge.from_manifest(model.manifest))
-        return self._judge[1]
+        """The thresholds of `model` with the engineer's overrides (made once per model
+        and overrides version)."""
+        overrides = self._thresholds
+        version = overrides.version if overrides is not None else 0
+        if self._judge is None or self._judge[0] is not model or self._judge[1] != version:
+            judge = Judge.from_manifest(model.manifest)
+            if overrides is not None:
+                judge = overrides.apply(judge)
+            self._judge = (model, version, judge)
+        return self._judge[2]
 
     def finish(self, b: Batch) -> None:
         """Postprocess, judge and close one batch; tell the batch listeners."""

@@ -18,6 +18,9 @@ Invariants (after `load`, and after every step of the encoder thread):
   boxes, classes, scores drawn by `annotate.annotate`), `<name>.annotated.jpg`. The pair
   is one ledger entry: its bytes count against the quota together, room is made for both
   before either is written, and they are evicted together.
+- A pinned image (a frame with an operator label not yet exported, labels.py) is never
+  evicted: eviction plans skip it, and `_delete` re-checks the pin under the lock, so a
+  `pin` that returned True holds. A pinned image still counts against the quota.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import re
 import shutil
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +179,8 @@ class ImageKeeper:
         self._fail: OrderedDict[str, _Live] = OrderedDict()
         self._other: OrderedDict[str, _Live] = OrderedDict()
         self._used = 0
+        self._fail_bytes = 0
+        self._pinned: Counter[str] = Counter()  # frame id -> pins; guarded by _lock
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._jobs: list[tuple[str, str, npt.NDArray[np.uint8], float,
@@ -227,10 +232,52 @@ class ImageKeeper:
             self._cv.notify_all()
         return True
 
+    # ----------------------------------------------------------------- pinning
+    def pin(self, frame_id: str) -> bool:
+        """Add a pin to `frame_id`'s image: it is never evicted while it has one (pins
+        are counted: one per label waiting for export). Returns False if the image is not
+        kept (never kept, or already deleted): then nothing is pinned. Thread-safe."""
+        with self._lock:
+            if frame_id not in self._fail and frame_id not in self._other:
+                return False
+            self._pinned[frame_id] += 1
+            return True
+
+    def unpin(self, frame_ids: Sequence[str]) -> None:
+        """Remove one pin per occurrence of a frame id; an image without pins is evicted
+        again by the usual order. Thread-safe."""
+        with self._lock:
+            for frame_id in frame_ids:
+                if frame_id not in self._pinned:
+                    continue
+                left = self._pinned[frame_id] - 1
+                if left > 0:
+                    self._pinned[frame_id] = left
+                else:
+                    del self._pinned[frame_id]
+
+    def preload_pins(self, frame_ids: Sequence[str]) -> None:
+        """Pins known from the database (one per occurrence), set before `load` (which
+        enforces the quota)."""
+        with self._lock:
+            self._pinned.update(frame_ids)
+
+    def is_pinned(self, frame_id: str) -> bool:
+        with self._lock:
+            return self._pinned[frame_id] > 0
+
     # ----------------------------------------------------------------- lifecycle
     @property
     def used_bytes(self) -> int:
         return self._used
+
+    @property
+    def protected_bytes(self) -> int:
+        """Bytes of images that only a newer `fail` image can evict (`fail` images) or
+        none can (pinned ones): when they fill the quota, `fail` images start to go."""
+        with self._lock:
+            pinned_other = sum(self._other[f].bytes for f in self._pinned if f in self._other)
+        return self._fail_bytes + pinned_other
 
     @property
     def live_count(self) -> int:
@@ -403,15 +450,23 @@ class ImageKeeper:
     def _index_add(self, item: _Live) -> None:
         (self._fail if item.verdict == "fail" else self._other)[item.frame_id] = item
         self._used += item.bytes
+        if item.verdict == "fail":
+            self._fail_bytes += item.bytes
+
+    def _evictable(self, allow_fail: bool) -> list[_Live]:
+        pool = list(self._other.values()) + (list(self._fail.values()) if allow_fail else [])
+        with self._lock:
+            pinned = set(self._pinned)  # only ids with pins are kept in the counter
+        return [item for item in pool if item.frame_id not in pinned] if pinned else pool
 
     def _plan(self, need_bytes: int, *, allow_fail: bool) -> list[_Live] | None:
-        pool = list(self._other.values()) + (list(self._fail.values()) if allow_fail else [])
+        pool = self._evictable(allow_fail)
         by_key = {item.path: item for item in pool}
         keys = plan_evictions([(item.path, item.bytes) for item in pool], need_bytes)
         return None if keys is None else [by_key[k] for k in keys]
 
     def _evict_bytes(self, need_bytes: int, allow_fail: bool, reason: str) -> list[LedgerOp]:
-        pool = list(self._other.values()) + (list(self._fail.values()) if allow_fail else [])
+        pool = self._evictable(allow_fail)
         victims: list[_Live] = []
         freed = 0
         for item in pool:
@@ -428,14 +483,21 @@ class ImageKeeper:
         now = self._clock()
         ops: list[LedgerOp] = []
         for item in victims:
+            index = self._fail if item.verdict == "fail" else self._other
+            with self._lock:  # a pin taken since the plan wins; `pin` sees it gone after
+                if item.frame_id in self._pinned:
+                    continue
+                del index[item.frame_id]
             try:
                 for path in reversed(item.paths()):  # the copy first: never left alone
                     (self._dir / path).unlink(missing_ok=True)
             except OSError as e:
                 logger.error("cannot delete image %s: %s", item.path, e)
+                index[item.frame_id] = item  # still there, still counted
                 continue
-            del (self._fail if item.verdict == "fail" else self._other)[item.frame_id]
             self._used -= item.bytes
+            if item.verdict == "fail":
+                self._fail_bytes -= item.bytes
             self.deleted += 1
             ops.append(
                 ImageDeleted(item.frame_id, item.path, item.bytes, item.verdict, now, reason)

@@ -85,6 +85,9 @@ class StoreStats:
     """Batches fail to commit with the disk reserve spent (see `Store.unwritable`)."""
     reserve_held: bool
     """The database's disk reserve is in place (False: released or not allocated)."""
+    images_protected_bytes: int = 0
+    """Bytes of kept `fail` and pinned (labelled, not exported) images: when they reach
+    the quota, `fail` images start to be evicted (see `ImageKeeper.protected_bytes`)."""
 
 
 def frame_seq(frame_id: str, station: str) -> int | None:
@@ -163,6 +166,10 @@ class Store:
                 cfg.images, post_ops=self._writer.put_ledger, clock=clock,
                 free_disk_bytes=free_disk_bytes,
             )
+            # images with labels not yet exported are pinned (one pin per label) before the
+            # quota is enforced
+            self._keeper.preload_pins([row[0] for row in db.execute(
+                "SELECT frame_id FROM labels WHERE exported_at IS NULL").fetchall()])
             live = db.execute(
                 "SELECT frame_id, path, bytes, verdict, created_at, annotated_path,"
                 " annotated_bytes FROM images WHERE deleted_at IS NULL ORDER BY created_at, id"
@@ -347,7 +354,21 @@ class Store:
             images_bytes=k.used_bytes,
             unwritable=w.outage.unwritable_since is not None,
             reserve_held=self._reserve.held,
+            images_protected_bytes=k.protected_bytes,
         )
+
+    def pin_image(self, frame_id: str) -> bool:
+        """Add a pin to the frame's kept image (one per label waiting for export): it is
+        never evicted while pinned. False if the frame has no kept image (never kept, or
+        already evicted). Thread-safe."""
+        return self._keeper.pin(frame_id)
+
+    def unpin_images(self, frame_ids: Sequence[str]) -> None:
+        """Remove one pin per occurrence of a frame id (see `pin_image`). Thread-safe."""
+        self._keeper.unpin(frame_ids)
+
+    def image_pinned(self, frame_id: str) -> bool:
+        return self._keeper.is_pinned(frame_id)
 
     @property
     def unwritable(self) -> bool:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final, Literal
 
 from appliance.telemetry.config import TelemetryConfig
@@ -37,6 +37,7 @@ from protocol.mqtt_client import (
     UNSUPPORTED_PROTOCOL,
     ClientFactory,
     ClientOptions,
+    Inbound,
     MqttClient,
     MqttHandler,
     MqttVersion,
@@ -82,8 +83,12 @@ class BrokerConnection(MqttHandler):
         on_down: Callable[[str], None],
         on_ack: Callable[[int, AckOutcome, str], None],
         client_factory: ClientFactory = paho_client,
+        subscriptions: Sequence[str] = (),
+        on_message: Callable[[Inbound], None] | None = None,
     ) -> None:
         self._cfg = cfg
+        self._subscriptions = tuple(subscriptions)
+        self._on_message = on_message
         self._broker = cfg.broker
         self._client_id = client_id
         self._will = will
@@ -224,6 +229,8 @@ class BrokerConnection(MqttHandler):
             client = self._client
             if first is not None and client is not None:
                 client.publish(first.topic, first.payload, first.qos, first.retain)
+            if self._subscriptions and client is not None:
+                client.subscribe(self._subscriptions, 1)
         finally:  # the owner hears of the connection even if the first message failed
             self._on_up()
 
@@ -242,3 +249,7 @@ class BrokerConnection(MqttHandler):
 
     def on_publish_ack(self, mid: int, reason: Reason) -> None:
         self._on_ack(mid, ack_outcome(reason), str(reason))
+
+    def on_message(self, message: Inbound) -> None:
+        if self._on_message is not None:
+            self._on_message(message)

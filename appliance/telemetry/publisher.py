@@ -40,7 +40,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -53,7 +53,7 @@ from appliance.telemetry.outbox import NewMessage, Outbox, WriteResult
 from appliance.telemetry.sender import SendWindow
 from protocol import Message, MetricsMessage, OutboxStats, Outgoing, ProtocolError, prepare
 from protocol.backoff import Backoff, BackoffConfig
-from protocol.mqtt_client import ClientFactory, paho_client
+from protocol.mqtt_client import ClientFactory, Inbound, paho_client
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,8 @@ class Publisher:
         on_event: EventSink | None = None,
         clock: Callable[[], float] = time.time,
         client_factory: ClientFactory = paho_client,
+        subscriptions: Sequence[str] = (),
+        on_message: Callable[[Inbound], None] | None = None,
     ) -> None:
         self._cfg = cfg
         self._outbox = outbox
@@ -117,7 +119,7 @@ class Publisher:
         self.connection = BrokerConnection(
             cfg, client_id=client_id, will=will, first_message=first_message,
             on_up=self._note_up, on_down=self._note_down, on_ack=self._note_ack,
-            client_factory=client_factory,
+            client_factory=client_factory, subscriptions=subscriptions, on_message=on_message,
         )
         self._pending: deque[tuple[str, Build]] = deque()
         self._wake = threading.Event()

@@ -52,6 +52,7 @@ from appliance.telemetry.outbox import Outbox, OutboxDatabase
 from appliance.telemetry.publisher import Build, Publisher, PublisherStats
 from protocol import (
     DefectEvent,
+    Message,
     MetricsMessage,
     ModelRef,
     ModelReport,
@@ -59,12 +60,15 @@ from protocol import (
     ProtocolError,
     StatusMessage,
     UpdateProgress,
+    command_filter,
+    decode,
     last_will,
     line_client_id,
     new_msg_id,
     prepare,
     validate_id,
 )
+from protocol.mqtt_client import Inbound
 from protocol.status import OfflineReason
 
 logger = logging.getLogger(__name__)
@@ -125,6 +129,11 @@ class Telemetry:
         self._last_publisher: Publisher | None = None
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
+        self._last_update: UpdateProgress | None = None
+        self.command_listeners: list[Callable[[Message], None]] = []
+        """Called with every valid `cmd/...` message for this line (on the MQTT network
+        thread: keep them quick). Commands are hints; listeners decide nothing on them
+        alone."""
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -145,7 +154,9 @@ class Telemetry:
         self._window_frames = self._gauges.frames_captured if self._gauges is not None else 0
         publisher = Publisher(cfg, self._outbox, client_id=self._client_id, will=self._will,
                               first_message=self._online_status, on_event=self._event,
-                              clock=self._clock)
+                              clock=self._clock,
+                              subscriptions=(command_filter(self.site, self.line),),
+                              on_message=self._on_command)
         try:
             publisher.start()
         except BaseException:
@@ -216,7 +227,12 @@ class Telemetry:
         update: UpdateProgress | None = None,
     ) -> bool:
         """Hand a `model` report over (at start, on each update step, on each model
-        change). False if refused."""
+        change). A report without `update` carries the latest step reported, so the
+        retained copy never loses how the last update ended. False if refused."""
+        if update is None:
+            update = self._last_update
+        else:
+            self._last_update = update
         sent_at = utc(self._clock())
         return self.publish("model", lambda: ModelReport(
             msg_id=new_msg_id(), site=self.site, line=self.line, sent_at=sent_at,
@@ -231,6 +247,19 @@ class Telemetry:
             logger.debug("telemetry not running; %s message not sent", kind)
             return False
         return self._publisher.submit(kind, build)
+
+    def _on_command(self, inbound: Inbound) -> None:
+        if inbound.topic is None or not self.command_listeners:
+            return
+        try:
+            message = decode(inbound.topic, inbound.payload)
+        except ProtocolError as e:
+            logger.warning("ignored an invalid command on %s: %s", inbound.topic, e)
+            return
+        if (message.site, message.line) != (self.site, self.line):
+            return
+        for listener in self.command_listeners:
+            listener(message)
 
     def publish_status(self) -> None:
         """Re-read the gauges and publish `status` now (if connected)."""

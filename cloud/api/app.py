@@ -29,6 +29,9 @@ from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Secr
 from swagger_ui_bundle import swagger_ui_path
 
 from cloud.api.models import models_router
+from cloud.api.releases import ReleaseApi, add_release_routes
+from cloud.drift.api import drift_router
+from cloud.drift.store import DriftStore
 from cloud.errors import FleetStoreError
 from cloud.fleet import (
     CollectorCounters,
@@ -199,13 +202,15 @@ def _not_found(site: str, line: str) -> HTTPException:
 
 def create_app(
     store: FleetStore, token: SecretStr | str, *, public_docs: bool = False,
-    registry: ModelRegistry | None = None,
-    routers: Sequence[APIRouter] = (),
+    registry: ModelRegistry | None = None, release: ReleaseApi | None = None,
+    drift: DriftStore | None = None, routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     """The fleet API over `store`; `token` is the bearer token (at least 16 characters).
     `public_docs`: serve `/openapi.json` without the token. `registry`: also serve
-    `/models` (cloud/api/models.py). `routers`: more endpoints that do their own
-    authentication (the lines' sample uploads: cloud/api/uploads.py).
+    `/models` (cloud/api/models.py). `release`: also serve `/tuf/...`, `/releases...`
+    and `/rollouts...` (cloud/api/releases.py). `routers`: more endpoints that do their
+    own authentication (the lines' sample uploads: cloud/api/uploads.py). `drift`:
+    also serve `/drift/...` (cloud/drift/api.py).
 
     Raises ValueError for a shorter token.
     """
@@ -357,4 +362,10 @@ def create_app(
             return JSONResponse(status_code=503, content={"detail": "model registry unavailable"})
     for extra in routers:
         app.include_router(extra)
+    if release is not None:
+        add_release_routes(app, release, store.lines, [Depends(auth)],
+                           {**UNAUTHORIZED, **UNAVAILABLE})
+    if drift is not None:
+        app.include_router(drift_router(drift), dependencies=[Depends(auth)],
+                           responses={**UNAUTHORIZED, **UNAVAILABLE})
     return app

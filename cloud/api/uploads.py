@@ -61,7 +61,18 @@ def samples_router(inbox: SampleInbox, *, max_body_bytes: int) -> APIRouter:
         503: {"description": "the database cannot be written"},
     }
 
-    @router.post("/lines/{site}/{line}/samples", status_code=201, responses=responses)
+    # The body is read by hand (auth and size first), so describe it for the spec here.
+    body_spec = {"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "required": [META_PART, IMAGE_PART], "properties": {
+            META_PART: {"type": "string", "contentMediaType": "application/json",
+                        "contentSchema": SampleMeta.model_json_schema(by_alias=True),
+                        "description": "the sample's meta data as JSON"},
+            IMAGE_PART: {"type": "string", "format": "binary",
+                         "description": "the frame, JPEG or PNG"}}},
+        "encoding": {IMAGE_PART: {"contentType": ", ".join(IMAGE_TYPES)}}}}}}
+
+    @router.post("/lines/{site}/{line}/samples", status_code=201, responses=responses,
+                 openapi_extra=body_spec)
     async def upload_sample(
         request: Request, response: Response,
         site: Annotated[str, Path(pattern=ID_PATTERN)],

@@ -37,6 +37,7 @@ from pydantic import SecretStr
 
 from cloud.collector.service import Collector
 from cloud.config import CollectorConfig, FleetStoreConfig
+from cloud.db import DatabaseConfig
 from cloud.errors import CloudError
 from cloud.fleet import FleetStore
 
@@ -55,12 +56,12 @@ def worker_config(cfg: CollectorConfig, index: int) -> CollectorConfig:
 
 
 def run_collector(
-    cfg: CollectorConfig, store_cfg: FleetStoreConfig, password: SecretStr | None,
-    stop: threading.Event,
+    cfg: CollectorConfig, database: DatabaseConfig, store_cfg: FleetStoreConfig,
+    password: SecretStr | None, stop: threading.Event,
 ) -> int:
     """One collector in this process until `stop`; returns its exit status."""
     try:
-        store = FleetStore(store_cfg)
+        store = FleetStore(database, store_cfg)
     except CloudError as e:
         logger.error("%s", e)
         return _FATAL_EXIT
@@ -81,13 +82,13 @@ def _watch_parent(parent_pid: int, stop: threading.Event) -> None:
             stop.set()
 
 
-def _worker_main(cfg: CollectorConfig, store_cfg: FleetStoreConfig,
+def _worker_main(cfg: CollectorConfig, database: DatabaseConfig, store_cfg: FleetStoreConfig,
                  password: SecretStr | None, parent_pid: int) -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     threading.Thread(target=_watch_parent, args=(parent_pid, stop), daemon=True).start()
-    raise SystemExit(run_collector(cfg, store_cfg, password, stop))
+    raise SystemExit(run_collector(cfg, database, store_cfg, password, stop))
 
 
 @dataclass
@@ -102,9 +103,10 @@ class _Slot:
 class WorkerPool:
     """K collector processes under one supervisor (see the module docstring)."""
 
-    def __init__(self, cfg: CollectorConfig, store_cfg: FleetStoreConfig,
-                 password: SecretStr | None) -> None:
+    def __init__(self, cfg: CollectorConfig, database: DatabaseConfig,
+                 store_cfg: FleetStoreConfig, password: SecretStr | None) -> None:
         self._cfg = cfg
+        self._database = database
         self._store_cfg = store_cfg
         self._password = password
         self._ctx = multiprocessing.get_context("fork")
@@ -113,7 +115,8 @@ class WorkerPool:
     def _start(self, slot: _Slot) -> None:
         cfg = worker_config(self._cfg, slot.index)
         process = self._ctx.Process(
-            target=_worker_main, args=(cfg, self._store_cfg, self._password, os.getpid()),
+            target=_worker_main,
+            args=(cfg, self._database, self._store_cfg, self._password, os.getpid()),
             name=f"collector-{cfg.broker.client_id}",
         )
         process.start()

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from protocol.cliargs import comma_list
+from protocol.cliargs import HelpFormatter, comma_list
 from protocol.logsetup import LOG_FORMATS, LOG_LEVELS
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def add_commands(command: Command) -> None:
     sub = ds.add_subparsers(dest="dataset_cmd", required=True)
 
     def sc(name: str, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
         p.add_argument("--config", type=Path,
                        help="cloud YAML config (database, datasets.root); default: the "
                        "built-in defaults, relative to the working directory")
@@ -57,8 +57,12 @@ def add_commands(command: Command) -> None:
                     "keep: the dataset's own split")
     im.add_argument("--classes", type=comma_list, metavar="NAME[,NAME...]",
                     help="class names of a folder without data.yaml or classes.txt")
+    im.add_argument("--drop-conflicting-duplicates", action="store_true",
+                    help="leave out every copy of an image that appears twice with different "
+                    "labels (or splits) instead of refusing the import; they are listed")
     un = sc("union", "a new version holding every image of other versions")
-    un.add_argument("refs", nargs="+", help="NAME[@VERSION] ...")
+    un.add_argument("refs", type=comma_list, metavar="NAME@VERSION[,NAME...]",
+                    help="the versions to join, comma-separated (NAME alone: its latest)")
     un.add_argument("--name", required=True, help="name of the new version")
     ls = sc("list", "every dataset version")
     ls.add_argument("name", nargs="?", help="only this dataset")
@@ -76,15 +80,20 @@ def add_commands(command: Command) -> None:
     ib.add_argument("line", type=site_line, nargs="?", metavar="SITE/LINE",
                     help="list this line's samples (default: counts per line)")
     ac = sc("accept", "turn a line's inbox into a new dataset version")
-    ac.add_argument("line", type=site_line, metavar="SITE/LINE")
+    ac.add_argument("line", type=site_line, metavar="SITE/LINE", help="the line whose inbox")
     ac.add_argument("--into", required=True, help="dataset name of the new version")
     ac.add_argument("--base", help="version to add the samples to (default: the latest "
                     "version of --into, if any)")
     ac.add_argument("--include-predictions", action="store_true",
                     help="samples without operator labels take their predictions as labels "
                     "(default: they are skipped and stay in the inbox)")
-    ac.add_argument("--min-score", type=float, default=0.5,
-                    help="with --include-predictions: the lowest score taken")
+    ac.add_argument("--min-score", type=float, default=0.0,
+                    help="the lowest prediction score taken as a label (predictions are the "
+                    "line's detections, after its own thresholds)")
+    ac.add_argument("--drop-unreviewed", action="store_true",
+                    help="on operator-labelled samples, only what the operator confirmed or "
+                    "drew (default: predictions nobody reviewed count, as in the panel's "
+                    "export)")
     ac.add_argument("--classes", type=comma_list, metavar="NAME[,NAME...]",
                     help="class names when --into is a new dataset and there is no --base")
     gc = sc("gc", "delete image objects no dataset or sample refers to")
@@ -94,8 +103,8 @@ def add_commands(command: Command) -> None:
     ln = command("line", "per-line credentials for the sample upload endpoint")
     lsub = ln.add_subparsers(dest="line_cmd", required=True)
     tk = lsub.add_parser("token", help="make a new upload token for a line (printed once; "
-                         "replaces the line's earlier token)")
-    tk.add_argument("line", type=site_line, metavar="SITE/LINE")
+                         "replaces the line's earlier token)", formatter_class=HelpFormatter)
+    tk.add_argument("line", type=site_line, metavar="SITE/LINE", help="the line")
     tk.add_argument("--config", type=Path, help="cloud YAML config (database)")
     _logging_after_subcommand(tk)
 
@@ -115,9 +124,13 @@ def run(args: argparse.Namespace) -> int:
     from cloud.errors import CloudError
 
     try:
-        if args.cmd == "line":
-            return _token(args)
-        return _dataset(args)
+        index, cfg = _open(args.config)
+        try:
+            if args.cmd == "line":
+                return _token(index, args)
+            return _dataset(index, cfg, args)
+        finally:
+            index.engine.dispose()
     except CloudError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -125,18 +138,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _open(config_path: Path | None) -> tuple[DatasetIndex, CloudConfig]:
     from cloud.config import CloudConfig, load_config
-    from cloud.datasets.index import DatasetIndex
-    from cloud.datasets.service import open_database
+    from cloud.datasets.service import open_index
 
     cfg = load_config(config_path) if config_path is not None else CloudConfig()
-    engine = open_database(cfg)
-    return DatasetIndex(engine, cfg.datasets.root, val_fraction=cfg.datasets.val_fraction), cfg
+    return open_index(cfg), cfg
 
 
-def _token(args: argparse.Namespace) -> int:
+def _token(index: DatasetIndex, args: argparse.Namespace) -> int:
     from cloud.datasets.inbox import SampleInbox
 
-    index, _ = _open(args.config)
     site, line = args.line
     token = SampleInbox(index).issue_token(site, line)
     print(f"upload token for {site}/{line} (shown once; store it in the line's "
@@ -151,15 +161,17 @@ def _counts_line(version: DatasetVersion) -> str:
             f"val {c.images.get('val', 0)}), {boxes} boxes")
 
 
-def _dataset(args: argparse.Namespace) -> int:
+def _dataset(index: DatasetIndex, cfg: CloudConfig, args: argparse.Namespace) -> int:
     from cloud.datasets.inbox import SampleInbox
 
-    index, cfg = _open(args.config)
     cmd = args.dataset_cmd
     if cmd == "import":
-        v = index.import_yolo(args.path, args.name, split=args.split, classes=args.classes)
+        v = index.import_yolo(args.path, args.name, split=args.split, classes=args.classes,
+                              drop_conflicts=args.drop_conflicting_duplicates)
         print(f"{v.ref} {v.fingerprint[:12]}: {_counts_line(v)}; classes "
               f"{', '.join(v.classes)}; split {v.split_rule}")
+        if "(left out" in v.source:
+            print(v.source[v.source.index("(left out") + 1:].rstrip(")"))
     elif cmd == "union":
         v = index.union(args.refs, args.name)
         print(f"{v.ref} {v.fingerprint[:12]}: {_counts_line(v)}; from {', '.join(v.parents)}")
@@ -184,6 +196,7 @@ def _dataset(args: argparse.Namespace) -> int:
         result = SampleInbox(index).accept(
             site, line, args.into, base=args.base,
             include_predictions=args.include_predictions, min_score=args.min_score,
+            drop_unreviewed=args.drop_unreviewed,
             classes=args.classes)
         v = result.version
         print(f"{v.ref} {v.fingerprint[:12]}: {_counts_line(v)}; accepted {result.accepted} "

@@ -10,11 +10,16 @@ Invariants:
 - Accepting is one transaction: the new version, its items and the samples' state
   (`inbox` -> `accepted`) commit together or not at all.
 
-Labels of an accepted sample: a sample with operator labels uses them alone (boxes of
-`confirm` and `missed` labels; `reject` removes nothing but is not a box; predictions
-are ignored, the operator having looked at the frame). A sample without operator
-labels is skipped (it stays in the inbox) unless `include_predictions`, in which case
-its predictions scoring at least `min_score` become its labels.
+Labels of an accepted sample follow the panel's export rule (docs/panel-data.md): on a
+sample with operator labels, the truth is the boxes of its `confirm` labels (with their
+class, which may correct the model's), every `missed` box, and the predictions nobody
+reviewed (the operator looked at the frame and left them standing; a prediction is
+reviewed when a `confirm` or `reject` label's box matches it, IoU >= 0.9); `reject`ed
+predictions are left out; `drop_unreviewed` keeps only what the operator confirmed or
+drew. A sample without operator labels is skipped (it stays in the inbox) unless
+`include_predictions`, in which case its predictions become its labels. `min_score`
+filters the predictions taken either way (they are the line's detections, after its
+own thresholds, so the default 0 takes them as the line judged them).
 """
 
 from __future__ import annotations
@@ -99,14 +104,36 @@ def _utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def sample_rows(meta: SampleMeta, width_px: int, height_px: int,
-                include_predictions: bool, min_score: float) -> list[tuple[str, LabelRow]] | None:
+REVIEW_IOU = 0.9
+"""A label's box matching a prediction's at least this well reviews that prediction."""
+
+
+def iou_xyxy(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes (0 for empty ones)."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def sample_rows(meta: SampleMeta, width_px: int, height_px: int, *,
+                include_predictions: bool = False, min_score: float = 0.0,
+                drop_unreviewed: bool = False) -> list[tuple[str, LabelRow]] | None:
     """The (class name, normalised row) labels of a sample by the module's rule, or None
-    when the sample is skipped. Boxes are clipped to the image."""
+    when the sample is skipped. Boxes are clipped to the image. Pure."""
+    predictions = [p for p in meta.predictions if p.score >= min_score]
     if meta.labels:
-        boxes = [(lb.class_name, lb.box_xyxy) for lb in meta.labels if lb.kind != "reject"]
+        reviewed = [lb.box_xyxy for lb in meta.labels if lb.kind in ("confirm", "reject")]
+        boxes = [(lb.class_name, lb.box_xyxy) for lb in meta.labels
+                 if lb.kind in ("confirm", "missed")]
+        if not drop_unreviewed:
+            boxes += [(p.class_name, p.box_xyxy) for p in predictions
+                      if all(iou_xyxy(p.box_xyxy, r) < REVIEW_IOU for r in reviewed)]
     elif include_predictions:
-        boxes = [(p.class_name, p.box_xyxy) for p in meta.predictions if p.score >= min_score]
+        boxes = [(p.class_name, p.box_xyxy) for p in predictions]
     else:
         return None
     rows: list[tuple[str, LabelRow]] = []
@@ -244,7 +271,8 @@ class SampleInbox:
     # --------------------------------------------------------------- accepting
 
     def accept(self, site: str, line: str, into: str, *, base: str | None = None,
-               include_predictions: bool = False, min_score: float = 0.5,
+               include_predictions: bool = False, min_score: float = 0.0,
+               drop_unreviewed: bool = False,
                classes: Sequence[str] | None = None) -> AcceptResult:
         """Turn the line's inbox into a new version of `into`: the union of `base`
         (default: the latest version of `into`, if any) and the samples labelled by the
@@ -279,8 +307,9 @@ class SampleInbox:
         ids: list[int] = []
         for r in rows:
             meta = SampleMeta.model_validate_json(r.body_json)
-            labelled = sample_rows(meta, r.width_px, r.height_px, include_predictions,
-                                   min_score)
+            labelled = sample_rows(meta, r.width_px, r.height_px,
+                                   include_predictions=include_predictions,
+                                   min_score=min_score, drop_unreviewed=drop_unreviewed)
             if labelled is None:
                 continue
             unknown = sorted({n for n, _ in labelled if n not in index_of})

@@ -18,18 +18,16 @@ from __future__ import annotations
 import builtins
 import json
 import logging
-import os
-import secrets
-import shutil
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
 from cloud.datasets import tables as t
 from cloud.datasets.content import (
@@ -43,21 +41,20 @@ from cloud.datasets.content import (
     count,
     fingerprint,
     merge_items,
-    parse_canonical,
     parse_ref,
     remap_labels,
     split_for_hash,
 )
 from cloud.datasets.errors import DatasetError, DatasetRejected, UnknownDataset
+from cloud.datasets.guard import DatabaseGuard
+from cloud.datasets.materialize import write_yolo_folder
 from cloud.datasets.objects import ObjectStore
 from cloud.datasets.reader import read_yolo
-from protocol.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-MARKER = ".lineguard-dataset"
-"""File in a materialised folder holding the fingerprint it was made from."""
 _INSERT_RETRIES = 5
+_WRITE_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -182,16 +179,23 @@ class DatasetIndex:
     # ----------------------------------------------------------------- writing
 
     def import_yolo(self, path: Path, name: str, *, split: SplitRule = "hash",
-                    classes: Sequence[str] | None = None) -> DatasetVersion:
+                    classes: Sequence[str] | None = None,
+                    drop_conflicts: bool = False) -> DatasetVersion:
         """Import an Ultralytics YOLO dataset (reader.py says which layouts) as a new
         version of `name`. `split`: `hash` (default) puts each image in train or val by
         its hash (stable across versions); `keep` keeps the dataset's own split (`test`
         counts as val). `classes`: names for a folder without data.yaml or classes.txt.
+        `drop_conflicts`: leave out (every copy of) an image that appears twice with
+        different labels or splits, instead of refusing; they are logged and named in
+        the version's `source`.
 
         Everything is read and checked before anything is written. Raises
         DatasetRejected (with the file and the reason), BadReference for a bad name."""
         check_name(name)
-        source = read_yolo(Path(path), list(classes) if classes is not None else None)
+        source = read_yolo(Path(path), list(classes) if classes is not None else None,
+                           drop_conflicts=drop_conflicts)
+        for dropped in source.dropped:
+            logger.warning("left out %s: a duplicate image with conflicting labels", dropped)
         target = self._classes_of(name) or source.classes
         mapping = class_mapping(target, source.classes, f"{path}")
         items: builtins.list[Item] = []
@@ -203,11 +207,17 @@ class DatasetIndex:
                               remap_labels(image.labels, mapping)))
             records.append(ImageRecord(image.sha256, image.ext, image.width_px,
                                        image.height_px, image.size_bytes))
-        for image in source.images:
-            self.objects.put_file(image.path, image.sha256, image.ext)
+        # Each object is fsynced (protocol/atomic.py): on a busy disk that, not the copy,
+        # is the cost, and concurrent fsyncs overlap.
+        with ThreadPoolExecutor(max_workers=_WRITE_THREADS) as pool:
+            list(pool.map(lambda i: self.objects.put_file(i.path, i.sha256, i.ext),
+                          source.images))
         version = self.create_version(
             name, target, items, records, parents=[],
-            source=f"import {source.description}",
+            source=f"import {source.description}" + (
+                f" (left out {len(source.dropped)} conflicting duplicate file(s): "
+                + ", ".join(p.name for p in source.dropped[:10]) + ")"
+                if source.dropped else ""),
             split_rule=self.hash_rule if split == "hash" else "kept")
         logger.info("dataset %s (%s): %d images from %s", version.ref,
                     version.fingerprint[:12], version.images, path)
@@ -276,6 +286,12 @@ class DatasetIndex:
                         logger.info("%s already holds this content as %s", name, version.ref)
                         return version
                     self._check_objects(conn, items)
+                    first = conn.execute(select(v.c.classes_json).where(v.c.name == name)
+                                         .order_by(v.c.number).limit(1)).scalar()
+                    if first is not None and json.loads(first) != list(classes):
+                        raise DatasetRejected(
+                            f"{name} has the classes {', '.join(json.loads(first))}, not "
+                            f"{', '.join(classes)}")
                     number = 1 + int(conn.execute(
                         select(func.coalesce(func.max(v.c.number), 0))
                         .where(v.c.name == name)).scalar_one())
@@ -336,54 +352,9 @@ class DatasetIndex:
 
     def _write_yolo(self, ref: str | DatasetRef, out_dir: Path, *, holdout: bool) -> Path:
         version_id, version = self._resolve(ref)
-        out_dir = out_dir.resolve()
-        stamp = f"{version.fingerprint}{' holdout' if holdout else ''}"
-        if out_dir.exists():
-            marker = out_dir / MARKER
-            if marker.is_file() and marker.read_text("utf-8").strip() == stamp:
-                return out_dir / "data.yaml"
-            if not out_dir.is_dir() or any(out_dir.iterdir()):
-                raise DatasetError(f"{out_dir} exists and is not empty (nor {version.ref})")
         with self.connection("read dataset items") as conn:
             items = self._items(conn, version_id)
-        splits = ("val",) if holdout else ("train", "val")
-        for split in splits:
-            if not any(i.split == split for i in items):
-                raise DatasetError(f"{version.ref} has no {split} images")
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = out_dir.with_name(f".{out_dir.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            for split in splits:
-                (staging / "images" / split).mkdir(parents=True)
-                (staging / "labels" / split).mkdir(parents=True)
-            for item in items:
-                if item.split not in splits:
-                    continue
-                name = f"{item.image_sha256}.{item.ext}"
-                self.objects.link_or_copy(item.image_sha256, item.ext,
-                                          staging / "images" / item.split / name)
-                text = "\n".join(f"{c} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}" for c, cx, cy, w, h
-                                 in parse_canonical(item.labels))
-                (staging / "labels" / item.split / f"{item.image_sha256}.txt").write_text(
-                    text + ("\n" if text else ""), "utf-8")
-            names = "\n".join(f"  {i}: {json.dumps(n)}" for i, n in enumerate(version.classes))
-            train = "images/val" if holdout else "images/train"
-            (staging / "data.yaml").write_text(
-                f"# lineguard dataset {version.ref} ({version.fingerprint})"
-                f"{' holdout (val split)' if holdout else ''}\n"
-                f"path: {json.dumps(str(out_dir))}\ntrain: {train}\nval: images/val\n"
-                f"names:\n{names}\n", "utf-8")
-            atomic_write_text(staging / MARKER, stamp + "\n")
-            if out_dir.exists():
-                out_dir.rmdir()
-            os.replace(staging, out_dir)
-        except OSError as e:
-            raise DatasetError(f"cannot write {out_dir}: {e}") from e
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        logger.info("materialised %s%s at %s", version.ref, " holdout" if holdout else "",
-                    out_dir)
-        return out_dir / "data.yaml"
+        return write_yolo_folder(self.objects, version, items, out_dir, holdout=holdout)
 
     # ------------------------------------------------------------ housekeeping
 
@@ -406,37 +377,11 @@ class DatasetIndex:
 
     # ---------------------------------------------------------------- plumbing
 
-    def connection(self, what: str) -> _Guard:
+    def connection(self, what: str) -> DatabaseGuard:
         """A connection whose database errors become DatasetError("cannot <what>")."""
-        return _Guard(self.engine, what, begin=False)
+        return DatabaseGuard(self.engine, what, begin=False)
 
-    def transaction(self, what: str) -> _Guard:
+    def transaction(self, what: str) -> DatabaseGuard:
         """A transaction (committed on a clean exit) whose database errors become
         DatasetError("cannot <what>")."""
-        return _Guard(self.engine, what, begin=True)
-
-
-class _Guard:
-    """A connection (or transaction) whose SQLAlchemy errors become DatasetError."""
-
-    def __init__(self, engine: Engine, what: str, *, begin: bool) -> None:
-        self._engine, self._what, self._begin = engine, what, begin
-        self._cm: Any = None
-
-    def __enter__(self) -> Connection:
-        try:
-            self._cm = self._engine.begin() if self._begin else self._engine.connect()
-            conn: Connection = self._cm.__enter__()
-        except SQLAlchemyError as e:
-            raise DatasetError(f"cannot {self._what}: database error: {e}") from e
-        return conn
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
-        try:
-            self._cm.__exit__(exc_type, exc, tb)
-        except SQLAlchemyError as e:
-            raise DatasetError(f"cannot {self._what}: database error: {e}") from e
-        if isinstance(exc, SQLAlchemyError):
-            raise DatasetError(f"cannot {self._what}: database error: "
-                               f"{str(exc).splitlines()[0]}") from exc
-        return False
+        return DatabaseGuard(self.engine, what, begin=True)

@@ -12,8 +12,10 @@ Accepted layouts (PATH given to `lineguard cloud dataset import`):
 `test` and `minival` images count as `val` (held out) when the import's split is kept.
 Every image is decoded (models/imagefile.py: truncated or corrupt files are refused);
 every label row is checked (content.check_label_row). Duplicate images (same bytes) with
-the same labels are kept once; with different labels the import is refused naming both
-files.
+the same labels are kept once; with different labels (or, keeping the split, in train
+and in val) the import is refused naming both files, unless the caller asks to drop
+them: then every copy of such an image is left out and listed in `dropped` (NEU-DET
+has one such pair: a val image that is a train image with other boxes).
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class SourceDataset:
     classes: list[str]
     images: list[SourceImage]
     description: str
+    dropped: list[Path]
+    """Files left out as conflicting duplicates (only with `drop_conflicts`)."""
 
 
 def _open(path: Path, classes: list[str] | None) -> YoloDataset:
@@ -110,9 +114,12 @@ def _read_image(path: Path, split: Split, names: list[str]) -> SourceImage:
         split=split, labels=canonical_labels(checked))
 
 
-def read_yolo(path: Path, classes: list[str] | None = None) -> SourceDataset:
+def read_yolo(path: Path, classes: list[str] | None = None, *,
+              drop_conflicts: bool = False) -> SourceDataset:
     """Read and check every image and label of the dataset at `path` (see the module
-    docstring). Raises DatasetRejected naming the file and why."""
+    docstring). `drop_conflicts`: leave out conflicting duplicates instead of refusing.
+    Raises DatasetRejected naming the file and why."""
+    conflicts: dict[str, list[Path]] = {}
     try:
         dataset = _open(path, classes)
         names = dataset.names
@@ -128,17 +135,20 @@ def read_yolo(path: Path, classes: list[str] | None = None) -> SourceDataset:
                 seen = by_hash.get(image.sha256)
                 if seen is None:
                     by_hash[image.sha256] = image
-                elif seen.labels != image.labels:
-                    raise DatasetRejected(
-                        f"{image_path}: the same image as {seen.path} with different "
-                        "labels (duplicate image)")
-                elif seen.split != image.split:
-                    raise DatasetRejected(
-                        f"{image_path}: the same image as {seen.path}, in {image.split} "
-                        f"and in {seen.split}")
+                elif seen.labels != image.labels or seen.split != image.split:
+                    if not drop_conflicts:
+                        raise DatasetRejected(
+                            f"{image_path}: the same image as {seen.path} "
+                            + ("with different labels (duplicate image)"
+                               if seen.labels != image.labels else
+                               f"in {image.split} and in {seen.split}"))
+                    conflicts.setdefault(image.sha256, [seen.path]).append(image_path)
     except YoloDatasetError as e:
         raise DatasetRejected(str(e)) from e
+    for sha in conflicts:
+        del by_hash[sha]
     if not by_hash:
         raise DatasetRejected(f"{path}: no images")
     return SourceDataset(classes=list(names), images=list(by_hash.values()),
-                         description=str(dataset.yaml_path or dataset.root))
+                         description=str(dataset.yaml_path or dataset.root),
+                         dropped=[p for paths in conflicts.values() for p in paths])

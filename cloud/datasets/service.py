@@ -16,12 +16,12 @@ if TYPE_CHECKING:
     from fastapi import APIRouter
 
     from cloud.config import CloudConfig
+    from cloud.datasets.index import DatasetIndex
 
 
 def database_config(cfg: CloudConfig) -> DatabaseConfig:
-    """The config's `database:` section (the built-in default where a config has none)."""
-    value = getattr(cfg, "database", None)
-    return value if isinstance(value, DatabaseConfig) else DatabaseConfig()
+    """The config's `database:` section."""
+    return cfg.database
 
 
 def open_database(cfg: CloudConfig) -> Engine:
@@ -44,12 +44,19 @@ def open_database(cfg: CloudConfig) -> Engine:
     return engine
 
 
+def open_index(cfg: CloudConfig, engine: Engine | None = None) -> DatasetIndex:
+    """The dataset index of a cloud config (on `engine`, or a newly opened one: the
+    caller disposes of `index.engine`)."""
+    from cloud.datasets.index import DatasetIndex
+
+    return DatasetIndex(engine if engine is not None else open_database(cfg),
+                        cfg.datasets.root, val_fraction=cfg.datasets.val_fraction)
+
+
 def upload_router(cfg: CloudConfig, engine: Engine) -> APIRouter:
     """`POST /lines/{site}/{line}/samples` over the config's dataset root and `engine`."""
     from cloud.api.uploads import samples_router
     from cloud.datasets.inbox import SampleInbox
-    from cloud.datasets.index import DatasetIndex
 
-    index = DatasetIndex(engine, cfg.datasets.root, val_fraction=cfg.datasets.val_fraction)
-    inbox = SampleInbox(index, max_pixels=cfg.datasets.upload_max_pixels)
+    inbox = SampleInbox(open_index(cfg, engine), max_pixels=cfg.datasets.upload_max_pixels)
     return samples_router(inbox, max_body_bytes=cfg.datasets.upload_max_bytes)

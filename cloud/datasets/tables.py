@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 metadata = MetaData()
+_BATCH_ROWS = 500  # rows per multi-row INSERT (SQLite allows 32766 bound parameters)
 
 dataset_images = Table(
     "dataset_images", metadata,
@@ -112,9 +113,7 @@ def insert_ignoring_duplicates(conn: Connection, table: Table, rows: list[dict[s
         stmt = sqlite.insert(table).on_conflict_do_nothing()
     else:  # pragma: no cover - DatabaseConfig admits only these two
         raise ValueError(f"unsupported database dialect {dialect!r}")
-    if len(rows) == 1:
-        return int(conn.execute(stmt, rows[0]).rowcount)
     total = 0
-    for row in rows:  # rowcount of an executemany is not reliable on every driver
-        total += int(conn.execute(stmt, row).rowcount)
+    for start in range(0, len(rows), _BATCH_ROWS):  # one statement per batch: its rowcount
+        total += int(conn.execute(stmt.values(rows[start:start + _BATCH_ROWS])).rowcount)
     return total

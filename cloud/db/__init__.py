@@ -8,10 +8,30 @@ Each component owns its tables and its own Alembic branch (a branch label naming
 component, e.g. `fleet`, `datasets`), so components migrate independently and
 `upgrade` applies every branch's head. Tables of one component never hold foreign keys
 into another's; they refer to each other by natural keys (site, line, model, version).
+Upserts go through `insert_for` (the dialect's INSERT ... ON CONFLICT).
 """
 
 from cloud.db.config import DatabaseConfig
-from cloud.db.engine import open_engine
-from cloud.db.migrate import current_revisions, upgrade
+from cloud.db.engine import open_engine, read_connection
+from cloud.db.migrate import (
+    MigrationError,
+    current_revisions,
+    ensure_schema,
+    head_revisions,
+    pending_revisions,
+    upgrade,
+)
+from cloud.db.upsert import insert_for
 
-__all__ = ["DatabaseConfig", "current_revisions", "open_engine", "upgrade"]
+__all__ = [
+    "DatabaseConfig",
+    "MigrationError",
+    "current_revisions",
+    "ensure_schema",
+    "head_revisions",
+    "insert_for",
+    "open_engine",
+    "pending_revisions",
+    "read_connection",
+    "upgrade",
+]

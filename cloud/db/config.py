@@ -40,7 +40,9 @@ class DatabaseConfig(BaseModel):
         try:
             url = make_url(value)
         except ArgumentError as e:
-            raise ValueError(f"not a database URL: {e}") from None
+            raise ValueError(
+                f"not a database URL ({e}); e.g. sqlite:///lineguard-cloud.db or "
+                "postgresql+psycopg://lineguard@db.example:5432/lineguard") from None
         if url.drivername not in SUPPORTED_DRIVERS:
             raise ValueError(
                 f"unsupported database driver {url.drivername!r}; use one of "
@@ -48,6 +50,12 @@ class DatabaseConfig(BaseModel):
             )
         if url.drivername == "sqlite" and not url.database:
             raise ValueError("an SQLite URL needs a file path (sqlite:///path/to/file.db)")
+        if url.drivername != "sqlite" and not url.database:
+            raise ValueError("a PostgreSQL URL needs a database name "
+                             "(postgresql+psycopg://user@host:5432/dbname)")
+        if url.query and url.drivername == "sqlite":
+            raise ValueError("an SQLite URL takes no query parameters; set busy_timeout_ms, "
+                             "synchronous and wal_autocheckpoint_pages as keys")
         return value
 
     @property

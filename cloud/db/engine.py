@@ -1,19 +1,25 @@
 """Opening the cloud database: one Engine per process, with SQLite set up for many
 writers (WAL, busy timeout, `BEGIN IMMEDIATE` so a read-then-write transaction takes
-the write lock at its start) and PostgreSQL with a small pool."""
+the write lock at its start) and PostgreSQL with a small pool.
+
+Reads that never write should use `read_connection`: on SQLite it begins a plain
+(deferred) transaction, so readers never wait for, or block, the writers' lock.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from cloud.db.config import DatabaseConfig
 
 logger = logging.getLogger(__name__)
+
+_READ_ONLY: Final = "lineguard_read_only"
 
 
 def sqlite_path(config: DatabaseConfig) -> Path | None:
@@ -43,6 +49,13 @@ def open_engine(config: DatabaseConfig) -> Engine:
     return create_engine(url, pool_size=config.pool_size, pool_pre_ping=True)
 
 
+def read_connection(engine: Engine) -> Connection:
+    """A connection for reads only (use it as a context manager). On SQLite its
+    transactions are deferred (a snapshot, no write lock); elsewhere it is a plain
+    connection."""
+    return engine.connect().execution_options(**{_READ_ONLY: True})
+
+
 def _setup_sqlite(engine: Engine, config: DatabaseConfig) -> None:
     # pysqlite's own transaction handling is off (isolation_level=None) so that
     # SQLAlchemy's `begin` event can issue BEGIN IMMEDIATE itself; see SQLAlchemy's
@@ -61,5 +74,6 @@ def _setup_sqlite(engine: Engine, config: DatabaseConfig) -> None:
             cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    def _on_begin(connection: Connection) -> None:
+        read_only = connection.get_execution_options().get(_READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

@@ -1,11 +1,13 @@
-"""The fleet store: what the collector writes and the fleet API reads (SQLite by default).
+"""The fleet store: what the collector writes and the fleet API reads (the cloud
+database: SQLite by default, PostgreSQL by URL).
 
 `FleetStore` is the adapter; `Received` / `Rejected` are its input, the views in
-`cloud.fleet.views` its output. Schema and SQL: `cloud.fleet.sql` (portable to PostgreSQL).
+`cloud.fleet.views` its output. Tables: `cloud.fleet.tables` (Alembic branch `fleet`);
+statements: `cloud.fleet.sql`.
 """
 
 from cloud.fleet.rows import Received, Rejected, from_ms, to_ms
-from cloud.fleet.store import FleetStore, IngestResult, migrate
+from cloud.fleet.store import FleetStore, IngestResult
 from cloud.fleet.views import (
     CollectorCounters,
     DefectEventView,
@@ -37,6 +39,5 @@ __all__ = [
     "Rejected",
     "UpdateView",
     "from_ms",
-    "migrate",
     "to_ms",
 ]

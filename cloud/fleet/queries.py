@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 from collections import defaultdict
 from datetime import datetime
 from typing import Any, Final
+
+from sqlalchemy import Connection
 
 from cloud.fleet import sql
 from cloud.fleet.rows import from_ms, to_ms
@@ -69,19 +70,19 @@ def _line(row: tuple[Any, ...]) -> LineView:
     )
 
 
-def lines(conn: sqlite3.Connection) -> list[LineView]:
+def lines(conn: Connection) -> list[LineView]:
     """Every line ever heard from, by site and line id."""
     return [_line(row) for row in conn.execute(sql.SELECT_LINES)]
 
 
-def line(conn: sqlite3.Connection, site: str, line_id: str) -> LineView | None:
+def line(conn: Connection, site: str, line_id: str) -> LineView | None:
     """One line, or None if it never sent a valid message."""
-    row = conn.execute(sql.SELECT_LINE, (site, line_id)).fetchone()
+    row = conn.execute(sql.select_line(site, line_id)).fetchone()
     return None if row is None else _line(row)
 
 
 def metrics(
-    conn: sqlite3.Connection,
+    conn: Connection,
     site: str,
     line_id: str,
     since: datetime | None,
@@ -91,7 +92,7 @@ def metrics(
     """The line's metrics messages by `sent_at` (the end of each window), newest first."""
     since_ms, until_ms = _range(since, until)
     points = []
-    for row in conn.execute(sql.SELECT_METRICS, (site, line_id, since_ms, until_ms, limit)):
+    for row in conn.execute(sql.select_metrics(site, line_id, since_ms, until_ms, limit)):
         (msg_id, sent_ms, recv_ms, window_s, fps, passed, failed, uninspected, defects,
          p50, p95, p99, provider, model_name, model_version, outbox_depth, text) = row
         payload = json.loads(text)
@@ -110,7 +111,7 @@ def metrics(
 
 
 def defect_events(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     site: str | None,
     line_id: str | None,
@@ -121,19 +122,16 @@ def defect_events(
 ) -> list[DefectEventView]:
     """Defect events by capture time, newest first; `class_name` keeps events with at
     least one detection of that class (all their detections are returned)."""
-    params: list[object] = list(_range(since, until))
-    params += [v for v in (site, line_id, class_name) if v is not None]
-    params.append(limit)
-    query = sql.select_defect_events(
-        by_site=site is not None, by_line=line_id is not None, by_class=class_name is not None
-    )
-    rows = conn.execute(query, params).fetchall()
+    since_ms, until_ms = _range(since, until)
+    rows = conn.execute(sql.select_defect_events(
+        since_ms=since_ms, until_ms=until_ms, site=site, line=line_id,
+        class_name=class_name, limit=limit,
+    )).fetchall()
     detections: dict[str, list[DetectionView]] = defaultdict(list)
     ids = [row[0] for row in rows]
-    # SQLite allows 32766 parameters per statement; limits are far below.
-    if ids:
-        query = sql.SELECT_DEFECTS_OF.format(placeholders=", ".join("?" * len(ids)))
-        for msg_id, _idx, class_id, name, score, x1, y1, x2, y2 in conn.execute(query, ids):
+    if ids:  # limits are far below SQLite's 32766 bound parameters
+        for msg_id, _idx, class_id, name, score, x1, y1, x2, y2 in conn.execute(
+                sql.select_defects_of(ids)):
             detections[msg_id].append(DetectionView(
                 class_id=class_id, class_name=name, score=score, box_xyxy=(x1, y1, x2, y2)
             ))
@@ -152,12 +150,12 @@ def defect_events(
     return events
 
 
-def line_model(conn: sqlite3.Connection, site: str, line_id: str) -> LineModelView | None:
+def line_model(conn: Connection, site: str, line_id: str) -> LineModelView | None:
     """The line's current model and latest model report; None for an unknown line."""
     current = line(conn, site, line_id)
     if current is None:
         return None
-    row = conn.execute(sql.SELECT_LATEST_MODEL_REPORT, (site, line_id)).fetchone()
+    row = conn.execute(sql.select_latest_model_report(site, line_id)).fetchone()
     previous: ModelRefView | None = None
     update: UpdateView | None = None
     report_sent_at: datetime | None = None
@@ -181,14 +179,14 @@ def line_model(conn: sqlite3.Connection, site: str, line_id: str) -> LineModelVi
     )
 
 
-def quarantine(conn: sqlite3.Connection, limit: int) -> QuarantineSummary:
+def quarantine(conn: Connection, limit: int) -> QuarantineSummary:
     """Counts by reason (repeats included) and the `limit` most recently seen entries."""
     by_reason = {
         str(reason): int(seen)
         for reason, seen, _rows in conn.execute(sql.SELECT_QUARANTINE_BY_REASON)
     }
     recent = []
-    for row in conn.execute(sql.SELECT_QUARANTINE_RECENT, (limit,)):
+    for row in conn.execute(sql.select_quarantine_recent(limit)):
         (qid, topic, reason, detail, size, head_b64, first_ms, last_ms, seen) = row
         head = base64.b64decode(head_b64)
         recent.append(QuarantinedView(
@@ -201,7 +199,7 @@ def quarantine(conn: sqlite3.Connection, limit: int) -> QuarantineSummary:
     return QuarantineSummary(total=sum(by_reason.values()), by_reason=by_reason, recent=recent)
 
 
-def counters(conn: sqlite3.Connection) -> list[CollectorCounters]:
+def counters(conn: Connection) -> list[CollectorCounters]:
     """Every collector instance's counters."""
     values: dict[str, dict[str, int]] = defaultdict(dict)
     updated: dict[str, int] = {}

@@ -19,22 +19,17 @@ and per-class maps are summed from the payload in Python (portable: no JSON SQL)
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import datetime
 from typing import Final
 
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Connection
 
+from cloud.fleet import sql
 from cloud.fleet.rows import from_ms, to_ms
 
 MAX_BUCKETS: Final = 10_000
 """The most buckets one report returns (a larger span needs a larger `bucket_s`)."""
-
-SELECT_REPORT_ROWS: Final = """
-SELECT sent_at_ms, passed, failed, uninspected, payload_json
-FROM metrics
-WHERE site = ? AND line = ? AND sent_at_ms >= ? AND sent_at_ms < ?
-ORDER BY sent_at_ms"""
 
 _MIN_MS: Final = -(2**62)
 _MAX_MS: Final = 2**62
@@ -122,7 +117,7 @@ class _Sum:
 
 
 def line_report(
-    conn: sqlite3.Connection,
+    conn: Connection,
     site: str,
     line: str,
     *,
@@ -136,10 +131,11 @@ def line_report(
     if bucket_s < 1:
         raise ValueError("bucket_s must be >= 1")
     bucket_ms = bucket_s * 1000
-    params = (site, line, to_ms(since) if since else _MIN_MS, to_ms(until) if until else _MAX_MS)
+    query = sql.select_report_rows(site, line, to_ms(since) if since else _MIN_MS,
+                                   to_ms(until) if until else _MAX_MS)
     total = _Sum()
     buckets: dict[int, _Sum] = {}
-    for sent_ms, passed, failed, uninspected, text in conn.execute(SELECT_REPORT_ROWS, params):
+    for sent_ms, passed, failed, uninspected, text in conn.execute(query):
         start = (int(sent_ms) // bucket_ms) * bucket_ms
         bucket = buckets.get(start)
         if bucket is None:

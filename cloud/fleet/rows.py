@@ -1,7 +1,8 @@
 """Pure mapping from validated wire messages to fleet-store rows (no IO).
 
 Times become BIGINT milliseconds since the Unix epoch (UTC). Row tuples are in the
-column order of the statements in `cloud.fleet.sql`.
+column order of their table in `cloud.fleet.tables` (`cloud.fleet.sql.row_params`
+names them); the line updates' tuples are in `sql.STATUS_KEYS` / `sql.MODEL_KEYS` order.
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Final, cast
 
 from protocol import (
     DefectEvent,
     DriftSketch,
+    DriftSketchV2,
     LatencyStage,
     Message,
     MetricsMessage,
@@ -138,7 +141,7 @@ def rows_for(item: Received, stored_at_ms: int) -> MessageRows:
             (m.msg_id, i, d.class_id, d.class_name, d.score, *d.box_xyxy)
             for i, d in enumerate(m.defects)
         ]
-    elif isinstance(m, DriftSketch):
+    elif isinstance(m, DriftSketch | DriftSketchV2):
         rows.drift = (
             *head, to_ms(m.window_start), to_ms(m.window_end), m.station, m.frame_count,
             *_model_cols(m.ref_model)[:2], text,
@@ -155,7 +158,8 @@ def rows_for(item: Received, stored_at_ms: int) -> MessageRows:
 
 
 def status_update(item: Received) -> tuple[int, Row] | None:
-    """`(status_at_ms, params of UPDATE_LINE_STATUS)` for a status message, else None.
+    """`(status_at_ms, params of UPDATE_LINE_STATUS in STATUS_KEYS order)` for a
+    status message, else None.
 
     A last will (offline, connection_lost) is dated by its receive time: its sent_at is
     when it was registered, at connect, before the statuses it supersedes.
@@ -189,7 +193,7 @@ def model_update(item: Received) -> tuple[int, Row] | None:
 
 
 def quarantine_row(item: Rejected, keep_bytes: int) -> Row:
-    """Params of UPSERT_QUARANTINE: id = sha256(topic, payload), payload head base64."""
+    """A `quarantine` row: id = sha256(topic, payload), payload head base64."""
     digest = hashlib.sha256()
     digest.update(item.topic.encode("utf-8", "surrogatepass"))
     digest.update(b"\x00")
@@ -200,3 +204,18 @@ def quarantine_row(item: Rejected, keep_bytes: int) -> Row:
         base64.b64encode(item.payload[:keep_bytes]).decode("ascii"),
         item.received_at_ms, item.received_at_ms, 1,
     )
+
+
+def merge_quarantine(rows: Sequence[Row]) -> list[Row]:
+    """One row per quarantine id (a batch may hold the same junk twice, and one
+    statement may not upsert a key twice): times seen summed, first/last widened."""
+    merged: dict[object, Row] = {}
+    for row in rows:
+        old = merged.get(row[0])
+        if old is None:
+            merged[row[0]] = row
+            continue
+        first = min(cast(int, old[6]), cast(int, row[6]))
+        last = max(cast(int, old[7]), cast(int, row[7]))
+        merged[row[0]] = (*old[:6], first, last, cast(int, old[8]) + cast(int, row[8]))
+    return list(merged.values())

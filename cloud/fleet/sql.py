@@ -1,368 +1,328 @@
-"""Every SQL statement of the fleet store, in one place.
+"""Every statement of the fleet store, as SQLAlchemy Core constructs (one place).
 
-Portable on purpose, so PostgreSQL (or TimescaleDB) can follow SQLite:
-- types are ones both take: TEXT, INTEGER, BIGINT, DOUBLE PRECISION; no BLOB (quarantined
-  payloads are kept as base64 TEXT), no AUTOINCREMENT (keys are message ids or hashes);
-- times are BIGINT milliseconds since the Unix epoch, UTC, in columns named `*_ms`;
-- JSON is TEXT (a PostgreSQL migration may turn it into JSONB);
-- de-duplication is `INSERT ... ON CONFLICT (...) DO NOTHING`, upserts are
-  `ON CONFLICT (...) DO UPDATE SET ... excluded.*`, and "the larger of" is a CASE
-  (SQLite's two-argument MAX is PostgreSQL's GREATEST);
-- placeholders are qmark (`?`); a psycopg adapter swaps them for `%s`. The only
-  SQLite-only statement is `BEGIN_WRITE` (`BEGIN IMMEDIATE`: take the write lock at the
-  start, so the duplicate check and the insert see the same database; PostgreSQL: BEGIN).
-Migrations are numbered; a database records the ones applied in `schema_migrations`.
+Portable to SQLite and PostgreSQL: de-duplication is `INSERT ... ON CONFLICT DO
+NOTHING`, upserts are `ON CONFLICT DO UPDATE SET ... excluded.*` (both through
+`cloud.db.insert_for`), and "the larger of" is a CASE (SQLite's two-argument MAX is
+PostgreSQL's GREATEST). Writes run in one transaction per batch; `Writes` builds and
+compiles them once per store (the collector's hot path: see `Compiled`).
+
+Parameter names: a row of a table is a dict of its column names (`row_params`);
+where-clause parameters of the line updates are prefixed `b_` (SQLAlchemy reserves a
+column's own name for its SET value in an executemany UPDATE).
 """
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Sequence
+from typing import Any, Final, TypeAlias
 
-BEGIN_WRITE: Final = "BEGIN IMMEDIATE"
-COMMIT: Final = "COMMIT"
-ROLLBACK: Final = "ROLLBACK"
-PING: Final = "SELECT 1 FROM schema_migrations LIMIT 1"
-
-CREATE_MIGRATIONS: Final = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version INTEGER PRIMARY KEY,
-    applied_at_ms BIGINT NOT NULL
-)"""
-
-APPLIED_MIGRATIONS: Final = "SELECT version FROM schema_migrations ORDER BY version"
-RECORD_MIGRATION: Final = "INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?, ?)"
-
-# Migration 1: the initial schema. Each entry is a list of statements run in one transaction.
-_V1: Final = [
-    # One row per line ever heard from. online/state/reason/... come from the newest
-    # `status` (by status_at_ms: the payload's sent_at, or the receive time for a last
-    # will, whose sent_at is when it was registered); model_* from the newest `status`
-    # carrying a model or `model` report (by sent_at).
-    """CREATE TABLE lines (
-        site TEXT NOT NULL,
-        line TEXT NOT NULL,
-        first_seen_at_ms BIGINT NOT NULL,
-        last_seen_at_ms BIGINT NOT NULL,
-        online INTEGER CHECK (online IN (0, 1)),
-        state TEXT,
-        reason TEXT,
-        status_at_ms BIGINT,
-        status_msg_id TEXT,
-        app_version TEXT,
-        started_at_ms BIGINT,
-        sources_json TEXT,
-        alarms_json TEXT,
-        model_name TEXT,
-        model_version BIGINT,
-        model_label TEXT,
-        model_at_ms BIGINT,
-        PRIMARY KEY (site, line)
-    )""",
-    # Every valid message once: the de-duplication log (kind = topic kind, e.g. metrics).
-    """CREATE TABLE messages (
-        msg_id TEXT PRIMARY KEY,
-        kind TEXT NOT NULL,
-        schema_id TEXT NOT NULL,
-        site TEXT NOT NULL,
-        line TEXT NOT NULL,
-        sent_at_ms BIGINT NOT NULL,
-        received_at_ms BIGINT NOT NULL,
-        stored_at_ms BIGINT NOT NULL
-    )""",
-    # no index on messages: it is the de-duplication log, read by msg_id only
-    """CREATE TABLE status_events (
-        msg_id TEXT PRIMARY KEY,
-        site TEXT NOT NULL,
-        line TEXT NOT NULL,
-        sent_at_ms BIGINT NOT NULL,
-        received_at_ms BIGINT NOT NULL,
-        state TEXT NOT NULL,
-        reason TEXT,
-        payload_json TEXT NOT NULL
-    )""",
-    "CREATE INDEX status_events_line_sent ON status_events (site, line, sent_at_ms)",
-    """CREATE TABLE metrics (
-        msg_id TEXT PRIMARY KEY,
-        site TEXT NOT NULL,
-        line TEXT NOT NULL,
-        sent_at_ms BIGINT NOT NULL,
-        received_at_ms BIGINT NOT NULL,
-        window_s DOUBLE PRECISION NOT NULL,
-        fps DOUBLE PRECISION NOT NULL,
-        passed BIGINT NOT NULL,
-        failed BIGINT NOT NULL,
-        uninspected BIGINT NOT NULL,
-        defects BIGINT NOT NULL,
-        e2e_p50_ms DOUBLE PRECISION,
-        e2e_p95_ms DOUBLE PRECISION,
-        e2e_p99_ms DOUBLE PRECISION,
-        engine_provider TEXT,
-        model_name TEXT,
-        model_version BIGINT,
-        outbox_depth BIGINT,
-        payload_json TEXT NOT NULL
-    )""",
-    "CREATE INDEX metrics_line_sent ON metrics (site, line, sent_at_ms)",
-    """CREATE TABLE defect_events (
-        msg_id TEXT PRIMARY KEY,
-        site TEXT NOT NULL,
-        line TEXT NOT NULL,
-        sent_at_ms BIGINT NOT NULL,
-        received_at_ms BIGINT NOT NULL,
-        captured_at_ms BIGINT NOT NULL,
-        part_id TEXT,
-        frame_id TEXT NOT NULL,
-        station TEXT,
-        model_name TEXT NOT NULL,
-        model_version BIGINT NOT NULL,
-        model_label TEXT,
-        image_w INTEGER NOT NULL,
-        image_h INTEGER NOT NULL,
-        latency_ms DOUBLE PRECISION,
-        defect_count INTEGER NOT NULL
-    )""",
-    "CREATE INDEX defect_events_line_captured ON defect_events (site, line, captured_at_ms)",
-    "CREATE INDEX defect_events_captured ON defect_events (captured_at_ms)",
-    # The detections of a defect event, one row each; box in original image pixels.
-    """CREATE TABLE defects (
-        msg_id TEXT NOT NULL,
-        idx INTEGER NOT NULL,
-        class_id INTEGER NOT NULL,
-        class_name TEXT NOT NULL,
-        score DOUBLE PRECISION NOT NULL,
-        x1 DOUBLE PRECISION NOT NULL,
-        y1 DOUBLE PRECISION NOT NULL,
-        x2 DOUBLE PRECISION NOT NULL,
-        y2 DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (msg_id, idx)
-    )""",
-    "CREATE INDEX defects_class ON defects (class_name, msg_id)",
-    """CREATE TABLE drift_sketches (
-        msg_id TEXT PRIMARY KEY,
-        site TEXT NOT NULL,
-        line TEXT NOT NULL,
-        sent_at_ms BIGINT NOT NULL,
-        received_at_ms BIGINT NOT NULL,
-        window_start_ms BIGINT NOT NULL,
-        window_end_ms BIGINT NOT NULL,
-        station TEXT,
-        frame_count BIGINT NOT NULL,
-        ref_model_name TEXT,
-        ref_model_version BIGINT,
-        payload_json TEXT NOT NULL
-    )""",
-    "CREATE INDEX drift_sketches_line_end ON drift_sketches (site, line, window_end_ms)",
-    """CREATE TABLE model_reports (
-        msg_id TEXT PRIMARY KEY,
-        site TEXT NOT NULL,
-        line TEXT NOT NULL,
-        sent_at_ms BIGINT NOT NULL,
-        received_at_ms BIGINT NOT NULL,
-        current_name TEXT,
-        current_version BIGINT,
-        current_label TEXT,
-        previous_name TEXT,
-        previous_version BIGINT,
-        previous_label TEXT,
-        update_id TEXT,
-        update_step TEXT,
-        update_state TEXT,
-        payload_json TEXT NOT NULL
-    )""",
-    "CREATE INDEX model_reports_line_sent ON model_reports (site, line, sent_at_ms)",
-    # Payloads that failed validation, one row per distinct (topic, payload): the id is
-    # the sha256 of both, so a flood of the same junk is one row with times_seen.
-    """CREATE TABLE quarantine (
-        quarantine_id TEXT PRIMARY KEY,
-        topic TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        detail TEXT NOT NULL,
-        payload_bytes BIGINT NOT NULL,
-        payload_b64 TEXT NOT NULL,
-        first_received_at_ms BIGINT NOT NULL,
-        last_received_at_ms BIGINT NOT NULL,
-        times_seen BIGINT NOT NULL
-    )""",
-    "CREATE INDEX quarantine_last ON quarantine (last_received_at_ms)",
-    # Per collector instance (client id), so several collectors never clobber each other.
-    """CREATE TABLE counters (
-        collector_id TEXT NOT NULL,
-        name TEXT NOT NULL,
-        value BIGINT NOT NULL,
-        updated_at_ms BIGINT NOT NULL,
-        PRIMARY KEY (collector_id, name)
-    )""",
-]
-
-# Migration 2: the content digest of every stored message, so that a second message with
-# the same msg_id and different content is told apart from a redelivery (and
-# quarantined as `conflicting_duplicate`). NULL for rows stored before: those compare as
-# plain duplicates.
-_V2: Final = ["ALTER TABLE messages ADD COLUMN content_sha256 TEXT"]
-
-MIGRATIONS: Final[tuple[tuple[int, list[str]], ...]] = ((1, _V1), (2, _V2))
-
-# ---- writes (one transaction per batch)
-
-# Which of a batch's ids are stored already; the caller appends the IN list's placeholders.
-SELECT_KNOWN_IDS: Final = (
-    "SELECT msg_id, content_sha256 FROM messages WHERE msg_id IN ({placeholders})")
-
-INSERT_MESSAGE: Final = """
-INSERT INTO messages (msg_id, kind, schema_id, site, line, sent_at_ms, received_at_ms,
-                      stored_at_ms, content_sha256)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (msg_id) DO NOTHING"""
-
-INSERT_STATUS: Final = """
-INSERT INTO status_events (msg_id, site, line, sent_at_ms, received_at_ms, state, reason,
-                           payload_json)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (msg_id) DO NOTHING"""
-
-INSERT_METRICS: Final = """
-INSERT INTO metrics (msg_id, site, line, sent_at_ms, received_at_ms, window_s, fps, passed,
-                     failed, uninspected, defects, e2e_p50_ms, e2e_p95_ms, e2e_p99_ms,
-                     engine_provider, model_name, model_version, outbox_depth, payload_json)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (msg_id) DO NOTHING"""
-
-INSERT_DEFECT_EVENT: Final = """
-INSERT INTO defect_events (msg_id, site, line, sent_at_ms, received_at_ms, captured_at_ms,
-                           part_id, frame_id, station, model_name, model_version,
-                           model_label, image_w, image_h, latency_ms, defect_count)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (msg_id) DO NOTHING"""
-
-INSERT_DEFECT: Final = """
-INSERT INTO defects (msg_id, idx, class_id, class_name, score, x1, y1, x2, y2)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (msg_id, idx) DO NOTHING"""
-
-INSERT_DRIFT: Final = """
-INSERT INTO drift_sketches (msg_id, site, line, sent_at_ms, received_at_ms, window_start_ms,
-                            window_end_ms, station, frame_count, ref_model_name,
-                            ref_model_version, payload_json)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (msg_id) DO NOTHING"""
-
-INSERT_MODEL_REPORT: Final = """
-INSERT INTO model_reports (msg_id, site, line, sent_at_ms, received_at_ms, current_name,
-                           current_version, current_label, previous_name, previous_version,
-                           previous_label, update_id, update_step, update_state, payload_json)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (msg_id) DO NOTHING"""
-
-# (site, line, first_seen_at_ms, last_seen_at_ms)
-TOUCH_LINE: Final = """
-INSERT INTO lines (site, line, first_seen_at_ms, last_seen_at_ms) VALUES (?, ?, ?, ?)
-ON CONFLICT (site, line) DO UPDATE SET
-    first_seen_at_ms = CASE WHEN excluded.first_seen_at_ms < lines.first_seen_at_ms
-                            THEN excluded.first_seen_at_ms ELSE lines.first_seen_at_ms END,
-    last_seen_at_ms = CASE WHEN excluded.last_seen_at_ms > lines.last_seen_at_ms
-                           THEN excluded.last_seen_at_ms ELSE lines.last_seen_at_ms END"""
-
-# Applied only if newer than what the line shows (a late outbox message never wins).
-# (online, state, reason, status_at_ms, status_msg_id, app_version, started_at_ms,
-#  sources_json, alarms_json, site, line, status_at_ms)
-UPDATE_LINE_STATUS: Final = """
-UPDATE lines SET online = ?, state = ?, reason = ?, status_at_ms = ?, status_msg_id = ?,
-                 app_version = ?, started_at_ms = ?, sources_json = ?, alarms_json = ?
-WHERE site = ? AND line = ? AND (status_at_ms IS NULL OR status_at_ms <= ?)"""
-
-# (model_name, model_version, model_label, model_at_ms, site, line, model_at_ms)
-UPDATE_LINE_MODEL: Final = """
-UPDATE lines SET model_name = ?, model_version = ?, model_label = ?, model_at_ms = ?
-WHERE site = ? AND line = ? AND (model_at_ms IS NULL OR model_at_ms <= ?)"""
-
-# (quarantine_id, topic, reason, detail, payload_bytes, payload_b64, first, last, 1)
-UPSERT_QUARANTINE: Final = """
-INSERT INTO quarantine (quarantine_id, topic, reason, detail, payload_bytes, payload_b64,
-                        first_received_at_ms, last_received_at_ms, times_seen)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (quarantine_id) DO UPDATE SET
-    times_seen = quarantine.times_seen + excluded.times_seen,
-    last_received_at_ms = CASE WHEN excluded.last_received_at_ms > quarantine.last_received_at_ms
-                               THEN excluded.last_received_at_ms
-                               ELSE quarantine.last_received_at_ms END"""
-
-# (collector_id, name, increment, updated_at_ms)
-ADD_COUNTER: Final = """
-INSERT INTO counters (collector_id, name, value, updated_at_ms) VALUES (?, ?, ?, ?)
-ON CONFLICT (collector_id, name) DO UPDATE SET
-    value = counters.value + excluded.value,
-    updated_at_ms = excluded.updated_at_ms"""
-
-# ---- reads
-
-_LINE_COLUMNS: Final = """site, line, first_seen_at_ms, last_seen_at_ms, online, state, reason,
-    status_at_ms, app_version, started_at_ms, sources_json, alarms_json, model_name,
-    model_version, model_label, model_at_ms"""
-
-SELECT_LINES: Final = f"SELECT {_LINE_COLUMNS} FROM lines ORDER BY site, line"
-SELECT_LINE: Final = f"SELECT {_LINE_COLUMNS} FROM lines WHERE site = ? AND line = ?"
-
-# (site, line, since_ms, until_ms, limit): newest first, since inclusive, until exclusive.
-SELECT_METRICS: Final = """
-SELECT msg_id, sent_at_ms, received_at_ms, window_s, fps, passed, failed, uninspected,
-       defects, e2e_p50_ms, e2e_p95_ms, e2e_p99_ms, engine_provider, model_name,
-       model_version, outbox_depth, payload_json
-FROM metrics
-WHERE site = ? AND line = ? AND sent_at_ms >= ? AND sent_at_ms < ?
-ORDER BY sent_at_ms DESC, msg_id DESC
-LIMIT ?"""
-
-_DEFECT_EVENTS_HEAD: Final = """
-SELECT e.msg_id, e.site, e.line, e.sent_at_ms, e.received_at_ms, e.captured_at_ms, e.part_id,
-       e.frame_id, e.station, e.model_name, e.model_version, e.model_label, e.image_w,
-       e.image_h, e.latency_ms
-FROM defect_events e
-WHERE e.captured_at_ms >= ? AND e.captured_at_ms < ?"""
-_BY_SITE: Final = " AND e.site = ?"
-_BY_LINE: Final = " AND e.line = ?"
-_BY_CLASS: Final = (
-    " AND EXISTS (SELECT 1 FROM defects d WHERE d.msg_id = e.msg_id AND d.class_name = ?)"
+from sqlalchemy import (
+    Connection,
+    Dialect,
+    Insert,
+    Select,
+    Table,
+    Text,
+    Update,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    or_,
+    select,
 )
-_DEFECT_EVENTS_TAIL: Final = " ORDER BY e.captured_at_ms DESC, e.msg_id DESC LIMIT ?"
+
+from cloud.db import insert_for
+from cloud.fleet.rows import Row
+from cloud.fleet.tables import (
+    counters,
+    defect_events,
+    defects,
+    drift_sketches,
+    lines,
+    messages,
+    metrics,
+    model_reports,
+    quarantine,
+    status_events,
+)
+
+# A SELECT of any columns (SQLAlchemy 2.1 types a Select by its columns' types).
+AnySelect: TypeAlias = Select[*tuple[Any, ...]]
+Params = dict[str, object]
 
 
-def select_defect_events(*, by_site: bool, by_line: bool, by_class: bool) -> str:
-    """Defect events, newest first by capture time (since inclusive, until exclusive).
+def row_params(table: Table, rows: Sequence[Row]) -> list[Params]:
+    """Rows (tuples in the table's column order, as cloud.fleet.rows makes them) as
+    executemany parameters."""
+    keys = table.c.keys()
+    return [dict(zip(keys, row, strict=True)) for row in rows]
 
-    Parameters, in order: since_ms, until_ms, then site, line, class_name for each filter
-    that is on, then limit. (Optional filters are separate fragments rather than
-    `? IS NULL OR ...`, which PostgreSQL cannot type.)
-    """
-    return (
-        _DEFECT_EVENTS_HEAD
-        + (_BY_SITE if by_site else "")
-        + (_BY_LINE if by_line else "")
-        + (_BY_CLASS if by_class else "")
-        + _DEFECT_EVENTS_TAIL
+
+# ---- writes
+
+class Compiled:
+    """A write statement compiled once for one dialect and run as the driver's own
+    executemany, on the connection of the caller's transaction: the collector's hot
+    path skips SQLAlchemy's per-statement and per-row work (every value the fleet store
+    writes is an int, float, str or None, which both drivers take as is). Errors come
+    as the driver's (PEP 249) exceptions. `column_keys`: the columns it writes (None:
+    every column of the table)."""
+
+    def __init__(self, stmt: Insert | Update | AnySelect, dialect: Dialect,
+                 column_keys: Sequence[str] | None = None) -> None:
+        compiled = stmt.compile(dialect=dialect,
+                                column_keys=list(column_keys) if column_keys else None)
+        self.text = str(compiled)
+        self.order: tuple[str, ...] | None = (
+            tuple(compiled.positiontup or ()) if compiled.positional else None)
+
+    def _executemany(self, conn: Connection, params: Sequence[object]) -> None:
+        cursor = _cursor(conn)
+        try:
+            cursor.executemany(self.text, params)
+        finally:
+            cursor.close()
+
+    def fetch(self, conn: Connection, params: Params) -> list[tuple[Any, ...]]:
+        """Run a SELECT once; its rows."""
+        cursor = _cursor(conn)
+        try:
+            args = params if self.order is None else tuple(params[k] for k in self.order)
+            cursor.execute(self.text, args)
+            return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
+
+    def run(self, conn: Connection, params: Sequence[Params]) -> None:
+        """Execute for every parameter dict (nothing for none)."""
+        if not params:
+            return
+        if self.order is None:
+            self._executemany(conn, params)
+        else:
+            order = self.order
+            self._executemany(conn, [tuple(p[k] for k in order) for p in params])
+
+    def run_rows(self, conn: Connection, table: Table, rows: Sequence[Row]) -> None:
+        """Execute for `rows` of `table` (tuples in its column order)."""
+        self.run_tuples(conn, tuple(table.c.keys()), rows)
+
+    def run_tuples(self, conn: Connection, keys: Sequence[str], rows: Sequence[Row]) -> None:
+        """Execute for `rows`: tuples of the parameters named by `keys`, in that order."""
+        if not rows:
+            return
+        if self.order is not None and self.order == tuple(keys):
+            self._executemany(conn, rows)  # positional, same order: as they are
+        else:
+            self.run(conn, [dict(zip(keys, row, strict=True)) for row in rows])
+
+
+def _cursor(conn: Connection) -> Any:
+    dbapi_connection = conn.connection.dbapi_connection
+    if dbapi_connection is None:
+        raise RuntimeError("the connection is closed")
+    return dbapi_connection.cursor()
+
+
+# Ids per msg_id lookup: a power of two, well under SQLite's 32766 bound parameters.
+KNOWN_IDS_MAX: Final = 512
+
+KIND_TABLES: Final = (status_events, metrics, defect_events, defects, drift_sketches,
+                      model_reports)
+
+STATUS_KEYS: Final = ("online", "state", "reason", "status_at_ms", "status_msg_id",
+                      "app_version", "started_at_ms", "sources_json", "alarms_json",
+                      "b_site", "b_line", "b_at")
+MODEL_KEYS: Final = ("model_name", "model_version", "model_label", "model_at_ms",
+                     "b_site", "b_line", "b_at")
+
+
+def _larger(new: Any, old: Any) -> Any:
+    return case((new > old, new), else_=old)
+
+
+def _smaller(new: Any, old: Any) -> Any:
+    return case((new < old, new), else_=old)
+
+
+def _line_is(at_column: Any) -> Any:
+    return and_(
+        lines.c.site == bindparam("b_site"), lines.c.line == bindparam("b_line"),
+        or_(at_column.is_(None), at_column <= bindparam("b_at")),
     )
 
 
-# The detections of several events: the caller appends the IN list's placeholders.
-SELECT_DEFECTS_OF: Final = """
-SELECT msg_id, idx, class_id, class_name, score, x1, y1, x2, y2
-FROM defects WHERE msg_id IN ({placeholders}) ORDER BY msg_id, idx"""
+class Writes:
+    """Every write of an ingest, built and compiled once for a dialect."""
 
-SELECT_LATEST_MODEL_REPORT: Final = """
-SELECT msg_id, sent_at_ms, current_name, current_version, current_label, previous_name,
-       previous_version, previous_label, payload_json
-FROM model_reports WHERE site = ? AND line = ?
-ORDER BY sent_at_ms DESC, msg_id DESC
-LIMIT 1"""
+    def __init__(self, dialect: Dialect) -> None:
+        def insert(table: Table) -> Any:
+            return insert_for(dialect, table)
 
-SELECT_QUARANTINE_BY_REASON: Final = """
-SELECT reason, SUM(times_seen), COUNT(*) FROM quarantine GROUP BY reason ORDER BY reason"""
+        self._dialect = dialect
+        self._known: dict[int, Compiled] = {}
+        self.is_sqlite = dialect.name == "sqlite"
+        # A kind row, skipped when its key is stored already.
+        self.kinds = {t.name: Compiled(insert(t).on_conflict_do_nothing(), dialect)
+                      for t in KIND_TABLES}
+        new_message = insert(messages).on_conflict_do_nothing(
+            index_elements=[messages.c.msg_id])
+        self.messages = Compiled(new_message, dialect)
+        # The same, RETURNING the ids it stored (run through SQLAlchemy: a RETURNING
+        # executemany is driver-specific).
+        self.messages_returning: Insert = new_message.returning(messages.c.msg_id)
+        # A new line, or an existing one's first/last seen widened.
+        stmt = insert(lines)
+        self.touch_lines = Compiled(stmt.on_conflict_do_update(
+            index_elements=[lines.c.site, lines.c.line],
+            set_={
+                "first_seen_at_ms": _smaller(stmt.excluded.first_seen_at_ms,
+                                             lines.c.first_seen_at_ms),
+                "last_seen_at_ms": _larger(stmt.excluded.last_seen_at_ms,
+                                           lines.c.last_seen_at_ms),
+            },
+        ), dialect, ["site", "line", "first_seen_at_ms", "last_seen_at_ms"])
+        # Applied only if newer than what the line shows (a late outbox message never
+        # wins). Parameters: STATUS_KEYS / MODEL_KEYS (rows.status_update / model_update).
+        self.update_status = Compiled(
+            lines.update().where(_line_is(lines.c.status_at_ms)), dialect,
+            [k for k in STATUS_KEYS if not k.startswith("b_")])
+        self.update_model = Compiled(
+            lines.update().where(_line_is(lines.c.model_at_ms)), dialect,
+            [k for k in MODEL_KEYS if not k.startswith("b_")])
+        # A repeat of quarantined junk adds to times_seen and moves last seen.
+        stmt = insert(quarantine)
+        self.quarantine = Compiled(stmt.on_conflict_do_update(
+            index_elements=[quarantine.c.quarantine_id],
+            set_={
+                "times_seen": quarantine.c.times_seen + stmt.excluded.times_seen,
+                "last_received_at_ms": _larger(stmt.excluded.last_received_at_ms,
+                                               quarantine.c.last_received_at_ms),
+            },
+        ), dialect)
+        # A collector's counters: adds `value`.
+        stmt = insert(counters)
+        self.counters = Compiled(stmt.on_conflict_do_update(
+            index_elements=[counters.c.collector_id, counters.c.name],
+            set_={"value": counters.c.value + stmt.excluded.value,
+                  "updated_at_ms": stmt.excluded.updated_at_ms},
+        ), dialect)
 
-SELECT_QUARANTINE_RECENT: Final = """
-SELECT quarantine_id, topic, reason, detail, payload_bytes, payload_b64,
-       first_received_at_ms, last_received_at_ms, times_seen
-FROM quarantine
-ORDER BY last_received_at_ms DESC, quarantine_id
-LIMIT ?"""
 
-SELECT_COUNTERS: Final = """
-SELECT collector_id, name, value, updated_at_ms FROM counters ORDER BY collector_id, name"""
+    def known_ids(self, conn: Connection, ids: Sequence[str]) -> list[tuple[Any, ...]]:
+        """(msg_id, content digest) of those of `ids` (at most KNOWN_IDS_MAX, at least
+        one) already stored. The list is padded with its last id to a power of two, so
+        a handful of statements are ever compiled."""
+        size = max(16, 1 << (len(ids) - 1).bit_length())
+        if size > KNOWN_IDS_MAX:
+            raise ValueError(f"at most {KNOWN_IDS_MAX} ids per lookup")
+        known = self._known.get(size)
+        if known is None:
+            params = [bindparam(f"id{i}", type_=Text) for i in range(size)]
+            known = self._known[size] = Compiled(
+                select(messages.c.msg_id, messages.c.content_sha256)
+                .where(messages.c.msg_id.in_(params)), self._dialect)
+        padded = [*ids, *([ids[-1]] * (size - len(ids)))]
+        return known.fetch(conn, {f"id{i}": msg_id for i, msg_id in enumerate(padded)})
+
+
+# ---- reads
+
+PING: Final = select(lines.c.site).limit(1)
+
+_LINE_COLUMNS: Final = (
+    lines.c.site, lines.c.line, lines.c.first_seen_at_ms, lines.c.last_seen_at_ms,
+    lines.c.online, lines.c.state, lines.c.reason, lines.c.status_at_ms,
+    lines.c.app_version, lines.c.started_at_ms, lines.c.sources_json, lines.c.alarms_json,
+    lines.c.model_name, lines.c.model_version, lines.c.model_label, lines.c.model_at_ms,
+)
+
+SELECT_LINES: Final = select(*_LINE_COLUMNS).order_by(lines.c.site, lines.c.line)
+
+
+def select_line(site: str, line: str) -> AnySelect:
+    return select(*_LINE_COLUMNS).where(lines.c.site == site, lines.c.line == line)
+
+
+def select_metrics(site: str, line: str, since_ms: int, until_ms: int,
+                   limit: int) -> AnySelect:
+    """A line's metrics, newest first, since inclusive, until exclusive."""
+    m = metrics.c
+    return (select(m.msg_id, m.sent_at_ms, m.received_at_ms, m.window_s, m.fps, m.passed,
+                   m.failed, m.uninspected, m.defects, m.e2e_p50_ms, m.e2e_p95_ms,
+                   m.e2e_p99_ms, m.engine_provider, m.model_name, m.model_version,
+                   m.outbox_depth, m.payload_json)
+            .where(m.site == site, m.line == line, m.sent_at_ms >= since_ms,
+                   m.sent_at_ms < until_ms)
+            .order_by(m.sent_at_ms.desc(), m.msg_id.desc())
+            .limit(limit))
+
+
+def select_report_rows(site: str, line: str, since_ms: int,
+                       until_ms: int) -> AnySelect:
+    """The columns a line report sums, oldest first."""
+    m = metrics.c
+    return (select(m.sent_at_ms, m.passed, m.failed, m.uninspected, m.payload_json)
+            .where(m.site == site, m.line == line, m.sent_at_ms >= since_ms,
+                   m.sent_at_ms < until_ms)
+            .order_by(m.sent_at_ms))
+
+
+def select_defect_events(
+    *, since_ms: int, until_ms: int, site: str | None, line: str | None,
+    class_name: str | None, limit: int,
+) -> AnySelect:
+    """Defect events, newest first by capture time (since inclusive, until exclusive);
+    `class_name`: events with at least one detection of that class."""
+    e = defect_events.c
+    query = (select(e.msg_id, e.site, e.line, e.sent_at_ms, e.received_at_ms,
+                    e.captured_at_ms, e.part_id, e.frame_id, e.station, e.model_name,
+                    e.model_version, e.model_label, e.image_w, e.image_h, e.latency_ms)
+             .where(e.captured_at_ms >= since_ms, e.captured_at_ms < until_ms))
+    if site is not None:
+        query = query.where(e.site == site)
+    if line is not None:
+        query = query.where(e.line == line)
+    if class_name is not None:
+        query = query.where(exists().where(defects.c.msg_id == e.msg_id,
+                                           defects.c.class_name == class_name))
+    return query.order_by(e.captured_at_ms.desc(), e.msg_id.desc()).limit(limit)
+
+
+def select_defects_of(ids: Sequence[str]) -> AnySelect:
+    d = defects.c
+    return (select(d.msg_id, d.idx, d.class_id, d.class_name, d.score, d.x1, d.y1, d.x2,
+                   d.y2)
+            .where(d.msg_id.in_(ids)).order_by(d.msg_id, d.idx))
+
+
+def select_latest_model_report(site: str, line: str) -> AnySelect:
+    r = model_reports.c
+    return (select(r.msg_id, r.sent_at_ms, r.current_name, r.current_version,
+                   r.current_label, r.previous_name, r.previous_version, r.previous_label,
+                   r.payload_json)
+            .where(r.site == site, r.line == line)
+            .order_by(r.sent_at_ms.desc(), r.msg_id.desc())
+            .limit(1))
+
+
+SELECT_QUARANTINE_BY_REASON: Final = (
+    select(quarantine.c.reason, func.sum(quarantine.c.times_seen), func.count())
+    .group_by(quarantine.c.reason).order_by(quarantine.c.reason))
+
+
+def select_quarantine_recent(limit: int) -> AnySelect:
+    q = quarantine.c
+    return (select(q.quarantine_id, q.topic, q.reason, q.detail, q.payload_bytes,
+                   q.payload_b64, q.first_received_at_ms, q.last_received_at_ms,
+                   q.times_seen)
+            .order_by(q.last_received_at_ms.desc(), q.quarantine_id)
+            .limit(limit))
+
+
+SELECT_COUNTERS: Final = (
+    select(counters.c.collector_id, counters.c.name, counters.c.value,
+           counters.c.updated_at_ms)
+    .order_by(counters.c.collector_id, counters.c.name))

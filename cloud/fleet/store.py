@@ -1,47 +1,56 @@
-"""The fleet store: every line's messages, state and quarantined junk, in SQLite.
+"""The fleet store: every line's messages, state and quarantined junk, in the cloud
+database (cloud.db: an SQLite file, or PostgreSQL).
 
-A thin adapter over sqlite-utils / sqlite3; the SQL is in `cloud.fleet.sql`, the
-row mapping in `cloud.fleet.rows`, the reads in `cloud.fleet.queries`.
+A thin adapter over SQLAlchemy Core; the statements are in `cloud.fleet.sql`, the tables
+in `cloud.fleet.tables` (Alembic branch `fleet`), the row mapping in `cloud.fleet.rows`,
+the reads in `cloud.fleet.queries`.
 
 Invariants:
 - A valid message is stored at most once: `messages.msg_id` is the primary key and
-  every insert is `ON CONFLICT DO NOTHING`; the kind tables are keyed by msg_id too, so
-  this holds even for several collectors writing one database. A message reusing a
-  stored msg_id with different content (by `content_digest`) is never stored: it goes
-  to the quarantine as `conflicting_duplicate` and is counted there, not as a duplicate.
+  every insert is `ON CONFLICT DO NOTHING`; the kind tables are keyed by msg_id too, and
+  a kind row is written only for a message whose `messages` row this transaction
+  inserted (RETURNING), so this holds for several collectors writing one database. A
+  message reusing a stored msg_id with different content (by `content_digest`) is
+  never stored: it goes to the quarantine as `conflicting_duplicate` and is counted
+  there, not as a duplicate. This also holds when another collector commits the same
+  id concurrently (PostgreSQL): an id our insert skipped is looked up again and
+  classified by the digest that won.
 - `ingest` is one transaction: the batch's messages, line updates, quarantine rows and
   counter increments commit together or not at all. When it returns, the batch is
-  durable against a process kill (WAL; synchronous=FULL also against power loss), so
-  the caller may acknowledge it to the broker.
+  durable against a process kill (SQLite WAL, synchronous=FULL also against power loss;
+  PostgreSQL's commit), so the caller may acknowledge it to the broker.
 - A line's status and model only move forward in time: a late (out-of-order) message
   is logged but does not overwrite a newer state.
-- Reads use their own short-lived read-only connection per call (any thread).
+- Reads take a pooled connection per call (any thread); on SQLite they never take the
+  write lock.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlite_utils import Database
+from sqlalchemy import Connection, Engine, Table
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 
 from cloud.config import FleetStoreConfig
-from cloud.errors import FleetStoreError, StoreRejected, StoreUnavailable
-from cloud.fleet import queries, report, sql
+from cloud.db import DatabaseConfig, ensure_schema, open_engine, read_connection
+from cloud.errors import CloudError, FleetStoreError, StoreRejected, StoreUnavailable
+from cloud.fleet import queries, report, sql, tables
 from cloud.fleet.rows import (
     CONFLICTING_DUPLICATE,
     MessageRows,
     Received,
     Rejected,
     Row,
+    merge_quarantine,
     model_update,
     quarantine_row,
     rows_for,
@@ -61,8 +70,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Ids per `IN (...)` lookup: well under SQLite's 32766 bound parameters.
-_IN_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,94 +85,58 @@ class IngestResult:
     """Of `quarantined`: valid messages whose msg_id was stored with other content."""
 
 
-def _translate(e: sqlite3.Error, what: str) -> FleetStoreError:
-    if isinstance(e, sqlite3.IntegrityError | sqlite3.DataError):
-        return StoreRejected(f"{what}: {e}")
-    if isinstance(e, sqlite3.OperationalError):
-        return StoreUnavailable(f"{what}: {e}")
+def _translate(e: Exception, what: str, dbapi: Any) -> FleetStoreError:
+    """A FleetStoreError for an SQLAlchemy error or a driver's own (PEP 249) one."""
+    orig = e.orig if isinstance(e, sa_exc.DBAPIError) else e
+    if isinstance(e, sa_exc.IntegrityError | sa_exc.DataError) or isinstance(
+            orig, dbapi.IntegrityError | dbapi.DataError):
+        return StoreRejected(f"{what}: {orig}")
+    if isinstance(e, sa_exc.OperationalError | sa_exc.InterfaceError) or isinstance(
+            orig, dbapi.OperationalError | dbapi.InterfaceError) or (
+            isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated):
+        return StoreUnavailable(f"{what}: {orig}")
     return FleetStoreError(f"{what}: {e}")
 
 
-def migrate(
-    conn: sqlite3.Connection,
-    path: Path,
-    now_ms: int,
-    migrations: Sequence[tuple[int, Sequence[str]]] = sql.MIGRATIONS,
-) -> list[int]:
-    """Apply the pending numbered migrations, each in its own transaction; return them.
-
-    An existing database with pending migrations is first copied to
-    `<path>.v<N>.bak` (N: its current version). Raises FleetStoreError for a database
-    newer than this build; sqlite3.Error as it comes.
-    """
-    conn.execute(sql.CREATE_MIGRATIONS)
-    known = {version for version, _ in migrations}
-    applied = {row[0] for row in conn.execute(sql.APPLIED_MIGRATIONS)}
-    if applied - known:
-        raise FleetStoreError(
-            f"{path}: schema version {max(applied)} is newer than this build "
-            f"(knows up to {max(known)})"
-        )
-    pending = [(v, stmts) for v, stmts in migrations if v not in applied]
-    if pending and applied:
-        backup = path.with_name(f"{path.name}.v{max(applied)}.bak")
-        with sqlite3.connect(str(backup)) as target:
-            conn.backup(target)
-        target.close()
-        logger.info("backed up %s to %s before migrating", path, backup)
-    done = []
-    for version, statements in pending:
-        conn.execute(sql.BEGIN_WRITE)
-        try:
-            # Another process may have migrated while we waited for the write lock.
-            if version in {row[0] for row in conn.execute(sql.APPLIED_MIGRATIONS)}:
-                conn.execute(sql.ROLLBACK)
-                continue
-            for statement in statements:
-                conn.execute(statement)
-            conn.execute(sql.RECORD_MIGRATION, (version, now_ms))
-            conn.execute(sql.COMMIT)
-        except BaseException:
-            conn.execute(sql.ROLLBACK)
-            raise
-        done.append(version)
-        logger.info("fleet store %s: applied migration %d", path, version)
-    return done
-
-
 class FleetStore:
-    """See the module docstring. The constructor opens and migrates the database;
+    """See the module docstring. The constructor opens the database and brings its
+    schema up to date (or, with `database.migrate_on_start` off, refuses an old one);
     it raises FleetStoreError if it cannot."""
 
     def __init__(
-        self, cfg: FleetStoreConfig, *, clock: Callable[[], float] = time.time
+        self,
+        database: DatabaseConfig,
+        cfg: FleetStoreConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self._cfg = cfg
+        self._cfg = cfg or FleetStoreConfig()
         self._clock = clock
         self._lock = threading.Lock()
-        self.path = cfg.path
+        self.url = database.url
+        self._where = make_url(database.url).render_as_string(hide_password=True)
         try:
-            cfg.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                str(cfg.path), isolation_level=None, check_same_thread=False,
-                timeout=cfg.busy_timeout_ms / 1000.0,
-            )
-        except (OSError, sqlite3.Error) as e:
-            raise FleetStoreError(f"{cfg.path}: cannot open the fleet store: {e}") from e
+            self._engine: Engine = open_engine(database)
+        except (OSError, sa_exc.SQLAlchemyError) as e:
+            raise FleetStoreError(f"{self._where}: cannot open the fleet store: {e}") from e
+        self._writes = sql.Writes(self._engine.dialect)
+        self._dbapi: Any = self._engine.dialect.loaded_dbapi  # PEP 249 errors of writes
         try:
-            self._db = Database(conn, execute_plugins=False, recursive_triggers=False)
-            self._db.enable_wal()
-            conn.execute(f"PRAGMA synchronous = {cfg.synchronous}")
-            conn.execute(f"PRAGMA wal_autocheckpoint = {int(cfg.wal_autocheckpoint_pages)}")
-            self.migrations_applied = migrate(conn, cfg.path, self._now_ms())
-        except sqlite3.Error as e:
-            conn.close()
-            raise _translate(e, f"{cfg.path}: cannot prepare the fleet store") from e
-        except FleetStoreError:
-            conn.close()
-            raise
-        self._conn = conn
-        self._read_uri = f"{cfg.path.resolve().as_uri()}?mode=ro"
+            self.migrations_applied = ensure_schema(self._engine, database)
+        except sa_exc.SQLAlchemyError as e:
+            self._engine.dispose()
+            raise _translate(e, f"{self._where}: cannot prepare the fleet store",
+                             self._dbapi) from e
+        except CloudError as e:
+            self._engine.dispose()
+            if isinstance(e, FleetStoreError):
+                raise
+            raise FleetStoreError(str(e)) from e
+
+    @property
+    def engine(self) -> Engine:
+        """The store's engine (tests and tools read through it)."""
+        return self._engine
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -192,31 +163,27 @@ class FleetStore:
         """
         stored_at_ms = self._now_ms()
         prepared = [(item, rows_for(item, stored_at_ms)) for item in received]
-        keep = self._cfg.quarantine_keep_bytes
-        quarantine = [quarantine_row(item, keep) for item in rejected]
         with self._lock:
             try:
-                return self._write(prepared, quarantine, rejected, collector_id,
-                                   counters or {}, stored_at_ms)
-            except sqlite3.Error as e:
-                if self._conn.in_transaction:
-                    self._conn.execute(sql.ROLLBACK)
-                raise _translate(e, f"{self.path}: batch of {len(prepared)} not stored") from e
+                with self._engine.begin() as conn:
+                    return self._write(conn, prepared, rejected, collector_id,
+                                       counters or {}, stored_at_ms)
+            except (sa_exc.SQLAlchemyError, self._dbapi.Error) as e:
+                raise _translate(e, f"{self._where}: batch of {len(prepared)} not stored",
+                                 self._dbapi) from e
 
     def _write(
         self,
+        conn: Connection,
         prepared: list[tuple[Received, MessageRows]],
-        quarantine: list[Row],
         rejected: Sequence[Rejected],
         collector_id: str,
         extra: Mapping[str, int],
         stored_at_ms: int,
     ) -> IngestResult:
-        conn = self._conn
-        conn.execute(sql.BEGIN_WRITE)
-        # The write lock is held from BEGIN IMMEDIATE, so what is known now stays true
-        # until COMMIT. (With PostgreSQL, concurrent collectors could both see an id as
-        # new: the ON CONFLICT clauses still store it once; only the counts could be off.)
+        # On SQLite the write lock is held from BEGIN IMMEDIATE, so what is known now
+        # stays true until COMMIT. On PostgreSQL another collector may commit one of
+        # these ids meanwhile: the insert's RETURNING tells, and `_settle` re-reads.
         known = self._known_ids(conn, [item.message.msg_id for item, _ in prepared])
         new: list[tuple[Received, MessageRows]] = []
         same: list[Received] = []  # new or a redelivery: the line is alive
@@ -228,59 +195,79 @@ class FleetStore:
                 known[msg_id] = digest  # a second copy within the batch is a duplicate too
                 new.append((item, rows))
             elif known[msg_id] is not None and known[msg_id] != digest:
-                conflicting.append(Rejected(
-                    topic_of(item.message), item.payload, CONFLICTING_DUPLICATE,
-                    f"msg_id {msg_id} is already stored with different content; "
-                    "the first one is kept", item.received_at_ms,
-                ))
+                conflicting.append(_conflict(item))
                 continue
             same.append(item)
+        if new:
+            new = self._insert_messages(conn, new, same, conflicting)
         if conflicting:
             logger.warning("quarantined %d message(s) reusing a stored msg_id with different "
                            "content (first: %s)", len(conflicting), conflicting[0].detail)
-            keep = self._cfg.quarantine_keep_bytes
-            quarantine = [*quarantine, *(quarantine_row(item, keep) for item in conflicting)]
             rejected = [*rejected, *conflicting]
-        if new:
-            conn.executemany(sql.INSERT_MESSAGE, [rows.message for _, rows in new])
-        tables: list[tuple[str, list[Row]]] = [
-            (sql.INSERT_STATUS, [r.status for _, r in new if r.status]),
-            (sql.INSERT_METRICS, [r.metrics for _, r in new if r.metrics]),
-            (sql.INSERT_DEFECT_EVENT, [r.defect_event for _, r in new if r.defect_event]),
-            (sql.INSERT_DEFECT, [d for _, r in new for d in r.defects]),
-            (sql.INSERT_DRIFT, [r.drift for _, r in new if r.drift]),
-            (sql.INSERT_MODEL_REPORT, [r.model_report for _, r in new if r.model_report]),
-            (sql.UPSERT_QUARANTINE, quarantine),
+        keep = self._cfg.quarantine_keep_bytes
+        quarantine = merge_quarantine([quarantine_row(item, keep) for item in rejected])
+        w = self._writes
+        kinds: list[tuple[Table, list[Row]]] = [
+            (tables.status_events, [r.status for _, r in new if r.status]),
+            (tables.metrics, [r.metrics for _, r in new if r.metrics]),
+            (tables.defect_events, [r.defect_event for _, r in new if r.defect_event]),
+            (tables.defects, [d for _, r in new for d in r.defects]),
+            (tables.drift_sketches, [r.drift for _, r in new if r.drift]),
+            (tables.model_reports, [r.model_report for _, r in new if r.model_report]),
         ]
-        for statement, rows_ in tables:
-            if rows_:
-                conn.executemany(statement, rows_)
+        for table, rows_ in kinds:
+            w.kinds[table.name].run_rows(conn, table, rows_)
+        w.quarantine.run_rows(conn, tables.quarantine, quarantine)
         self._update_lines(conn, same, [item for item, _ in new])
         increments = self._increments(len(same), len(new), rejected, extra)
-        conn.executemany(
-            sql.ADD_COUNTER,
-            [(collector_id, name, value, stored_at_ms) for name, value in increments.items()],
-        )
-        conn.execute(sql.COMMIT)
+        w.counters.run_rows(conn, tables.counters, [
+            (collector_id, name, value, stored_at_ms) for name, value in increments.items()
+        ])
         return IngestResult(
             stored=len(new), duplicates=len(same) - len(new), quarantined=len(rejected),
             stored_at_ms=stored_at_ms, conflicting=len(conflicting),
         )
 
-    @staticmethod
-    def _known_ids(conn: sqlite3.Connection, ids: list[str]) -> dict[str, object]:
-        """msg_id -> stored content digest (None for rows stored before migration 2)."""
+    def _insert_messages(
+        self, conn: Connection, new: list[tuple[Received, MessageRows]],
+        same: list[Received], conflicting: list[Rejected],
+    ) -> list[tuple[Received, MessageRows]]:
+        """Insert the `messages` rows of `new`; return those this transaction stored.
+        An id another writer committed first moves to `same` (same content) or to
+        `conflicting` (other content)."""
+        rows_ = [rows.message for _, rows in new]
+        if self._writes.is_sqlite:
+            # BEGIN IMMEDIATE: no other writer since `_known_ids`, every one is new.
+            self._writes.messages.run_rows(conn, tables.messages, rows_)
+            return new
+        # In msg_id order: two writers inserting overlapping ids wait on each other in
+        # one order (no deadlock).
+        rows_.sort(key=lambda row: str(row[0]))
+        inserted = set(conn.execute(self._writes.messages_returning,
+                                    sql.row_params(tables.messages, rows_)).scalars())
+        if len(inserted) == len(new):
+            return new
+        lost = [(item, rows) for item, rows in new if item.message.msg_id not in inserted]
+        winners = self._known_ids(conn, [item.message.msg_id for item, _ in lost])
+        for item, rows in lost:
+            digest = winners.get(item.message.msg_id)
+            if digest is not None and digest != rows.message[-1]:
+                same.remove(item)
+                conflicting.append(_conflict(item))
+        logger.info("%d message(s) of this batch were stored by another writer first",
+                    len(lost))
+        return [(item, rows) for item, rows in new if item.message.msg_id in inserted]
+
+    def _known_ids(self, conn: Connection, ids: list[str]) -> dict[str, object]:
+        """msg_id -> stored content digest (None for rows stored before the digest)."""
         known: dict[str, object] = {}
-        for start in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[start:start + _IN_CHUNK]
-            query = sql.SELECT_KNOWN_IDS.format(placeholders=", ".join("?" * len(chunk)))
-            known.update((row[0], row[1]) for row in conn.execute(query, chunk))
+        for start in range(0, len(ids), sql.KNOWN_IDS_MAX):
+            chunk = ids[start:start + sql.KNOWN_IDS_MAX]
+            known.update((row[0], row[1]) for row in self._writes.known_ids(conn, chunk))
         return known
 
-    @staticmethod
-    def _update_lines(
-        conn: sqlite3.Connection, valid: list[Received], new: list[Received]
-    ) -> None:
+    def _update_lines(self, conn: Connection, valid: list[Received],
+                      new: list[Received]) -> None:
         seen: dict[tuple[str, str], tuple[int, int]] = {}
         for item in valid:  # a redelivered duplicate still shows the line is alive
             if item.message.KIND in COMMAND_KINDS:
@@ -289,14 +276,17 @@ class FleetStore:
             first, last = seen.get(key, (item.received_at_ms, item.received_at_ms))
             seen[key] = (min(first, item.received_at_ms), max(last, item.received_at_ms))
         if seen:
-            conn.executemany(sql.TOUCH_LINE, [(*key, a, b) for key, (a, b) in seen.items()])
+            # In key order: concurrent writers lock the lines rows in one order (no
+            # deadlock on PostgreSQL); every line updated below is locked here first.
+            self._writes.touch_lines.run(conn, [
+                {"site": site, "line": line, "first_seen_at_ms": a, "last_seen_at_ms": b}
+                for (site, line), (a, b) in sorted(seen.items())
+            ])
         # Oldest first, so that within a batch the newest state is written last.
         statuses = sorted(filter(None, map(status_update, new)), key=lambda s: s[0])
         models = sorted(filter(None, map(model_update, new)), key=lambda s: s[0])
-        for _, params in statuses:
-            conn.execute(sql.UPDATE_LINE_STATUS, params)
-        for _, params in models:
-            conn.execute(sql.UPDATE_LINE_MODEL, params)
+        self._writes.update_status.run_tuples(conn, sql.STATUS_KEYS, [p for _, p in statuses])
+        self._writes.update_model.run_tuples(conn, sql.MODEL_KEYS, [p for _, p in models])
 
     @staticmethod
     def _increments(
@@ -316,28 +306,21 @@ class FleetStore:
         return {name: value for name, value in counts.items() if value}
 
     def close(self) -> None:
-        """Close the write connection (idempotent)."""
+        """Close the database connections (idempotent)."""
         with self._lock:
-            self._conn.close()
+            self._engine.dispose()
 
-    # ---- reads (own connection per call, safe from any thread)
+    # ---- reads (a pooled connection per call, safe from any thread)
 
     @contextmanager
-    def _reader(self) -> Iterator[sqlite3.Connection]:
+    def _reader(self) -> Iterator[Connection]:
         try:
-            conn = sqlite3.connect(
-                self._read_uri, uri=True, timeout=self._cfg.busy_timeout_ms / 1000.0
-            )
-        except sqlite3.Error as e:
-            raise _translate(e, f"{self.path}: cannot open for reading") from e
-        try:
-            yield conn
-        except sqlite3.Error as e:
-            raise _translate(e, f"{self.path}: read failed") from e
-        finally:
-            conn.close()
+            with read_connection(self._engine) as conn:
+                yield conn
+        except sa_exc.SQLAlchemyError as e:
+            raise _translate(e, f"{self._where}: read failed", self._dbapi) from e
 
-    def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+    def _read(self, query: Callable[[Connection], T]) -> T:
         with self._reader() as conn:
             return query(conn)
 
@@ -391,3 +374,11 @@ class FleetStore:
     def counters(self) -> list[CollectorCounters]:
         """Every collector's counters."""
         return self._read(queries.counters)
+
+
+def _conflict(item: Received) -> Rejected:
+    return Rejected(
+        topic_of(item.message), item.payload, CONFLICTING_DUPLICATE,
+        f"msg_id {item.message.msg_id} is already stored with different content; "
+        "the first one is kept", item.received_at_ms,
+    )

@@ -30,6 +30,8 @@ from pydantic import ValidationError
 from cloud.errors import CloudError
 from cloud.training.ultralytics_env import import_ultralytics, ultralytics_output
 from models.bundle import Bundle
+from models.drift.reference import REFERENCE_FILE, reference_from_dataset, write_reference
+from models.drift.signals import SignalSpec
 from models.errors import ModelError
 from models.evaluate import evaluate
 from models.golden import build_bundle
@@ -307,6 +309,10 @@ def _bundle(
     )
     serve = cfg.serve_imgsz or cfg.imgsz
 
+    say("computing the drift reference from the training and validation frames")
+    reference = write_reference(reference_from_dataset(ds, SignalSpec()),
+                                cfg.work_dir.resolve() / REFERENCE_FILE)
+
     def build(out: Path, metrics: Metrics | None) -> Bundle:
         if out.exists():
             shutil.rmtree(out)
@@ -314,7 +320,7 @@ def _bundle(
             out, onnx_path, name=cfg.name, version=cfg.version, label=plan.label,
             classes=list(ds.names), input_hw=(serve, serve),
             preprocess=PreprocessSpec(), lineage=lineage, golden_images=plan.golden_images,
-            metrics=metrics,
+            metrics=metrics, extra_files={REFERENCE_FILE: reference},
         )
 
     say("building the bundle and its golden set")

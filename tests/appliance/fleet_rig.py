@@ -11,13 +11,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 from cloud.collector import Collector
-from cloud.config import BrokerConfig, CollectorConfig, FleetStoreConfig
+from cloud.config import BrokerConfig, CollectorConfig
+from cloud.db import DatabaseConfig
 from cloud.fleet import FleetStore
 from protocol.backoff import BackoffConfig
 
@@ -26,7 +26,8 @@ _COUNTED = {"defect_events", "model_reports", "metrics"}
 
 class FleetRig:
     def __init__(self, port: int, directory: Path, client_id: str = "cloud-collector") -> None:
-        self.store = FleetStore(FleetStoreConfig(path=directory / "fleet.db"))
+        # SQLite: these are appliance tests; the fleet store's own run on both back ends.
+        self.store = FleetStore(DatabaseConfig(url=f"sqlite:///{directory / 'fleet.db'}"))
         # retained_state off: its second subscription would deliver status and model
         # messages twice (stored once either way, but counted as duplicates)
         self.collector = Collector(CollectorConfig(
@@ -41,11 +42,8 @@ class FleetRig:
         assert self.collector.wait_subscribed(timeout_s), "the cloud collector did not subscribe"
 
     def rows(self, sql: str) -> list[tuple[Any, ...]]:
-        conn = sqlite3.connect(self.store.path)
-        try:
-            return conn.execute(sql).fetchall()
-        finally:
-            conn.close()
+        with self.store.engine.connect() as conn:
+            return [tuple(row) for row in conn.exec_driver_sql(sql)]
 
     def wait_count(self, table: str, want: int, timeout_s: float) -> int:
         """Rows in `table` once there are `want` of them, or after `timeout_s`."""

@@ -88,7 +88,9 @@ def _events(db: Path) -> list[tuple[str, str]]:
     conn = sqlite3.connect(db)
     try:
         return [(str(k), str(d)) for k, d in conn.execute(
-            "SELECT kind, data FROM events WHERE data LIKE '%falling_behind%' ORDER BY id")]
+            "SELECT kind, data FROM events WHERE data LIKE '%falling_behind%'"
+            # the monitor's own events (the alarm book records alarm_raised/_resolved too)
+            " AND kind IN ('alarm', 'alarm_cleared') ORDER BY id")]
     finally:
         conn.close()
 

@@ -58,3 +58,19 @@ def test_telemetry_column(tmp_path: Path) -> None:
     assert rc == 0
     (row,) = json.loads(out.read_text())["rows"]
     assert row["e_fps"] > 0 and row["e/b"] is not None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_panel_column(tmp_path: Path) -> None:
+    bench = _load()
+    out = tmp_path / "result.json"
+    rc = bench.main(["--sizes", "320", "--batches", "2", "--frames", "12", "--datasets",
+                     "linesim", "--threads", "1", "--repeat", "1", "--latency-s", "0.5",
+                     "--no-int8", "--no-ultralytics", "--panel", "--panel-clients", "2",
+                     "--json-out", str(out)])
+    assert rc == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["b_img_fps"] > 0 and row["f_fps"] > 0 and row["f/b_img"] is not None
+    clients = row["f_clients"]
+    assert clients["clients"] == 2 and clients["requests"] > 0 and clients["errors"] == 0

@@ -121,31 +121,50 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str,
     raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-def query(db: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-    """Run a read query on a fleet database (empty list while it does not exist yet)."""
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute(sql, params).fetchall()
-    except sqlite3.OperationalError as e:
-        if "no such table" in str(e):
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def query(db: str | Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run a read query (qmark placeholders) on a fleet database given by URL (or an
+    SQLite file's path): an empty list while it or the table does not exist yet."""
+    url = str(db) if isinstance(db, str) else sqlite_url(db)
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.exists():
             return []
-        raise
-    finally:
-        conn.close()
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                return []
+            raise
+        finally:
+            conn.close()
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1),
+                         autocommit=True, connect_timeout=10) as pg:
+        try:
+            return pg.execute(sql.replace("?", "%s"), params).fetchall()  # type: ignore[arg-type]
+        except psycopg.errors.UndefinedTable:
+            return []
 
 
-def stored_ids(db: Path) -> list[str]:
+def stored_ids(db: str | Path) -> list[str]:
     return [row[0] for row in query(db, "SELECT msg_id FROM messages")]
 
 
-def write_config(path: Path, port: int, db: Path, client_id: str = "collector-test",
+def write_config(path: Path, port: int, db: str | Path, client_id: str = "collector-test",
                  **collector: object) -> Path:
+    """A cloud config for `lineguard cloud collect`; `db`: a database URL or an SQLite
+    file's path."""
     import yaml
 
+    url = db if isinstance(db, str) else sqlite_url(db)
     doc = {
-        "store": {"path": str(db)},
+        "database": {"url": url},
         "collector": {"broker": {"port": port, "client_id": client_id},
                       "log_interval_s": 1.0, **collector},
     }

@@ -11,7 +11,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from cloud.api import create_app
 from cloud.collector.validate import Delivery, classify
-from cloud.config import FleetStoreConfig
+from cloud.db import DatabaseConfig
 from cloud.fleet import FleetStore, Received, to_ms
 from protocol import encode
 from tests.cloud import fleet_helpers as h
@@ -28,9 +28,8 @@ T = h.T0
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("api") / "fleet.db"
-    s = FleetStore(FleetStoreConfig(path=path))
+def store(module_database_url):
+    s = FleetStore(DatabaseConfig(url=module_database_url))
     now_ms = to_ms(T + timedelta(hours=1))
     messages = [
         h.status(sent_at=T, model_version=7),
@@ -175,7 +174,7 @@ def test_a_short_token_is_refused(store):
 
 
 def test_an_unreadable_store_is_503(tmp_path):
-    s = FleetStore(FleetStoreConfig(path=tmp_path / "gone.db"))
+    s = FleetStore(DatabaseConfig(url=h.sqlite_url(tmp_path / "gone.db")))
     s.close()
     (tmp_path / "gone.db").unlink()
     with TestClient(create_app(s, TOKEN)) as c:

@@ -15,7 +15,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 from appliance.records import DefectRecord, InspectionRecord, Verdict
 from appliance.telemetry.metrics import VerdictWindow
 from cloud.api import create_app
-from cloud.config import FleetStoreConfig
+from cloud.db import DatabaseConfig
 from cloud.fleet import FleetStore, Received, report, to_ms
 from protocol import UninspectedReason, VerdictCounts, encode
 from tests.cloud import fleet_helpers as h
@@ -41,8 +41,8 @@ def window(i: int, passed: int, failed: int, dropped: int, classes: dict[str, in
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    store = FleetStore(FleetStoreConfig(path=tmp_path_factory.mktemp("report") / "fleet.db"))
+def client(module_database_url: str) -> Iterator[TestClient]:
+    store = FleetStore(DatabaseConfig(url=module_database_url))
     messages = [
         # 09:00:00-09:01:00: six windows
         *[window(i, passed=10, failed=1, dropped=i % 2, classes={"scratches": 1})

@@ -13,7 +13,7 @@ from schemathesis.checks import positive_data_acceptance
 
 from cloud.api import create_app
 from cloud.collector.validate import Delivery, classify
-from cloud.config import FleetStoreConfig
+from cloud.db import DatabaseConfig
 from cloud.fleet import FleetStore, Received, to_ms
 from protocol import encode
 from tests.cloud import fleet_helpers as h
@@ -24,7 +24,10 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory):
-    store = FleetStore(FleetStoreConfig(path=tmp_path_factory.mktemp("schema") / "fleet.db"))
+    # SQLite only: this fuzzes the API's contract (the same on both back ends); the
+    # queries behind it run on both in test_api.py and test_fleet_store.py.
+    url = f"sqlite:///{tmp_path_factory.mktemp('schema') / 'cloud.db'}"
+    store = FleetStore(DatabaseConfig(url=url))
     now_ms = to_ms(h.T0 + timedelta(hours=1))
     messages = [
         h.status(sent_at=h.T0, model_version=7),

@@ -18,14 +18,13 @@ pytestmark = pytest.mark.timeout(300)
 TOKEN = "serve-test-token-0123456789"
 
 
-def test_serve_answers_health_and_checks_the_token(tmp_path):
+def test_serve_answers_health_and_checks_the_token(tmp_path, database_url):
     port = free_port()
     token_file = tmp_path / "api.token"
     token_file.write_text(TOKEN + "\n", "utf-8")
     config = tmp_path / "cloud.yaml"
     config.write_text(
-        f"store: {{path: {tmp_path / 'fleet.db'}}}\n"
-        f"database: {{url: 'sqlite:///{tmp_path / 'cloud.db'}'}}\n"
+        f"database: {{url: '{database_url}'}}\n"
         f"registry: {{root: {tmp_path / 'registry'}}}\n"
         f"api: {{port: {port}, token_file: {token_file}}}\n", "utf-8")
     log = (tmp_path / "serve.log").open("wb")

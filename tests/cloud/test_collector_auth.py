@@ -10,7 +10,8 @@ import pytest
 from pydantic import SecretStr
 
 from cloud.collector import Collector
-from cloud.config import BrokerConfig, CollectorConfig, FleetStoreConfig
+from cloud.config import BrokerConfig, CollectorConfig
+from cloud.db import DatabaseConfig
 from cloud.fleet import FleetStore
 from protocol.backoff import BackoffConfig
 from protocol.mqtt_client import Reason
@@ -44,7 +45,8 @@ def secured(tmp_path):
     broker = start_broker(
         tmp_path, f"{h.BROKER_CONF}allow_anonymous false\npassword_file {passwd}\n"
                   f"acl_file {acl}\n")
-    store = FleetStore(FleetStoreConfig(path=tmp_path / "fleet.db"))
+    # SQLite only: this is about the broker's accounts, not the database (test time).
+    store = FleetStore(DatabaseConfig(url=h.sqlite_url(tmp_path / "fleet.db")))
     try:
         yield broker, store, tmp_path
     finally:
@@ -75,7 +77,7 @@ def test_collector_logs_in_with_its_password_file(secured):
         assert not line.connect().is_failure
         message = h.metrics()
         line.publish(*h.wire(message))
-        h.wait_for(lambda: message.msg_id in h.stored_ids(store.path), 60, "stored")
+        h.wait_for(lambda: message.msg_id in h.stored_ids(store.url), 60, "stored")
     finally:
         line.close()
         collector.stop()

@@ -16,7 +16,8 @@ def test_defaults_and_a_full_file(tmp_path):
     token.write_text("0123456789abcdef0123\n", "utf-8")
     path = tmp_path / "cloud.yaml"
     path.write_text(f"""
-store: {{path: {tmp_path / 'fleet.db'}, synchronous: FULL}}
+database: {{url: 'sqlite:///{tmp_path / 'cloud.db'}', synchronous: FULL}}
+store: {{quarantine_keep_bytes: 100}}
 collector:
   group: plant1-collectors
   workers: 2
@@ -30,7 +31,9 @@ api: {{port: 9000, token_file: {token}}}
     assert cfg.collector.broker.secret().get_secret_value() == "hunter2hunter2"
     assert cfg.api.secret().get_secret_value() == "0123456789abcdef0123"
     assert cfg.api.host == "127.0.0.1"
-    assert cfg.store.synchronous == "FULL"
+    assert cfg.database.synchronous == "FULL"
+    assert cfg.database.is_sqlite
+    assert cfg.store.quarantine_keep_bytes == 100
     assert CollectorConfig().session_expiry_s > 0
     assert parse_config(None).collector is None
 
@@ -47,7 +50,14 @@ api: {{port: 9000, token_file: {token}}}
         ("collector: {broker: {tls: {cert_file: /c}}}", "collector.broker.tls"),
         ("api: {port: 1}", "api"),
         ("api: {token: a, token_file: /b}", "api"),
-        ("store: {synchronous: OFF}", "store.synchronous"),
+        ("database: {synchronous: OFF}", "database.synchronous"),
+        ("database: {url: 'mysql://h/db'}", "database.url: unsupported database driver"),
+        ("database: {url: 'postgresql://h/db'}", "database.url: unsupported database driver"),
+        ("database: {url: 'sqlite://'}", "database.url: an SQLite URL needs a file path"),
+        ("database: {url: 'not a url'}", "database.url: not a database URL"),
+        ("database: {pool_size: 0}", "database.pool_size"),
+        ("store: {path: /var/lib/fleet.db}", "store: path moved to database.url"),
+        ("store: {busy_timeout_ms: 5}", "store: busy_timeout_ms moved to database.busy_"),
         ("store: [1]", "store"),
     ],
 )
@@ -81,7 +91,7 @@ def test_secrets_that_cannot_be_used(tmp_path):
 
 def test_collect_and_serve_refuse_a_config_without_their_section(tmp_path, capsys):
     path = tmp_path / "cloud.yaml"
-    path.write_text(f"store: {{path: {tmp_path / 'fleet.db'}}}\n", "utf-8")
+    path.write_text(f"database: {{url: 'sqlite:///{tmp_path / 'cloud.db'}'}}\n", "utf-8")
     assert cli.main(["collect", "--config", str(path)]) == 2
     assert "no `collector` section" in capsys.readouterr().err
     assert cli.main(["serve", "--config", str(path)]) == 2

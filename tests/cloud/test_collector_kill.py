@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.mqtt, requires_mosquitto, pytest.mark.timeout(600)]
 START_S = 120.0  # a cold interpreter on a loaded 2-core box can take a while
 
 
-def wait_ready(probe: MqttProbe, db, timeout_s: float = START_S) -> None:
+def wait_ready(probe: MqttProbe, db: object, timeout_s: float = START_S) -> None:
     """Publish sentinels until one is stored: the collector is up and subscribed."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -38,9 +38,9 @@ def mixed_messages(n: int, line: str, with_model: bool = True) -> list:
     return [next(kinds)(line=line) for _ in range(n)]
 
 
-def test_sigkill_loses_nothing_and_stores_everything_once(tmp_path):
+def test_sigkill_loses_nothing_and_stores_everything_once(tmp_path, database_url):
     broker = start_broker(tmp_path, h.BROKER_CONF)
-    db = tmp_path / "fleet.db"
+    db = database_url
     config = h.write_config(tmp_path / "cloud.yaml", broker.port, db, client_id="c-kill")
     proc = h.CollectorProcess(config, tmp_path / "collector.log")
     probe = MqttProbe(broker.port, "line-sim")
@@ -82,7 +82,7 @@ def test_sigkill_loses_nothing_and_stores_everything_once(tmp_path):
 
 def test_sigterm_commits_and_acks_then_exits_zero(tmp_path):
     broker = start_broker(tmp_path, h.BROKER_CONF)
-    db = tmp_path / "fleet.db"
+    db = tmp_path / "fleet.db"  # the database is the same code path as above
     config = h.write_config(tmp_path / "cloud.yaml", broker.port, db, client_id="c-term")
     proc = h.CollectorProcess(config, tmp_path / "collector.log")
     probe = MqttProbe(broker.port, "line-sim")
@@ -113,9 +113,9 @@ def test_sigterm_commits_and_acks_then_exits_zero(tmp_path):
         broker.stop()
 
 
-def test_workers_share_the_load_and_a_killed_worker_is_restarted(tmp_path):
+def test_workers_share_the_load_and_a_killed_worker_is_restarted(tmp_path, database_url):
     broker = start_broker(tmp_path, h.BROKER_CONF)
-    db = tmp_path / "fleet.db"
+    db = database_url
     config = h.write_config(tmp_path / "cloud.yaml", broker.port, db, client_id="c-pool",
                             workers=2)
     proc = h.CollectorProcess(config, tmp_path / "collector.log")

@@ -3,6 +3,7 @@ quarantine of generated junk, reconnect after a broker restart."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloud.collector import Collector, MqttSession
-from cloud.config import BrokerConfig, CollectorConfig, FleetStoreConfig
+from cloud.config import BrokerConfig, CollectorConfig
+from cloud.db import DatabaseConfig
 from cloud.fleet import FleetStore
 from protocol import MAX_PAYLOAD_BYTES
 from protocol.backoff import BackoffConfig
@@ -47,10 +49,10 @@ def started(cfg: CollectorConfig, store: FleetStore) -> Collector:
     return collector
 
 
-@pytest.fixture
-def rig(tmp_path):
+@contextlib.contextmanager
+def _rig(tmp_path, url: str):
     broker = start_broker(tmp_path, h.BROKER_CONF)
-    store = FleetStore(FleetStoreConfig(path=tmp_path / "fleet.db"))
+    store = FleetStore(DatabaseConfig(url=url))
     probe = MqttProbe(broker.port, "line-sim")
     assert not probe.connect().is_failure
     try:
@@ -59,6 +61,21 @@ def rig(tmp_path):
         probe.close()
         store.close()
         broker.stop()
+
+
+@pytest.fixture
+def rig(tmp_path, database_url):
+    """Broker, store and probe, on SQLite and on PostgreSQL: for what the store does."""
+    with _rig(tmp_path, database_url) as parts:
+        yield parts
+
+
+@pytest.fixture
+def sqlite_rig(tmp_path):
+    """The same on SQLite only: for the MQTT session's behaviour (reconnects, acks,
+    retained state), which does not depend on the database (test time)."""
+    with _rig(tmp_path, h.sqlite_url(tmp_path / "fleet.db")) as parts:
+        yield parts
 
 
 def test_same_msg_id_twice_is_stored_once(rig):
@@ -70,7 +87,7 @@ def test_same_msg_id_twice_is_stored_once(rig):
             probe.publish(*h.wire(message))
         probe.publish(*h.wire(h.defect()), qos=0)  # QoS 0 is stored too (nothing to ack)
         h.wait_for(lambda: counter(store, "received") >= 4, WAIT_S, "4 deliveries")
-        assert sorted(h.stored_ids(store.path)) == sorted(
+        assert sorted(h.stored_ids(store.url)) == sorted(
             [first.msg_id, second.msg_id, *(e.msg_id for e in store.defect_events())]
         )
         assert counter(store, "duplicates") == 1
@@ -123,7 +140,7 @@ def test_committed_but_unacked_messages_come_back_and_are_not_stored_twice(
     collector = started(cfg, store)
     try:
         h.wait_for(lambda: counter(store, "duplicates") == 30, WAIT_S, "30 redelivered")
-        assert sorted(h.stored_ids(store.path)) == sorted(m.msg_id for m in messages)
+        assert sorted(h.stored_ids(store.url)) == sorted(m.msg_id for m in messages)
     finally:
         collector.stop()
     # Acknowledged this time: a third run gets nothing back.
@@ -131,14 +148,14 @@ def test_committed_but_unacked_messages_come_back_and_are_not_stored_twice(
     try:
         sentinel = h.metrics()
         probe.publish(*h.wire(sentinel))
-        h.wait_for(lambda: sentinel.msg_id in h.stored_ids(store.path), WAIT_S, "sentinel")
+        h.wait_for(lambda: sentinel.msg_id in h.stored_ids(store.url), WAIT_S, "sentinel")
         assert counter(store, "duplicates") == 30
     finally:
         collector.stop()
 
 
-def test_reconnects_after_a_broker_restart(rig):
-    broker, store, probe = rig
+def test_reconnects_after_a_broker_restart(sqlite_rig):
+    broker, store, probe = sqlite_rig
     collector = started(collector_config(broker.port), store)
     try:
         probe.publish(*h.wire(h.metrics()))
@@ -149,15 +166,15 @@ def test_reconnects_after_a_broker_restart(rig):
         assert not probe.connect().is_failure
         after = h.metrics()
         probe.publish(*h.wire(after))
-        h.wait_for(lambda: after.msg_id in h.stored_ids(store.path), WAIT_S, "stored after")
+        h.wait_for(lambda: after.msg_id in h.stored_ids(store.url), WAIT_S, "stored after")
         assert counter(store, "stored") == 2
     finally:
         probe.close()
         collector.stop()
 
 
-def test_oversized_payloads_are_quarantined_with_a_bounded_copy(rig):
-    broker, store, probe = rig
+def test_oversized_payloads_are_quarantined_with_a_bounded_copy(sqlite_rig):
+    broker, store, probe = sqlite_rig
     collector = started(collector_config(broker.port), store)
     try:
         topic = "lineguard/plant1/line-1/metrics"
@@ -198,10 +215,10 @@ _topics = st.sampled_from([
 
 
 @pytest.fixture(scope="module")
-def shared_rig(tmp_path_factory):
+def shared_rig(tmp_path_factory, module_database_url):
     tmp = tmp_path_factory.mktemp("fuzz")
     broker = start_broker(tmp, h.BROKER_CONF)
-    store = FleetStore(FleetStoreConfig(path=tmp / "fleet.db"))
+    store = FleetStore(DatabaseConfig(url=module_database_url))
     collector = started(collector_config(broker.port, "c-fuzz"), store)
     probe = MqttProbe(broker.port, "fuzzer")
     assert not probe.connect().is_failure
@@ -230,7 +247,7 @@ def test_generated_junk_is_quarantined_and_valid_messages_still_stored(shared_ri
                f"{total} deliveries")
     assert counter(store, "quarantined") == before["quarantined"] + len(junk)
     assert counter(store, "stored") == before["stored"] + valid
-    assert set(m.msg_id for m in messages) <= set(h.stored_ids(store.path))
+    assert set(m.msg_id for m in messages) <= set(h.stored_ids(store.url))
     assert collector.stats().connected
     # The writer's own stats are updated just after the commit the counters are part of.
     h.wait_for(lambda: collector.stats().writer.received == counter(store, "received"),
@@ -260,8 +277,8 @@ def test_online_and_offline_come_from_status_and_the_last_will(rig):
         collector.stop()
 
 
-def test_retained_state_published_before_the_first_start_is_collected(rig):
-    broker, store, probe = rig
+def test_retained_state_published_before_the_first_start_is_collected(sqlite_rig):
+    broker, store, probe = sqlite_rig
     status = h.status(line="line-4")
     report = h.model_report(line="line-4", version=11)
     probe.publish(*h.wire(status), retain=True)
@@ -280,17 +297,17 @@ def test_retained_state_published_before_the_first_start_is_collected(rig):
         h.wait_for(lambda: (v := store.line("plant1", "line-4")) is not None
                    and v.online is False, WAIT_S, "the live status")
         # Through the shared and the state subscription, stored once.
-        assert sorted(h.stored_ids(store.path)) == sorted(
+        assert sorted(h.stored_ids(store.url)) == sorted(
             [status.msg_id, report.msg_id, later.msg_id])
     finally:
         collector.stop()
 
 
-def test_an_orderly_stop_mid_stream_leaves_no_committed_message_unacknowledged(rig):
+def test_an_orderly_stop_mid_stream_leaves_no_committed_message_unacknowledged(sqlite_rig):
     """Messages still arriving while the collector stops must not cost it the acks it
     already sent (a socket closed with unread input is reset, and the broker drops what
     it had not read yet): a restart then gets back only what was never committed."""
-    broker, store, probe = rig
+    broker, store, probe = sqlite_rig
     cfg = collector_config(broker.port, "c-orderly")
     for round_ in range(3):
         collector = started(cfg, store)

@@ -9,7 +9,8 @@ import time
 from collections.abc import Sequence
 
 from cloud.collector import Collector, Delivery
-from cloud.config import BrokerConfig, CollectorConfig, FleetStoreConfig
+from cloud.config import BrokerConfig, CollectorConfig
+from cloud.db import DatabaseConfig
 from cloud.fleet import FleetStore, IngestResult
 from protocol.mqtt_client import Reason
 from tests.cloud import fleet_helpers as h
@@ -20,7 +21,8 @@ WAIT_S = 30.0
 
 def make(tmp_path, **cfg: object) -> tuple[Collector, FakeClients, FleetStore, list[int]]:
     clients = FakeClients()
-    store = FleetStore(FleetStoreConfig(path=tmp_path / "fleet.db"))
+    # SQLite only: these test the MQTT session against a fake client, not the database.
+    store = FleetStore(DatabaseConfig(url=h.sqlite_url(tmp_path / "fleet.db")))
     committed: list[int] = []
     lock = threading.Lock()
 
@@ -73,7 +75,7 @@ def test_acks_follow_the_commit_and_only_on_the_delivering_connection(tmp_path) 
         bad = client.deliver("lineguard/plant1/line-1/metrics", b"{not json")
         wait(lambda: sum(committed) == 6, "a commit of all six")
         assert sorted(client.acked) == sorted([*good, bad])  # quarantined ones too
-        assert len(h.stored_ids(store.path)) == 5
+        assert len(h.stored_ids(store.url)) == 5
         # A message of the first connection, committed after a reconnect, is not
         # acknowledged on the new one (the broker resends it there).
         stale = Delivery("lineguard/plant1/line-1/metrics", h.wire(h.metrics())[1], 99, 1,

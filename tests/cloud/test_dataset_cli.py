@@ -52,7 +52,7 @@ def test_import_list_show_union_materialize(config, source_yaml, tmp_path, capsy
     assert code == 0 and "20 images (train 16, val 4)" in out and "split kept" in out
     more = linesim_dataset(tmp_path / "more", seed=7, n_train=5, n_val=1)
     assert run(capsys, "dataset", "import", str(more), "--name", "more", *c)[0] == 0
-    code, out, _ = run(capsys, "dataset", "union", "parts@1", "more", "--name", "all", *c)
+    code, out, _ = run(capsys, "dataset", "union", "parts@1,more", "--name", "all", *c)
     assert code == 0
     assert out.startswith("all@1 ") and "26 images" in out and "from parts@1, more@1" in out
     code, out, _ = run(capsys, "dataset", "list", *c)
@@ -80,7 +80,7 @@ def test_union_conflict_of_splits_is_one_error_line(config, source_yaml, capsys)
     assert run(capsys, "dataset", "import", str(source_yaml), "--name", "a", *c)[0] == 0
     assert run(capsys, "dataset", "import", str(source_yaml), "--name", "b", "--split", "keep",
                *c)[0] == 0
-    code, out, err = run(capsys, "dataset", "union", "a", "b", "--name", "ab", *c)
+    code, out, err = run(capsys, "dataset", "union", "a,b", "--name", "ab", *c)
     assert code == 2 and out == ""
     assert err.startswith("error: image ") and "a@1" in err and "b@1" in err
     assert len(err.strip().splitlines()) == 1

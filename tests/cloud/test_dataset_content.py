@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
@@ -125,3 +126,50 @@ def test_merge_refuses_one_image_with_two_labels_or_splits():
         merge_items([("A@1", [a]), ("B@1", [Item(a.image_sha256, "png", "train", "")])])
     with pytest.raises(DatasetRejected, match="in train in A@1 but in val in B@1"):
         merge_items([("A@1", [a]), ("B@1", [Item(a.image_sha256, "png", "val", a.labels)])])
+
+
+def _sample(labels, predictions):
+    from protocol.samples import SampleMeta
+
+    return SampleMeta.model_validate_json(json.dumps({
+        "schema": "lineguard.sample/1", "sample_id": "s", "frame_id": "f",
+        "captured_at": "2025-03-14T09:00:00Z", "model": {"name": "m", "version": 1},
+        "reason": "operator",
+        "predictions": [{"class_name": c, "score": s, "box_xyxy": b} for c, s, b in predictions],
+        "labels": [{"kind": k, "class_name": c, "box_xyxy": b} for k, c, b in labels]}))
+
+
+PIT = (10.0, 10.0, 30.0, 30.0)
+STAIN = (50.0, 50.0, 70.0, 60.0)
+CRACK = (0.0, 0.0, 100.0, 10.0)
+
+
+@pytest.mark.parametrize(("labels", "predictions", "options", "expected"), [
+    # no operator labels: skipped, unless predictions are asked for
+    ([], [("pit", 0.9, PIT)], {}, None),
+    ([], [("pit", 0.9, PIT), ("stain", 0.3, STAIN)], {"include_predictions": True},
+     ["pit", "stain"]),
+    ([], [("pit", 0.9, PIT), ("stain", 0.3, STAIN)],
+     {"include_predictions": True, "min_score": 0.5}, ["pit"]),
+    # the panel's rule: confirmed (class may be corrected) + missed + unreviewed
+    ([("confirm", "scratch", PIT), ("missed", "crack", CRACK)],
+     [("pit", 0.9, PIT), ("stain", 0.6, STAIN)], {}, ["crack", "scratch", "stain"]),
+    ([("reject", "pit", PIT)], [("pit", 0.9, PIT), ("stain", 0.6, STAIN)], {}, ["stain"]),
+    ([("reject", "pit", PIT)], [("pit", 0.9, PIT)], {}, []),  # a negative example
+    ([("confirm", "pit", PIT)], [("pit", 0.9, PIT), ("stain", 0.6, STAIN)],
+     {"drop_unreviewed": True}, ["pit"]),
+    # a label's box within rounding of the prediction's still reviews it
+    ([("reject", "pit", (10.2, 10.0, 30.0, 30.1))], [("pit", 0.9, PIT)], {}, []),
+])
+def test_sample_labels_follow_the_panels_rule(labels, predictions, options, expected):
+    from cloud.datasets.inbox import sample_rows
+
+    rows = sample_rows(_sample(labels, predictions), 100, 100, **options)
+    assert (None if rows is None else sorted(name for name, _ in rows)) == expected
+
+
+def test_sample_boxes_are_normalised_and_clipped():
+    from cloud.datasets.inbox import sample_rows
+
+    rows = sample_rows(_sample([("missed", "pit", (-0.5, 50.0, 50.0, 100.9))], []), 100, 100)
+    assert rows == [("pit", (0, 0.25, 0.75, 0.5, 0.5))]

@@ -264,3 +264,37 @@ def test_gc_removes_only_unreferenced_objects(index, source_yaml):
     assert index.gc(older_than_s=3600.0) == []  # too young: an import may be writing it
     assert index.gc(older_than_s=0.0) == [orphan]
     assert len(_objects(index)) == 20
+
+
+def test_conflicting_duplicates_can_be_left_out_on_request(index, source_yaml, tmp_path):
+    broken = copy_dataset(source_yaml, tmp_path / "dupes")
+    _break(broken.parent, "duplicate_other_labels")
+    v = index.import_yolo(broken, "parts", drop_conflicts=True)
+    assert v.images == 19  # both copies of the image are left out
+    assert "left out 2 conflicting duplicate file(s)" in v.source and "twin.png" in v.source
+
+
+def test_concurrent_writers_get_distinct_numbers(index, tmp_path):
+    """Two writers recording versions of one name at once (PostgreSQL: both may read the
+    same next number; the loser's unique-constraint failure is retried)."""
+    import threading
+
+    sources = [linesim_dataset(tmp_path / f"s{i}", seed=20 + i, n_train=4, n_val=1)
+               for i in range(4)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(sources))
+
+    def work(path: Path) -> None:
+        try:
+            barrier.wait(timeout=30)
+            index.import_yolo(path, "racing")
+        except BaseException as e:  # handed to the test thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in sources]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert sorted(v.number for v in index.list("racing")) == [1, 2, 3, 4]

@@ -1,20 +1,21 @@
-"""The fleet store on real SQLite files: ingest, de-duplication, line state, queries,
-quarantine, counters and migrations."""
+"""The fleet store on a real SQLite file and a real PostgreSQL database (`database_url`):
+ingest, de-duplication, line state, queries, quarantine, counters and migrations."""
 
 from __future__ import annotations
 
 import base64
 import json
 import sqlite3
+import threading
 from datetime import timedelta
 
 import pytest
 
 from cloud.collector.validate import Delivery, classify
 from cloud.config import FleetStoreConfig
-from cloud.errors import FleetStoreError
-from cloud.fleet import FleetStore, Received, Rejected, migrate, to_ms
-from cloud.fleet import sql as fleet_sql
+from cloud.db import DatabaseConfig
+from cloud.errors import FleetStoreError, StoreRejected
+from cloud.fleet import FleetStore, Received, Rejected, to_ms
 from protocol import Message, decode, encode
 from tests.cloud import fleet_helpers as h
 
@@ -22,10 +23,14 @@ NOW_MS = to_ms(h.T0 + timedelta(hours=1))
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = FleetStore(FleetStoreConfig(path=tmp_path / "fleet.db"), clock=lambda: NOW_MS / 1000)
+def store(database_url):
+    s = FleetStore(DatabaseConfig(url=database_url), clock=lambda: NOW_MS / 1000)
     yield s
     s.close()
+
+
+def open_store(url: str, **store: object) -> FleetStore:
+    return FleetStore(DatabaseConfig(url=url), FleetStoreConfig.model_validate(store))
 
 
 def rec(message: Message, received_at_ms: int = NOW_MS) -> Received:
@@ -39,7 +44,7 @@ def test_every_kind_is_stored_once_and_redelivery_is_a_duplicate(store):
     # The same ids again (QoS 1 redelivery), plus one duplicate inside the batch.
     again = store.ingest([rec(m) for m in [*messages, messages[1]]], collector_id="c1")
     assert (again.stored, again.duplicates) == (0, 6)
-    db = store.path
+    db = store.url
     assert h.query(db, "SELECT COUNT(*) FROM messages") == [(5,)]
     for table in ("status_events", "metrics", "defect_events", "drift_sketches", "model_reports"):
         assert h.query(db, f"SELECT COUNT(*) FROM {table}") == [(1,)], table
@@ -69,7 +74,7 @@ def test_same_msg_id_with_other_content_is_quarantined_not_dropped(store):
     changed = fresh.model_copy(update={"window_s": fresh.window_s * 2})
     inner = store.ingest([rec(fresh), rec(changed)], collector_id="c1")
     assert (inner.stored, inner.conflicting) == (1, 1)
-    stored = h.query(store.path, "SELECT payload_json FROM metrics WHERE msg_id = ?",
+    stored = h.query(store.url, "SELECT payload_json FROM metrics WHERE msg_id = ?",
                      (first.msg_id,))
     assert json.loads(stored[0][0])["fps"] == first.fps  # the first one stays
     summary = store.quarantine()
@@ -83,28 +88,40 @@ def test_same_msg_id_with_other_content_is_quarantined_not_dropped(store):
     assert c.counters["stored"] == 2
 
 
-def test_messages_stored_before_the_digest_are_plain_duplicates(tmp_path):
-    """Rows of a version 1 database have no content digest: a redelivery after the
-    upgrade compares as a duplicate, never as a conflict."""
+def test_a_0_1_sqlite_fleet_store_is_adopted_and_its_rows_are_plain_duplicates(tmp_path):
+    """A fleet.db made by 0.1 (its own schema_migrations, version 1: no content digest)
+    is backed up and adopted as it is; a redelivery of one of its messages is a
+    duplicate, never a conflict."""
     path = tmp_path / "fleet.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    migrate(conn, path, 0, fleet_sql.MIGRATIONS[:1])
+    open_store(h.sqlite_url(path)).close()
     old = h.metrics()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript("""
+        DROP TABLE alembic_version;
+        ALTER TABLE messages DROP COLUMN content_sha256;
+        CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,
+                                        applied_at_ms BIGINT NOT NULL);
+        INSERT INTO schema_migrations VALUES (1, 0);""")
     conn.execute("INSERT INTO messages VALUES (?, 'metrics', 's', 'plant1', 'line-1', 0, 0, 0)",
                  (old.msg_id,))
     conn.close()
-    store = FleetStore(FleetStoreConfig(path=path))
+    store = open_store(h.sqlite_url(path))
     try:
+        assert store.migrations_applied == ["fleet_0001"]
         result = store.ingest([rec(old)], collector_id="c1")
         assert (result.stored, result.duplicates, result.conflicting) == (0, 1, 0)
+        assert h.query(path, "SELECT name FROM sqlite_master WHERE name = 'schema_migrations'"
+                       ) == []
     finally:
         store.close()
+    (backup,) = tmp_path.glob("fleet.db.bak-*")
+    assert sqlite3.connect(backup).execute("SELECT COUNT(*) FROM messages").fetchone() == (1,)
 
 
 def test_commands_are_logged_but_do_not_make_a_line(store):
     cmd = h.command(line="line-9")
     assert store.ingest([rec(cmd)], collector_id="c1").stored == 1
-    assert h.query(store.path, "SELECT kind FROM messages") == [("cmd/update",)]
+    assert h.query(store.url, "SELECT kind FROM messages") == [("cmd/update",)]
     assert store.line("plant1", "line-9") is None
 
 
@@ -190,8 +207,8 @@ def test_defect_event_filters(store):
     assert len(store.defect_events(limit=1)) == 1
 
 
-def test_quarantine_keeps_reason_counts_and_a_bounded_head(tmp_path):
-    store = FleetStore(FleetStoreConfig(path=tmp_path / "f.db", quarantine_keep_bytes=8))
+def test_quarantine_keeps_reason_counts_and_a_bounded_head(database_url):
+    store = open_store(database_url, quarantine_keep_bytes=8)
     try:
         deliveries = [
             Delivery("lineguard/a/b/metrics", b"not json at all", 1, 1, NOW_MS, 1),
@@ -217,16 +234,54 @@ def test_quarantine_keeps_reason_counts_and_a_bounded_head(tmp_path):
         store.close()
 
 
-def test_two_writers_on_one_database_never_double_store(tmp_path):
-    cfg = FleetStoreConfig(path=tmp_path / "fleet.db")
-    a, b = FleetStore(cfg), FleetStore(cfg)
+def test_two_writers_on_one_database_never_double_store(database_url):
+    a, b = open_store(database_url), open_store(database_url)
     try:
         messages = [rec(h.metrics()) for _ in range(50)]
         ra = a.ingest(messages[:30], collector_id="a")
         rb = b.ingest(messages[10:], collector_id="b")
         assert ra.stored + rb.stored == 50
         assert rb.duplicates == 20
-        assert h.query(cfg.path, "SELECT COUNT(*) FROM metrics") == [(50,)]
+        assert h.query(database_url, "SELECT COUNT(*) FROM metrics") == [(50,)]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_concurrent_writers_store_and_count_each_message_once(database_url):
+    """Two stores commit overlapping batches at the same moment (in opposite orders;
+    the second time with other content): each message is stored by exactly one of them,
+    the other counts a duplicate, or quarantines a conflict, never both or neither."""
+    a, b = open_store(database_url), open_store(database_url)
+    try:
+        for round_, other_content in ((0, False), (1, False), (2, True)):
+            batch = [rec(h.metrics()) for _ in range(40)]
+            theirs = [rec(m.message.model_copy(update={"fps": 99.0})) for m in batch] \
+                if other_content else list(batch)
+            start = threading.Barrier(2)
+            results = {}
+
+            def run(store, name, items, start=start, results=results):
+                start.wait(timeout=30)
+                results[name] = store.ingest(items, collector_id=name)
+
+            threads = [threading.Thread(target=run, args=(a, "a", batch)),
+                       threading.Thread(target=run, args=(b, "b", theirs[::-1]))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=60)
+            ra, rb = results["a"], results["b"]
+            assert ra.stored + rb.stored == 40, round_
+            if other_content:
+                assert (ra.conflicting + rb.conflicting, ra.duplicates + rb.duplicates) == (
+                    40, 0)
+            else:
+                assert (ra.duplicates + rb.duplicates, ra.conflicting + rb.conflicting) == (
+                    40, 0)
+        assert h.query(database_url, "SELECT COUNT(*) FROM metrics") == [(120,)]
+        stored = sum(c.counters.get("stored", 0) for c in a.counters())
+        assert stored == 120
     finally:
         a.close()
         b.close()
@@ -234,40 +289,41 @@ def test_two_writers_on_one_database_never_double_store(tmp_path):
 
 def test_rejected_rows_do_not_half_commit(store):
     good = rec(h.metrics())
-    before = h.query(store.path, "SELECT COUNT(*) FROM messages")
+    before = h.query(store.url, "SELECT COUNT(*) FROM messages")
     bad = Rejected("t", b"x", "malformed_payload", "d", NOW_MS)
     # Sabotage: a counter row that violates NOT NULL makes the whole batch roll back.
-    with pytest.raises(FleetStoreError):
+    with pytest.raises(StoreRejected):
         store.ingest([good], [bad], collector_id=None)  # type: ignore[arg-type]
-    assert h.query(store.path, "SELECT COUNT(*) FROM messages") == before
+    assert h.query(store.url, "SELECT COUNT(*) FROM messages") == before
     assert store.ingest([good], collector_id="c1").stored == 1
 
 
-def test_migrations_back_up_and_refuse_newer_databases(tmp_path):
-    path = tmp_path / "fleet.db"
-    FleetStore(FleetStoreConfig(path=path)).close()
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        current = max(version for version, _ in fleet_sql.MIGRATIONS)
-        extra = (current + 1, ["CREATE TABLE extra (x INTEGER)"])
-        assert migrate(conn, path, 0, (*fleet_sql.MIGRATIONS, extra)) == [current + 1]
-        assert (tmp_path / f"fleet.db.v{current}.bak").exists()
-        assert migrate(conn, path, 0, (*fleet_sql.MIGRATIONS, extra)) == []
-    finally:
+def test_a_database_migrated_by_a_newer_build_is_refused(database_url):
+    open_store(database_url).close()
+    url = database_url
+    if url.startswith("sqlite:///"):
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        conn.execute("UPDATE alembic_version SET version_num = 'fleet_9999'")
         conn.close()
-    with pytest.raises(FleetStoreError, match="newer than this build"):
-        FleetStore(FleetStoreConfig(path=path))
+    else:
+        import psycopg
+
+        with psycopg.connect(url.replace("postgresql+psycopg", "postgresql"),
+                             autocommit=True) as pg:
+            pg.execute("UPDATE alembic_version SET version_num = 'fleet_9999'")
+    with pytest.raises(FleetStoreError, match=r"fleet_9999.*newer lineguard"):
+        open_store(database_url)
 
 
 def test_reading_a_missing_database_is_a_store_error(tmp_path):
-    store = FleetStore(FleetStoreConfig(path=tmp_path / "fleet.db"))
+    store = open_store(h.sqlite_url(tmp_path / "fleet.db"))
     store.close()
     (tmp_path / "fleet.db").unlink()
     with pytest.raises(FleetStoreError):
         store.lines()
 
 
-def test_metrics_v1_from_older_lines_fill_end_to_end(tmp_path):
+def test_metrics_v1_from_older_lines_fill_end_to_end(database_url):
     # Issue 8 item 1: appliances up to 0.1.0 send metrics/1 with the stage `total`.
     payload = json.dumps({
         "schema": "lineguard.metrics/1", "msg_id": "e" * 32, "site": "plant1",
@@ -279,7 +335,7 @@ def test_metrics_v1_from_older_lines_fill_end_to_end(tmp_path):
         "queue_depths": {"post": 0},
     }).encode()
     message = decode("lineguard/plant1/line-1/metrics", payload)
-    store = FleetStore(FleetStoreConfig(path=tmp_path / "fleet.db"))
+    store = open_store(database_url)
     try:
         store.ingest([Received(message, payload, 1)], [], collector_id="c1")
         (point,) = store.metrics("plant1", "line-1", since=None, until=None, limit=10)

@@ -292,3 +292,13 @@ def test_accept_refuses_unknown_classes_and_changes_nothing(client, inbox, token
         SampleInbox(inbox.index).accept("plant1", "line2", "parts")
     assert [v.ref for v in inbox.index.list()] == ["parts@1"]
     assert [e.state for e in inbox.entries(state="all")] == ["inbox", "inbox"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_spec_documents_the_multipart_body(client):
+    post = client.app.openapi()["paths"]["/lines/{site}/{line}/samples"]["post"]
+    form = post["requestBody"]["content"]["multipart/form-data"]
+    assert form["schema"]["required"] == ["meta", "image"]
+    meta_schema = form["schema"]["properties"]["meta"]["contentSchema"]
+    assert "sample_id" in meta_schema["properties"] and "schema" in meta_schema["properties"]
+    assert {"201", "200", "401", "403", "409", "413"} <= set(post["responses"])

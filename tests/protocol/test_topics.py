@@ -10,6 +10,7 @@ from protocol import (
     InvalidTopic,
     ProtocolError,
     TopicKind,
+    alert_command_topic,
     command_filter,
     defect_event_topic,
     drift_topic,
@@ -33,6 +34,7 @@ BUILDERS = [
     (model_topic, "lineguard/plant1/line-3/model", TopicKind.MODEL),
     (update_command_topic, "lineguard/plant1/line-3/cmd/update", TopicKind.UPDATE_COMMAND),
     (rollback_command_topic, "lineguard/plant1/line-3/cmd/rollback", TopicKind.ROLLBACK_COMMAND),
+    (alert_command_topic, "lineguard/plant1/line-3/cmd/alert", TopicKind.ALERT_COMMAND),
 ]
 
 

@@ -194,6 +194,113 @@ def _v6_capture_marks_run_state(db: Database) -> None:
     )
 
 
+def _v7_users_alarms_labels(db: Database) -> None:
+    """The operator panel's tables (appliance/users.py, alarms.py, labels.py).
+
+    `users`: panel accounts, an argon2id hash per name. `alarms`: one row per occurrence
+    of an alarm (code, station); at most one *active* row (`cleared_at` NULL) per code and
+    station (a partial unique index: a repeat bumps `count`); a row stays on the panel
+    until acknowledged (`acked_at`, `acked_by`). `labels`: operator feedback on a kept
+    frame, tied to the model version and preprocessing hash that judged it: `confirm` or
+    `reject` name a stored defect by its index (0-based, defects in id order), `missed`
+    gives a class and an xyxy box in original pixels; `exported_at` NULL means not yet
+    exported, and the frame's image is then pinned (never evicted, images.py)."""
+    db.execute(
+        """CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL CHECK (role = 'operator' OR role = 'engineer'),
+            password_hash TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE alarms (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            code TEXT NOT NULL,
+            station TEXT,
+            severity TEXT NOT NULL CHECK (severity = 'warning' OR severity = 'critical'),
+            message TEXT NOT NULL,
+            raised_at REAL NOT NULL,
+            last_raised_at REAL NOT NULL,
+            count INTEGER NOT NULL DEFAULT 1 CHECK (count >= 1),
+            cleared_at REAL,
+            acked_at REAL,
+            acked_by TEXT,
+            CHECK ((acked_at IS NULL) = (acked_by IS NULL))
+        )"""
+    )
+    db.execute("CREATE UNIQUE INDEX alarms_active ON alarms (code, coalesce(station, ''))"
+               " WHERE cleared_at IS NULL")
+    db.execute("CREATE INDEX alarms_unacked ON alarms (raised_at) WHERE acked_at IS NULL")
+    db.execute("CREATE INDEX alarms_raised_at ON alarms (raised_at)")
+    db.execute(
+        """CREATE TABLE labels (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            frame_id TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind = 'confirm' OR kind = 'reject' OR kind = 'missed'),
+            defect_index INTEGER CHECK (defect_index >= 0),
+            class_name TEXT,
+            x1_px REAL,
+            y1_px REAL,
+            x2_px REAL,
+            y2_px REAL,
+            author TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            model_version TEXT,
+            preprocess_hash TEXT,
+            exported_at REAL,
+            CHECK ((kind = 'missed') = (defect_index IS NULL)),
+            CHECK (kind <> 'missed' OR (class_name IS NOT NULL AND x1_px IS NOT NULL
+                   AND y1_px IS NOT NULL AND x2_px IS NOT NULL AND y2_px IS NOT NULL))
+        )"""
+    )
+    db.execute("CREATE INDEX labels_frame_id ON labels (frame_id)")
+    db.execute("CREATE INDEX labels_pending ON labels (frame_id) WHERE exported_at IS NULL")
+
+
+def _v8_drift_windows(db: Database) -> None:
+    """`drift_windows`: per station, the open drift window (JSON, appliance/drift/
+    window.py), saved every few frames and at stop so a restart resumes it."""
+    db.execute(
+        """CREATE TABLE drift_windows (
+            station TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )"""
+    )
+
+
+def _v9_uploads(db: Database) -> None:
+    """The sample upload queue (appliance/uploads/): frames sampled for labelling, each
+    waiting for the cloud's 200/201. `sample_id` is the idempotency key sent on every
+    try; `image` names the JPEG in the uploads spool directory (kept until the row is
+    gone); sent oldest first (`id`, AUTOINCREMENT: never reused). `upload_marks`: named
+    integers of the uploader (the highest operator label id already sampled)."""
+    db.execute(
+        """CREATE TABLE upload_queue (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            sample_id TEXT NOT NULL UNIQUE,
+            frame_id TEXT NOT NULL,
+            reason TEXT NOT NULL CHECK (reason = 'random' OR reason = 'near_threshold'
+                OR reason = 'rare_class' OR reason = 'operator'),
+            meta_json TEXT NOT NULL,
+            image TEXT NOT NULL,
+            bytes INTEGER NOT NULL CHECK (bytes >= 0),
+            created_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_try_at REAL,
+            last_error TEXT
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE upload_marks (
+            name TEXT PRIMARY KEY,
+            value INTEGER NOT NULL
+        )"""
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_inspections_defects_events,
     _v2_images,
@@ -201,6 +308,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v4_inspections_seq,
     _v5_annotated_images_part_index,
     _v6_capture_marks_run_state,
+    _v7_users_alarms_labels,
+    _v8_drift_windows,
+    _v9_uploads,
 )
 
 

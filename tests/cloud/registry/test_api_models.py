@@ -11,7 +11,7 @@ import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
 from cloud.api import create_app
-from cloud.config import FleetStoreConfig
+from cloud.db import DatabaseConfig
 from cloud.fleet import FleetStore, Received, to_ms
 from cloud.registry import ModelRef, ModelRegistry, RegistryLineage
 from protocol import encode
@@ -28,7 +28,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 def client(database_url: str, tmp_path: Path) -> Iterator[TestClient]:
-    store = FleetStore(FleetStoreConfig(path=tmp_path / "fleet.db"))
+    store = FleetStore(DatabaseConfig(url=database_url))
     msgs = [h.status(sent_at=h.T0, model_version=7),
             h.status(line="line-2", sent_at=h.T0, model_version=8)]
     store.ingest([Received(m, encode(m), to_ms(h.T0)) for m in msgs], [], collector_id="c1")

@@ -14,8 +14,7 @@ from tests.cloud.registry.helpers import DEMO_BUNDLE, DEMO_WEIGHTS
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     path = tmp_path / "cloud.yaml"
-    path.write_text(f"store: {{path: {tmp_path / 'fleet.db'}}}\n"
-                    f"database: {{url: 'sqlite:///{tmp_path / 'cloud.db'}'}}\n"
+    path.write_text(f"database: {{url: 'sqlite:///{tmp_path / 'cloud.db'}'}}\n"
                     f"registry: {{root: {tmp_path / 'registry'}}}\n")
     return path
 

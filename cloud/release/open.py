@@ -1,0 +1,63 @@
+"""Opening the release side from the cloud config: the database (migrated on start when
+the config says so), the repository with its signers, the release records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from cloud.db import DatabaseConfig, current_revisions, open_engine, upgrade
+from cloud.db.migrate import head_revisions
+from cloud.release.config import ReleaseConfig
+from cloud.release.errors import ReleaseError
+from cloud.release.keys import SignerPool, read_signers_file
+from cloud.release.repository import Repository
+from cloud.release.store import ReleaseStore
+
+
+def signer_pool(config: ReleaseConfig) -> SignerPool:
+    """`signers_file` merged with the inline `signers` (inline wins). Raises ReleaseError."""
+    uris = read_signers_file(config.signers_file) if config.signers_file else {}
+    uris.update(config.signers)
+    return SignerPool(uris)
+
+
+def open_repository(config: ReleaseConfig) -> Repository:
+    """The repository at `repository_dir` with the configured signers (nothing is read
+    until used). Raises ReleaseError for an unreadable signers file."""
+    return Repository(config.repository_dir, signer_pool(config), config.expiry,
+                      refresh_when_left_fraction=config.refresh_when_left_fraction)
+
+
+def open_database(database: DatabaseConfig) -> Engine:
+    """The cloud database, migrated when `migrate_on_start`. Raises ReleaseError."""
+    engine = open_engine(database)
+    try:
+        if database.migrate_on_start:
+            upgrade(engine, database)
+        elif not current_revisions(engine) >= head_revisions():
+            raise ReleaseError("the cloud database is not migrated; run "
+                               "`lineguard cloud db upgrade` first")
+    except SQLAlchemyError as e:
+        engine.dispose()
+        raise ReleaseError(f"cannot open the cloud database: {e}") from e
+    return engine
+
+
+@dataclass
+class ReleaseSide:
+    engine: Engine
+    repo: Repository
+    store: ReleaseStore
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_release(database: DatabaseConfig, config: ReleaseConfig) -> ReleaseSide:
+    """Database, repository and release records together. Raises ReleaseError."""
+    repo = open_repository(config)
+    engine = open_database(database)
+    return ReleaseSide(engine, repo, ReleaseStore(engine))

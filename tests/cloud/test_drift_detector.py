@@ -1,0 +1,133 @@
+"""The drift detector (pure): calibration, no-drift silence, drift detection with the
+channels that moved, the MMD test, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cloud.drift.detector import (
+    DetectorConfig,
+    DetectorError,
+    DriftDetector,
+    Window,
+    build_baseline,
+    mmd_test,
+)
+from models.drift.signals import SIGNAL_NAMES
+from tests.cloud.drift_helpers import frames
+
+CFG = DetectorConfig(bootstrap_replicates=100, mmd_permutations=200)
+N = 20
+
+
+def run(det: DriftDetector, x: np.ndarray, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    alerts = []
+    for end in range(N, len(x) + 1, N):
+        a = det.update(Window.of(x[end - N:end], 16, rng, end))
+        if a is not None:
+            alerts.append(a)
+    return alerts
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    return build_baseline(frames(1000, seed=1), SIGNAL_NAMES, N, CFG, seed=0)
+
+
+def test_no_drift_stream_raises_no_alert(baseline):
+    det = DriftDetector(baseline, CFG, seed=3)
+    assert run(det, frames(4000, seed=2)) == []
+    assert det.state.last_statistic < baseline.threshold * 3
+
+
+def test_clear_drift_raises_one_alert_naming_the_channels(baseline):
+    x = np.vstack([frames(400, seed=4),
+                   frames(800, seed=5, shift={"roi.mean_g": 1.5, "roi.sharpness": -1.5})])
+    alerts = run(DriftDetector(baseline, CFG, seed=6), x)
+    assert len(alerts) == 1  # latched: one alert for a lasting drift
+    a = alerts[0]
+    names = [n for n, _ in a.channels]
+    assert set(names[:2]) == {"roi.mean_g", "roi.sharpness"}
+    assert dict(a.channels)["roi.mean_g"] > 0 > dict(a.channels)["roi.sharpness"]
+    assert 400 - 5 * N <= a.onset_frame <= a.detected_frame <= 400 + 10 * N
+    assert a.statistic > a.threshold and a.mmd_p_value <= CFG.mmd_alpha
+
+
+def test_reset_unlatches(baseline):
+    det = DriftDetector(baseline, CFG, seed=7)
+    x = frames(600, seed=8, shift={"bg.mean_b": 2.0})
+    assert len(run(det, x)) == 1
+    det.reset()
+    assert len(run(det, x, seed=1)) == 1
+
+
+def test_threshold_grows_when_the_target_rate_shrinks():
+    ref = frames(800, seed=9)
+    loose = build_baseline(ref, SIGNAL_NAMES, N, DetectorConfig(
+        false_alarms_per_10k=0.5, bootstrap_replicates=100), seed=0)
+    strict = build_baseline(ref, SIGNAL_NAMES, N, DetectorConfig(
+        false_alarms_per_10k=0.05, bootstrap_replicates=100), seed=0)
+    assert strict.threshold > loose.threshold
+
+
+def test_mmd_p_value_counts_the_observed_statistic():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((50, 4)), rng.standard_normal((20, 4)) + 3.0
+    _, p = mmd_test(x, y, 99, rng)
+    assert p == pytest.approx(1 / 100)  # never 0: the observed statistic counts
+    _, p_same = mmd_test(x, rng.standard_normal((20, 4)), 99, rng)
+    assert p_same > 0.05
+
+
+@pytest.mark.parametrize(("reference", "message"), [
+    (np.zeros((30, len(SIGNAL_NAMES))), "at least"),
+    (np.zeros((500, 3)), "expected"),
+    (np.full((500, len(SIGNAL_NAMES)), np.nan), "non-finite"),
+])
+def test_bad_reference_is_refused(reference, message):
+    with pytest.raises(DetectorError, match=message):
+        build_baseline(reference, SIGNAL_NAMES, N, CFG)
+
+
+def test_window_of_another_width_is_refused(baseline):
+    det = DriftDetector(baseline, CFG)
+    with pytest.raises(DetectorError, match="sums"):
+        det.update(Window(20, np.zeros(3), np.zeros((0, 3))))
+
+
+def _with_defects(n: int, seed: int, rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """Frames whose image signals move with their number of defects (as when defects
+    darken and roughen the part), and those numbers."""
+    rng = np.random.default_rng(seed + 100)
+    d = rng.poisson(rate, n).astype(float)
+    x = frames(n, seed)
+    for name, per_defect in (("roi.std", 0.03), ("roi.sharpness", 0.04), ("emb2", -0.03)):
+        x[:, SIGNAL_NAMES.index(name)] += per_defect * d
+    return x, d
+
+
+def test_a_defect_rate_change_alone_raises_no_image_drift_alert():
+    ref, ref_d = _with_defects(1500, seed=11, rate=1.5)
+    adjusted = build_baseline(ref, SIGNAL_NAMES, N, CFG, seed=0, detections=ref_d)
+    naive = build_baseline(ref, SIGNAL_NAMES, N, CFG, seed=0)
+    x, d = _with_defects(3000, seed=12, rate=0.2)  # far fewer defective parts
+
+    def alerts(baseline, with_detections):
+        det, rng, found = DriftDetector(baseline, CFG, seed=1), np.random.default_rng(2), []
+        for end in range(N, len(x) + 1, N):
+            w = Window.of(x[end - N:end], 16, rng, end,
+                          detections=d[end - N:end] if with_detections else None)
+            if (a := det.update(w)) is not None:
+                found.append(a)
+        return found
+
+    assert alerts(adjusted, True) == []
+    assert len(alerts(naive, False)) == 1  # without the output channel it would be drift
+    # A real image drift at the new defect rate is still found.
+    y = x.copy()
+    y[1000:, SIGNAL_NAMES.index("bg.mean_g")] += 0.1
+    x[:] = y
+    found = alerts(adjusted, True)
+    assert len(found) == 1 and found[0].channels[0][0] == "bg.mean_g"
