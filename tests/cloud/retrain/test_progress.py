@@ -33,3 +33,25 @@ def test_callback_reads_the_trainer() -> None:
     callback(trainer)
     assert lines == ["epoch 1/3 elapsed 1m00s ETA 2m00s loss box 1.000 cls 2.000 dfl 3.000 "
                      "val mAP50 0.250"]
+
+
+def test_callback_reads_ultralytics_8_4_loss_dict() -> None:
+    lines: list[str] = []
+    times = iter([0.0, 10.0])
+    callback = epoch_callback(lines.append, clock=lambda: next(times))
+    trainer = SimpleNamespace(epoch=1, epochs=2, loss_names=("box", "cls", "dfl"),
+                              tloss={"box": np.float32(1.5), "cls": np.float32(0.5),
+                                     "dfl": np.float32(1.0)}, metrics={})
+    callback(trainer)
+    assert lines == ["epoch 2/2 elapsed 0m10s ETA 0m00s loss box 1.500 cls 0.500 dfl 1.000 "
+                     "val mAP50 -"]
+
+
+def test_the_final_validation_is_not_another_epoch() -> None:
+    lines: list[str] = []
+    callback = epoch_callback(lines.append, clock=lambda: 5.0)
+    for epoch in (0, 1, 2, 1):  # Ultralytics 8.4: once more after the last epoch
+        callback(SimpleNamespace(epoch=epoch, epochs=2, tloss=None,
+                                 metrics={"metrics/mAP50(B)": 0.5}))
+    assert [line.split()[1] for line in lines[:2]] == ["1/2", "2/2"]
+    assert lines[2:] == ["best weights: val mAP50 0.500", "best weights: val mAP50 0.500"]
