@@ -18,6 +18,7 @@ from cloud.datasets.cli import run as run_dataset_command
 from protocol.cliargs import (
     HelpFormatter,
     add_logging_arguments,
+    add_nested_logging_arguments,
     comma_list,
     configure_logging_from,
     nonnegative_int,
@@ -323,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_release_commands(sub)
     for cmd in sub.choices.values():
         add_logging_arguments(cmd)
+        # the leaves of a group (`db upgrade`, `release publish`) take them too
+        add_nested_logging_arguments(cmd)
     return parser
 
 

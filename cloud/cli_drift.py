@@ -35,11 +35,11 @@ def add_drift_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         p = dsub.add_parser(name, help=what, description=what, formatter_class=HelpFormatter)
         p.add_argument("--config", type=Path, required=True, help="cloud config file (YAML)")
         if name == "alerts":
-            p.add_argument("--site")
-            p.add_argument("--line")
-            p.add_argument("--limit", type=int, default=50)
+            p.add_argument("--site", help="only this site's alerts (default: every site)")
+            p.add_argument("--line", help="only this line's alerts (default: every line)")
+            p.add_argument("--limit", type=int, default=50, help="at most this many alerts")
         if name == "ack":
-            p.add_argument("alert_id")
+            p.add_argument("alert_id", help="the alert's id (as `drift alerts` lists it)")
             p.add_argument("--by", required=True, help="who acknowledges (for the record)")
 
 
