@@ -273,13 +273,13 @@ class Fleet:
     def api_get(self, path: str) -> Any:
         req = urllib.request.Request(f"{self.api_url}{path}",
                                      headers={"Authorization": f"Bearer {self.api_token}"})
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (loopback)
+        with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
 
 
 def _http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 (loopback)
+        with urllib.request.urlopen(url, timeout=2) as resp:
             return bool(resp.status == 200)
     except OSError:
         return False
