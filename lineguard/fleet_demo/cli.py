@@ -42,9 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "must refuse the candidate)")
     p.add_argument("--label-error-rate", type=float, default=0.05,
                    help="variant: fraction of the operator's labels that are wrong")
-    p.add_argument("--onset-part", type=int, default=600,
+    p.add_argument("--onset-part", type=int, default=400,
                    help="variant: line-1's parts are `ribbed` from this part id on")
-    p.add_argument("--parts-per-minute", type=float, default=300.0)
+    p.add_argument("--parts-per-minute", type=float, default=300.0,
+                   help="each simulated line's rate (real time)")
     p.add_argument("--epochs", type=int, default=8, help="variant: fine-tuning epochs")
     p.add_argument("--labels", type=int, default=120,
                    help="variant: frames the simulated operator labels on line-1")

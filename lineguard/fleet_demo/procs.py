@@ -136,11 +136,15 @@ class Supervisor:
         return codes
 
 
-def mosquitto_binary() -> str:
-    """The mosquitto executable, or FleetError naming the Debian package."""
-    found = shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-         if os.access(p, os.X_OK)), None)
+MOSQUITTO_PLACES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+
+
+def mosquitto_binary(path: str | None = None,
+                     places: tuple[str, ...] = MOSQUITTO_PLACES) -> str:
+    """The mosquitto executable (on `path`, default $PATH, or in `places`: Debian puts
+    it in /usr/sbin), or FleetError naming the Debian package."""
+    found = shutil.which("mosquitto", path=path) or next(
+        (p for p in places if os.access(p, os.X_OK)), None)
     if found is None:
         raise FleetError("the MQTT broker `mosquitto` is not installed: install the "
                          f"`{MOSQUITTO_PACKAGE}` package (apt-get install "

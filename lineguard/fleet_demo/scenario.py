@@ -43,7 +43,7 @@ def say(line: str) -> None:
 
 @dataclass
 class ScenarioOptions:
-    onset_part: int = 600
+    onset_part: int = 400
     sabotage: bool = False
     label_error_rate: float = 0.05
     labels: int = 120
