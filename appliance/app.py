@@ -71,6 +71,8 @@ from appliance.telemetry import Telemetry, TelemetryError, pipeline_gauges
 from appliance.telemetry.messages import model_ref_from_version_id
 from appliance.updater.panel_control import AgentRollback
 from appliance.updater.service import Updates
+from appliance.uploads.service import Uploads
+from appliance.uploads.wiring import start_uploads
 from appliance.users import UserBook
 from appliance.watchdog import Notifier, Progress, Watchdog
 from models.bundle import Bundle, open_bundle
@@ -257,6 +259,8 @@ class App:
         self.updates: Updates | None = None
         self._watchdog: Watchdog | None = None
         self._drift: DriftRecorder | None = None
+        self.uploads: Uploads | None = None
+        """Sample uploads to the cloud (appliance/uploads/), set while started."""
         self._started_at = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -311,6 +315,12 @@ class App:
                             providers=",".join(model.info.providers))
             for listener in self._listeners:
                 self.pipeline.add_listener(listener)
+            self.alarms = AlarmBook(self.store, clock=self._clock)
+            self.uploads = start_uploads(cfg.uploads, self.store, self.alarms,
+                                         site=cfg.site, line=cfg.line,
+                                         data_dir=cfg.data_dir, model=self._current_model,
+                                         add_listener=self.pipeline.add_listener,
+                                         clock=self._clock)
             self.telemetry = self._start_telemetry(self.store)
             if self.telemetry is not None:
                 self.telemetry.attach(self.pipeline)
@@ -320,7 +330,6 @@ class App:
                     cfg.drift, site=cfg.site, line=cfg.line, store=self.store,
                     publish=self.telemetry.publish, current_model=lambda: pipeline.model,
                     add_listener=pipeline.add_listener, clock=self._clock)
-            self.alarms = AlarmBook(self.store, clock=self._clock)
             self.panel = self._start_panel(self.store, self.pipeline, self.events, self.alarms)
             self.pipeline.start()
             self._behind = BehindMonitor(cfg.pipeline.behind, self.pipeline.stats,
@@ -346,6 +355,9 @@ class App:
             if self.updates is not None:
                 self.updates.stop()
                 self.updates = None
+            if self.uploads is not None:
+                self.uploads.stop()
+                self.uploads = None
             if self.telemetry is not None:
                 self.telemetry.stop()
                 self.telemetry = None
@@ -353,6 +365,9 @@ class App:
             self.store = None
             raise
         return self.pipeline
+
+    def _current_model(self) -> LoadedModel | None:
+        return self.pipeline.model if self.pipeline is not None else None
 
     @staticmethod
     def _note_captured(store: Store) -> Callable[[Frame], None]:
@@ -487,6 +502,9 @@ class App:
         if self.panel is not None:
             self.panel.stop()
             self.panel = None
+        if self.uploads is not None:
+            self.uploads.stop()
+            self.uploads = None
         if self.store is not None:
             self._event("appliance_stop", "info", "app", "appliance stopped")
             self.store.stop()

@@ -37,6 +37,7 @@ from appliance.panel.config import PanelConfig
 from appliance.store.config import StoreConfig
 from appliance.telemetry.config import TelemetryConfig
 from appliance.updater.config import UpdatesConfig
+from appliance.uploads.config import UploadsConfig
 from models.bundle import DEFAULT_MAX_UNPACKED_BYTES
 from models.demo import demo_bundle_dir
 from protocol.backoff import BackoffConfig
@@ -216,6 +217,9 @@ class ApplianceConfig(_Section):
     """Verified model updates from the cloud's TUF repository; absent: none."""
     drift: DriftConfig = Field(default_factory=DriftConfig)
     """Drift signals per inspected frame, sent per window on `drift` (with telemetry)."""
+    uploads: UploadsConfig | None = None
+    """Frames sampled for labelling and uploaded to the cloud (appliance/uploads/); absent
+    means no uploads."""
 
     @model_validator(mode="before")
     @classmethod

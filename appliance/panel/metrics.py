@@ -30,6 +30,7 @@ durations in `_seconds`, sizes in `_bytes`:
     lineguard_alarms_active{severity}              active alarms by severity
     lineguard_alarm_active{code,station,severity}  1 per active alarm
     lineguard_uptime_seconds
+    lineguard_uploads_*                            sample uploads (appliance/uploads/metrics.py)
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ from appliance.errors import ApplianceError
 from appliance.pipeline.stats import PipelineStats
 from appliance.records import STAGES, InspectionRecord
 from appliance.telemetry.gauges import store_disk_usage
+from appliance.uploads.metrics import upload_metrics
+from appliance.uploads.service import UploadStats
 
 if TYPE_CHECKING:  # read through attributes only: no import cycle with the App
     from appliance.app import App
@@ -118,6 +121,8 @@ class MetricsState:
     broker_connected: bool | None = None
     alarms: Sequence[tuple[str, str | None, str]] = field(default_factory=tuple)
     """Active alarms: (code, station, severity)."""
+    uploads: UploadStats | None = None
+    """Sample upload counters (None: uploads off)."""
 
 
 def _fmt(bound: float) -> str:
@@ -143,6 +148,8 @@ class AppCollector(Collector):
         yield self._latency()
         yield from _store_metrics(state)
         yield from _alarm_metrics(state.alarms)
+        if state.uploads is not None:
+            yield from upload_metrics(state.uploads)
 
     def _latency(self) -> Metric:
         h = HistogramMetricFamily("lineguard_stage_latency_seconds",
@@ -298,4 +305,5 @@ def state_from_app(app: App) -> MetricsState | None:
         outbox_depth=None if telemetry is None else telemetry.outbox_depth,
         broker_connected=None if telemetry is None else telemetry.connected,
         alarms=[(a.code, a.station, a.severity) for a in alarms],
+        uploads=app.uploads.stats() if app.uploads is not None else None,
     )

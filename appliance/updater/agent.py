@@ -110,6 +110,7 @@ class UpdateAgent:
         for thread in self._threads:
             thread.join(timeout_s)
         self._threads = []
+        self._repo.close()
 
     def hint(self, trigger: UpdateTrigger, cmd_msg_id: str | None = None) -> None:
         """A `cmd/update` / `cmd/rollback` message arrived: check the signed assignment

@@ -20,9 +20,9 @@ from tuf.api.exceptions import DownloadError, DownloadLengthMismatchError, Repos
 from tuf.api.metadata import TargetFile
 from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.updater import Updater
-from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
 from appliance.updater.errors import RepositoryUnavailable, UpdateRejected
+from appliance.updater.fetcher import HttpFetcher
 from protocol.assignment import Assignment, deploy_target_path
 
 logger = logging.getLogger(__name__)
@@ -107,14 +107,21 @@ class Repository:
 
     def __init__(self, url: str, trusted_root: Path, cache_dir: Path, *,
                  max_bundle_bytes: int, fetcher: FetcherInterface | None = None,
-                 socket_timeout_s: int = 10) -> None:
+                 timeout_s: float = 10.0) -> None:
         self.url = url.rstrip("/")
         self._trusted_root = Path(trusted_root)
         self._metadata_dir = Path(cache_dir) / "metadata"
         self._downloads = Path(cache_dir) / "downloads"
         self._max_bundle_bytes = max_bundle_bytes
-        self._fetcher = fetcher or Urllib3Fetcher(socket_timeout=socket_timeout_s,
-                                                  app_user_agent="lineguard")
+        self._own_fetcher: HttpFetcher | None = None
+        if fetcher is None:
+            self._own_fetcher = fetcher = HttpFetcher(timeout_s)
+        self._fetcher = fetcher
+
+    def close(self) -> None:
+        """Drop the fetcher's connections (the one made here)."""
+        if self._own_fetcher is not None:
+            self._own_fetcher.close()
 
     def session(self) -> RepositorySession:
         """A new ngclient Updater, refreshed. Raises UpdateRejected (metadata refused:

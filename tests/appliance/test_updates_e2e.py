@@ -6,7 +6,6 @@ untouched."""
 from __future__ import annotations
 
 import shutil
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,10 +245,11 @@ def test_unreachable_repository_backs_off_and_the_line_runs_on(world: World) -> 
     app = App(cfg, sources={"cam": ReplaySource([WHITE], max_fps=80.0)})
     app.start()
     try:
+        wait_until(lambda: agent_of(app).checks >= 4, 20, "checks backing off")
         wait_until(lambda: app.stats().verdicts["fail"] >= 50, 20, "verdicts")
+        kinds = [k for k, _ in events_of(app)]
+        assert "update_refused" not in kinds and "update_step" not in kinds
     finally:
-        stop = threading.Event()
-        stop.set()
         app.stop()
     assert active(cfg) == "tiny:1"
 

@@ -11,7 +11,7 @@ import pytest
 
 from appliance.app import App
 from appliance.capture import ReplaySource
-from cloud.config import FleetStoreConfig
+from cloud.db import DatabaseConfig
 from cloud.fleet import FleetStore, Received
 from cloud.registry import ModelRegistry
 from cloud.release.publish import assign_line, publish_release
@@ -33,7 +33,8 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.mqtt]
 def test_canary_refuses_a_blind_bundle_the_rollout_halts_line_2_never_downloads_it(
     tmp_path: Path,
 ) -> None:
-    engine = migrated_engine(f"sqlite:///{tmp_path / 'cloud.db'}")
+    url = f"sqlite:///{tmp_path / 'cloud.db'}"
+    engine = migrated_engine(url)
     repo, _ = new_repository(tmp_path / "cloud")
     store = ReleaseStore(engine)
     registry = ModelRegistry(engine, tmp_path / "registry")
@@ -48,7 +49,7 @@ def test_canary_refuses_a_blind_bundle_the_rollout_halts_line_2_never_downloads_
         assign_line(repo, store, "site-1", line, "tiny", 1, stage="manual", by="alice")
     root_file = tmp_path / "root.json"
     root_file.write_bytes(repo.trusted_root())
-    fleet = FleetStore(FleetStoreConfig(path=tmp_path / "fleet.db"))
+    fleet = FleetStore(DatabaseConfig(url=url))
     with start_broker(tmp_path) as broker, serve_directory(repo.root_dir) as url:
         collector = Collector(broker.port, client_id="collector")
         collector.connect()

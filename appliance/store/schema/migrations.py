@@ -271,6 +271,36 @@ def _v8_drift_windows(db: Database) -> None:
     )
 
 
+def _v9_uploads(db: Database) -> None:
+    """The sample upload queue (appliance/uploads/): frames sampled for labelling, each
+    waiting for the cloud's 200/201. `sample_id` is the idempotency key sent on every
+    try; `image` names the JPEG in the uploads spool directory (kept until the row is
+    gone); sent oldest first (`id`, AUTOINCREMENT: never reused). `upload_marks`: named
+    integers of the uploader (the highest operator label id already sampled)."""
+    db.execute(
+        """CREATE TABLE upload_queue (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            sample_id TEXT NOT NULL UNIQUE,
+            frame_id TEXT NOT NULL,
+            reason TEXT NOT NULL CHECK (reason = 'random' OR reason = 'near_threshold'
+                OR reason = 'rare_class' OR reason = 'operator'),
+            meta_json TEXT NOT NULL,
+            image TEXT NOT NULL,
+            bytes INTEGER NOT NULL CHECK (bytes >= 0),
+            created_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_try_at REAL,
+            last_error TEXT
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE upload_marks (
+            name TEXT PRIMARY KEY,
+            value INTEGER NOT NULL
+        )"""
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_inspections_defects_events,
     _v2_images,
@@ -280,6 +310,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v6_capture_marks_run_state,
     _v7_users_alarms_labels,
     _v8_drift_windows,
+    _v9_uploads,
 )
 
 
