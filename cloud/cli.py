@@ -85,6 +85,7 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
     from cloud.api.releases import ReleaseApi
     from cloud.config import load_config
     from cloud.datasets.service import open_database, upload_router
+    from cloud.drift.store import DriftStore
     from cloud.errors import CloudError, ConfigError
     from cloud.fleet import FleetStore
     from cloud.registry.open import open_registry
@@ -110,8 +111,11 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
     try:
+        # the drift monitor's alerts and windows (same database), with or without a
+        # `drift:` section here: the monitor may run elsewhere
         app = create_app(store, token, public_docs=cfg.api.public_docs, registry=registry,
-                         release=release, routers=[upload_router(cfg, engine)])
+                         release=release, drift=DriftStore(engine),
+                         routers=[upload_router(cfg, engine)])
         uvicorn.run(app, host=host or cfg.api.host, port=port or cfg.api.port,
                     log_config=None, access_log=False)
     finally:

@@ -59,8 +59,9 @@ class FleetOptions:
     parts_per_minute: float = 300.0
     parent_train_images: int = 120
     parent_val_images: int = 60
-    drift_window_frames: int = 50
-    reference_frames: int = 250
+    drift_window_frames: int = 40
+    drift_sample_frames: int = 32
+    reference_frames: int = 240
     keep_pass_fraction: float = 0.25
     health_window_s: int = 60
     min_parts: int = 100
@@ -183,7 +184,7 @@ class Fleet:
                           "log_interval_s": 0},
             "api": {"host": HOST, "port": self.api_port, "token": self.api_token},
             "drift": {"broker": self._broker("lineguard-drift-1"),
-                      "line_reference_frames": 50, "bootstrap_replicates": 100},
+                      "line_reference_frames": 200, "bootstrap_replicates": 100},
         }
         for key, value in o.extra_cloud.items():
             cfg[key] = {**cfg.get(key, {}), **value}
@@ -208,6 +209,7 @@ class Fleet:
                         "shadow_frames": 20, "health_frames": 50,
                         "max_defect_rate_shift": 1.0, "max_latency_ratio": 10.0},
             "drift": {"window_frames": o.drift_window_frames, "window_s": 120.0,
+                      "sample_frames": o.drift_sample_frames,
                       "refine_reference_frames": o.reference_frames},
         }
         self.line_config(spec.line).write_text(yaml.safe_dump(cfg, sort_keys=False),

@@ -239,8 +239,7 @@ def _figure_png(report: dict[str, Any]) -> bytes:
         ax.legend(loc="lower left", fontsize=7)
         ax.set_ylim(0, 1)
         drift = report["lines"][ln]["drift"]
-        dt = [((w.get("received_at_ms") or w.get("closed_at_ms") or 0) / 1000 - t0) / 60
-              for w in drift]
+        dt = [(w.get("window_end_ms", 0) / 1000 - t0) / 60 for w in drift]
         axes[1][col].plot(dt, [w.get("statistic") or 0.0 for w in drift], ".-",
                           color="tab:purple")
         axes[1][col].set_ylabel("drift statistic")

@@ -150,7 +150,9 @@ def _story(fleet: Fleet, opts: ScenarioOptions, steps: Steps, dl: Deadline, l1: 
     alert: dict[str, Any] = dl.wait_for("a drift alert on line-1",
                                         lambda: next(iter(_alerts(fleet, l1)), None),
                                         poll_s=2.0)
-    steps.mark("alert", f"drift alert {alert.get('id', '')}", _alert_time(alert), l1)
+    moved = ", ".join(str(c.get("name", c)) for c in alert.get("channels", [])[:4])
+    steps.mark("alert", f"drift alert {alert.get('alert_id', '')}: {moved}",
+               _alert_time(alert), l1)
     result["alert"] = alert
     # the simulated operator labels what line-1 kept since the onset
     need = opts.labels
