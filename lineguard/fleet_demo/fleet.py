@@ -140,6 +140,12 @@ class Fleet:
             str(self.cloud_dir / "tuf-keys")))
         self._write_cloud_config(tuf)
         for spec in self.opts.lines:
+            # the line's upload token for the cloud's sample inbox (printed once)
+            out = self.cloud("line token", "line", "token", f"{SITE}/{spec.line}")
+            token_file = self.line_dir(spec.line) / "upload.token"
+            token_file.parent.mkdir(parents=True, exist_ok=True)
+            token_file.write_text(out.strip().splitlines()[-1].strip() + "\n", "utf-8")
+            token_file.chmod(0o600)
             self._write_line_config(spec, tuf / "metadata" / "1.root.json")
         self._seed_cloud()
         for spec in self.opts.lines:
@@ -208,6 +214,9 @@ class Fleet:
                         "trusted_root": str(root), "poll_interval_s": o.update_poll_s,
                         "shadow_frames": 20, "health_frames": 50,
                         "max_defect_rate_shift": 1.0, "max_latency_ratio": 10.0},
+            # only the frames the operator labels go to the inbox (no sampling budget)
+            "uploads": {"url": self.api_url, "token_file": str(d / "upload.token"),
+                        "budget_per_hour": 0, "operator_settle_s": 2.0, "poll_s": 1.0},
             "drift": {"window_frames": o.drift_window_frames, "window_s": 120.0,
                       "sample_frames": o.drift_sample_frames,
                       "refine_reference_frames": o.reference_frames},

@@ -29,7 +29,7 @@ from lineguard.fleet_demo.operator import (
     label_frames,
     line_config,
 )
-from lineguard.fleet_demo.procs import FleetError, lineguard_argv
+from lineguard.fleet_demo.procs import FleetError
 from lineguard.fleet_demo.report import collect_report, write_report
 
 logger = logging.getLogger(__name__)
@@ -167,15 +167,13 @@ def _story(fleet: Fleet, opts: ScenarioOptions, steps: Steps, dl: Deadline, l1: 
     steps.mark("labelled", f"{stats.frames} frames: {stats.confirmed} confirmed, "
                f"{stats.rejected} rejected, {stats.missed} missed boxes drawn "
                f"({stats.wrong} wrong{', SABOTAGED' if opts.sabotage else ''})", line=l1)
-    export = fleet.dir / "labels-export"
-    fleet.sup.run("export-labels", lineguard_argv(
-        "appliance", "export-labels", str(export), "--config", str(fleet.line_config(l1))))
-    fleet.cloud("dataset import", "dataset", "import", str(export), "--name",
-                f"{l1}-labels", "--classes", "scratch,pit,crack,stain")
-    fleet.cloud("dataset union", "dataset", "union", f"{l1}-parts,{l1}-labels",
-                "--name", f"{l1}-parts")
-    steps.mark("dataset accepted", f"{l1}-parts: the parent's data + {stats.frames} "
-               "labelled frames", line=l1)
+    # the line uploads each labelled frame to the cloud's inbox; accept them into
+    # line-1's dataset (its newest version: the parent's data) as a new version
+    dl.wait_for(f"{stats.frames} labelled samples in the cloud's inbox",
+                lambda: _inbox_labelled(fleet, l1) >= stats.frames, poll_s=3.0)
+    out = fleet.cloud("dataset accept", "dataset", "accept", f"{SITE}/{l1}", "--into",
+                      f"{l1}-parts")
+    steps.mark("dataset accepted", out.strip().splitlines()[-1], line=l1)
     steps.mark("training", f"fine-tuning {PARENT} on {l1}-parts", line=l1)
     out = _retrain(fleet, f"{l1}-parts")
     version = _candidate_version(fleet)
@@ -219,6 +217,12 @@ def _snapshot_cloud(fleet: Fleet, result: dict[str, Any], lines: tuple[str, str]
         except OSError as e:
             snap[key] = {"error": str(e)}
     result["cloud"] = snap
+
+
+def _inbox_labelled(fleet: Fleet, line: str) -> int:
+    """Samples of `line` waiting in the inbox with operator labels."""
+    out = fleet.cloud("dataset inbox", "dataset", "inbox", f"{SITE}/{line}")
+    return sum(1 for row in out.splitlines() if " labelled " in row)
 
 
 def _retrain(fleet: Fleet, dataset: str) -> str:
