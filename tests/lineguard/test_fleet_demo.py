@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -143,3 +144,53 @@ def test_ctrl_c_stops_every_child(tmp_path: Path) -> None:
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     assert "stopped: line-2 (0), line-1 (0)" in out
+
+
+SCENARIO = pytest.mark.skipif(
+    os.environ.get("LINEGUARD_FLEET_SCENARIO") != "1",
+    reason="the whole variant scenario takes 10-20 min on 2 cores: set "
+           "LINEGUARD_FLEET_SCENARIO=1 to run it (docs/fleet-demo.md)")
+
+
+def _scenario(tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any], str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    work = tmp_path / "fleet"
+    done = subprocess.run([sys.executable, "-m", "lineguard", "demo", "fleet", "--scenario",
+                           "variant", "--work-dir", str(work), "--labels", "80",
+                           "--log-level", "warning", *extra], capture_output=True,
+                          text=True, env=env, timeout=3000, check=False)
+    report = json.loads((work / "report.json").read_text("utf-8"))
+    assert (work / "report.html").read_text("utf-8").startswith("<!doctype html>")
+    return done.returncode, report, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.mqtt
+@pytest.mark.ultralytics
+@requires_mosquitto
+@SCENARIO
+def test_the_variant_scenario_closes_the_loop(tmp_path: Path) -> None:
+    rc, report, out = _scenario(tmp_path)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert rc == 0, out
+    assert all(c["ok"] for c in checks.values()), checks
+    assert report["result"]["outcome"] == "promoted"
+    steps = [m["step"] for m in report["steps"]]
+    assert steps == ["drift onset", "alert", "labelled", "dataset accepted", "training",
+                     "gate", "publish", "canary active", "promoted"]
+
+
+@pytest.mark.slow
+@pytest.mark.mqtt
+@pytest.mark.ultralytics
+@requires_mosquitto
+@SCENARIO
+def test_sabotaged_labels_are_refused_by_the_gate(tmp_path: Path) -> None:
+    rc, report, out = _scenario(tmp_path, "--sabotage")
+    checks = {c["name"]: c for c in report["checks"]}
+    assert rc == 0, (checks, out)
+    for name in ("sabotage: the gate refuses the candidate", "sabotage: nothing published",
+                 "sabotage: both lines keep their model"):
+        assert checks[name]["ok"], (checks[name], out)
+    html = (tmp_path / "fleet" / "report.html").read_text("utf-8")
+    assert "The gate refused the candidate" in html
