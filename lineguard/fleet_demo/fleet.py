@@ -169,7 +169,7 @@ class Fleet:
                 "work_dir": str(c / "retrain-runs"),
                 "training": {"epochs": o.retrain_epochs, "imgsz": o.retrain_imgsz,
                              "batch": 16, "device": "cpu", "close_mosaic": 0},
-                "gate": {"latency_budget_ms": 1000.0},
+                "gate": {"latency_budget_ms": 1000.0, "map50_tolerance": 0.02},
                 "lines": {f"{SITE}/{s.line}": {"dataset": f"{s.line}-parts"}
                           for s in o.lines},
                 "min_interval_h": 0.0, "poll_s": 1.0,
@@ -212,7 +212,9 @@ class Fleet:
             "panel": {"host": HOST, "port": self.panel_ports[spec.line]},
             "updates": {"repository_url": f"{self.api_url}/tuf",
                         "trusted_root": str(root), "poll_interval_s": o.update_poll_s,
-                        "shadow_frames": 20, "health_frames": 50,
+                        # a model retrained for a new variant disagrees with its parent
+                        # on that variant by design: no agreement floor in the demo
+                        "shadow_frames": 20, "min_agreement": 0.0, "health_frames": 50,
                         "max_defect_rate_shift": 1.0, "max_latency_ratio": 10.0},
             # only the frames the operator labels go to the inbox (no sampling budget)
             "uploads": {"url": self.api_url, "token_file": str(d / "upload.token"),
