@@ -117,7 +117,7 @@ def _items(got: Any, *keys: str) -> list[dict[str, Any]]:
 
 
 def collect_report(fleet: Fleet, marks: list[dict[str, Any]], result: dict[str, Any],
-                   opts: ScenarioOptions) -> dict[str, Any]:
+                   opts: ScenarioOptions, *, evaluate_models: bool = True) -> dict[str, Any]:
     lines = [s.line for s in fleet.opts.lines]
     cloud = result.get("cloud", {})
     report: dict[str, Any] = {"result": {k: v for k, v in result.items() if k != "cloud"},
@@ -182,7 +182,7 @@ def collect_report(fleet: Fleet, marks: list[dict[str, Any]], result: dict[str, 
                   if cand else None)
     try:
         for name, bundle in (("parent", DEMO_BUNDLE), ("new", new_bundle)):
-            if bundle is None or not bundle.exists():
+            if bundle is None or not bundle.exists() or not evaluate_models:
                 continue
             report["map50"][name] = {
                 "variant": evaluate(fleet, bundle, True, opts.eval_parts, opts.eval_seed),

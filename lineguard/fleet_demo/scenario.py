@@ -133,7 +133,8 @@ def run_variant(fleet: Fleet, opts: ScenarioOptions, stop: threading.Event) -> i
         _snapshot_cloud(fleet, result, (l1, l2))
         stop_codes = fleet.stop()
         result["stop_codes"] = stop_codes
-    report = collect_report(fleet, steps.marks, result, opts)
+    # interrupted (Ctrl-C): the report, but without the minutes of evaluation
+    report = collect_report(fleet, steps.marks, result, opts, evaluate_models=not stop.is_set())
     html, js = write_report(fleet.dir, report)
     say(f"report: {html} and {js}")
     for check in report["checks"]:
