@@ -42,6 +42,8 @@ def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 @dataclass
 class LabelStats:
     frames: int = 0
+    labelled_frames: int = 0
+    """Frames that got at least one label (a clean part nothing was found on gets none)."""
     confirmed: int = 0
     rejected: int = 0
     missed: int = 0
@@ -99,6 +101,7 @@ def label_frames(client: PanelClient, frame_ids: list[str], line_cfg: LineConfig
             continue
         truth = render(line_cfg, int(frame["part_id"])).defects
         stats.frames += 1
+        posted = stats.confirmed + stats.rejected + stats.missed
         found = [tuple(d["box_xyxy"]) for d in frame["defects"]]
         names = [d["class_name"] for d in frame["defects"]]
         matched: set[int] = set()
@@ -131,6 +134,7 @@ def label_frames(client: PanelClient, frame_ids: list[str], line_cfg: LineConfig
             _post(client, fid, {"kind": "missed", "class_name": cls,
                                 "box_xyxy": [round(v, 1) for v in box]}, stats)
             stats.missed += 1
+        stats.labelled_frames += stats.confirmed + stats.rejected + stats.missed > posted
     return stats
 
 

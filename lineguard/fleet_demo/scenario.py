@@ -165,13 +165,14 @@ def _story(fleet: Fleet, opts: ScenarioOptions, steps: Steps, dl: Deadline, l1: 
     stats = label_frames(client, frames, line_config(spec1.seed, spec1.drift),
                          error_rate=opts.label_error_rate, sabotage=opts.sabotage)
     result["labels"] = stats.__dict__
-    steps.mark("labelled", f"{stats.frames} frames: {stats.confirmed} confirmed, "
+    steps.mark("labelled", f"{stats.labelled_frames} of {stats.frames} frames labelled: "
+               f"{stats.confirmed} confirmed, "
                f"{stats.rejected} rejected, {stats.missed} missed boxes drawn "
                f"({stats.wrong} wrong{', SABOTAGED' if opts.sabotage else ''})", line=l1)
     # the line uploads each labelled frame to the cloud's inbox; accept them into
     # line-1's dataset (its newest version: the parent's data) as a new version
-    dl.wait_for(f"{stats.frames} labelled samples in the cloud's inbox",
-                lambda: _inbox_labelled(fleet, l1) >= stats.frames, poll_s=3.0)
+    dl.wait_for(f"{stats.labelled_frames} labelled samples in the cloud's inbox",
+                lambda: _inbox_labelled(fleet, l1) >= stats.labelled_frames, poll_s=3.0)
     out = fleet.cloud("dataset accept", "dataset", "accept", f"{SITE}/{l1}", "--into",
                       f"{l1}-parts")
     steps.mark("dataset accepted", out.strip().splitlines()[-1], line=l1)
