@@ -37,7 +37,11 @@ def epoch_callback(say: Callable[[str], None],
     def on_fit_epoch_end(trainer: Any) -> None:
         names = [str(n).removesuffix("_loss") for n in getattr(trainer, "loss_names", ())]
         tloss = getattr(trainer, "tloss", None)
-        values = [float(v) for v in tloss.reshape(-1)] if tloss is not None else []
+        if isinstance(tloss, dict):  # newer Ultralytics: {loss name: mean} per epoch
+            names = [str(n).removesuffix("_loss") for n in tloss]
+            values = [float(v) for v in tloss.values()]
+        else:
+            values = [float(v) for v in tloss.reshape(-1)] if tloss is not None else []
         metrics = getattr(trainer, "metrics", None) or {}
         map50 = metrics.get("metrics/mAP50(B)")
         say(epoch_line(int(trainer.epoch) + 1, int(trainer.epochs), clock() - start,

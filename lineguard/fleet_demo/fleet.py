@@ -67,7 +67,7 @@ class FleetOptions:
     min_parts: int = 100
     rollout_interval_s: float = 2.0
     update_poll_s: float = 3.0
-    retrain_epochs: int = 8
+    retrain_epochs: int = 4
     retrain_imgsz: int = 256
     password_len: int = 12
     extra_cloud: dict[str, Any] = field(default_factory=dict)

@@ -33,3 +33,16 @@ def test_callback_reads_the_trainer() -> None:
     callback(trainer)
     assert lines == ["epoch 1/3 elapsed 1m00s ETA 2m00s loss box 1.000 cls 2.000 dfl 3.000 "
                      "val mAP50 0.250"]
+
+
+def test_epoch_callback_reads_the_loss_dict_of_newer_ultralytics() -> None:
+    from types import SimpleNamespace
+
+    from cloud.retrain.progress import epoch_callback
+
+    said: list[str] = []
+    trainer = SimpleNamespace(epoch=1, epochs=4, loss_names=("box_loss", "cls_loss"),
+                              tloss={"box_loss": 1.5, "cls_loss": 0.5},
+                              metrics={"metrics/mAP50(B)": 0.4})
+    epoch_callback(said.append, clock=lambda: 0.0)(trainer)
+    assert len(said) == 1 and "box 1.5" in said[0] and "0.4" in said[0]
