@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="variant: line-1's parts are `ribbed` from this part id on")
     p.add_argument("--parts-per-minute", type=float, default=300.0,
                    help="each simulated line's rate (real time)")
-    p.add_argument("--epochs", type=int, default=8, help="variant: fine-tuning epochs")
+    p.add_argument("--epochs", type=int, default=4, help="variant: fine-tuning epochs")
     p.add_argument("--labels", type=int, default=120,
                    help="variant: frames the simulated operator labels on line-1")
     p.add_argument("--timeout-min", type=float, default=30.0,
