@@ -86,6 +86,7 @@ def main(argv: list[str]) -> int:
                         parts_per_minute=args.parts_per_minute, retrain_epochs=args.epochs)
     fleet = Fleet(opts)
     stop = _Stop()
+    fleet.sup.stop_event = stop.event
     try:
         print("setting up the fleet (keys, parent data, registry, accounts) ...", flush=True)
         fleet.setup()

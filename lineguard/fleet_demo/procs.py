@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,7 @@ class Child:
     name: str
     argv: list[str]
     log_path: Path
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | subprocess.Popen[str]
 
     def log_tail(self, chars: int = 3000) -> str:
         with contextlib.suppress(OSError):
@@ -70,6 +71,8 @@ class Supervisor:
     log_dir: Path
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     stop_timeout_s: float = 20.0
+    stop_event: threading.Event | None = None
+    """Set (by the CLI's signal handler): a running setup command is stopped."""
     children: list[Child] = field(default_factory=list)
 
     def start(self, name: str, argv: list[str], *, stdin: bytes | None = None) -> Child:
@@ -89,17 +92,31 @@ class Supervisor:
         """Run a setup command to completion; its output is returned (and logged to a
         file). Raises FleetError with the output's tail when it fails."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            done = subprocess.run(argv, input=stdin, capture_output=True, text=True,
-                                  env=self.env, timeout=timeout_s, check=False)
-        except subprocess.TimeoutExpired as e:
-            raise FleetError(f"{name}: no answer within {timeout_s:.0f} s") from e
-        out = done.stdout + done.stderr
+        # its own session, so a stop of the demo (Ctrl-C, SIGTERM) ends it too, in order
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else
+                                subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=self.env,
+                                start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        pending = stdin
+        while True:
+            try:
+                stdout, stderr = proc.communicate(input=pending, timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                pending = None
+                stopping = self.stop_event is not None and self.stop_event.is_set()
+                if stopping or time.monotonic() > deadline:
+                    self.stop(Child(name, argv, self.log_dir / "setup.log", proc))
+                    proc.communicate()
+                    raise FleetError(f"{name}: stopped" if stopping else
+                                     f"{name}: no answer within {timeout_s:.0f} s") from None
+        out = stdout + stderr
         with (self.log_dir / "setup.log").open("a", encoding="utf-8") as log:
             log.write(f"$ {' '.join(argv)}\n{out}\n")
-        if done.returncode != 0:
-            raise FleetError(f"{name} failed (exit {done.returncode}):\n{out[-3000:]}")
-        return done.stdout
+        if proc.returncode != 0:
+            raise FleetError(f"{name} failed (exit {proc.returncode}):\n{out[-3000:]}")
+        return stdout
 
     def check_alive(self) -> None:
         """Raise FleetError naming a child that exited on its own."""

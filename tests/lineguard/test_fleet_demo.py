@@ -194,3 +194,16 @@ def test_sabotaged_labels_are_refused_by_the_gate(tmp_path: Path) -> None:
         assert checks[name]["ok"], (checks[name], out)
     html = (tmp_path / "fleet" / "report.html").read_text("utf-8")
     assert "The gate refused the candidate" in html
+
+
+def test_a_setup_command_is_stopped_when_the_demo_stops(tmp_path: Path) -> None:
+    import threading
+
+    sup = Supervisor(tmp_path / "logs", stop_timeout_s=2.0, stop_event=threading.Event())
+    assert sup.stop_event is not None
+    timer = threading.Timer(0.5, sup.stop_event.set)
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(FleetError, match="long: stopped"):
+        sup.run("long", [sys.executable, "-c", "import time; time.sleep(60)"])
+    assert time.monotonic() - started < 30
