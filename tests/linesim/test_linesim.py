@@ -174,11 +174,9 @@ def test_drift_onset_part_changes_the_variant_from_that_part_on() -> None:
 
 
 def test_drift_onset_part_must_be_a_whole_number() -> None:
-    import pytest as _pytest
-
     from linesim.config import ConfigError, Drift
 
-    with _pytest.raises(ConfigError, match="onset_part"):
+    with pytest.raises(ConfigError, match="onset_part"):
         Drift.parse("onset_part=1.5")
-    with _pytest.raises(ConfigError, match="onset_part"):
+    with pytest.raises(ConfigError, match="onset_part"):
         Drift(onset_part=-1)
