@@ -112,6 +112,8 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
     try:
+        # the drift monitor's alerts and windows (same database), with or without a
+        # `drift:` section here: the monitor may run elsewhere
         app = create_app(store, token, public_docs=cfg.api.public_docs, registry=registry,
                          release=release, routers=[upload_router(cfg, engine)],
                          drift=DriftStore(engine))

@@ -15,7 +15,9 @@ from typing import cast
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("appliance.demo", "run the shipped demo bundle on the simulated line"),
+    "demo": ("appliance.demo", "run the shipped demo bundle on the simulated line "
+             "(`demo fleet`: broker, cloud and two lines)"),
+    "demo-fleet": ("lineguard.fleet_demo.cli", "same as `demo fleet`"),
     "appliance": ("appliance.cli", "run or check the inspection appliance"),
     "bundle": ("models.cli", "verify, pack, unpack or inspect a model bundle"),
     "eval": ("models.cli_eval", "evaluate a bundle on a YOLO-format dataset (mAP, P, R)"),
@@ -51,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         print(version_line())
         return 0
     name, rest = args[0], args[1:]
+    if name == "demo" and rest[:1] == ["fleet"]:  # the whole fleet, not one line
+        name, rest = "demo-fleet", rest[1:]
     if name not in COMMANDS:
         print(f"lineguard: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2

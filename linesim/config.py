@@ -51,6 +51,9 @@ class Drift:
     """Fraction (0..1) of the lens covered by soft dark smudges (occlusion)."""
     variant: Variant | None = None
     """Force every part to this product variant (a new product on the line)."""
+    onset_part: int = 0
+    """The drift applies from this part id on (earlier parts are undrifted): a change
+    at a known point of the stream, e.g. a new product variant from part 600."""
 
     def __post_init__(self) -> None:
         _check(-1.0 <= self.brightness <= 1.0, "brightness", "must be within -1..1")
@@ -62,11 +65,17 @@ class Drift:
         _check(len(self.color_cast) == 3, "color_cast", "must be (b, g, r) gains")
         _check(all(0.0 < g <= 3.0 for g in self.color_cast), "color_cast", "gains must be 0..3")
         _check(0.0 <= self.dirty_lens <= 1.0, "dirty_lens", "must be within 0..1")
+        _check(isinstance(self.onset_part, int) and self.onset_part >= 0, "onset_part",
+               "must be a whole number >= 0")
 
     @property
     def is_identity(self) -> bool:
-        """True when no knob is set."""
-        return self == Drift()
+        """True when no knob is set (`onset_part` alone changes nothing)."""
+        return replace(self, onset_part=0) == Drift()
+
+    def at(self, part_id: int) -> Drift:
+        """The drift part `part_id` sees: this one from `onset_part` on, else none."""
+        return self if part_id >= self.onset_part else Drift()
 
     @classmethod
     def parse(cls, text: str) -> Drift:
@@ -81,6 +90,8 @@ class Drift:
             try:
                 if key == "variant":
                     kwargs[key] = value
+                elif key == "onset_part":
+                    kwargs[key] = int(value)
                 elif ":" in value:
                     kwargs[key] = tuple(float(v) for v in value.split(":"))
                 else:

@@ -31,7 +31,8 @@ class SimFrame:
 def render(cfg: LineConfig, part_id: int) -> RenderedPart:
     """Render part number `part_id` of the line `cfg` (pure, deterministic)."""
     rng = np.random.default_rng([cfg.seed, part_id])
-    return render_part(rng, cfg)
+    drift = cfg.drift.at(part_id)
+    return render_part(rng, cfg if drift is cfg.drift else cfg.with_drift(drift))
 
 
 class SimulatedLine:

@@ -157,3 +157,26 @@ def test_export_yolo_dataset(tmp_path: Path) -> None:
             assert 0 < w <= 1 and 0 < h <= 1
             assert cx == pytest.approx((d.x1 + d.x2) / 2 / 160, abs=1e-5)
             assert h == pytest.approx((d.y2 - d.y1) / 120, abs=1e-5)
+
+
+def test_drift_onset_part_changes_the_variant_from_that_part_on() -> None:
+    from linesim.config import Drift, LineConfig
+    from linesim.line import render
+
+    drift = Drift.parse("variant=ribbed,onset_part=5")
+    assert drift.onset_part == 5 and drift.variant == "ribbed"
+    cfg = LineConfig(seed=3, drift=drift)
+    plain = LineConfig(seed=3)
+    for k in range(5):  # before the onset: exactly the undrifted line
+        assert (render(cfg, k).image_bgr == render(plain, k).image_bgr).all()
+    assert all(render(cfg, k).variant == "ribbed" for k in range(5, 9))
+    assert Drift(onset_part=7).is_identity
+
+
+def test_drift_onset_part_must_be_a_whole_number() -> None:
+    from linesim.config import ConfigError, Drift
+
+    with pytest.raises(ConfigError, match="onset_part"):
+        Drift.parse("onset_part=1.5")
+    with pytest.raises(ConfigError, match="onset_part"):
+        Drift(onset_part=-1)

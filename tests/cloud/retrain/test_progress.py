@@ -55,3 +55,16 @@ def test_the_final_validation_is_not_another_epoch() -> None:
                                  metrics={"metrics/mAP50(B)": 0.5}))
     assert [line.split()[1] for line in lines[:2]] == ["1/2", "2/2"]
     assert lines[2:] == ["best weights: val mAP50 0.500", "best weights: val mAP50 0.500"]
+
+
+def test_epoch_callback_reads_the_loss_dict_of_newer_ultralytics() -> None:
+    from types import SimpleNamespace
+
+    from cloud.retrain.progress import epoch_callback
+
+    said: list[str] = []
+    trainer = SimpleNamespace(epoch=1, epochs=4, loss_names=("box_loss", "cls_loss"),
+                              tloss={"box_loss": 1.5, "cls_loss": 0.5},
+                              metrics={"metrics/mAP50(B)": 0.4})
+    epoch_callback(said.append, clock=lambda: 0.0)(trainer)
+    assert len(said) == 1 and "box 1.5" in said[0] and "0.4" in said[0]
