@@ -162,7 +162,8 @@ def _backup_sqlite(config: DatabaseConfig, current: set[str]) -> None:
     if path is None or not path.exists():
         return
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    tag = "-".join(sorted(current))[:60] or "unversioned"
+    # every revision, untruncated (five branches already exceed 60 characters)
+    tag = "-".join(sorted(current)) or "unversioned"
     backup = path.with_name(f"{path.name}.bak-{tag}-{stamp}")
     source = sqlite3.connect(str(path))
     try:

@@ -124,7 +124,7 @@ def test_sqlite_is_backed_up_before_a_migration_and_a_newer_revision_is_refused(
         assert list(tmp_path.glob("cloud.db.bak-*")) == []  # a new file: nothing to keep
         monkeypatch.setattr(db_migrate, "SCRIPT_LOCATION", newer_build)
         assert upgrade(engine, cfg) == ["fleet_9001"]  # the newer build
-        (backup,) = tmp_path.glob("cloud.db.bak-fleet_0001-*")
+        (backup,) = tmp_path.glob("cloud.db.bak-*fleet_0001-*")
         tables = {row[0] for row in sqlite3.connect(backup).execute(
             "SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert "messages" in tables and "test_extra" not in tables
@@ -133,7 +133,8 @@ def test_sqlite_is_backed_up_before_a_migration_and_a_newer_revision_is_refused(
             upgrade(engine, cfg)
         with pytest.raises(MigrationError, match="fleet_9001"):
             pending_revisions(engine)
-        assert current_revisions(engine) == {"fleet_9001"}
+        # untouched: the fleet branch at the newer revision, the others at their heads
+        assert current_revisions(engine) == head_revisions() - {"fleet_0001"} | {"fleet_9001"}
     finally:
         engine.dispose()
 
@@ -158,7 +159,8 @@ def test_db_commands(tmp_path, database_url, capsys):
     out = capsys.readouterr().out
     assert "never migrated" in out and "lineguard cloud db upgrade" in out
     assert cli.main(["db", "upgrade", "--config", str(path)]) == 0
-    assert "migrated to fleet_0001" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "migrated to" in out and all(h in out for h in head_revisions())
     assert cli.main(["db", "upgrade", "--config", str(path)]) == 0
     assert "already up to date" in capsys.readouterr().out
     assert cli.main(["db", "current", "--config", str(path)]) == 0

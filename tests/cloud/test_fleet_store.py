@@ -14,6 +14,8 @@ import pytest
 from cloud.collector.validate import Delivery, classify
 from cloud.config import FleetStoreConfig
 from cloud.db import DatabaseConfig
+from cloud.db import migrate as db_migrate
+from cloud.db.migrate import head_revisions
 from cloud.errors import FleetStoreError, StoreRejected
 from cloud.fleet import FleetStore, Received, Rejected, to_ms
 from protocol import Message, decode, encode
@@ -88,12 +90,27 @@ def test_same_msg_id_with_other_content_is_quarantined_not_dropped(store):
     assert c.counters["stored"] == 2
 
 
+def _fleet_branch_only(path) -> None:
+    """A file with the fleet branch's schema alone, as a 0.1 fleet store had."""
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    engine = create_engine(h.sqlite_url(path))
+    try:
+        with engine.begin() as conn:
+            cfg = db_migrate._alembic_config()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "fleet@head")
+    finally:
+        engine.dispose()
+
+
 def test_a_0_1_sqlite_fleet_store_is_adopted_and_its_rows_are_plain_duplicates(tmp_path):
     """A fleet.db made by 0.1 (its own schema_migrations, version 1: no content digest)
     is backed up and adopted as it is; a redelivery of one of its messages is a
     duplicate, never a conflict."""
     path = tmp_path / "fleet.db"
-    open_store(h.sqlite_url(path)).close()
+    _fleet_branch_only(path)  # 0.1 had the fleet tables only (no other component's)
     old = h.metrics()
     conn = sqlite3.connect(path, isolation_level=None)
     conn.executescript("""
@@ -107,7 +124,8 @@ def test_a_0_1_sqlite_fleet_store_is_adopted_and_its_rows_are_plain_duplicates(t
     conn.close()
     store = open_store(h.sqlite_url(path))
     try:
-        assert store.migrations_applied == ["fleet_0001"]
+        # fleet_0001 adopted the file; the other components' branches were created
+        assert store.migrations_applied == sorted(head_revisions())
         result = store.ingest([rec(old)], collector_id="c1")
         assert (result.stored, result.duplicates, result.conflicting) == (0, 1, 0)
         assert h.query(path, "SELECT name FROM sqlite_master WHERE name = 'schema_migrations'"
@@ -303,14 +321,16 @@ def test_a_database_migrated_by_a_newer_build_is_refused(database_url):
     url = database_url
     if url.startswith("sqlite:///"):
         conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
-        conn.execute("UPDATE alembic_version SET version_num = 'fleet_9999'")
+        conn.execute("UPDATE alembic_version SET version_num = 'fleet_9999' "
+                     "WHERE version_num = 'fleet_0001'")
         conn.close()
     else:
         import psycopg
 
         with psycopg.connect(url.replace("postgresql+psycopg", "postgresql"),
                              autocommit=True) as pg:
-            pg.execute("UPDATE alembic_version SET version_num = 'fleet_9999'")
+            pg.execute("UPDATE alembic_version SET version_num = 'fleet_9999' "
+                       "WHERE version_num = 'fleet_0001'")
     with pytest.raises(FleetStoreError, match=r"fleet_9999.*newer lineguard"):
         open_store(database_url)
 

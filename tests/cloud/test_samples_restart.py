@@ -137,7 +137,6 @@ def test_lineguard_cloud_serve_mounts_the_upload_endpoint(tmp_path, monkeypatch,
     token_file.write_text("fleet-api-token-0123456789\n", "utf-8")
     config = tmp_path / "cloud.yaml"
     config.write_text(
-        f"database: {{url: 'sqlite:///{tmp_path / 'cloud.db'}'}}\n"
         f"api: {{port: {port}, token_file: {token_file}}}\n"
         f"datasets: {{root: {tmp_path / 'datasets'}}}\n", "utf-8")
     env = {**os.environ, "PYTHONPATH": str(h.REPO), "PYTHONUNBUFFERED": "1"}
