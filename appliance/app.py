@@ -32,7 +32,8 @@ from appliance.alarm_rules import AlarmInputs, AlarmMonitor, alarm_inputs
 from appliance.alarms import AlarmBook
 from appliance.capture import Frame, FrameSource, make_source
 from appliance.capture.probe import require_file_sources
-from appliance.config import ApplianceConfig, PipelineConfig
+from appliance.config import ApplianceConfig, PipelineConfig, StationConfig
+from appliance.drift.alerts import AlertListener
 from appliance.drift.recorder import DriftRecorder
 from appliance.drift.wiring import start_drift
 from appliance.errors import ConfigError, EngineError, NoModelError, UpdateRejected
@@ -48,6 +49,7 @@ from appliance.pipeline.engine import (
     Engine,
     LoadedModel,
     ModelInfo,
+    StationOptics,
     default_detector_factory,
 )
 from appliance.pipeline.events import Events
@@ -75,6 +77,8 @@ from appliance.uploads.service import Uploads
 from appliance.uploads.wiring import start_uploads
 from appliance.users import UserBook
 from appliance.watchdog import Notifier, Progress, Watchdog
+from calibration.camera_model import load_camera
+from calibration.errors import CalibrationError
 from models.bundle import Bundle, open_bundle
 from models.errors import ModelError
 from protocol.app_version import app_version
@@ -160,7 +164,8 @@ def build_pipeline(
     post = PostprocessStage(inbox=Inbox[Batch](cfg.post_queue_batches), book=book,
                             health=health, upstream_finished=infer_finished, abort=abort,
                             keep_images=cfg.keep_images, cpu=cpu, clock=clock,
-                            thresholds=thresholds)
+                            thresholds=thresholds,
+                            sizing={s.name: s.sizing for s in stations if s.sizing})
     post_outbox: Outbox[Batch] = post.inbox if mode == "worker" else Inline(post.finish_batch)
     infer = InferStage(inbox=batcher, outbox=post_outbox, engine=engine, slot=slot, book=book,
                        events=events, health=health, draining=draining, abort=abort,
@@ -169,6 +174,22 @@ def build_pipeline(
                     events=events, health=health, batcher=batcher, sources=sources,
                     workers=workers, infer=infer, post=post, sources_finished=done.event,
                     draining=draining, abort=abort, cpu=cpu, clock=clock)
+
+
+def station_optics(stations: Sequence[StationConfig]) -> dict[str, StationOptics]:
+    """Each station's camera calibration (read from its camera.json) and whether it
+    crops, for the engine's check of bundles that undistort. Raises ConfigError when a
+    camera.json cannot be read or is invalid."""
+    optics = {}
+    for s in stations:
+        camera = None
+        if s.calibration is not None and s.calibration.camera_json is not None:
+            try:
+                camera = load_camera(s.calibration.camera_json)
+            except CalibrationError as e:
+                raise ConfigError(f"stations[{s.name}].calibration.camera_json: {e}") from None
+        optics[s.name] = StationOptics(camera=camera, crops=s.roi_px is not None)
+    return optics
 
 
 def open_model_bundle(path: Path, bundles_dir: Path, max_unpacked_bytes: int) -> Bundle:
@@ -244,7 +265,7 @@ class App:
                                if require_model is None else require_model)
         self._clock = clock
         self.engine = Engine(cfg.engine, max_batch=cfg.pipeline.max_batch,
-                             factory=detector_factory)
+                             factory=detector_factory, stations=station_optics(cfg.stations))
         self.store: Store | None = None
         self.events: Events | None = None
         self.telemetry: Telemetry | None = None
@@ -294,11 +315,12 @@ class App:
                 Station(
                     name=s.name,
                     source=self._sources.get(s.name) or make_source(s.source),
-                    roi_xywh=s.roi_xywh,
+                    roi_xywh=s.roi_px,
                     first_seq=self.store.next_sequence(s.name),
                     reconnect=s.source.reconnect,
                     min_frame_px=s.min_frame_px,
                     frame_wh=s.frame_wh,
+                    sizing=s.calibration.sizing() if s.calibration else None,
                 )
                 for s in cfg.stations
             ]
@@ -330,6 +352,9 @@ class App:
                     cfg.drift, site=cfg.site, line=cfg.line, store=self.store,
                     publish=self.telemetry.publish, current_model=lambda: pipeline.model,
                     add_listener=pipeline.add_listener, clock=self._clock)
+                # The cloud's alerts (cmd/alert, e.g. drift) become alarms on the panel.
+                self.telemetry.command_listeners.append(
+                    AlertListener(self.alarms.raise_alarm, site=cfg.site, line=cfg.line))
             self.panel = self._start_panel(self.store, self.pipeline, self.events, self.alarms)
             self.pipeline.start()
             self._behind = BehindMonitor(cfg.pipeline.behind, self.pipeline.stats,

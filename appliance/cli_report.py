@@ -135,8 +135,10 @@ def _describe(view: InspectionView) -> list[str]:
              f"{latency}"]
     for d in view.defects:
         x1, y1, x2, y2 = d["box_xyxy"]
+        size = d["size_mm_wh"]
+        mm = "" if size is None else f", {size[0]:.1f} x {size[1]:.1f} mm"
         lines.append(f"  {d['class_name']} {d['score']:.2f} at x {x1:.0f}-{x2:.0f}, "
-                     f"y {y1:.0f}-{y2:.0f} px")
+                     f"y {y1:.0f}-{y2:.0f} px{mm}")
     return lines
 
 

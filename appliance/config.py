@@ -38,6 +38,7 @@ from appliance.store.config import StoreConfig
 from appliance.telemetry.config import TelemetryConfig
 from appliance.updater.config import UpdatesConfig
 from appliance.uploads.config import UploadsConfig
+from calibration.station import StationCalibrationConfig
 from models.bundle import DEFAULT_MAX_UNPACKED_BYTES
 from models.demo import demo_bundle_dir
 from protocol.backoff import BackoffConfig
@@ -76,6 +77,9 @@ class StationConfig(_Section):
     """The frame size (width, height in pixels) this station's camera delivers; a frame
     of any other size is `uninspected: wrong_size`. None: any size of at least
     `min_frame_px`."""
+    calibration: StationCalibrationConfig | None = None
+    """Camera calibration, mm per pixel, ROI in mm and minimum defect sizes (see
+    docs/calibration.md). None: an uncalibrated station (sizes in pixels only)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -98,7 +102,18 @@ class StationConfig(_Section):
             x, y, w, h = self.roi_xywh
             if x < 0 or y < 0 or w <= 0 or h <= 0:
                 raise ValueError("roi_xywh needs x, y >= 0 and width, height > 0")
+            if self.calibration is not None and self.calibration.roi_mm_xywh is not None:
+                raise ValueError("give the ROI once: roi_xywh (pixels) or "
+                                 "calibration.roi_mm_xywh (mm), not both")
         return self
+
+    @property
+    def roi_px(self) -> tuple[int, int, int, int] | None:
+        """The station's crop in pixels: `roi_xywh`, or `calibration.roi_mm_xywh`
+        through the station's scale."""
+        if self.roi_xywh is not None or self.calibration is None:
+            return self.roi_xywh
+        return self.calibration.roi_px()
 
 
 class ModelConfig(_Section):

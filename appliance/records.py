@@ -62,15 +62,17 @@ def _finite(value: float) -> bool:
 class DefectRecord:
     """One detection that contributed to a verdict.
 
-    `box_xyxy` is (x1, y1, x2, y2) in original frame pixels; `score` is in [0, 1].
-    Raises ValueError on a negative class id, a score outside [0, 1] or a box that is
-    not finite or has x2 < x1 or y2 < y1.
+    `box_xyxy` is (x1, y1, x2, y2) in original frame pixels; `score` is in [0, 1];
+    `size_mm_wh` the box's (width, height) in mm on the part plane when the station
+    has a scale (None otherwise). Raises ValueError on a negative class id, a score
+    outside [0, 1] or a box that is not finite or has x2 < x1 or y2 < y1.
     """
 
     class_id: int
     class_name: str
     score: float
     box_xyxy: tuple[float, float, float, float]
+    size_mm_wh: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if int(self.class_id) < 0:

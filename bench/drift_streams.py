@@ -51,6 +51,7 @@ class Dataset:
     """Signal pools of one data source."""
 
     name: str
+    # Every pool is [n, D + 1]: signals, then defects per frame.
     reference: F64  # frames the model's reference is built from, in capture order
     normal: F64  # no-drift pool (stream frames)
     normal_alt: F64  # no-drift pool with normal variation (defect rate change)
@@ -64,7 +65,10 @@ Framed = tuple[U8, F64]
 
 
 def _signals(images: list[Framed], spec: SignalSpec) -> F64:
-    return np.asarray([frame_signals(im, spec, boxes) for im, boxes in images], np.float64)
+    """[n, D + 1]: each frame's signals, then its number of defects (the last column
+    stands in for the detector's count, the output channel)."""
+    return np.asarray([[*frame_signals(im, spec, boxes), len(boxes)] for im, boxes in images],
+                      np.float64)
 
 
 def _drifted(images: list[Framed], spec: SignalSpec, seed: int) -> dict[tuple[str, str], F64]:

@@ -114,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     registry = ModelRegistry(engine, work / "registry")
     registry.add(parent_bundle, weights=args.model_dir / "model.pt", state="approved",
                  source="import: shared yolo11n", lineage=RegistryLineage())
+    # retrain's own defaults (AdamW, lr0 0.0005, no warmup) but the epochs, size and seed
     training = TrainingDefaults(epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
-                                seed=args.seed, optimizer="auto", lr0=0.01,
-                                warmup_epochs=3.0, close_mosaic=10)
+                                seed=args.seed)
     gate = GateConfig(map50_tolerance=1.0, max_recall_drop=1.0, latency_budget_ms=60_000.0,
                       latency_rounds=1)
     t0 = time.perf_counter()
@@ -129,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     # Plain Ultralytics with the same arguments (train_args of the same TrainConfig).
     cfg = TrainConfig(data_yaml=data_yaml, out_bundle=work / "unused", name="plain",
                       version=2, model=str(args.model_dir / "model.pt"), epochs=args.epochs,
-                      imgsz=args.imgsz, batch=args.batch, seed=args.seed, optimizer="auto",
-                      lr0=0.01, warmup_epochs=3.0, close_mosaic=10,
-                      work_dir=work / "plain")
+                      imgsz=args.imgsz, batch=args.batch, seed=args.seed,
+                      optimizer=training.optimizer, lr0=training.lr0,
+                      warmup_epochs=training.warmup_epochs,
+                      close_mosaic=training.close_mosaic, work_dir=work / "plain")
     ultralytics = import_ultralytics(work / "plain" / "yolo_config")
     t0 = time.perf_counter()
     with ultralytics_output():

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from typing import Final
 
-from protocol import DefectEvent, Detection, MetricsMessage, ModelRef, VerdictCounts, prepare
+from protocol import DefectEvent, MetricsMessage, ModelRef, SizedDetection, VerdictCounts, prepare
 from protocol.mqtt_client import ClientOptions, Inbound, MqttHandler, Reason, paho_client
 from protocol.mqtt_config import BrokerConfig
 
@@ -60,7 +60,7 @@ def templates(site: str, line: str) -> tuple[Template, Template]:
         msg_id=_ID_MARK, site=site, line=line, sent_at=_SENT_MARK, frame_id="frame-1",
         captured_at=datetime(2001, 2, 3, 4, 5, 6, tzinfo=UTC), model=model,
         image_size_wh=(640, 480),
-        defects=[Detection(class_id=5, class_name="scratches", score=0.9,
+        defects=[SizedDetection(class_id=5, class_name="scratches", score=0.9,
                            box_xyxy=(10.0, 20.0, 110.0, 60.0))],
         latency_ms=21.5,
     )

@@ -18,6 +18,7 @@ from cloud.datasets.cli import run as run_dataset_command
 from protocol.cliargs import (
     HelpFormatter,
     add_logging_arguments,
+    add_nested_logging_arguments,
     comma_list,
     configure_logging_from,
     nonnegative_int,
@@ -111,11 +112,9 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
     try:
-        # the drift monitor's alerts and windows (same database), with or without a
-        # `drift:` section here: the monitor may run elsewhere
         app = create_app(store, token, public_docs=cfg.api.public_docs, registry=registry,
-                         release=release, drift=DriftStore(engine),
-                         routers=[upload_router(cfg, engine)])
+                         release=release, routers=[upload_router(cfg, engine)],
+                         drift=DriftStore(engine))
         uvicorn.run(app, host=host or cfg.api.host, port=port or cfg.api.port,
                     log_config=None, access_log=False)
     finally:
@@ -325,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_release_commands(sub)
     for cmd in sub.choices.values():
         add_logging_arguments(cmd)
+        # the leaves of a group (`db upgrade`, `release publish`) take them too
+        add_nested_logging_arguments(cmd)
     return parser
 
 

@@ -21,6 +21,8 @@ from protocol.cliargs import HelpFormatter
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from cloud.config import CloudConfig
+
 
 def add_drift_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `drift` under the cloud's sub-commands."""
@@ -33,22 +35,19 @@ def add_drift_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         p = dsub.add_parser(name, help=what, description=what, formatter_class=HelpFormatter)
         p.add_argument("--config", type=Path, required=True, help="cloud config file (YAML)")
         if name == "alerts":
-            p.add_argument("--site")
-            p.add_argument("--line")
-            p.add_argument("--limit", type=int, default=50)
+            p.add_argument("--site", help="only this site's alerts (default: every site)")
+            p.add_argument("--line", help="only this line's alerts (default: every line)")
+            p.add_argument("--limit", type=int, default=50, help="at most this many alerts")
         if name == "ack":
-            p.add_argument("alert_id")
+            p.add_argument("alert_id", help="the alert's id (as `drift alerts` lists it)")
             p.add_argument("--by", required=True, help="who acknowledges (for the record)")
 
 
-def _engine(cfg: object) -> Engine:
-    from cloud.db import DatabaseConfig, open_engine, upgrade
+def _engine(cfg: CloudConfig) -> Engine:
+    # The one way a cloud process opens the database (migrates if migrate_on_start).
+    from cloud.datasets.service import open_database
 
-    # The shared `database:` section (cloud/db); its defaults until the config has one.
-    db_cfg = getattr(cfg, "database", None) or DatabaseConfig()
-    engine = open_engine(db_cfg)
-    upgrade(engine, db_cfg)
-    return engine
+    return open_database(cfg)
 
 
 def run_drift(args: argparse.Namespace,
@@ -85,6 +84,11 @@ def run_drift(args: argparse.Namespace,
             return 1
         print(f"{found.alert_id} acknowledged by {found.acknowledged_by}")
         return 0
+    if request_retrain is None and drift_cfg.request_retrain:
+        from cloud.retrain.requests import RetrainQueue
+
+        request_retrain = RetrainQueue(engine, min_interval_h=cfg.retrain.min_interval_h
+                                       ).request_retrain
     references = BundleReferences(drift_cfg.bundles_dir)
     service = DriftService(drift_cfg, lambda publish: DriftMonitor(
         engine, drift_cfg, references=references, publish=publish,

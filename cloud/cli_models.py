@@ -41,9 +41,11 @@ def add_models_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     ls.add_argument("--name", help="only this model name")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     sh = command("show", "one model: lineage, gate outcome, history, where it runs")
-    sh.add_argument("model", type=model_ref_arg, metavar="MODEL@VERSION")
+    sh.add_argument("model", type=model_ref_arg, metavar="MODEL@VERSION",
+                    help="the registered model to show")
     pr = command("promote", "approve a candidate whose gate passed (an engineer's decision)")
-    pr.add_argument("model", type=model_ref_arg, metavar="MODEL@VERSION")
+    pr.add_argument("model", type=model_ref_arg, metavar="MODEL@VERSION",
+                    help="the candidate to approve")
     pr.add_argument("--reason", required=True, help="why (kept in the model's history)")
     pr.add_argument("--by", default=None, help="who approves (default: the login name)")
     im = command("import", "register an existing bundle directory (e.g. a production model)")

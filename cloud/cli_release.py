@@ -58,14 +58,16 @@ def add_release_commands(sub: _Sub[argparse.ArgumentParser]) -> None:
     rot.add_argument("--keys-dir", type=Path, required=True, help="where the new keys go")
     rk = parser(rsub, "rotate-key", "replace the key of a delegated role (bundles, deploy); "
                 "needs the targets key")
-    rk.add_argument("role", choices=["bundles", "deploy"])
+    rk.add_argument("role", choices=["bundles", "deploy"], help="the delegated role")
     rk.add_argument("--keys-dir", type=Path, required=True, help="where the new key goes")
     pub = parser(rsub, "publish", "sign an approved registry model as a bundle target")
-    pub.add_argument("model", type=ModelRef.parse, metavar="MODEL@VERSION")
+    pub.add_argument("model", type=ModelRef.parse, metavar="MODEL@VERSION",
+                     help="the approved registry model to publish")
     pub.add_argument("--by", help="who publishes (default: the login name)")
     asg = parser(rsub, "assign", "sign one line's assignment to a released bundle")
-    asg.add_argument("line", metavar="SITE/LINE")
-    asg.add_argument("model", type=ModelRef.parse, metavar="MODEL@VERSION")
+    asg.add_argument("line", metavar="SITE/LINE", help="the line to assign")
+    asg.add_argument("model", type=ModelRef.parse, metavar="MODEL@VERSION",
+                     help="the released model it runs")
     asg.add_argument("--reason", help="why (kept with the assignment)")
     asg.add_argument("--by", help="who assigns (default: the login name)")
 
@@ -73,9 +75,10 @@ def add_release_commands(sub: _Sub[argparse.ArgumentParser]) -> None:
     rosub = ro.add_subparsers(dest="rollout_cmd", required=True)
     st = parser(rosub, "start", "sign canary assignments for a released model; the "
                 "controller promotes it or halts")
-    st.add_argument("model", type=ModelRef.parse, metavar="MODEL@VERSION")
-    st.add_argument("--canary", type=comma_list, required=True, metavar="SITE/LINE[,...]",
-                    help="canary lines")
+    st.add_argument("model", type=ModelRef.parse, metavar="MODEL@VERSION",
+                    help="the released model to roll out")
+    st.add_argument("--canary", type=comma_list, required=True, metavar="SITE/LINE[,NAME...]",
+                    help="canary lines, comma-separated SITE/LINE names")
     st.add_argument("--health-window-s", type=positive_int,
                     help="health window per stage (default: release.rollout.bounds)")
     st.add_argument("--waves", type=positive_int, default=1,
@@ -85,13 +88,13 @@ def add_release_commands(sub: _Sub[argparse.ArgumentParser]) -> None:
     ss.add_argument("rollout_id", nargs="?", help="one rollout (default: the last 10)")
     ss.add_argument("--json", action="store_true", help="JSON output")
     ha = parser(rosub, "halt", "halt an active rollout and send its lines back")
-    ha.add_argument("rollout_id")
+    ha.add_argument("rollout_id", help="the rollout to halt (as `rollout status` lists it)")
     ha.add_argument("--reason", required=True, help="why (kept with the rollout)")
     ha.add_argument("--by", help="who halts (default: the login name)")
 
     rb = parser(sub, "rollback", "sign a line's assignment back to an earlier version "
                 "(a new assignment, never a replay)")
-    rb.add_argument("line", metavar="SITE/LINE")
+    rb.add_argument("line", metavar="SITE/LINE", help="the line to roll back")
     rb.add_argument("--to", type=positive_int, metavar="VERSION",
                     help="version to go back to (default: the previous one assigned)")
     rb.add_argument("--reason", help="why (kept with the assignment)")

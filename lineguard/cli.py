@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "linesim": ("lineguard.cli_linesim",
                 "simulated production line: preview frames, export datasets"),
     "cloud": ("cloud.cli", "cloud companion: training, collector, fleet API"),
+    "calibration": ("calibration.cli", "camera, mm-per-pixel and decision-threshold calibration"),
 }
 
 

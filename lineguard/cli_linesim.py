@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lineguard.cli_linesim_calibration import add_calibration_parser, run_calibration
 from linesim.config import ConfigError, Drift, LineConfig
 from linesim.dataset import export_yolo
 from linesim.line import render
@@ -59,12 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("out", type=Path, help="PNG file to write")
     pv.add_argument("--count", type=positive_int, default=8, help="parts on the sheet")
     _line_args(pv)
+    add_calibration_parser(sub)
     return parser
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     configure_logging_from(args)
+    if args.cmd == "calibration":
+        return run_calibration(args)
     try:
         cfg = _cfg(args)
     except ConfigError as e:

@@ -22,7 +22,7 @@ BGR (as Ultralytics' loader does).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,20 +33,23 @@ import numpy.typing as npt
 from models.bundle import Bundle
 from models.manifest import ClassMetrics, Metrics, PostprocessSpec
 from models.metrics import ClassAP, DetectionStats
-from models.postprocess import postprocess
+from models.postprocess import Detections, postprocess
 from models.preprocess import preprocess_batch
 from models.runtime import Detector, OnnxDetector, check_model_io
+from models.undistort import bundle_undistorter
 from models.yolo_dataset import DatasetError, YoloDataset, load_data_yaml
 
 __all__ = [
     "DatasetError",
     "EvalReport",
+    "ImageDetections",
     "ProgressCallback",
     "YoloDataset",
     "evaluate",
     "evaluate_report",
     "expand_multi_label",
     "ground_truth_xyxy",
+    "iter_detections",
     "load_data_yaml",
     "read_image",
     "validation_postprocess_spec",
@@ -198,6 +201,76 @@ def _metrics_from(
     )
 
 
+@dataclass(frozen=True)
+class ImageDetections:
+    """One dataset image's detections (original pixels) and label rows [K, 5]."""
+
+    path: Path
+    width_px: int
+    height_px: int
+    labels: npt.NDArray[np.float32]
+    detections: Detections
+
+
+def iter_detections(
+    bundle: Bundle,
+    dataset: YoloDataset,
+    split: str = "val",
+    *,
+    batch_size: int = 8,
+    providers: Sequence[str] | None = None,
+    conf: float = VAL_CONF,
+    iou: float = VAL_IOU,
+    max_det: int = VAL_MAX_DET,
+    multi_label: bool = True,
+    progress: ProgressCallback | None = None,
+    detector: Detector | None = None,
+    providers_out: list[str] | None = None,
+) -> Iterator[ImageDetections]:
+    """Run the bundle over `split` of `dataset` through the serving path (with the
+    bundle's own undistortion, if its spec names one) at validation thresholds and
+    yield every image's detections with its labels, in dataset order.
+
+    `detector` replaces the bundle's ONNX Runtime session; otherwise one is created on
+    `providers` (their names appended to `providers_out`). Raises what
+    `evaluate_report` raises.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    manifest = bundle.manifest
+    _check_classes(bundle, dataset)
+    images = dataset.images(split)
+    if detector is None:
+        onnx = OnnxDetector(bundle.model_path, providers)
+        check_model_io(onnx, manifest)
+        if providers_out is not None:
+            providers_out.extend(onnx.providers)
+        detector = onnx
+    undistort = bundle_undistorter(bundle)
+    fixed = manifest.input.batch if isinstance(manifest.input.batch, int) else None
+    if fixed is not None:
+        batch_size = fixed
+    input_hw = (manifest.input.height, manifest.input.width)
+    spec = validation_postprocess_spec(manifest.postprocess, conf, iou, max_det)
+    expand = multi_label and manifest.output.format == "yolo_raw" and len(manifest.classes) > 1
+    done = 0
+    for paths in _batches(images, batch_size):
+        frames = [read_image(p) for p in paths]
+        tensor, transforms = preprocess_batch(
+            frames, manifest.preprocess, input_hw, undistort=undistort
+        )
+        output = detector.run(_pad_batch(tensor, fixed))[: len(frames)]
+        if expand:
+            output = expand_multi_label(output, conf)
+        detections = postprocess(output, spec, manifest.output.format, manifest.classes, transforms)
+        for path, frame, found in zip(paths, frames, detections, strict=True):
+            height, width = frame.shape[:2]
+            yield ImageDetections(path, int(width), int(height), dataset.labels_for(path), found)
+        done += len(frames)
+        if progress is not None:
+            progress(done, len(images))
+
+
 def evaluate_report(
     bundle: Bundle,
     dataset: YoloDataset,
@@ -221,40 +294,17 @@ def evaluate_report(
     Raises DatasetError (bad dataset, classes differing from the bundle's, unreadable
     image or label), and the `ModelError`s of the runtime and postprocessing.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     manifest = bundle.manifest
-    _check_classes(bundle, dataset)
-    images = dataset.images(split)
     active_providers: list[str] = []
-    if detector is None:
-        onnx = OnnxDetector(bundle.model_path, providers)
-        check_model_io(onnx, manifest)
-        active_providers = list(onnx.providers)
-        detector = onnx
-    fixed = manifest.input.batch if isinstance(manifest.input.batch, int) else None
-    if fixed is not None:
-        batch_size = fixed
-    input_hw = (manifest.input.height, manifest.input.width)
-    spec = validation_postprocess_spec(manifest.postprocess, conf, iou, max_det)
-    expand = multi_label and manifest.output.format == "yolo_raw" and len(manifest.classes) > 1
-
     stats = DetectionStats()
-    done = 0
-    for paths in _batches(images, batch_size):
-        frames = [read_image(p) for p in paths]
-        tensor, transforms = preprocess_batch(frames, manifest.preprocess, input_hw)
-        output = detector.run(_pad_batch(tensor, fixed))[: len(frames)]
-        if expand:
-            output = expand_multi_label(output, conf)
-        detections = postprocess(output, spec, manifest.output.format, manifest.classes, transforms)
-        for path, frame, found in zip(paths, frames, detections, strict=True):
-            height, width = frame.shape[:2]
-            true_xyxy, true_cls = ground_truth_xyxy(dataset.labels_for(path), width, height)
-            stats.add_image(found.boxes_xyxy, found.scores, found.class_ids, true_xyxy, true_cls)
-        done += len(frames)
-        if progress is not None:
-            progress(done, len(images))
+    for image in iter_detections(
+        bundle, dataset, split, batch_size=batch_size, providers=providers, conf=conf,
+        iou=iou, max_det=max_det, multi_label=multi_label, progress=progress,
+        detector=detector, providers_out=active_providers,
+    ):
+        true_xyxy, true_cls = ground_truth_xyxy(image.labels, image.width_px, image.height_px)
+        found = image.detections
+        stats.add_image(found.boxes_xyxy, found.scores, found.class_ids, true_xyxy, true_cls)
 
     summary = stats.summary()
     names = list(manifest.classes)

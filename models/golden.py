@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from calibration.camera_model import CameraCalibration
 from models.bundle import GOLDEN_DIR, MODEL, Bundle, write_bundle
 from models.errors import GoldenMismatchError, ManifestError, ModelError
 from models.imagefile import ImageFileError, decode_image
@@ -42,6 +43,7 @@ from models.manifest import (
 from models.postprocess import Detections, postprocess
 from models.preprocess import Tensor, preprocess_batch, tensor_sha256
 from models.runtime import Detector, OnnxDetector, check_model_io
+from models.undistort import CAMERA_FILE, Undistorter, bundle_undistorter
 from protocol.atomic import atomic_write_bytes
 
 __all__ = [
@@ -108,12 +110,16 @@ def _batch_for(manifest: Manifest, tensor: Tensor) -> Tensor:
 
 
 def detect(
-    manifest: Manifest, detector: Detector, image_bgr: npt.NDArray[np.uint8]
+    manifest: Manifest,
+    detector: Detector,
+    image_bgr: npt.NDArray[np.uint8],
+    undistort: Undistorter | None = None,
 ) -> tuple[str, Detections]:
-    """Preprocess one frame, run it alone, postprocess; returns (tensor sha256, detections)."""
+    """Preprocess one frame, run it alone, postprocess; returns (tensor sha256, detections).
+    `undistort`: the camera the spec names, if it names one."""
     spec_in = manifest.input
     tensor, transforms = preprocess_batch(
-        [image_bgr], manifest.preprocess, (spec_in.height, spec_in.width)
+        [image_bgr], manifest.preprocess, (spec_in.height, spec_in.width), undistort=undistort
     )
     output = detector.run(_batch_for(manifest, tensor))
     detections = postprocess(
@@ -127,9 +133,11 @@ def create_golden(
     manifest: Manifest,
     images_bgr: Sequence[npt.NDArray[np.uint8]],
     detector: Detector,
+    undistort: Undistorter | None = None,
 ) -> dict[str, Path]:
     """Write ``golden/img_NNN.png`` (lossless) and ``golden/golden.json`` under
-    `bundle_dir` with what `detector` produces for each image under `manifest`.
+    `bundle_dir` with what `detector` produces for each image under `manifest`
+    (raw camera frames; undistorted with `undistort` when the spec names a calibration).
 
     Returns bundle-relative name -> path of every file written (to list in the
     manifest). Raises ModelError for no images or an image that cannot be encoded.
@@ -149,7 +157,7 @@ def create_golden(
         atomic_write_bytes(path, encoded.tobytes())
         files[name] = path
         # Detections are made from the decoded PNG, exactly what verification reads.
-        sha, dets = detect(manifest, detector, _read_image(path, name))
+        sha, dets = detect(manifest, detector, _read_image(path, name), undistort)
         entries.append(
             GoldenImage(
                 file=name,
@@ -282,7 +290,8 @@ def _compare(
 def verify_golden(
     bundle: Bundle, detector: Detector, *, iou_min: float = 0.98, score_tol: float = 0.005
 ) -> GoldenReport:
-    """Check that every golden image reproduces its tensor sha256 and detections.
+    """Check that every golden image reproduces its tensor sha256 and detections
+    (undistorted with the calibration the bundle ships, when its spec names one).
 
     Raises GoldenMismatchError naming the image and what differs: the preprocessed
     tensor (preprocessing differs), a detection's class/box (IoU < `iou_min`) or score
@@ -290,6 +299,7 @@ def verify_golden(
     """
     manifest = bundle.manifest
     golden = _load_golden(bundle)
+    undistort = bundle_undistorter(bundle)
     spec_hash = manifest.preprocess.version_hash()
     total, max_diff, min_iou = 0, 0.0, 1.0
     for entry in golden.images:
@@ -297,7 +307,7 @@ def verify_golden(
         if entry.file not in manifest.files:
             raise GoldenMismatchError(f"golden image {name}: not listed in the manifest")
         image = _read_image(bundle.path_of(entry.file), entry.file)
-        sha, found = detect(manifest, detector, image)
+        sha, found = detect(manifest, detector, image, undistort)
         if sha != entry.tensor_sha256:
             why = (
                 f"preprocessing spec changed: {golden.preprocess_hash} -> {spec_hash}"
@@ -332,16 +342,24 @@ def build_bundle(
     golden_images: Sequence[npt.NDArray[np.uint8]],
     providers: Sequence[str] | None = None,
     extra_files: Mapping[str, Path] | None = None,
+    camera: CameraCalibration | None = None,
 ) -> Bundle:
     """Build a verified bundle in `out_dir` (must not exist or be empty) from an ONNX
     file: the input/output names, dtype and batch come from the model; model IO is
     checked against the manifest; the golden set is made from `golden_images` and
     then verified on the written bundle. `extra_files` (bundle-relative name -> source)
     are added and listed in the manifest like every file (e.g. `drift_reference.json`).
+    `camera`: ship this calibration as
+    ``calibration/camera.json`` and name it in the preprocessing (frames, golden
+    images included, are then undistorted before anything else).
 
     Raises ManifestError, ModelShapeError, RuntimeUnavailableError, ModelError.
     """
     detector = OnnxDetector(Path(onnx_path), providers)
+    spec = preprocess or PreprocessSpec(
+        dtype="float16" if detector.input_dtype == "float16" else "float32")
+    if camera is not None:
+        spec = spec.model_copy(update={"undistort_calibration": camera.content_hash()})
     batch_dim = detector.input_shape[0]
     dtype: Literal["float32", "float16"] = (
         "float16" if detector.input_dtype == "float16" else "float32"
@@ -362,7 +380,7 @@ def build_bundle(
                     batch=batch_dim if isinstance(batch_dim, int) else "dynamic",
                 ),
                 "output": OutputSpec(name=detector.output_names[0], format=output_format),
-                "preprocess": preprocess or PreprocessSpec(dtype=dtype),
+                "preprocess": spec,
                 "postprocess": postprocess or PostprocessSpec(),
                 "lineage": lineage,
                 "metrics": metrics,
@@ -372,9 +390,17 @@ def build_bundle(
         raise ManifestError(f"manifest: {format_validation_error(exc)}") from None
     check_model_io(detector, manifest)
     with tempfile.TemporaryDirectory(prefix="lineguard-golden-") as staging:
-        golden_files = create_golden(Path(staging), manifest, golden_images, detector)
-        bundle = write_bundle(Path(out_dir), manifest,
-                              {MODEL: Path(onnx_path), **golden_files, **(extra_files or {})})
+        undistort = None
+        extra: dict[str, Path] = dict(extra_files or {})
+        if camera is not None:
+            undistort = Undistorter(camera)
+            extra[CAMERA_FILE] = Path(staging) / CAMERA_FILE
+            extra[CAMERA_FILE].parent.mkdir(parents=True)
+            atomic_write_bytes(extra[CAMERA_FILE], camera.to_json().encode("utf-8"))
+        golden_files = create_golden(Path(staging), manifest, golden_images, detector, undistort)
+        bundle = write_bundle(
+            Path(out_dir), manifest, {MODEL: Path(onnx_path), **golden_files, **extra}
+        )
     report = verify_golden(bundle, detector)
     logger.info(
         "built bundle %s v%d: %d golden images, %d detections",

@@ -114,9 +114,10 @@ def check_relative_path(name: str, *, allow_manifest: bool = False) -> str:
 class PreprocessSpec(_Frozen):
     """How a BGR uint8 frame becomes the model's input tensor (see models.preprocess).
 
-    Order: ROI crop (original pixels) -> undistort (declared, not implemented) ->
-    letterbox/stretch to the input size -> colour order -> x * scale -> (x - mean) / std
-    -> layout -> dtype.
+    Order: undistort the whole frame (when `undistort_calibration` names a camera
+    calibration by its content hash; the calibration ships in the bundle) -> ROI crop
+    (pixels of the undistorted frame) -> letterbox/stretch to the input size -> colour
+    order -> x * scale -> (x - mean) / std -> layout -> dtype.
     """
 
     roi_xywh: tuple[Pixels, Pixels, Pixels, Pixels] | None = None
@@ -142,6 +143,13 @@ class PreprocessSpec(_Frozen):
                 raise ValueError("ROI origin must be >= 0")
             if w <= 0 or h <= 0:
                 raise ValueError("ROI width and height must be > 0")
+        return value
+
+    @field_validator("undistort_calibration")
+    @classmethod
+    def _calibration_hash(cls, value: str | None) -> str | None:
+        if value is not None and not _SHA256_RE.match(value):
+            raise ValueError("must be a camera calibration's content hash (64 lowercase hex)")
         return value
 
     @field_validator("std")

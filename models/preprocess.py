@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from models.errors import ModelError
 from models.manifest import PreprocessSpec, check_input_tensor_bytes
+from models.undistort import Undistorter
 
 __all__ = [
     "FrameTransform",
@@ -139,14 +140,30 @@ def _as_bgr(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return image
 
 
+def _undistort(
+    image: npt.NDArray[np.uint8], spec: PreprocessSpec, undistort: Undistorter | None
+) -> npt.NDArray[np.uint8]:
+    """The whole frame undistorted with the calibration the spec names (unchanged when
+    it names none). Raises ModelError when `undistort` is missing or another camera's."""
+    wanted = spec.undistort_calibration
+    if wanted is None:
+        return image
+    if undistort is None:
+        raise ModelError(
+            f"preprocess.undistort_calibration names camera calibration {wanted[:16]}.. but "
+            "no camera calibration was given to undistort with"
+        )
+    if undistort.calibration_hash != wanted:
+        raise ModelError(
+            f"preprocess.undistort_calibration names camera calibration {wanted[:16]}.. but "
+            f"frames come with calibration {undistort.calibration_hash[:16]}.."
+        )
+    return undistort.apply(image)
+
+
 def _crop(
     image: npt.NDArray[np.uint8], spec: PreprocessSpec
 ) -> tuple[npt.NDArray[np.uint8], tuple[int, int], tuple[int, int] | None]:
-    if spec.undistort_calibration is not None:
-        raise ModelError(
-            f"undistort not implemented yet (preprocess.undistort_calibration="
-            f"{spec.undistort_calibration!r}); remove it from the spec"
-        )
     if spec.roi_xywh is None:
         return image, (0, 0), None
     x, y, w, h = spec.roi_xywh
@@ -247,8 +264,9 @@ def _preprocess_into(
     spec: PreprocessSpec,
     input_hw: tuple[int, int],
     dst: Tensor,
+    undistort: Undistorter | None = None,
 ) -> FrameTransform:
-    image = _as_bgr(image_bgr)
+    image = _undistort(_as_bgr(image_bgr), spec, undistort)
     orig_hw = (int(image.shape[0]), int(image.shape[1]))
     crop, roi_xy, roi_hw = _crop(image, spec)
     src_hw = (int(crop.shape[0]), int(crop.shape[1]))
@@ -283,19 +301,25 @@ def _preprocess_into(
 
 
 def preprocess(
-    image_bgr: npt.NDArray[np.uint8], spec: PreprocessSpec, input_hw: tuple[int, int]
+    image_bgr: npt.NDArray[np.uint8],
+    spec: PreprocessSpec,
+    input_hw: tuple[int, int],
+    undistort: Undistorter | None = None,
 ) -> tuple[Tensor, FrameTransform]:
     """Preprocess one BGR frame into a CHW (or HWC) array of `spec.dtype`, no batch dim.
 
     `image_bgr`: (H, W, 3) BGR, or grey (H, W) / (H, W, 1), uint8. `input_hw`: the
-    model's input (height, width) in pixels. Raises ModelError for a bad frame, an ROI
-    outside the frame, or an undistort calibration (not implemented yet); ManifestError
-    (a ModelError) for a tensor over `MAX_INPUT_TENSOR_BYTES`, before allocating it.
+    model's input (height, width) in pixels. `undistort`: the camera's `Undistorter`,
+    needed (and checked) when the spec names a calibration; boxes mapped back by the
+    returned transform are then in undistorted-frame pixels. Raises ModelError for a
+    bad frame, an ROI outside the frame, a missing or different calibration;
+    ManifestError (a ModelError) for a tensor over `MAX_INPUT_TENSOR_BYTES`, before
+    allocating it.
     """
     shape = _tensor_shape(spec, input_hw)
     check_input_tensor_bytes(shape, np.dtype(_DTYPES[spec.dtype]).itemsize, "preprocess")
     dst = np.empty(shape, dtype=_DTYPES[spec.dtype])
-    transform = _preprocess_into(image_bgr, spec, input_hw, dst)
+    transform = _preprocess_into(image_bgr, spec, input_hw, dst, undistort)
     return dst, transform
 
 
@@ -304,8 +328,10 @@ def preprocess_batch(
     spec: PreprocessSpec,
     input_hw: tuple[int, int],
     out: Tensor | None = None,
+    undistort: Undistorter | None = None,
 ) -> tuple[Tensor, list[FrameTransform]]:
-    """Preprocess frames into one NCHW (or NHWC) batch of `spec.dtype`.
+    """Preprocess frames into one NCHW (or NHWC) batch of `spec.dtype`; `undistort` as
+    in `preprocess`.
 
     `out`, if given, is a preallocated C-contiguous array of shape [M, ...] with
     M >= len(images_bgr) and the right per-image shape and dtype; the result is the
@@ -330,7 +356,8 @@ def preprocess_batch(
             raise ModelError("preprocess_batch: out must be C-contiguous")
         batch = out[:n]
     transforms = [
-        _preprocess_into(image, spec, input_hw, batch[i]) for i, image in enumerate(images_bgr)
+        _preprocess_into(image, spec, input_hw, batch[i], undistort)
+        for i, image in enumerate(images_bgr)
     ]
     return batch, transforms
 

@@ -16,7 +16,7 @@ on its own, so `import protocol` does not load paho).
 from protocol.alerts import AlertCommand
 from protocol.codec import MAX_PAYLOAD_BYTES, Outgoing, decode, encode, prepare, topic_of
 from protocol.commands import RollbackCommand, UpdateCommand
-from protocol.defect import DefectEvent, Detection
+from protocol.defect import DefectEvent, DefectEventV1, Detection, SizedDetection
 from protocol.drift import (
     BrightnessHistogram,
     ChannelStats,
@@ -82,6 +82,7 @@ __all__ = [
     "BrightnessHistogram",
     "ChannelStats",
     "DefectEvent",
+    "DefectEventV1",
     "Detection",
     "DiskUsage",
     "DriftSketch",
@@ -105,6 +106,7 @@ __all__ = [
     "RollbackCommand",
     "SharpnessStats",
     "SignalMoments",
+    "SizedDetection",
     "StatusMessage",
     "TopicKind",
     "TopicMismatch",

@@ -5,6 +5,8 @@
   help text already says its default in words.
 - `add_logging_arguments`: ``--log-level`` (choices, so a typo is a usage error) and
   ``--log-format text|json``; `configure_logging_from` applies them (logs on stderr).
+  `add_nested_logging_arguments` gives the leaves of a command group (``lineguard cloud
+  db upgrade``) the same flags without overwriting what was given before the leaf.
 - list options take one argument, comma-separated (``--providers cuda,cpu``), parsed by
   `comma_list`; counts and sizes are checked by `positive_int` / `nonnegative_int`,
   durations (``30m``, ``1h``, ``7d``) read by `duration_s`.
@@ -19,6 +21,7 @@ from protocol.logsetup import LOG_FORMATS, LOG_LEVELS, configure_logging
 __all__ = [
     "HelpFormatter",
     "add_logging_arguments",
+    "add_nested_logging_arguments",
     "comma_list",
     "configure_logging_from",
     "duration_s",
@@ -45,6 +48,29 @@ def add_logging_arguments(parser: argparse.ArgumentParser, default_level: str = 
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="text",
                         help="log lines as text, or one JSON object per line (time, level, "
                         "logger, message, exception) for journald and log shippers")
+
+
+def add_nested_logging_arguments(group: argparse.ArgumentParser,
+                                 default_level: str = "info") -> None:
+    """Give every leaf command under `group` (which has `add_logging_arguments` itself)
+    ``--log-level`` and ``--log-format`` too, so they may follow the subcommand.
+
+    Their default is SUPPRESS: not given, they leave the group's value alone (a nested
+    parser's default would overwrite it). Leaves that already have them are skipped."""
+    stack = [group]
+    while stack:
+        parser = stack.pop()
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for action in subs:
+            stack += list(dict.fromkeys(action.choices.values()))
+        if parser is group or subs or "--log-level" in parser._option_string_actions:
+            continue
+        parser.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS,
+                            help=f"least severe log messages shown (logs go to stderr; "
+                            f"default: {default_level})")
+        parser.add_argument("--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS,
+                            help="log lines as text, or one JSON object per line "
+                            "(default: text)")
 
 
 def configure_logging_from(args: argparse.Namespace) -> None:

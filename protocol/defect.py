@@ -1,10 +1,15 @@
-"""`events/defect`: one message per part judged `fail`, with its detections (no image)."""
+"""`events/defect`: one message per part judged `fail`, with its detections (no image).
+
+Version 2 (`lineguard.events.defect/2`, what lines send) adds each detection's size on
+the part plane in millimetres (`size_mm_wh`, None where the station has no scale).
+Version 1 (`DefectEventV1`) stays readable for lines that still send it.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from protocol.envelope import Envelope
 from protocol.fields import (
@@ -44,8 +49,23 @@ class Detection(BaseModel):
         return self
 
 
-class DefectEvent(Envelope):
+Millimetres = Annotated[float, Field(ge=0.0, le=1_000_000.0)]
+
+
+class SizedDetection(Detection):
+    """One detected defect with its size on the part plane (version 2)."""
+
+    # (width, height) of the box in mm on the part plane, from the station's calibrated
+    # scale; None: the station has no scale.
+    size_mm_wh: tuple[Millimetres, Millimetres] | None = None
+
+
+# Version 1, kept to read lines that still send it. Its docstring and title are the
+# published schema's: a published version never changes.
+class DefectEventV1(Envelope):
     """A failed part: which part, when, by which model, and what was found."""
+
+    model_config = ConfigDict(**WIRE_CONFIG, title="DefectEvent")  # v1 schema unchanged
 
     KIND = TopicKind.DEFECT_EVENT
 
@@ -61,5 +81,26 @@ class DefectEvent(Envelope):
     # (width, height) of the original image in pixels; boxes refer to it.
     image_size_wh: tuple[PixelSize, PixelSize]
     defects: list[Detection] = Field(min_length=1, max_length=1000)
+    # From capture to verdict.
+    latency_ms: Milliseconds | None = None
+
+
+class DefectEvent(Envelope):
+    """A failed part: which part, when, by which model, and what was found."""
+
+    KIND = TopicKind.DEFECT_EVENT
+
+    schema_id: Literal["lineguard.events.defect/2"] = Field(
+        "lineguard.events.defect/2", alias="schema"
+    )
+    # The part id from the line (PLC / source) when there is one.
+    part_id: PartId | None = None
+    frame_id: PartId
+    station: Name | None = None
+    captured_at: UtcTimestamp
+    model: ModelRef
+    # (width, height) of the original image in pixels; boxes refer to it.
+    image_size_wh: tuple[PixelSize, PixelSize]
+    defects: list[SizedDetection] = Field(min_length=1, max_length=1000)
     # From capture to verdict.
     latency_ms: Milliseconds | None = None

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from protocol.alerts import AlertCommand
 from protocol.codec import prepare
 from protocol.commands import RollbackCommand, UpdateCommand
-from protocol.defect import DefectEvent, Detection
+from protocol.defect import DefectEvent, SizedDetection
 from protocol.drift import DriftSketchV2, ReferenceInfo, SignalMoments
 from protocol.fields import ModelRef
 from protocol.metrics import (
@@ -110,14 +110,19 @@ def _defect_example(current: ModelRef) -> DefectEvent:
         model=current,
         image_size_wh=(1280, 1024),
         defects=[
-            Detection(
+            SizedDetection(
                 class_id=5,
                 class_name="scratches",
                 score=0.91,
                 box_xyxy=(412.0, 96.5, 530.25, 188.0),
+                size_mm_wh=(23.65, 18.3),
             ),
-            Detection(
-                class_id=1, class_name="inclusion", score=0.47, box_xyxy=(80.0, 700.0, 112.0, 741.5)
+            SizedDetection(
+                class_id=1,
+                class_name="inclusion",
+                score=0.47,
+                box_xyxy=(80.0, 700.0, 112.0, 741.5),
+                size_mm_wh=(6.4, 8.3),
             ),
         ],
         latency_ms=38.6,

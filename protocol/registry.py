@@ -12,7 +12,7 @@ from typing import Final
 
 from protocol.alerts import AlertCommand
 from protocol.commands import RollbackCommand, UpdateCommand
-from protocol.defect import DefectEvent
+from protocol.defect import DefectEvent, DefectEventV1
 from protocol.drift import DriftSketch, DriftSketchV2
 from protocol.metrics import MetricsMessage, MetricsMessageV1
 from protocol.model_report import ModelReport
@@ -23,6 +23,7 @@ Message = (
     | MetricsMessage
     | MetricsMessageV1
     | DefectEvent
+    | DefectEventV1
     | DriftSketch
     | DriftSketchV2
     | ModelReport
@@ -36,6 +37,7 @@ MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
     MetricsMessage,
     MetricsMessageV1,
     DefectEvent,
+    DefectEventV1,
     DriftSketch,
     DriftSketchV2,
     ModelReport,
@@ -45,7 +47,7 @@ MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
 )
 
 
-LEGACY_TYPES: Final[tuple[type[Message], ...]] = (MetricsMessageV1, DriftSketch)
+LEGACY_TYPES: Final[tuple[type[Message], ...]] = (MetricsMessageV1, DriftSketch, DefectEventV1)
 """Older versions consumers still read and lines no longer send (kept while outboxes of
 older lines may hold them)."""
 

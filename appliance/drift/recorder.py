@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -88,7 +89,7 @@ class DriftRecorder:
     def _window(self, station: str, state: WindowState | None = None) -> DriftWindow:
         return DriftWindow(station, window_frames=self._cfg.window_frames,
                            window_s=self._cfg.window_s, sample_frames=self._cfg.sample_frames,
-                           seed=hash(station) & 0xFFFF, state=state)
+                           seed=zlib.crc32(station.encode("utf-8")), state=state)
 
     # ------------------------------------------------------------------ intake
     def on_verdict(self, record: InspectionRecord) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import onnxruntime as ort
 
 from appliance.config import EngineConfig
 from appliance.errors import EngineError
+from calibration.camera_model import CameraCalibration
 from models.bundle import Bundle
 from models.errors import ModelError
 from models.golden import verify_golden
@@ -40,6 +41,7 @@ from models.manifest import Manifest, check_input_tensor_bytes
 from models.postprocess import Detections, postprocess
 from models.preprocess import FrameTransform, Tensor, preprocess, preprocess_batch
 from models.runtime import OnnxDetector, check_model_io
+from models.undistort import Undistorter, bundle_undistorter, check_station_camera
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +132,8 @@ class LoadedModel:
         self.input_hw = (m.input.height, m.input.width)
         self.fixed_batch = m.input.batch if isinstance(m.input.batch, int) else None
         self.max_batch = self.fixed_batch or max_batch
+        self.undistort: Undistorter | None = bundle_undistorter(bundle)
+        """The camera the preprocessing undistorts with (remap tables built once)."""
         self.preprocess_hash = m.preprocess.version_hash()
         self.preprocess_key = f"{self.preprocess_hash}:{self.input_hw}"
         """Which preprocessing a tensor was made for (spec hash and input size)."""
@@ -166,12 +170,14 @@ class LoadedModel:
         """The bundle's preprocessing of up to `max_batch` frames. `into_buffer` writes
         into the preallocated input buffer (engine thread only). Raises ModelError."""
         out = self._buffer if into_buffer else None
-        return preprocess_batch(images_bgr, self.manifest.preprocess, self.input_hw, out=out)
+        return preprocess_batch(images_bgr, self.manifest.preprocess, self.input_hw, out=out,
+                                undistort=self.undistort)
 
     def preprocess_one(self, image_bgr: ImageBGR) -> tuple[Tensor, FrameTransform]:
         """The bundle's preprocessing of one frame into a new tensor (no batch dim); safe
         in any thread. Raises ModelError."""
-        return preprocess(image_bgr, self.manifest.preprocess, self.input_hw)
+        return preprocess(image_bgr, self.manifest.preprocess, self.input_hw,
+                          undistort=self.undistort)
 
     def preprocess_robust(
         self, images_bgr: Sequence[ImageBGR]
@@ -191,7 +197,8 @@ class LoadedModel:
         transforms, bad = [], {}
         for i, image in enumerate(images_bgr):
             try:
-                _, one = preprocess_batch([image], spec, self.input_hw, out=self._buffer[good:])
+                _, one = preprocess_batch([image], spec, self.input_hw, out=self._buffer[good:],
+                                          undistort=self.undistort)
             except ModelError as e:
                 bad[i] = str(e)
                 continue
@@ -258,8 +265,20 @@ class LoadedModel:
                 self.infer(self._buffer[:n])
 
 
+@dataclass(frozen=True)
+class StationOptics:
+    """What a bundle that undistorts needs to know of a station: its camera
+    calibration (None: not calibrated) and whether it crops frames before the model
+    (an undistorting bundle needs whole frames; its own `preprocess.roi_xywh` crops
+    after undistortion)."""
+
+    camera: CameraCalibration | None = None
+    crops: bool = False
+
+
 class Engine:
-    """Builds `LoadedModel`s with one engine configuration."""
+    """Builds `LoadedModel`s with one engine configuration. `stations`: the optics of
+    every station the models will judge (checked against a bundle that undistorts)."""
 
     def __init__(
         self,
@@ -267,10 +286,28 @@ class Engine:
         *,
         max_batch: int,
         factory: DetectorFactory = default_detector_factory,
+        stations: Mapping[str, StationOptics] | None = None,
     ) -> None:
         self.cfg = cfg
         self.max_batch = max_batch
         self._factory = factory
+        self._stations = dict(stations) if stations is not None else {}
+
+    def check_stations(self, bundle: Bundle) -> None:
+        """Refuse (ModelError) a bundle that undistorts with a camera calibration that
+        a station does not have, or on a station that crops frames first."""
+        m = bundle.manifest
+        wanted = m.preprocess.undistort_calibration
+        if wanted is None:
+            return
+        stations = self._stations or {"(unnamed)": StationOptics()}
+        for name, optics in sorted(stations.items()):
+            check_station_camera(wanted, optics.camera, f"bundle {version_id(m)} on station {name}")
+            if optics.crops:
+                raise ModelError(
+                    f"bundle {version_id(m)} undistorts whole frames but station {name} crops "
+                    "them first (roi_xywh / calibration.roi_mm_xywh): remove the station ROI "
+                    "and crop in the bundle's preprocess.roi_xywh")
 
     def load(
         self,
@@ -295,6 +332,7 @@ class Engine:
                 bundle.model_path, wanted, self.cfg.threads(), self.cfg.inter_op_threads
             )
             check_model_io(detector, m)
+            self.check_stations(bundle)
             if verify:
                 report = verify_golden(bundle, detector)
                 logger.info("%s: golden set reproduces (%d images, %d detections)",

@@ -2,7 +2,9 @@
 
 A part `fail`s when at least one detection scores above its class's threshold (the
 bundle's `postprocess.score_threshold`, overridden per class by
-`class_score_thresholds`), `pass`es otherwise, and is `uninspected` (with the reason)
+`class_score_thresholds`) and, where the station has a scale and a minimum defect
+size for its class (`calibration.station.DefectSizing`), its box's longer side
+reaches that size in mm; it `pass`es otherwise, and is `uninspected` (with the reason)
 when it got no real inference: dropped at capture, engine failure, no model, deadline
 missed, shutdown. The line treats `uninspected` as a reject; nothing here ever turns a
 missing result into a `pass`.
@@ -18,6 +20,7 @@ import numpy.typing as npt
 
 from appliance.capture import Frame
 from appliance.records import DefectRecord, InspectionRecord, UninspectedReason, Verdict
+from calibration.station import DefectSizing
 from models.manifest import Manifest
 from models.postprocess import Detections
 
@@ -36,16 +39,24 @@ class Judge:
         return cls(classes, manifest.postprocess.threshold_for(classes))
 
     def defects(
-        self, detections: Detections, offset_xy: tuple[float, float] = (0.0, 0.0)
+        self,
+        detections: Detections,
+        offset_xy: tuple[float, float] = (0.0, 0.0),
+        sizing: DefectSizing | None = None,
     ) -> tuple[DefectRecord, ...]:
-        """The detections that count as defects (score > their class threshold), highest
-        score first, boxes xyxy shifted by `offset_xy` (the station ROI origin) into
-        full-frame pixels."""
+        """The detections that count as defects (score > their class threshold and, with
+        `sizing`, at least their class's minimum size in mm), highest score first, boxes
+        xyxy shifted by `offset_xy` (the station ROI origin) into full-frame pixels, with
+        their size in mm when `sizing` is given."""
         if len(detections) == 0:
             return ()
         class_ids = detections.class_ids
         scores = detections.scores
         keep = scores > self.thresholds[class_ids]
+        sizes = None
+        if sizing is not None:
+            sizes = sizing.sizes_mm(detections.boxes_xyxy)
+            keep &= sizing.large_enough(sizes, [self.classes[int(c)] for c in class_ids])
         if not keep.any():
             return ()
         boxes = detections.boxes_xyxy[keep].astype(np.float64)
@@ -58,15 +69,21 @@ class Judge:
                 class_name=self.classes[int(c)],
                 score=min(1.0, max(0.0, float(s))),
                 box_xyxy=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+                size_mm_wh=None if mm is None else (float(mm[0]), float(mm[1])),
             )
-            for c, s, b in zip(class_ids[keep], scores[keep], boxes, strict=True)
+            for c, s, b, mm in zip(class_ids[keep], scores[keep], boxes,
+                                   sizes[keep] if sizes is not None else [None] * len(boxes),
+                                   strict=True)
         )
 
     def verdict(
-        self, detections: Detections, offset_xy: tuple[float, float] = (0.0, 0.0)
+        self,
+        detections: Detections,
+        offset_xy: tuple[float, float] = (0.0, 0.0),
+        sizing: DefectSizing | None = None,
     ) -> tuple[Verdict, tuple[DefectRecord, ...]]:
         """("fail", defects) if any detection is a defect, else ("pass", ())."""
-        found = self.defects(detections, offset_xy)
+        found = self.defects(detections, offset_xy, sizing)
         return ("fail" if found else "pass"), found
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from appliance.errors import EngineError
 from appliance.pipeline.cpu import CpuMeter, thread_cpu_s
@@ -32,6 +32,7 @@ from appliance.pipeline.thresholds import ThresholdOverrides
 from appliance.pipeline.verdicts import VerdictBook
 from appliance.records import InspectionRecord
 from appliance.records import UninspectedReason as Reason
+from calibration.station import DefectSizing
 from models.postprocess import Detections
 
 logger = logging.getLogger(__name__)
@@ -54,9 +55,11 @@ class PostprocessStage:
         cpu: CpuMeter,
         clock: Callable[[], float] = time.time,
         thresholds: ThresholdOverrides | None = None,
+        sizing: Mapping[str, DefectSizing] | None = None,
     ) -> None:
         self.inbox = inbox
         self._thresholds = thresholds
+        self._sizing = dict(sizing or {})  # station name -> its defect-size rule
         self._cpu = cpu
         self._book = book
         self._health = health
@@ -144,7 +147,8 @@ class PostprocessStage:
         post_ms = (time.perf_counter() - b.infer_done_t) * 1000.0
         records = []
         for job, arrival, found in zip(b.jobs, b.arrivals, detections, strict=True):
-            verdict, defects = judge.verdict(found, job.offset_xy)
+            verdict, defects = judge.verdict(found, job.offset_xy,
+                                             self._sizing.get(job.frame.station))
             start = max(arrival, b.ready_t)
             records.append(inspected_record(
                 job.frame, verdict, defects, judged_at=judged_at,

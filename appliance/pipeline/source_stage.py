@@ -43,6 +43,7 @@ from appliance.pipeline.job import Job
 from appliance.pipeline.verdicts import VerdictBook
 from appliance.records import Severity
 from appliance.records import UninspectedReason as Reason
+from calibration.station import DefectSizing
 from protocol.backoff import BackoffConfig
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class Station:
     """Frames narrower or lower than this (pixels) are `uninspected: wrong_size`."""
     frame_wh: tuple[int, int] | None = None
     """The (width, height) the camera delivers; other sizes are `wrong_size`."""
+    sizing: DefectSizing | None = None
+    """Defect sizes in mm and the minimum size per class (a calibrated station)."""
 
 
 def crop_to_roi(

@@ -25,8 +25,8 @@ INSERT_INSPECTION = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_DEFECT = (
-    "INSERT INTO defects (inspection_id, class_id, class_name, score, x1_px, y1_px, x2_px, y2_px)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO defects (inspection_id, class_id, class_name, score, x1_px, y1_px, x2_px, y2_px,"
+    " width_mm, height_mm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_EVENT = (
     "INSERT INTO events (at, kind, severity, source, message, data) VALUES (?, ?, ?, ?, ?, ?)"

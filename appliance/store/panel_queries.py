@@ -177,10 +177,12 @@ def frame_detail(conn: sqlite3.Connection, images_dir: Path, frame_id: str) -> F
         (frame_id,)).fetchone()
     if row is None:
         return None
-    defects = [DefectRow(class_id=c, class_name=n, score=s, box_xyxy=(x1, y1, x2, y2))
-               for c, n, s, x1, y1, x2, y2 in conn.execute(
-                   "SELECT class_id, class_name, score, x1_px, y1_px, x2_px, y2_px"
-                   " FROM defects WHERE inspection_id = ? ORDER BY id", (row[0],))]
+    defects = [DefectRow(class_id=c, class_name=n, score=s, box_xyxy=(x1, y1, x2, y2),
+                         size_mm_wh=None if w_mm is None else (w_mm, h_mm))
+               for c, n, s, x1, y1, x2, y2, w_mm, h_mm in conn.execute(
+                   "SELECT class_id, class_name, score, x1_px, y1_px, x2_px, y2_px,"
+                   " width_mm, height_mm FROM defects WHERE inspection_id = ? ORDER BY id",
+                   (row[0],))]
     image = conn.execute(
         "SELECT path FROM images WHERE frame_id = ? AND deleted_at IS NULL"
         " ORDER BY id DESC LIMIT 1", (frame_id,)).fetchone()

@@ -23,6 +23,7 @@ class DefectRow(TypedDict):
     class_name: str
     score: float
     box_xyxy: tuple[float, float, float, float]  # original frame pixels
+    size_mm_wh: tuple[float, float] | None  # on the part plane; None: station not calibrated
 
 
 class FailureRow(TypedDict):
@@ -167,13 +168,14 @@ def recent_failures(
     ids = [r[0] for r in rows]
     marks = ",".join("?" * len(ids))
     defects: dict[int, list[DefectRow]] = {i: [] for i in ids}
-    for iid, cid, name, score, x1, y1, x2, y2 in conn.execute(
-        "SELECT inspection_id, class_id, class_name, score, x1_px, y1_px, x2_px, y2_px"
-        f" FROM defects WHERE inspection_id IN ({marks}) ORDER BY id",
+    for iid, cid, name, score, x1, y1, x2, y2, mm_w, mm_h in conn.execute(
+        "SELECT inspection_id, class_id, class_name, score, x1_px, y1_px, x2_px, y2_px,"
+        f" width_mm, height_mm FROM defects WHERE inspection_id IN ({marks}) ORDER BY id",
         ids,
     ):
         defects[iid].append(
-            DefectRow(class_id=cid, class_name=name, score=score, box_xyxy=(x1, y1, x2, y2))
+            DefectRow(class_id=cid, class_name=name, score=score, box_xyxy=(x1, y1, x2, y2),
+                      size_mm_wh=None if mm_w is None else (mm_w, mm_h))
         )
     frame_ids = [r[1] for r in rows]
     images: dict[str, tuple[str, str | None]] = {

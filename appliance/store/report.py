@@ -158,10 +158,11 @@ def find_inspections(
     for (iid, frame_id, station, part_id, captured, judged, verdict, reason, model,
          total_ms) in rows:
         defects = [
-            DefectRow(class_id=cid, class_name=name, score=score, box_xyxy=(x1, y1, x2, y2))
-            for cid, name, score, x1, y1, x2, y2 in conn.execute(
-                "SELECT class_id, class_name, score, x1_px, y1_px, x2_px, y2_px FROM defects"
-                " WHERE inspection_id = ? ORDER BY id", (iid,))
+            DefectRow(class_id=cid, class_name=name, score=score, box_xyxy=(x1, y1, x2, y2),
+                      size_mm_wh=None if mm_w is None else (mm_w, mm_h))
+            for cid, name, score, x1, y1, x2, y2, mm_w, mm_h in conn.execute(
+                "SELECT class_id, class_name, score, x1_px, y1_px, x2_px, y2_px, width_mm,"
+                " height_mm FROM defects WHERE inspection_id = ? ORDER BY id", (iid,))
         ]
         image = conn.execute(
             "SELECT path, annotated_path FROM images WHERE frame_id = ? AND deleted_at IS NULL"

@@ -287,11 +287,13 @@ class Store:
             len(record.defects),
             frame_seq(record.frame_id, record.station),
         )
-        defects: list[tuple[int, str, float, float, float, float, float]] = []
+        defects: list[tuple[int, str, float, float, float, float, float, float | None,
+                            float | None]] = []
         for d in record.defects:  # a loop: measurably cheaper than a generator here
             x1, y1, x2, y2 = d.box_xyxy
+            mm_w, mm_h = d.size_mm_wh if d.size_mm_wh is not None else (None, None)
             defects.append((int(d.class_id), d.class_name, float(d.score),
-                            float(x1), float(y1), float(x2), float(y2)))
+                            float(x1), float(y1), float(x2), float(y2), mm_w, mm_h))
         self._writer.put((INSPECTION, (row, defects)))
         if record.image_bgr is not None:
             self._keeper.offer(record.frame_id, record.verdict, record.image_bgr,

@@ -13,7 +13,7 @@ from typing import Literal
 
 from appliance.records import DefectRecord, InspectionRecord
 from appliance.telemetry.metrics import Gauges, clean_class_name, is_name, wire_sources
-from protocol import DefectEvent, Detection, ModelRef, StatusMessage
+from protocol import DefectEvent, ModelRef, SizedDetection, StatusMessage
 from protocol.status import OfflineReason
 
 _MAX_DETECTIONS = 1000
@@ -112,12 +112,13 @@ def defect_event(
         model=model,
         image_size_wh=(min(_MAX_PIXELS, max(1, size[0])), min(_MAX_PIXELS, max(1, size[1]))),
         defects=[
-            Detection(
+            SizedDetection(
                 class_id=int(d.class_id),
                 class_name=clean_class_name(d.class_name),
                 score=min(1.0, max(0.0, float(d.score))),
                 box_xyxy=(float(d.box_xyxy[0]), float(d.box_xyxy[1]), float(d.box_xyxy[2]),
                           float(d.box_xyxy[3])),
+                size_mm_wh=d.size_mm_wh,
             )
             for d in best
         ],

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from protocol.cliargs import HelpFormatter, comma_list
-from protocol.logsetup import LOG_FORMATS, LOG_LEVELS
 
 if TYPE_CHECKING:
     from cloud.config import CloudConfig
@@ -46,7 +45,6 @@ def add_commands(command: Command) -> None:
         p.add_argument("--config", type=Path,
                        help="cloud YAML config (database, datasets.root); default: the "
                        "built-in defaults, relative to the working directory")
-        _logging_after_subcommand(p)
         return p
 
     im = sc("import", "import an Ultralytics YOLO dataset as a new version")
@@ -106,17 +104,6 @@ def add_commands(command: Command) -> None:
                          "replaces the line's earlier token)", formatter_class=HelpFormatter)
     tk.add_argument("line", type=site_line, metavar="SITE/LINE", help="the line")
     tk.add_argument("--config", type=Path, help="cloud YAML config (database)")
-    _logging_after_subcommand(tk)
-
-
-def _logging_after_subcommand(parser: argparse.ArgumentParser) -> None:
-    # `lineguard cloud` adds --log-level/--log-format to `dataset` and `line`; these let
-    # them follow the nested subcommand too. SUPPRESS: not given, they leave the
-    # parent's value alone (a nested parser's default would overwrite it).
-    parser.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS,
-                        help="least severe log messages shown (default: info)")
-    parser.add_argument("--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS,
-                        help="log lines as text or JSON (default: text)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,11 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from cloud.db import DatabaseConfig, current_revisions, open_engine, upgrade
-from cloud.db.migrate import head_revisions
-from cloud.errors import CloudError, ConfigError
+from cloud.db import open_database as open_cloud_database
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -19,29 +16,10 @@ if TYPE_CHECKING:
     from cloud.datasets.index import DatasetIndex
 
 
-def database_config(cfg: CloudConfig) -> DatabaseConfig:
-    """The config's `database:` section."""
-    return cfg.database
-
-
 def open_database(cfg: CloudConfig) -> Engine:
-    """An engine on the cloud database, migrated to this build's schema if
-    `migrate_on_start`; otherwise ConfigError when it is behind."""
-    db = database_config(cfg)
-    engine = open_engine(db)
-    try:
-        if db.migrate_on_start:
-            upgrade(engine, db)
-        elif not current_revisions(engine) >= head_revisions():
-            raise ConfigError("the cloud database needs migrating: run `lineguard cloud db "
-                              "upgrade` (database.migrate_on_start is off)")
-    except SQLAlchemyError as e:
-        engine.dispose()
-        raise CloudError(f"cannot open the cloud database: {str(e).splitlines()[0]}") from e
-    except CloudError:
-        engine.dispose()
-        raise
-    return engine
+    """An engine on the config's cloud database (cloud.db.open_database: migrated per
+    `database.migrate_on_start`). Raises a CloudError."""
+    return open_cloud_database(cfg.database)
 
 
 def open_index(cfg: CloudConfig, engine: Engine | None = None) -> DatasetIndex:

@@ -14,10 +14,12 @@ Upserts go through `insert_for` (the dialect's INSERT ... ON CONFLICT).
 from cloud.db.config import DatabaseConfig
 from cloud.db.engine import open_engine, read_connection
 from cloud.db.migrate import (
+    DatabaseUnavailable,
     MigrationError,
     current_revisions,
     ensure_schema,
     head_revisions,
+    open_database,
     pending_revisions,
     upgrade,
 )
@@ -25,11 +27,13 @@ from cloud.db.upsert import insert_for
 
 __all__ = [
     "DatabaseConfig",
+    "DatabaseUnavailable",
     "MigrationError",
     "current_revisions",
     "ensure_schema",
     "head_revisions",
     "insert_for",
+    "open_database",
     "open_engine",
     "pending_revisions",
     "read_connection",

@@ -174,3 +174,32 @@ def _backup_sqlite(config: DatabaseConfig, current: set[str]) -> None:
     finally:
         source.close()
     logger.info("backed up %s to %s before migrating", path, backup)
+
+
+class DatabaseUnavailable(CloudError):
+    """The cloud database cannot be reached or opened."""
+
+
+def open_database(config: DatabaseConfig) -> Engine:
+    """The one way a cloud process opens the database: an Engine on `config.url`, its
+    schema brought up to date (`ensure_schema`: migrated when `migrate_on_start`, else
+    refused while behind). The caller disposes of it.
+
+    Raises MigrationError (schema behind or newer than this build) or DatabaseUnavailable
+    (cannot connect: the message names the database, never its password)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cloud.db.engine import open_engine
+
+    engine = open_engine(config)
+    try:
+        ensure_schema(engine, config)
+    except SQLAlchemyError as e:
+        engine.dispose()
+        where = make_url(config.url).render_as_string(hide_password=True)
+        raise DatabaseUnavailable(
+            f"cannot open the cloud database {where}: {str(e).splitlines()[0]}") from e
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine

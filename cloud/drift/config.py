@@ -26,7 +26,7 @@ class DriftConfig(BaseModel):
     # Monitors with the same group split the lines' drift windows (shared subscription).
     group: str = Field("drift", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     # Target false-alarm rate: the probability of an alarm within 10,000 no-drift frames.
-    false_alarms_per_10k: float = Field(0.3, gt=0.0, lt=1.0)
+    false_alarms_per_10k: float = Field(0.1, gt=0.0, lt=1.0)
     # MCUSUM allowance (in whitened units per window): larger ignores smaller shifts.
     allowance: float = Field(2.0, gt=0.0, le=50.0)
     # Block bootstrap: replicates and block length (frames) for the threshold.

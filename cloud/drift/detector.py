@@ -15,8 +15,8 @@ Invariants:
   z = sqrt(n) W (mean - mu); on an alarm the onset is the most likely change point
   over the last `history_windows` windows (`change_point`), and the alarm is only an
   alert once the MMD test between reference frames and the frames sampled since that
-  onset gives
-  p <= `mmd_alpha` (p counts the observed statistic: (1 + #{perm >= obs}) / (1 + P));
+  onset gives p <= `mmd_alpha` (p counts the observed statistic:
+  (1 + #{perm >= obs}) / (1 + P));
 - after an alert the detector is latched: it raises nothing more until `reset()`.
 """
 
@@ -28,13 +28,15 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from cloud.errors import CloudError
+
 F64 = npt.NDArray[np.float64]
 
 FRAMES_PER_RATE: Final = 10_000
 _SAMPLED_WINDOWS: Final = 16
 
 
-class DetectorError(ValueError):
+class DetectorError(CloudError, ValueError):
     """A reference or window the detector cannot use (named in the message)."""
 
 
@@ -42,7 +44,7 @@ class DetectorError(ValueError):
 class DetectorConfig:
     """Tuning of the detector (the cloud's `drift:` config section holds the same keys)."""
 
-    false_alarms_per_10k: float = 0.3
+    false_alarms_per_10k: float = 0.1
     allowance: float = 2.0
     bootstrap_replicates: int = 200
     block_frames: int = 10
@@ -65,16 +67,18 @@ class Window:
     samples: F64  # [k, D], k >= 0
     first_frame: int = 0  # frame id (or stream position) of the window's first frame
     end_frame: int = 0  # ... and of the frame after its last
+    detections: float | None = None  # mean detections per frame (the output channel)
 
     @staticmethod
     def of(frames: npt.NDArray[np.floating], sample_k: int, rng: np.random.Generator,
-           end_frame: int = 0) -> Window:
-        """A window from raw frame signals [n, D] with `sample_k` frames sampled, ending
-        before stream position `end_frame`."""
+           end_frame: int = 0, detections: npt.NDArray[np.floating] | None = None) -> Window:
+        """A window from raw frame signals [n, D] (and detections per frame [n]) with
+        `sample_k` frames sampled, ending before stream position `end_frame`."""
         x = np.asarray(frames, np.float64)
         k = min(sample_k, len(x))
         idx = np.sort(rng.choice(len(x), size=k, replace=False)) if k else np.zeros(0, int)
-        return Window(len(x), x.sum(axis=0), x[idx], end_frame - len(x), end_frame)
+        det = None if detections is None else float(np.mean(detections))
+        return Window(len(x), x.sum(axis=0), x[idx], end_frame - len(x), end_frame, det)
 
     @property
     def mean(self) -> F64:
@@ -91,7 +95,18 @@ class Baseline:
     whitener: F64
     threshold: float
     window_frames: int
-    reference: F64  # reference frames used by the MMD test [m, D]
+    reference: F64  # reference frames used by the MMD test [m, D] (adjusted, see beta)
+    # How the signals move with the detections per frame in the reference (a change in
+    # the defect rate is not image drift): window means are adjusted by
+    # beta * (detections - det_mean) before they are compared. None: not adjusted.
+    beta: F64 | None = None
+    det_mean: float = 0.0
+
+    def adjust(self, mean: F64, detections: float | None) -> F64:
+        """A window's mean signals as if its defect rate were the reference's."""
+        if self.beta is None or detections is None:
+            return mean
+        return np.asarray(mean - self.beta * (detections - self.det_mean), np.float64)
 
 
 @dataclass(frozen=True)
@@ -146,8 +161,11 @@ def mcusum_path(z: F64, allowance: float, start: F64 | None = None) -> tuple[F64
 
 
 def build_baseline(reference: npt.NDArray[np.floating], names: tuple[str, ...],
-                   window_frames: int, config: DetectorConfig, seed: int = 0) -> Baseline:
-    """Calibrate a baseline from reference frames [m, D] in capture order.
+                   window_frames: int, config: DetectorConfig, seed: int = 0,
+                   detections: npt.NDArray[np.floating] | None = None) -> Baseline:
+    """Calibrate a baseline from reference frames [m, D] in capture order, and their
+    detections per frame [m] when known (then the signals' dependence on the defect
+    rate is regressed out).
 
     Raises DetectorError for too few frames (< 4 windows or < 50), a width that does
     not match `names`, or non-finite values."""
@@ -162,6 +180,16 @@ def build_baseline(reference: npt.NDArray[np.floating], names: tuple[str, ...],
     if window_frames < 1:
         raise DetectorError("window_frames must be >= 1")
     rng = np.random.default_rng(seed)
+    beta, det_mean = None, 0.0
+    if detections is not None:
+        d = np.asarray(detections, np.float64).reshape(-1)
+        if d.shape != (len(ref),) or not np.isfinite(d).all():
+            raise DetectorError(f"detections have shape {d.shape}; expected [{len(ref)}]")
+        det_mean = float(d.mean())
+        spread = float(((d - det_mean) ** 2).sum())
+        if spread > 0:
+            beta = ((ref - ref.mean(axis=0)).T @ (d - det_mean)) / spread
+            ref = ref - np.outer(d - det_mean, beta)
     mu = ref.mean(axis=0)
     w = _inv_sqrt(_shrunk_cov(ref, config.shrinkage))
     n_windows = -(-FRAMES_PER_RATE // window_frames)
@@ -174,7 +202,8 @@ def build_baseline(reference: npt.NDArray[np.floating], names: tuple[str, ...],
         maxima[r] = mcusum_path(z, config.allowance)[0].max()
     h = float(np.quantile(maxima, 1.0 - config.false_alarms_per_10k))
     pick = rng.choice(len(ref), size=min(config.mmd_reference_frames, len(ref)), replace=False)
-    return Baseline(names, mu, ref.std(axis=0) + 1e-6, w, h, window_frames, ref[np.sort(pick)])
+    return Baseline(names, mu, ref.std(axis=0) + 1e-6, w, h, window_frames, ref[np.sort(pick)],
+                    beta, det_mean)
 
 
 def mmd_test(x: F64, y: F64, permutations: int, rng: np.random.Generator) -> tuple[float, float]:
@@ -262,12 +291,15 @@ class DriftDetector:
         if window.frames == 0:
             return None
         st.frames_seen += window.frames
-        z = (window.mean - b.mean) @ b.whitener.T * np.sqrt(window.frames)
+        mean = b.adjust(window.mean, window.detections)
+        z = (mean - b.mean) @ b.whitener.T * np.sqrt(window.frames)
         stats, st.accumulator = mcusum_path(z[None, :], cfg.allowance, st.accumulator)
         st.last_statistic = float(stats[0])
+        samples = np.asarray(window.samples, np.float64)
+        if len(samples):
+            samples = samples + (mean - window.mean)
         st.history.append(WindowRecord(window.first_frame, window.end_frame, window.frames,
-                                       np.asarray(window.sums, np.float64), z,
-                                       np.asarray(window.samples, np.float64)))
+                                       mean * window.frames, z, samples))
         del st.history[:-cfg.history_windows]
         if len(st.history) > _SAMPLED_WINDOWS:  # the MMD test uses the latest samples only
             old = st.history[-_SAMPLED_WINDOWS - 1]

@@ -59,6 +59,7 @@ logger = logging.getLogger(__name__)
 
 ReferenceSource = Callable[[ModelRef], DriftReference | None]
 PublishAlert = Callable[[AlertCommand], bool]
+# The retraining hook (cloud/retrain: `RetrainQueue.request_retrain("site/line", reason)`).
 RequestRetrain = Callable[[str, str], object]
 NO_STATION = "-"
 
@@ -140,7 +141,7 @@ class DriftMonitor:
         if ref is not None and sketch.image is not None and ref.names == sketch.image.names:
             try:
                 base = build_baseline(ref.matrix(), tuple(ref.names), sketch.frame_count,
-                                      self._detector_cfg)
+                                      self._detector_cfg, detections=ref.detections_array())
             except DetectorError as e:
                 logger.warning("drift: bundle reference of %s v%d unusable (%s); using the "
                                "line's first frames", model.name, model.version, e)
@@ -172,9 +173,12 @@ class DriftMonitor:
         seed = int(hashlib.sha256(repr(key).encode()).hexdigest()[:8], 16)
         det = DriftDetector(baseline, self._detector_cfg, seed=seed + sketch.last_frame_id,
                             state=persist.state_from_json(row.state_json))
+        out = sketch.output
+        detections = out.sums[0] / sketch.frame_count \
+            if out is not None and out.names[0] == "detections" else None
         window = Window(sketch.frame_count, np.asarray(image.sums, np.float64),
                         np.asarray(image.samples, np.float64).reshape(-1, len(image.names)),
-                        sketch.first_frame_id, sketch.last_frame_id + 1)
+                        sketch.first_frame_id, sketch.last_frame_id + 1, detections)
         fired = det.update(window)
         new = DetectorRow(row.reference_source, row.reference_frames, row.baseline_json,
                           persist.state_to_json(det.state))
@@ -237,7 +241,8 @@ class DriftMonitor:
         retrain = False
         if self._request_retrain is not None and self._cfg.request_retrain:
             try:
-                self._request_retrain(alert.line, f"drift alert {alert.alert_id}: {text}")
+                self._request_retrain(f"{alert.site}/{alert.line}",
+                                      f"drift alert {alert.alert_id}: {text}")
                 retrain = True
             except Exception:  # the hook is another component's: log, never lose the alert
                 logger.exception("drift: request_retrain failed for %s", alert.alert_id)

@@ -17,6 +17,7 @@ from typing import Final, cast
 
 from protocol import (
     DefectEvent,
+    DefectEventV1,
     DriftSketch,
     DriftSketchV2,
     LatencyStage,
@@ -131,7 +132,7 @@ def rows_for(item: Received, stored_at_ms: int) -> MessageRows:
             e2e.p99_ms if e2e else None, m.engine_provider, *_model_cols(m.model)[:2],
             m.outbox.depth if m.outbox else None, text,
         )
-    elif isinstance(m, DefectEvent):
+    elif isinstance(m, DefectEvent | DefectEventV1):
         rows.defect_event = (
             *head, to_ms(m.captured_at), m.part_id, m.frame_id, m.station, m.model.name,
             m.model.version, m.model.label, m.image_size_wh[0], m.image_size_wh[1],

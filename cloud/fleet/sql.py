@@ -107,12 +107,16 @@ class Compiled:
 
     def run_rows(self, conn: Connection, table: Table, rows: Sequence[Row]) -> None:
         """Execute for `rows` of `table` (tuples in its column order)."""
+        self.run_tuples(conn, tuple(table.c.keys()), rows)
+
+    def run_tuples(self, conn: Connection, keys: Sequence[str], rows: Sequence[Row]) -> None:
+        """Execute for `rows`: tuples of the parameters named by `keys`, in that order."""
         if not rows:
             return
-        if self.order is not None and self.order == tuple(table.c.keys()):
-            self._executemany(conn, rows)  # positional, same order
+        if self.order is not None and self.order == tuple(keys):
+            self._executemany(conn, rows)  # positional, same order: as they are
         else:
-            self.run(conn, row_params(table, rows))
+            self.run(conn, [dict(zip(keys, row, strict=True)) for row in rows])
 
 
 def _cursor(conn: Connection) -> Any:
@@ -121,6 +125,9 @@ def _cursor(conn: Connection) -> Any:
         raise RuntimeError("the connection is closed")
     return dbapi_connection.cursor()
 
+
+# Ids per msg_id lookup: a power of two, well under SQLite's 32766 bound parameters.
+KNOWN_IDS_MAX: Final = 512
 
 KIND_TABLES: Final = (status_events, metrics, defect_events, defects, drift_sketches,
                       model_reports)
@@ -205,15 +212,20 @@ class Writes:
 
 
     def known_ids(self, conn: Connection, ids: Sequence[str]) -> list[tuple[Any, ...]]:
-        """(msg_id, content digest) of those of `ids` already stored. One compiled
-        statement per list length (the caller bounds the length)."""
-        known = self._known.get(len(ids))
+        """(msg_id, content digest) of those of `ids` (at most KNOWN_IDS_MAX, at least
+        one) already stored. The list is padded with its last id to a power of two, so
+        a handful of statements are ever compiled."""
+        size = max(16, 1 << (len(ids) - 1).bit_length())
+        if size > KNOWN_IDS_MAX:
+            raise ValueError(f"at most {KNOWN_IDS_MAX} ids per lookup")
+        known = self._known.get(size)
         if known is None:
-            params = [bindparam(f"id{i}", type_=Text) for i in range(len(ids))]
-            known = self._known[len(ids)] = Compiled(
+            params = [bindparam(f"id{i}", type_=Text) for i in range(size)]
+            known = self._known[size] = Compiled(
                 select(messages.c.msg_id, messages.c.content_sha256)
                 .where(messages.c.msg_id.in_(params)), self._dialect)
-        return known.fetch(conn, {f"id{i}": msg_id for i, msg_id in enumerate(ids)})
+        padded = [*ids, *([ids[-1]] * (size - len(ids)))]
+        return known.fetch(conn, {f"id{i}": msg_id for i, msg_id in enumerate(padded)})
 
 
 # ---- reads

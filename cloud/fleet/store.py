@@ -70,8 +70,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Ids per `IN (...)` lookup: well under SQLite's 32766 bound parameters.
-_IN_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,8 +261,8 @@ class FleetStore:
     def _known_ids(self, conn: Connection, ids: list[str]) -> dict[str, object]:
         """msg_id -> stored content digest (None for rows stored before the digest)."""
         known: dict[str, object] = {}
-        for start in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[start:start + _IN_CHUNK]
+        for start in range(0, len(ids), sql.KNOWN_IDS_MAX):
+            chunk = ids[start:start + sql.KNOWN_IDS_MAX]
             known.update((row[0], row[1]) for row in self._writes.known_ids(conn, chunk))
         return known
 
@@ -287,10 +285,8 @@ class FleetStore:
         # Oldest first, so that within a batch the newest state is written last.
         statuses = sorted(filter(None, map(status_update, new)), key=lambda s: s[0])
         models = sorted(filter(None, map(model_update, new)), key=lambda s: s[0])
-        self._writes.update_status.run(
-            conn, [dict(zip(sql.STATUS_KEYS, p, strict=True)) for _, p in statuses])
-        self._writes.update_model.run(
-            conn, [dict(zip(sql.MODEL_KEYS, p, strict=True)) for _, p in models])
+        self._writes.update_status.run_tuples(conn, sql.STATUS_KEYS, [p for _, p in statuses])
+        self._writes.update_model.run_tuples(conn, sql.MODEL_KEYS, [p for _, p in models])
 
     @staticmethod
     def _increments(

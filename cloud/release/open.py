@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from cloud.db import DatabaseConfig, current_revisions, open_engine, upgrade
-from cloud.db.migrate import head_revisions
+from cloud.db import DatabaseConfig
+from cloud.db import open_database as open_cloud_database
+from cloud.errors import CloudError
 from cloud.release.config import ReleaseConfig
 from cloud.release.errors import ReleaseError
 from cloud.release.keys import SignerPool, read_signers_file
@@ -32,18 +32,11 @@ def open_repository(config: ReleaseConfig) -> Repository:
 
 
 def open_database(database: DatabaseConfig) -> Engine:
-    """The cloud database, migrated when `migrate_on_start`. Raises ReleaseError."""
-    engine = open_engine(database)
+    """The cloud database (cloud.db.open_database). Raises ReleaseError."""
     try:
-        if database.migrate_on_start:
-            upgrade(engine, database)
-        elif not current_revisions(engine) >= head_revisions():
-            raise ReleaseError("the cloud database is not migrated; run "
-                               "`lineguard cloud db upgrade` first")
-    except SQLAlchemyError as e:
-        engine.dispose()
-        raise ReleaseError(f"cannot open the cloud database: {e}") from e
-    return engine
+        return open_cloud_database(database)
+    except CloudError as e:
+        raise ReleaseError(str(e)) from e
 
 
 @dataclass

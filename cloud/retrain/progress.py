@@ -7,9 +7,12 @@ validation metrics.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 def _duration(seconds: float) -> str:
@@ -33,19 +36,45 @@ def epoch_callback(say: Callable[[str], None],
                    clock: Callable[[], float] = time.monotonic) -> Callable[[Any], None]:
     """An `on_fit_epoch_end` callback that reports each epoch through `say`."""
     start = clock()
+    reported: set[int] = set()
 
     def on_fit_epoch_end(trainer: Any) -> None:
-        names = [str(n).removesuffix("_loss") for n in getattr(trainer, "loss_names", ())]
-        tloss = getattr(trainer, "tloss", None)
-        if isinstance(tloss, dict):  # newer Ultralytics: {loss name: mean} per epoch
-            names = [str(n).removesuffix("_loss") for n in tloss]
-            values = [float(v) for v in tloss.values()]
-        else:
-            values = [float(v) for v in tloss.reshape(-1)] if tloss is not None else []
-        metrics = getattr(trainer, "metrics", None) or {}
-        map50 = metrics.get("metrics/mAP50(B)")
-        say(epoch_line(int(trainer.epoch) + 1, int(trainer.epochs), clock() - start,
-                       dict(zip(names, values, strict=False)),
-                       float(map50) if map50 is not None else None))
+        try:
+            epoch, total = int(trainer.epoch) + 1, int(trainer.epochs)
+            if epoch in reported or epoch > total:
+                # Ultralytics fires the event once more for its final validation of the
+                # best weights.
+                map50 = _map50(trainer)
+                if map50 is not None:
+                    say(f"best weights: val mAP50 {map50:.3f}")
+                return
+            reported.add(epoch)
+            line = epoch_line(epoch, total, clock() - start, _losses(trainer),
+                              _map50(trainer))
+        except (AttributeError, TypeError, ValueError) as e:
+            # A trainer of another Ultralytics version: lose the line, not the training.
+            logger.warning("no progress line for this epoch: %s", e)
+            return
+        say(line)
 
     return on_fit_epoch_end
+
+
+def _losses(trainer: Any) -> dict[str, float]:
+    """The epoch's mean losses: Ultralytics 8.4 keeps them as a dict of name -> tensor,
+    earlier versions as one tensor beside `loss_names`."""
+    tloss = getattr(trainer, "tloss", None)
+    if tloss is None:
+        return {}
+    if isinstance(tloss, Mapping):
+        items = [(str(k), float(v)) for k, v in tloss.items()]
+    else:
+        names = [str(n) for n in getattr(trainer, "loss_names", ())]
+        items = list(zip(names, (float(v) for v in tloss.reshape(-1)), strict=False))
+    return {name.removesuffix("_loss"): value for name, value in items}
+
+
+def _map50(trainer: Any) -> float | None:
+    metrics = getattr(trainer, "metrics", None) or {}
+    value = metrics.get("metrics/mAP50(B)")
+    return float(value) if value is not None else None

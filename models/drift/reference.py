@@ -43,13 +43,21 @@ class DriftReference(BaseModel):
     frames: list[list[Value]] = Field(min_length=1, max_length=MAX_REFERENCE_FRAMES)
     # Where the frames came from, for the record (e.g. "train+val of dataset 3f2a...").
     origin: str = Field("", max_length=200)
+    # Defects per frame (labelled boxes): lets the cloud tell a defect-rate change from
+    # image drift. None: unknown.
+    detections: list[Annotated[float, Field(ge=0.0, le=1e4)]] | None = None
 
     @model_validator(mode="after")
     def _shape(self) -> DriftReference:
         d = len(self.names)
         if any(len(row) != d for row in self.frames):
             raise ValueError(f"every frame must have {d} values")
+        if self.detections is not None and len(self.detections) != len(self.frames):
+            raise ValueError("detections must give one count per frame")
         return self
+
+    def detections_array(self) -> npt.NDArray[np.float64] | None:
+        return None if self.detections is None else np.asarray(self.detections, np.float64)
 
     def matrix(self) -> npt.NDArray[np.float64]:
         """The frames as a [m, D] float64 array."""
@@ -61,7 +69,8 @@ class DriftReference(BaseModel):
 
 
 def reference_from_signals(signals: npt.NDArray[np.floating], source: Literal["bundle", "line"],
-                           origin: str = "") -> DriftReference:
+                           origin: str = "", detections: npt.ArrayLike | None = None
+                           ) -> DriftReference:
     """A reference from frame signals [m, D] (at most MAX_REFERENCE_FRAMES kept, evenly
     spaced). Raises DriftReferenceError for another width or non-finite values."""
     x = np.asarray(signals, np.float64)
@@ -70,10 +79,16 @@ def reference_from_signals(signals: npt.NDArray[np.floating], source: Literal["b
             f"signals have shape {x.shape}; expected [m, {len(SIGNAL_NAMES)}]")
     if not np.isfinite(x).all():
         raise DriftReferenceError("signals hold non-finite values")
+    det = None if detections is None else np.asarray(detections, np.float64).reshape(-1)
+    if det is not None and det.shape != (len(x),):
+        raise DriftReferenceError(f"{len(det)} detection counts for {len(x)} frames")
     if len(x) > MAX_REFERENCE_FRAMES:
-        x = x[np.linspace(0, len(x) - 1, MAX_REFERENCE_FRAMES).astype(int)]
+        keep = np.linspace(0, len(x) - 1, MAX_REFERENCE_FRAMES).astype(int)
+        x = x[keep]
+        det = None if det is None else det[keep]
     rows = [[round(float(v), 5) for v in row] for row in x]
-    return DriftReference(source=source, names=list(SIGNAL_NAMES), frames=rows, origin=origin)
+    return DriftReference(source=source, names=list(SIGNAL_NAMES), frames=rows, origin=origin,
+                          detections=None if det is None else det.tolist())
 
 
 def reference_from_dataset(dataset: YoloDataset, spec: SignalSpec, splits: tuple[str, ...] = (
@@ -87,7 +102,7 @@ def reference_from_dataset(dataset: YoloDataset, spec: SignalSpec, splits: tuple
     paths = [p for split in splits if split in dataset.sources for p in dataset.images(split)]
     if len(paths) > max_frames:
         paths = [paths[i] for i in np.linspace(0, len(paths) - 1, max_frames).astype(int)]
-    rows = []
+    rows, counts = [], []
     for path in paths:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
@@ -99,10 +114,11 @@ def reference_from_dataset(dataset: YoloDataset, spec: SignalSpec, splits: tuple
                           (labels[:, 1] + labels[:, 3] / 2) * w,
                           (labels[:, 2] + labels[:, 4] / 2) * h], axis=1)
         rows.append(frame_signals(np.asarray(image, np.uint8), spec, boxes))
+        counts.append(float(len(labels)))
     if not rows:
         raise DriftReferenceError(f"none of {len(paths)} reference images could be read")
     origin = f"{'+'.join(splits)}: {len(rows)} frames"
-    return reference_from_signals(np.asarray(rows), "bundle", origin)
+    return reference_from_signals(np.asarray(rows), "bundle", origin, counts)
 
 
 def write_reference(reference: DriftReference, path: Path) -> Path:

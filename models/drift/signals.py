@@ -36,7 +36,7 @@ EMBED_DIMS: Final = 8
 EMBED_SEED: Final = 20260101
 # Detection boxes covering more of a region than this are not left out of it (too
 # little would be left to compare).
-MAX_EXCLUDED: Final = 0.95
+MAX_EXCLUDED: Final = 0.6
 
 _REGION_STATS: Final = ("mean_b", "mean_g", "mean_r", "std", "clip_lo", "clip_hi", "sharpness")
 SIGNAL_NAMES: Final[tuple[str, ...]] = (

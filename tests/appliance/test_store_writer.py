@@ -201,7 +201,8 @@ def test_numpy_scalars_are_stored_as_plain_numbers(tmp_path: Path) -> None:
         assert store.latency_percentiles("total", (50,)) == {50: 12.5}
         failures = store.recent_failures()
     assert failures[0]["defects"][0] == {
-        "class_id": 2, "class_name": "crack", "score": 0.75, "box_xyxy": (1.0, 2.0, 3.0, 4.0)
+        "class_id": 2, "class_name": "crack", "score": 0.75, "box_xyxy": (1.0, 2.0, 3.0, 4.0),
+        "size_mm_wh": None,
     }
 
 

@@ -20,11 +20,11 @@ from typing import Any
 
 from protocol import (
     DefectEvent,
-    Detection,
     Message,
     MetricsMessage,
     ModelRef,
     ModelReport,
+    SizedDetection,
     StatusMessage,
     new_msg_id,
     prepare,
@@ -60,7 +60,7 @@ def metrics(site: str = "plant1", line: str = "line-1", sent_at: datetime = T0,
 def defect(site: str = "plant1", line: str = "line-1", captured_at: datetime = T0,
            classes: tuple[str, ...] = ("scratches",), **update: object) -> DefectEvent:
     detections = [
-        Detection(class_id=i, class_name=name, score=0.9, box_xyxy=(1.0, 2.0, 30.0, 40.0))
+        SizedDetection(class_id=i, class_name=name, score=0.9, box_xyxy=(1.0, 2.0, 30.0, 40.0))
         for i, name in enumerate(classes)
     ]
     msg: DefectEvent = _fresh(

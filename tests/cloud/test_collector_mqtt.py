@@ -3,6 +3,7 @@ quarantine of generated junk, reconnect after a broker restart."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from datetime import UTC, datetime, timedelta
@@ -48,10 +49,10 @@ def started(cfg: CollectorConfig, store: FleetStore) -> Collector:
     return collector
 
 
-@pytest.fixture
-def rig(tmp_path, database_url):
+@contextlib.contextmanager
+def _rig(tmp_path, url: str):
     broker = start_broker(tmp_path, h.BROKER_CONF)
-    store = FleetStore(DatabaseConfig(url=database_url))
+    store = FleetStore(DatabaseConfig(url=url))
     probe = MqttProbe(broker.port, "line-sim")
     assert not probe.connect().is_failure
     try:
@@ -60,6 +61,21 @@ def rig(tmp_path, database_url):
         probe.close()
         store.close()
         broker.stop()
+
+
+@pytest.fixture
+def rig(tmp_path, database_url):
+    """Broker, store and probe, on SQLite and on PostgreSQL: for what the store does."""
+    with _rig(tmp_path, database_url) as parts:
+        yield parts
+
+
+@pytest.fixture
+def sqlite_rig(tmp_path):
+    """The same on SQLite only: for the MQTT session's behaviour (reconnects, acks,
+    retained state), which does not depend on the database (test time)."""
+    with _rig(tmp_path, h.sqlite_url(tmp_path / "fleet.db")) as parts:
+        yield parts
 
 
 def test_same_msg_id_twice_is_stored_once(rig):
@@ -138,8 +154,8 @@ def test_committed_but_unacked_messages_come_back_and_are_not_stored_twice(
         collector.stop()
 
 
-def test_reconnects_after_a_broker_restart(rig):
-    broker, store, probe = rig
+def test_reconnects_after_a_broker_restart(sqlite_rig):
+    broker, store, probe = sqlite_rig
     collector = started(collector_config(broker.port), store)
     try:
         probe.publish(*h.wire(h.metrics()))
@@ -157,8 +173,8 @@ def test_reconnects_after_a_broker_restart(rig):
         collector.stop()
 
 
-def test_oversized_payloads_are_quarantined_with_a_bounded_copy(rig):
-    broker, store, probe = rig
+def test_oversized_payloads_are_quarantined_with_a_bounded_copy(sqlite_rig):
+    broker, store, probe = sqlite_rig
     collector = started(collector_config(broker.port), store)
     try:
         topic = "lineguard/plant1/line-1/metrics"
@@ -261,8 +277,8 @@ def test_online_and_offline_come_from_status_and_the_last_will(rig):
         collector.stop()
 
 
-def test_retained_state_published_before_the_first_start_is_collected(rig):
-    broker, store, probe = rig
+def test_retained_state_published_before_the_first_start_is_collected(sqlite_rig):
+    broker, store, probe = sqlite_rig
     status = h.status(line="line-4")
     report = h.model_report(line="line-4", version=11)
     probe.publish(*h.wire(status), retain=True)
@@ -287,11 +303,11 @@ def test_retained_state_published_before_the_first_start_is_collected(rig):
         collector.stop()
 
 
-def test_an_orderly_stop_mid_stream_leaves_no_committed_message_unacknowledged(rig):
+def test_an_orderly_stop_mid_stream_leaves_no_committed_message_unacknowledged(sqlite_rig):
     """Messages still arriving while the collector stops must not cost it the acks it
     already sent (a socket closed with unread input is reset, and the broker drops what
     it had not read yet): a restart then gets back only what was never committed."""
-    broker, store, probe = rig
+    broker, store, probe = sqlite_rig
     cfg = collector_config(broker.port, "c-orderly")
     for round_ in range(3):
         collector = started(cfg, store)

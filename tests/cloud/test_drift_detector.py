@@ -95,3 +95,39 @@ def test_window_of_another_width_is_refused(baseline):
     det = DriftDetector(baseline, CFG)
     with pytest.raises(DetectorError, match="sums"):
         det.update(Window(20, np.zeros(3), np.zeros((0, 3))))
+
+
+def _with_defects(n: int, seed: int, rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """Frames whose image signals move with their number of defects (as when defects
+    darken and roughen the part), and those numbers."""
+    rng = np.random.default_rng(seed + 100)
+    d = rng.poisson(rate, n).astype(float)
+    x = frames(n, seed)
+    for name, per_defect in (("roi.std", 0.03), ("roi.sharpness", 0.04), ("emb2", -0.03)):
+        x[:, SIGNAL_NAMES.index(name)] += per_defect * d
+    return x, d
+
+
+def test_a_defect_rate_change_alone_raises_no_image_drift_alert():
+    ref, ref_d = _with_defects(1500, seed=11, rate=1.5)
+    adjusted = build_baseline(ref, SIGNAL_NAMES, N, CFG, seed=0, detections=ref_d)
+    naive = build_baseline(ref, SIGNAL_NAMES, N, CFG, seed=0)
+    x, d = _with_defects(3000, seed=12, rate=0.2)  # far fewer defective parts
+
+    def alerts(baseline, with_detections):
+        det, rng, found = DriftDetector(baseline, CFG, seed=1), np.random.default_rng(2), []
+        for end in range(N, len(x) + 1, N):
+            w = Window.of(x[end - N:end], 16, rng, end,
+                          detections=d[end - N:end] if with_detections else None)
+            if (a := det.update(w)) is not None:
+                found.append(a)
+        return found
+
+    assert alerts(adjusted, True) == []
+    assert len(alerts(naive, False)) == 1  # without the output channel it would be drift
+    # A real image drift at the new defect rate is still found.
+    y = x.copy()
+    y[1000:, SIGNAL_NAMES.index("bg.mean_g")] += 0.1
+    x[:] = y
+    found = alerts(adjusted, True)
+    assert len(found) == 1 and found[0].channels[0][0] == "bg.mean_g"

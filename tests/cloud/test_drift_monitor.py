@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy import Engine
 from starlette.exceptions import StarletteDeprecationWarning
 
-from cloud.config import FleetStoreConfig
 from cloud.db import DatabaseConfig, open_engine, upgrade
 from cloud.drift.config import DriftConfig
 from cloud.drift.monitor import DriftMonitor
@@ -78,7 +77,7 @@ def test_drift_from_line_reference_raises_one_alert(engine: Engine) -> None:
     cmd = rec.published[0]
     assert (cmd.site, cmd.line, cmd.code, cmd.station) == ("plant1", "line-3", "drift", "cam")
     assert cmd.channels[:2] and set(cmd.channels[:2]) == {"roi.std", "roi.hist3"}
-    assert len(rec.retrains) == 1 and rec.retrains[0][0] == "line-3"
+    assert len(rec.retrains) == 1 and rec.retrains[0][0] == "plant1/line-3"
     stored = DriftStore(mon.store.engine).alerts("plant1", "line-3")
     assert len(stored) == 1 and stored[0].published and stored[0].retrain_requested
     assert mon.counts["windows"] == 100
@@ -111,7 +110,7 @@ def test_bundle_reference_and_acknowledge(engine: Engine) -> None:
     assert len(rec.retrains) == 2
 
 
-def test_api_lists_and_acknowledges(engine: Engine, tmp_path) -> None:
+def test_api_lists_and_acknowledges(engine: Engine) -> None:
     rec = Recorder()
     ref = reference_from_signals(frames(800, seed=4), "bundle")
     mon = monitor(engine, rec, references=lambda model: ref)
@@ -119,7 +118,7 @@ def test_api_lists_and_acknowledges(engine: Engine, tmp_path) -> None:
         mon.ingest(m)
     from cloud.api import create_app
 
-    fleet = FleetStore(FleetStoreConfig(path=tmp_path / "fleet.db"))
+    fleet = FleetStore(DatabaseConfig(url=str(mon.store.engine.url)))
     try:
         app = create_app(fleet, "t" * 16, drift=DriftStore(mon.store.engine))
         client = TestClient(app, headers={"Authorization": "Bearer " + "t" * 16})

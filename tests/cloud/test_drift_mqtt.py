@@ -87,7 +87,7 @@ def test_alert_reaches_the_store_and_the_line(tmp_path: Path, engine: Engine) ->
         listener(command)
         assert alarms == [("drift", "cam")]
         wait_for(lambda: store.alerts()[0].published and store.alerts()[0].retrain_requested)
-        assert len(retrains) == 1 and retrains[0][0] == "line-3"
+        assert len(retrains) == 1 and retrains[0][0] == "plant1/line-3"
         assert service.counts["invalid"] == 2
     finally:
         line.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
+import threading
 from datetime import timedelta
 
 import pytest
@@ -242,6 +243,45 @@ def test_two_writers_on_one_database_never_double_store(database_url):
         assert ra.stored + rb.stored == 50
         assert rb.duplicates == 20
         assert h.query(database_url, "SELECT COUNT(*) FROM metrics") == [(50,)]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_concurrent_writers_store_and_count_each_message_once(database_url):
+    """Two stores commit overlapping batches at the same moment (in opposite orders;
+    the second time with other content): each message is stored by exactly one of them,
+    the other counts a duplicate, or quarantines a conflict, never both or neither."""
+    a, b = open_store(database_url), open_store(database_url)
+    try:
+        for round_, other_content in ((0, False), (1, False), (2, True)):
+            batch = [rec(h.metrics()) for _ in range(40)]
+            theirs = [rec(m.message.model_copy(update={"fps": 99.0})) for m in batch] \
+                if other_content else list(batch)
+            start = threading.Barrier(2)
+            results = {}
+
+            def run(store, name, items, start=start, results=results):
+                start.wait(timeout=30)
+                results[name] = store.ingest(items, collector_id=name)
+
+            threads = [threading.Thread(target=run, args=(a, "a", batch)),
+                       threading.Thread(target=run, args=(b, "b", theirs[::-1]))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=60)
+            ra, rb = results["a"], results["b"]
+            assert ra.stored + rb.stored == 40, round_
+            if other_content:
+                assert (ra.conflicting + rb.conflicting, ra.duplicates + rb.duplicates) == (
+                    40, 0)
+            else:
+                assert (ra.duplicates + rb.duplicates, ra.conflicting + rb.conflicting) == (
+                    40, 0)
+        assert h.query(database_url, "SELECT COUNT(*) FROM metrics") == [(120,)]
+        stored = sum(c.counters.get("stored", 0) for c in a.counters())
+        assert stored == 120
     finally:
         a.close()
         b.close()

@@ -192,7 +192,8 @@ def test_roi_crops_first_and_transform_maps_back() -> None:
     ("frame", "spec", "message"),
     [
         (random_frame(30, 30), PreprocessSpec(roi_xywh=(10, 10, 30, 5)), "outside the 30x30"),
-        (random_frame(30, 30), PreprocessSpec(undistort_calibration="cam.json"), "undistort"),
+        (random_frame(30, 30), PreprocessSpec(undistort_calibration="ab" * 32),
+         "no camera calibration was given"),
         (np.zeros((30, 30, 3), np.float32), DEFAULT, "uint8"),
         (np.zeros((30, 30, 4), np.uint8), DEFAULT, "shape"),
         (np.zeros((0, 30, 3), np.uint8), DEFAULT, "empty"),

@@ -15,11 +15,11 @@ from protocol import (
     BrightnessHistogram,
     ChannelStats,
     DefectEvent,
-    Detection,
     DriftSketch,
     LatencyStats,
     MetricsMessage,
     ModelRef,
+    SizedDetection,
     StatusMessage,
     TopicKind,
     UninspectedReason,
@@ -123,14 +123,14 @@ def test_msg_ids():
             StatusMessage(**_envelope(msg_id=bad), state="online")
 
 
-def _detection(**overrides: object) -> Detection:
+def _detection(**overrides: object) -> SizedDetection:
     fields: dict[str, object] = {
         "class_id": 0,
         "class_name": "scratches",
         "score": 0.5,
         "box_xyxy": (1.0, 2.0, 3.0, 4.0),
     }
-    return Detection(**{**fields, **overrides})
+    return SizedDetection(**{**fields, **overrides})
 
 
 @pytest.mark.parametrize(

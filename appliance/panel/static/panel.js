@@ -264,7 +264,8 @@
           ["Latency", f.total_ms !== null ? f.total_ms.toFixed(1) + " ms" : "–"]]
         .map(([k, v]) => el("tr", {}, el("th", { text: k }), el("td", { text: v, "data-key": k }))));
     const dets = el("table", { id: "detections" }, ...f.defects.map((d, i) => el("tr", { "data-index": String(i) },
-      el("td", { text: `${i + 1}. ${d.class_name} ${(100 * d.score).toFixed(0)} %` }),
+      el("td", { text: `${i + 1}. ${d.class_name} ${(100 * d.score).toFixed(0)} %` +
+        (d.size_mm_wh ? ` · ${d.size_mm_wh[0].toFixed(1)} × ${d.size_mm_wh[1].toFixed(1)} mm` : "") }),
       el("td", {}, el("button", { type: "button", class: "confirm", "data-index": String(i), text: "Confirm" })),
       el("td", {}, el("button", { type: "button", class: "reject", "data-index": String(i), text: "Reject" })))));
     info.replaceChildren(verdict, rows, el("h2", { text: "Detections" }), dets);

@@ -301,6 +301,13 @@ def _v9_uploads(db: Database) -> None:
     )
 
 
+def _v10_defect_sizes_mm(db: Database) -> None:
+    """A defect's box size on the part plane in mm (`width_mm`, `height_mm`), from the
+    station's calibrated scale; NULL where the station has none (and for older rows)."""
+    db.execute("ALTER TABLE defects ADD COLUMN width_mm REAL CHECK (width_mm >= 0)")
+    db.execute("ALTER TABLE defects ADD COLUMN height_mm REAL CHECK (height_mm >= 0)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_inspections_defects_events,
     _v2_images,
@@ -311,6 +318,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v7_users_alarms_labels,
     _v8_drift_windows,
     _v9_uploads,
+    _v10_defect_sizes_mm,
 )
 
 

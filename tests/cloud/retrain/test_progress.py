@@ -35,14 +35,23 @@ def test_callback_reads_the_trainer() -> None:
                      "val mAP50 0.250"]
 
 
-def test_epoch_callback_reads_the_loss_dict_of_newer_ultralytics() -> None:
-    from types import SimpleNamespace
+def test_callback_reads_ultralytics_8_4_loss_dict() -> None:
+    lines: list[str] = []
+    times = iter([0.0, 10.0])
+    callback = epoch_callback(lines.append, clock=lambda: next(times))
+    trainer = SimpleNamespace(epoch=1, epochs=2, loss_names=("box", "cls", "dfl"),
+                              tloss={"box": np.float32(1.5), "cls": np.float32(0.5),
+                                     "dfl": np.float32(1.0)}, metrics={})
+    callback(trainer)
+    assert lines == ["epoch 2/2 elapsed 0m10s ETA 0m00s loss box 1.500 cls 0.500 dfl 1.000 "
+                     "val mAP50 -"]
 
-    from cloud.retrain.progress import epoch_callback
 
-    said: list[str] = []
-    trainer = SimpleNamespace(epoch=1, epochs=4, loss_names=("box_loss", "cls_loss"),
-                              tloss={"box_loss": 1.5, "cls_loss": 0.5},
-                              metrics={"metrics/mAP50(B)": 0.4})
-    epoch_callback(said.append, clock=lambda: 0.0)(trainer)
-    assert len(said) == 1 and "box 1.5" in said[0] and "0.4" in said[0]
+def test_the_final_validation_is_not_another_epoch() -> None:
+    lines: list[str] = []
+    callback = epoch_callback(lines.append, clock=lambda: 5.0)
+    for epoch in (0, 1, 2, 1):  # Ultralytics 8.4: once more after the last epoch
+        callback(SimpleNamespace(epoch=epoch, epochs=2, tloss=None,
+                                 metrics={"metrics/mAP50(B)": 0.5}))
+    assert [line.split()[1] for line in lines[:2]] == ["1/2", "2/2"]
+    assert lines[2:] == ["best weights: val mAP50 0.500", "best weights: val mAP50 0.500"]
