@@ -73,6 +73,10 @@ class Deadline:
         self.stop = stop
         self.fleet = fleet
 
+    def left_s(self) -> float:
+        """Seconds left before the scenario's deadline (0 when past it)."""
+        return max(0.0, self.end - time.monotonic())
+
     def wait_for(self, what: str, cond: Any, poll_s: float = 1.0) -> Any:
         while True:
             if self.stop.is_set():
@@ -177,7 +181,7 @@ def _story(fleet: Fleet, opts: ScenarioOptions, steps: Steps, dl: Deadline, l1: 
                       f"{l1}-parts")
     steps.mark("dataset accepted", out.strip().splitlines()[-1], line=l1)
     steps.mark("training", f"fine-tuning {PARENT} on {l1}-parts", line=l1)
-    out = _retrain(fleet, f"{l1}-parts")
+    out = _retrain(fleet, f"{l1}-parts", timeout_s=dl.left_s())
     version = _candidate_version(fleet)
     result["candidate"] = f"demo@{version}" if version else None
     gate = _gate_report(fleet, version)
@@ -227,10 +231,12 @@ def _inbox_labelled(fleet: Fleet, line: str) -> int:
     return sum(1 for row in out.splitlines() if " labelled " in row)
 
 
-def _retrain(fleet: Fleet, dataset: str) -> str:
+def _retrain(fleet: Fleet, dataset: str, timeout_s: float) -> str:
+    """Fine-tune the parent on `dataset` within `timeout_s` (what is left of the
+    scenario's `--timeout-min`: training is most of the loop's time)."""
     try:
         return fleet.cloud("retrain", "retrain", "--from", PARENT, "--data", dataset,
-                           timeout_s=1500.0)
+                           timeout_s=max(60.0, timeout_s))
     except FleetError as e:  # exit 1 is "refused by the gate": the output says why
         if "exit 1)" in str(e):
             return str(e)
