@@ -167,6 +167,7 @@ def _scenario(tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any], str]:
 @pytest.mark.slow
 @pytest.mark.mqtt
 @pytest.mark.ultralytics
+@pytest.mark.timeout(3300)  # the subprocess's own limit is 3000 s; the suite default 600 s
 @requires_mosquitto
 @SCENARIO
 def test_the_variant_scenario_closes_the_loop(tmp_path: Path) -> None:
@@ -183,6 +184,7 @@ def test_the_variant_scenario_closes_the_loop(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.mqtt
 @pytest.mark.ultralytics
+@pytest.mark.timeout(3300)  # the subprocess's own limit is 3000 s; the suite default 600 s
 @requires_mosquitto
 @SCENARIO
 def test_sabotaged_labels_are_refused_by_the_gate(tmp_path: Path) -> None:
