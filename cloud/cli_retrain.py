@@ -106,6 +106,7 @@ def run_worker(args: argparse.Namespace) -> int:
     try:
         if args.once:
             worker.schedule(utc_now())
+            worker.expire(utc_now())
             while worker.run_once() is not None:
                 pass
             return 0

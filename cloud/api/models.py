@@ -1,5 +1,6 @@
 """The fleet API's model registry endpoints: `GET /models`, `GET /models/{name}/{version}`
-(state, gate outcome, lineage, history, and the lines that run each model)."""
+(state, gate outcome, lineage, history, and the lines that run each model), and
+`GET /retrain/requests` (what asked for retraining, and what became of it)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import BaseModel, ConfigDict
 
 from cloud.fleet.views import LineView
-from cloud.registry import ModelEntry, ModelRegistry, StateChange, UnknownModel
+from cloud.registry import ModelEntry, ModelRegistry, RegistryError, StateChange, UnknownModel
 from cloud.registry.entry import ModelState
 from cloud.registry.where import running_on
+from cloud.retrain.errors import RetrainError
+from cloud.retrain.requests import RequestSource, RequestState, RetrainQueue, RetrainRequest
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+LINE_KEY_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}/[a-z0-9][a-z0-9_-]{0,62}$"
 
 
 class _View(BaseModel):
@@ -53,6 +57,32 @@ class ModelDetail(ModelSummary):
 
     history: list[StateChangeView]
     gate_reasons: list[str] | None
+
+
+class RetrainRequestView(_View):
+    """A retraining request: who asked (drift, schedule, manual) and why, its state
+    (queued -> running -> done | failed), what it fine-tuned and what it made."""
+
+    id: int
+    line: str
+    source: RequestSource
+    reason: str
+    state: RequestState
+    requested_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    parent: str | None
+    dataset: str | None
+    candidate: str | None
+    outcome: str | None
+
+
+def _request(r: RetrainRequest) -> RetrainRequestView:
+    return RetrainRequestView(
+        id=r.id, line=r.line_key, source=r.source, reason=r.reason, state=r.state,
+        requested_at=r.requested_at, started_at=r.started_at, finished_at=r.finished_at,
+        parent=str(r.parent) if r.parent else None, dataset=r.dataset,
+        candidate=str(r.candidate) if r.candidate else None, outcome=r.outcome)
 
 
 def _summary(entry: ModelEntry, lines: list[LineView]) -> dict[str, object]:
@@ -108,5 +138,19 @@ def models_router(registry: ModelRegistry, lines: Callable[[], list[LineView]]) 
             _summary(entry, lines())
             | {"history": [_change(c) for c in registry.history(name, version)],
                "gate_reasons": reasons})
+
+    queue = RetrainQueue(registry.engine, min_interval_h=0.0)  # read only here
+
+    @router.get("/retrain/requests", tags=["retrain"])
+    def retrain_requests(
+        line: Annotated[str | None, Query(pattern=LINE_KEY_PATTERN,
+                                          description="site/line")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[RetrainRequestView]:
+        """Retraining requests, newest first (of one line when given)."""
+        try:
+            return [_request(r) for r in queue.requests(line, limit)]
+        except RetrainError as e:
+            raise RegistryError(str(e)) from e
 
     return router

@@ -87,6 +87,11 @@ class RetrainConfig(_Section):
     schedule: ScheduleConfig | None = None
     # A line gets at most one retrain request per this many hours (drift, schedule).
     min_interval_h: float = Field(24.0, ge=0.0, le=24 * 366)
+    # A drift request waits (queued) for the line's dataset to gain a version newer
+    # than the request: retraining on the data the drifted model already learned from
+    # teaches it nothing about what changed. After this many hours without new data it
+    # fails, saying so. 0: drift requests run at once on the newest version.
+    drift_data_wait_h: float = Field(72.0, ge=0.0, le=24 * 366)
     # The worker looks for queued requests this often.
     poll_s: float = Field(30.0, ge=0.1, le=3600.0)
 

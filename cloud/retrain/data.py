@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,6 +29,10 @@ class DatasetSource(Protocol):
         """(`NAME@NUMBER`, content fingerprint) of `ref` (`NAME`: the newest version)."""
         ...
 
+    def created_at(self, ref: str) -> datetime:
+        """When version `ref` (`NAME`: the newest version) was made (UTC)."""
+        ...
+
 
 class IndexSource:
     """`DatasetSource` over the dataset index (cloud/datasets)."""
@@ -41,6 +46,9 @@ class IndexSource:
     def resolve(self, ref: str) -> tuple[str, str]:
         version = self._index.get(ref)
         return f"{version.name}@{version.number}", version.fingerprint
+
+    def created_at(self, ref: str) -> datetime:
+        return self._index.get(ref).created_at
 
 
 @dataclass(frozen=True)

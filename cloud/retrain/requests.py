@@ -164,16 +164,28 @@ class RetrainQueue:
         except SQLAlchemyError as e:
             raise RetrainError(f"reading retrain requests: {e}") from e
 
-    def claim(self) -> RetrainRequest | None:
-        """The oldest queued request, now running (None when the queue is empty)."""
+    def queued(self) -> list[RetrainRequest]:
+        """The queued requests, oldest first."""
         t = tables.retrain_requests
-        for _ in range(5):
-            queued = self._read(select(t).where(t.c.state == "queued").order_by(t.c.id).limit(1))
-            if not queued:
-                return None
-            if self._move(queued[0].id, "queued", "running", started_at_ms=self._clock_ms()):
-                return self.get(queued[0].id)
+        return self._read(select(t).where(t.c.state == "queued").order_by(t.c.id))
+
+    def claim(self, ready: Callable[[RetrainRequest], bool] = lambda _: True
+              ) -> RetrainRequest | None:
+        """The oldest queued request that is `ready`, now running (None when there is
+        none; another worker claiming it first moves on to the next)."""
+        for request in self.queued():
+            if ready(request) and self._move(request.id, "queued", "running",
+                                             started_at_ms=self._clock_ms()):
+                return self.get(request.id)
         return None
+
+    def drop(self, request_id: int, outcome: str) -> RetrainRequest | None:
+        """queued -> failed without running (why in `outcome`); None when it was no
+        longer queued."""
+        if not self._move(request_id, "queued", "failed", finished_at_ms=self._clock_ms(),
+                          outcome=outcome[:2000]):
+            return None
+        return self.get(request_id)
 
     def set_plan(self, request_id: int, parent: ModelRef, dataset: str) -> None:
         """Record what a running request fine-tunes (parent, dataset)."""

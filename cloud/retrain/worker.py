@@ -6,6 +6,11 @@ newest `status` / `model` report), which must be in the registry with weights; t
 data is the newest version of the dataset configured for L (`retrain.lines`), or that
 path when the configured value is a YOLO folder. A request that cannot be planned or
 whose training fails ends `failed` with the reason; the worker goes on.
+
+A drift request waits for new data: it stays queued until L's dataset has a version
+made after the request (the operators' labels of the drifted frames, accepted from the
+inbox), and fails after `drift_data_wait_h` without one. Schedule and manual requests
+run on the newest version as it is.
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ class RetrainWorker:
         self._lines = lines
         self._datasets = datasets
         self._progress = progress
+        self._said_waiting: set[int] = set()
 
     def schedule(self, now: datetime) -> list[RetrainRequest]:
         """Queue a `schedule` request for every configured line that is due."""
@@ -90,10 +96,46 @@ class RetrainWorker:
                 queued.append(request)
         return queued
 
+    def waiting_for_data(self, request: RetrainRequest) -> str | None:
+        """Why `request` cannot run yet (None: it can). Only drift requests wait, and
+        only for a dataset of the index (a configured folder has no versions)."""
+        setting = self._config.lines.get(request.line_key)
+        if (request.source != "drift" or self._config.drift_data_wait_h <= 0
+                or setting is None or self._datasets is None
+                or Path(setting.dataset).exists()):
+            return None
+        try:
+            made = self._datasets.created_at(setting.dataset)
+        except (CloudError, LookupError):
+            return None  # planning reports the unknown dataset
+        if made > request.requested_at:
+            return None
+        why = (f"waiting for a version of {setting.dataset} newer than the request "
+               f"(newest made {made:%Y-%m-%d %H:%M:%S} UTC)")
+        if request.id not in self._said_waiting:
+            self._said_waiting.add(request.id)
+            logger.info("retrain request %d for %s: %s", request.id, request.line_key, why)
+        return why
+
+    def expire(self, now: datetime) -> list[RetrainRequest]:
+        """Fail the drift requests that waited `drift_data_wait_h` for new data."""
+        limit = timedelta(hours=self._config.drift_data_wait_h)
+        dropped = []
+        for request in self._queue.queued():
+            why = self.waiting_for_data(request)
+            if why is not None and now - request.requested_at >= limit:
+                gone = self._queue.drop(request.id, f"no new data after "
+                                        f"{self._config.drift_data_wait_h:g} h: {why}")
+                if gone is not None:
+                    logger.warning("retrain request %d for %s dropped: %s", gone.id,
+                                   gone.line_key, gone.outcome)
+                    dropped.append(gone)
+        return dropped
+
     def run_once(self) -> RetrainRequest | None:
-        """Claim and run the oldest queued request; the finished request, or None
-        when the queue was empty."""
-        request = self._queue.claim()
+        """Claim and run the oldest queued request that does not wait for data; the
+        finished request, or None when none could run."""
+        request = self._queue.claim(lambda r: self.waiting_for_data(r) is None)
         if request is None:
             return None
         logger.info("running retrain request %d for %s (%s)", request.id, request.line_key,
@@ -118,6 +160,7 @@ class RetrainWorker:
         while not stop.is_set():
             try:
                 self.schedule(now())
+                self.expire(now())
                 while not stop.is_set() and self.run_once() is not None:
                     pass
             except CloudError as e:

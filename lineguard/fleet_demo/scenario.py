@@ -4,10 +4,11 @@ shipped to line-1 as canary and promoted to line-2, every step timed.
 Steps (each prints one progress line and becomes a marker of the report):
 drift onset (line-1's first `ribbed` part judged) -> alert (the cloud's drift monitor)
 -> labels (the simulated operator, through line-1's panel) -> dataset accepted (the
-labels exported, imported and joined with the parent's data) -> training (fine-tune
-from the parent) -> gate -> publish -> canary active (line-1 runs the new model) ->
-promoted (line-2 runs it). A refused gate ends the story there: nothing is published
-and both lines keep their model; the report says why.
+labels exported, imported and joined with the parent's data) -> training (the cloud's
+retrain worker runs the alert's request, held until that data arrived) -> gate ->
+publish -> canary active (line-1 runs the new model) -> promoted (line-2 runs it).
+A refused gate ends the story there: nothing is published and both lines keep their
+model; the report says why.
 """
 
 from __future__ import annotations
@@ -72,10 +73,6 @@ class Deadline:
         self.end = time.monotonic() + timeout_s
         self.stop = stop
         self.fleet = fleet
-
-    def left_s(self) -> float:
-        """Seconds left before the scenario's deadline (0 when past it)."""
-        return max(0.0, self.end - time.monotonic())
 
     def wait_for(self, what: str, cond: Any, poll_s: float = 1.0) -> Any:
         while True:
@@ -180,19 +177,29 @@ def _story(fleet: Fleet, opts: ScenarioOptions, steps: Steps, dl: Deadline, l1: 
     out = fleet.cloud("dataset accept", "dataset", "accept", f"{SITE}/{l1}", "--into",
                       f"{l1}-parts")
     steps.mark("dataset accepted", out.strip().splitlines()[-1], line=l1)
-    steps.mark("training", f"fine-tuning {PARENT} on {l1}-parts", line=l1)
-    out = _retrain(fleet, f"{l1}-parts", timeout_s=dl.left_s())
-    version = _candidate_version(fleet)
+    # the alert asked for a retrain of line-1; the cloud's retrain worker held it until
+    # this newer data arrived, and now fine-tunes the parent on it
+    running = dl.wait_for(f"the retrain worker to start {l1}'s drift request",
+                          lambda: _retrain_request(fleet, l1, ("running", "done", "failed")))
+    steps.mark("training", f"request {running['id']} ({running['reason'][:60]}): "
+               f"fine-tuning {running.get('parent') or PARENT} on "
+               f"{running.get('dataset') or f'{l1}-parts'}",
+               _iso_s(running.get("started_at")), l1)
+    request = dl.wait_for(f"{l1}'s retraining to finish",
+                          lambda: _retrain_request(fleet, l1, ("done", "failed")), poll_s=5.0)
+    result["retrain_request"] = request
+    if request["state"] == "failed":
+        raise FleetError(f"retraining failed: {request.get('outcome')}")
+    version = _candidate_version(request)
     result["candidate"] = f"demo@{version}" if version else None
     gate = _gate_report(fleet, version)
     result["gate"] = gate
-    passed = bool(gate.get("passed", gate.get("decision") == "approved")) if gate else \
-        "passed" in out
+    passed = bool(gate.get("passed", gate.get("decision") == "approved")) if gate else False
     steps.mark("gate", ("passed" if passed else "REFUSED: " + "; ".join(
-        gate.get("reasons", []) or [out.strip()[-300:]])), line=l1)
+        gate.get("reasons", []) or [str(request.get("outcome"))])),
+               _iso_s(request.get("finished_at")), l1)
     if not passed:
         result["outcome"] = "refused"
-        dl.wait_for("the lines to keep running", lambda: True)
         time.sleep(min(opts.after_promotion_s, 10.0))  # both lines keep their model
         result["running_after"] = {ln: _running_version(fleet, ln) for ln in (l1, l2)}
         return
@@ -231,23 +238,22 @@ def _inbox_labelled(fleet: Fleet, line: str) -> int:
     return sum(1 for row in out.splitlines() if " labelled " in row)
 
 
-def _retrain(fleet: Fleet, dataset: str, timeout_s: float) -> str:
-    """Fine-tune the parent on `dataset` within `timeout_s` (what is left of the
-    scenario's `--timeout-min`: training is most of the loop's time)."""
-    try:
-        return fleet.cloud("retrain", "retrain", "--from", PARENT, "--data", dataset,
-                           timeout_s=max(60.0, timeout_s))
-    except FleetError as e:  # exit 1 is "refused by the gate": the output says why
-        if "exit 1)" in str(e):
-            return str(e)
-        raise
+def _retrain_request(fleet: Fleet, line: str, states: tuple[str, ...]
+                     ) -> dict[str, Any] | None:
+    """`line`'s newest retrain request when it is in one of `states`."""
+    got = fleet.api_get(f"/retrain/requests?line={SITE}/{line}&limit=1")
+    return got[0] if got and got[0]["state"] in states else None
 
 
-def _candidate_version(fleet: Fleet) -> int | None:
-    got = fleet.api_get("/models")
-    items = got.get("models", got) if isinstance(got, dict) else got
-    versions = [int(m["version"]) for m in items if m.get("name") == "demo"]
-    return max(versions) if versions and max(versions) > 1 else None
+def _iso_s(text: str | None) -> float | None:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text).timestamp() if text else None
+
+
+def _candidate_version(request: dict[str, Any]) -> int | None:
+    name, _, version = str(request.get("candidate") or "").partition("@")
+    return int(version) if name == "demo" and version.isdigit() else None
 
 
 def _gate_report(fleet: Fleet, version: int | None) -> dict[str, Any]:

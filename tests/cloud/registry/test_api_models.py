@@ -1,4 +1,5 @@
-"""`GET /models` and `GET /models/{name}/{version}` over a real fleet store and registry."""
+"""`GET /models`, `GET /models/{name}/{version}` and `GET /retrain/requests` over a real
+fleet store and registry."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from cloud.api import create_app
 from cloud.db import DatabaseConfig
 from cloud.fleet import FleetStore, Received, to_ms
 from cloud.registry import ModelRef, ModelRegistry, RegistryLineage
+from cloud.retrain.requests import RetrainQueue
 from protocol import encode
 from tests.cloud import fleet_helpers as h
 from tests.cloud.registry.helpers import DEMO_WEIGHTS, demo_copy, migrated_engine
@@ -38,6 +40,12 @@ def client(database_url: str, tmp_path: Path) -> Iterator[TestClient]:
                  state="approved", source="import")
     registry.add(demo_copy(tmp_path / "b9", name="det", version=9).root, source="retrain",
                  lineage=RegistryLineage(parent=ModelRef("det", 7)))
+    queue = RetrainQueue(engine, min_interval_h=0)
+    done = queue.request_retrain("plant1/line-1", "drift alert 3: roi.hist7 moved")
+    assert done is not None and queue.claim() is not None
+    queue.set_plan(done.id, ModelRef("det", 7), "parts@2")
+    queue.finish(done.id, ok=True, outcome="det@9 candidate", candidate=ModelRef("det", 9))
+    queue.request_retrain("plant1/line-2", "scheduled retrain", source="schedule")
     try:
         with TestClient(create_app(store, TOKEN, registry=registry)) as c:
             yield c
@@ -65,3 +73,17 @@ def test_model_detail_and_errors(client: TestClient) -> None:
     assert client.get("/models?name=a%20b", headers=AUTH).status_code == 422
     assert client.get("/models").status_code == 401
     assert client.get("/models/det/7", headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_retrain_requests(client: TestClient) -> None:
+    body: list[dict[str, Any]] = client.get("/retrain/requests", headers=AUTH).json()
+    assert [(r["line"], r["source"], r["state"]) for r in body] == [
+        ("plant1/line-2", "schedule", "queued"), ("plant1/line-1", "drift", "done")]
+    done = body[1]
+    assert (done["parent"], done["dataset"], done["candidate"]) == ("det@7", "parts@2", "det@9")
+    assert done["started_at"] is not None and done["finished_at"] is not None
+    one = client.get("/retrain/requests?line=plant1/line-1&limit=5", headers=AUTH).json()
+    assert [r["id"] for r in one] == [done["id"]]
+    assert client.get("/retrain/requests?line=line-1", headers=AUTH).status_code == 422
+    assert client.get("/retrain/requests?limit=0", headers=AUTH).status_code == 422
+    assert client.get("/retrain/requests").status_code == 401

@@ -144,3 +144,66 @@ def test_plan_uses_the_line_model_and_the_configured_data(tmp_path: Path) -> Non
     assert (plan.parent, plan.data) == (ModelRef("demo", 4), str(tmp_path))
     with pytest.raises(RetrainError, match="no dataset configured"):
         plan_request(req("p/c"), config, [*lines, _line("p", "c", ("demo", 1))], None)
+
+
+class _Versions:
+    """A dataset index whose newest version was made at `made`."""
+
+    def __init__(self, made: datetime) -> None:
+        self.made = made
+
+    def materialize(self, ref: str, out_dir: Path) -> Path:
+        raise AssertionError("not planned this far")
+
+    def resolve(self, ref: str) -> tuple[str, str]:
+        return f"{ref}@1", "cd" * 32
+
+    def created_at(self, ref: str) -> datetime:
+        return self.made
+
+
+def test_a_drift_request_waits_for_newer_data_then_runs(
+        engine: Engine, queue: RetrainQueue, tmp_path: Path, clock: Clock) -> None:
+    config = RetrainConfig(lines={"plant1/line-1": LineRetrain(dataset="parts"),
+                                  "plant1/line-2": LineRetrain(dataset="parts")},
+                           drift_data_wait_h=10, work_dir=tmp_path / "runs")
+    now = datetime.fromtimestamp(clock.ms / 1000, UTC)
+    index = _Versions(made=now - timedelta(hours=1))  # the data the model learned from
+    worker = RetrainWorker(queue, ModelRegistry(engine, tmp_path / "registry"), config,
+                           lambda: [], datasets=index)
+    drift = queue.request_retrain("plant1/line-1", "drift alert 7")
+    manual = queue.request_retrain("plant1/line-2", "by hand", source="manual")
+    assert drift is not None and manual is not None
+    assert worker.waiting_for_data(drift) is not None
+    assert worker.waiting_for_data(manual) is None
+    # the manual request runs past the waiting drift request (and fails to plan here:
+    # the fleet store knows no model of line-2)
+    ran = worker.run_once()
+    assert ran is not None and ran.id == manual.id
+    assert worker.run_once() is None
+    assert queue.get(drift.id).state == "queued"
+    # the operators' labels are accepted into a new version: the drift request runs
+    index.made = now + timedelta(minutes=5)
+    ran = worker.run_once()
+    assert ran is not None and ran.id == drift.id and ran.state == "failed"
+    assert ran.outcome is not None and "knows no model" in ran.outcome
+
+
+def test_a_drift_request_without_new_data_expires(
+        engine: Engine, queue: RetrainQueue, tmp_path: Path, clock: Clock) -> None:
+    config = RetrainConfig(lines={"plant1/line-1": LineRetrain(dataset="parts")},
+                           drift_data_wait_h=10, work_dir=tmp_path / "runs")
+    asked = datetime.fromtimestamp(clock.ms / 1000, UTC)
+    worker = RetrainWorker(queue, ModelRegistry(engine, tmp_path / "registry"), config,
+                           lambda: [], datasets=_Versions(made=asked - timedelta(days=1)))
+    drift = queue.request_retrain("plant1/line-1", "drift alert 8")
+    assert drift is not None
+    assert worker.expire(asked + timedelta(hours=9)) == []
+    dropped = worker.expire(asked + timedelta(hours=10))
+    assert [r.id for r in dropped] == [drift.id]
+    assert dropped[0].state == "failed" and dropped[0].started_at is None
+    assert dropped[0].outcome is not None and "no new data after 10 h" in dropped[0].outcome
+    assert worker.expire(asked + timedelta(hours=11)) == []
+    # the line may ask again (nothing is open; min_interval_h counts from the last ask)
+    clock.ms += 25 * HOUR_MS
+    assert queue.request_retrain("plant1/line-1", "drift alert 9") is not None
