@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from protocol.cliargs import HelpFormatter, positive_int
 
@@ -37,6 +37,9 @@ def add_retrain_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     rt.add_argument("--batch", type=positive_int, help="images per batch")
     rt.add_argument("--device", help="Ultralytics device: cpu, 0, 0,1 (DDP), mps")
     rt.add_argument("--seed", type=int, help="random seed")
+    rt.add_argument("--freeze", type=int, metavar="N",
+                    help="keep the parent's first N layers (0: fine-tune every layer)")
+    rt.add_argument("--lr0", type=float, help="initial learning rate")
     wk = sub.add_parser("retrain-worker", help="run queued and scheduled retraining requests",
                         description="run queued and scheduled retraining requests",
                         formatter_class=HelpFormatter)
@@ -57,7 +60,14 @@ def _say(message: str) -> None:
     print(f"[retrain] {message}", flush=True)
 
 
+def _flag_error(err: Any) -> str:
+    flag = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
+    return f"{flag}: {err['msg']}"
+
+
 def run_retrain(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from cloud.config import load_config
     from cloud.errors import CloudError
     from cloud.registry.open import open_registry
@@ -65,10 +75,15 @@ def run_retrain(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(args.config)
-        overrides = {k: getattr(args, k) for k in ("epochs", "imgsz", "batch", "device", "seed")
+        overrides = {k: getattr(args, k) for k in ("epochs", "imgsz", "batch", "device", "seed", "freeze", "lr0")
                      if getattr(args, k) is not None}
-        training = cfg.retrain.training.model_validate(
-            cfg.retrain.training.model_dump() | overrides)
+        try:
+            training = cfg.retrain.training.model_validate(
+                cfg.retrain.training.model_dump() | overrides)
+        except ValidationError as e:
+            print(f"error: {'; '.join(_flag_error(err) for err in e.errors())}",
+                  file=sys.stderr)
+            return 2
         registry = open_registry(cfg.database, cfg.registry)
         result = retrain(registry, args.parent, args.data, training=training,
                          gate=cfg.retrain.gate, work_dir=cfg.retrain.work_dir,

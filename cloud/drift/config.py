@@ -29,6 +29,9 @@ class DriftConfig(BaseModel):
     false_alarms_per_10k: float = Field(0.1, gt=0.0, lt=1.0)
     # MCUSUM allowance (in whitened units per window): larger ignores smaller shifts.
     allowance: float = Field(2.0, gt=0.0, le=50.0)
+    # ... plus this quantile of the reference mean's own estimation error (whitened, per
+    # window), so that a line that never drifts does not alarm after running long enough.
+    phase1_quantile: float = Field(0.95, ge=0.5, lt=1.0)
     # Block bootstrap: replicates and block length (frames) for the threshold.
     bootstrap_replicates: int = Field(200, ge=20, le=5000)
     block_frames: int = Field(10, ge=1, le=1000)

@@ -11,6 +11,12 @@ Invariants:
   bootstrapped from the reference raise an alarm within `10_000` frames with
   probability `false_alarms_per_10k` (a reference mean re-estimated from a bootstrap
   sample in every replicate, so the estimation error of the reference is in `h`);
+- the CUSUM's allowance is the configured one plus the `phase1_quantile` of the
+  reference mean's own estimation error (whitened, at the window size, from the same
+  bootstrap): a reference mean that is off by its typical error would otherwise make
+  the statistic grow by a little every window on a line that never drifts, and a line
+  that runs for days would then alarm for certain; with the margin the statistic stays
+  bounded and the 10,000-frame rate holds for every 10,000 frames, not only the first;
 - the CUSUM (Crosier's MCUSUM) sees one whitened window mean at a time,
   z = sqrt(n) W (mean - mu); on an alarm the onset is the most likely change point
   over the last `history_windows` windows (`change_point`), and the alarm is only an
@@ -46,6 +52,7 @@ class DetectorConfig:
 
     false_alarms_per_10k: float = 0.1
     allowance: float = 2.0
+    phase1_quantile: float = 0.95
     bootstrap_replicates: int = 200
     block_frames: int = 10
     shrinkage: float = 0.02
@@ -101,6 +108,10 @@ class Baseline:
     # beta * (detections - det_mean) before they are compared. None: not adjusted.
     beta: F64 | None = None
     det_mean: float = 0.0
+    # The MCUSUM allowance calibrated with this baseline (the configured allowance plus
+    # the reference's estimation margin). None (a baseline stored before it existed):
+    # the configured allowance.
+    allowance: float | None = None
 
     def adjust(self, mean: F64, detections: float | None) -> F64:
         """A window's mean signals as if its defect rate were the reference's."""
@@ -193,17 +204,21 @@ def build_baseline(reference: npt.NDArray[np.floating], names: tuple[str, ...],
     mu = ref.mean(axis=0)
     w = _inv_sqrt(_shrunk_cov(ref, config.shrinkage))
     n_windows = -(-FRAMES_PER_RATE // window_frames)
+    # Phase-I error: the mean the detector will use is itself an estimate; its error,
+    # whitened at the window size, widens the allowance (module docstring).
+    mu_stars = np.vstack([_block_means(ref, 1, len(ref), config.block_frames, rng)[0]
+                          for _ in range(config.bootstrap_replicates)])
+    errors = np.linalg.norm((mu_stars - mu) @ w.T, axis=1) * np.sqrt(window_frames)
+    allowance = config.allowance + float(np.quantile(errors, config.phase1_quantile))
     maxima = np.empty(config.bootstrap_replicates)
     for r in range(config.bootstrap_replicates):
-        # Phase-I error: the mean the detector will use is itself an estimate.
-        mu_star = _block_means(ref, 1, len(ref), config.block_frames, rng)[0]
         means = _block_means(ref, n_windows, window_frames, config.block_frames, rng)
-        z = (means - mu_star) @ w.T * np.sqrt(window_frames)
-        maxima[r] = mcusum_path(z, config.allowance)[0].max()
+        z = (means - mu_stars[r]) @ w.T * np.sqrt(window_frames)
+        maxima[r] = mcusum_path(z, allowance)[0].max()
     h = float(np.quantile(maxima, 1.0 - config.false_alarms_per_10k))
     pick = rng.choice(len(ref), size=min(config.mmd_reference_frames, len(ref)), replace=False)
     return Baseline(names, mu, ref.std(axis=0) + 1e-6, w, h, window_frames, ref[np.sort(pick)],
-                    beta, det_mean)
+                    beta, det_mean, allowance)
 
 
 def mmd_test(x: F64, y: F64, permutations: int, rng: np.random.Generator) -> tuple[float, float]:
@@ -293,7 +308,8 @@ class DriftDetector:
         st.frames_seen += window.frames
         mean = b.adjust(window.mean, window.detections)
         z = (mean - b.mean) @ b.whitener.T * np.sqrt(window.frames)
-        stats, st.accumulator = mcusum_path(z[None, :], cfg.allowance, st.accumulator)
+        allowance = cfg.allowance if b.allowance is None else b.allowance
+        stats, st.accumulator = mcusum_path(z[None, :], allowance, st.accumulator)
         st.last_statistic = float(stats[0])
         samples = np.asarray(window.samples, np.float64)
         if len(samples):

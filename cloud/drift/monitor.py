@@ -67,6 +67,7 @@ NO_STATION = "-"
 def detector_config(cfg: DriftConfig) -> DetectorConfig:
     return DetectorConfig(
         false_alarms_per_10k=cfg.false_alarms_per_10k, allowance=cfg.allowance,
+        phase1_quantile=cfg.phase1_quantile,
         bootstrap_replicates=cfg.bootstrap_replicates, block_frames=cfg.block_frames,
         mmd_alpha=cfg.mmd_alpha, mmd_permutations=cfg.mmd_permutations,
         confirm_windows=cfg.confirm_windows, channel_z=cfg.channel_z)

@@ -20,6 +20,7 @@ def baseline_to_json(b: Baseline) -> str:
         "whitener": b.whitener.tolist(), "threshold": b.threshold,
         "window_frames": b.window_frames, "reference": b.reference.tolist(),
         "beta": None if b.beta is None else b.beta.tolist(), "det_mean": b.det_mean,
+        "allowance": b.allowance,
     })
 
 
@@ -28,7 +29,8 @@ def baseline_from_json(text: str) -> Baseline:
     beta = d.get("beta")
     return Baseline(tuple(d["names"]), _arr(d["mean"]), _arr(d["std"]), _arr(d["whitener"]),
                     float(d["threshold"]), int(d["window_frames"]), _arr(d["reference"]),
-                    None if beta is None else _arr(beta), float(d.get("det_mean", 0.0)))
+                    None if beta is None else _arr(beta), float(d.get("det_mean", 0.0)),
+                    None if d.get("allowance") is None else float(d["allowance"]))
 
 
 def state_to_json(s: DetectorState, extra: dict[str, Any] | None = None) -> str:

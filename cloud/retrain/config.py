@@ -72,6 +72,9 @@ class TrainingDefaults(_Section):
     lr0: float = Field(0.0005, gt=0.0, le=1.0)
     warmup_epochs: float = Field(0.0, ge=0.0, le=100.0)
     close_mosaic: int = Field(10, ge=0, le=10_000)
+    # Keep the parent's first N layers (0: fine-tune every layer); e.g. 10 freezes a
+    # YOLO11 backbone: less forgetting of what the parent knew, cheaper epochs.
+    freeze: int = Field(0, ge=0, le=1000)
     workers: int = Field(0, ge=0, le=64)
 
 

@@ -110,6 +110,7 @@ def retrain(
             imgsz=training.imgsz, batch=training.batch, seed=training.seed,
             workers=training.workers, optimizer=training.optimizer, lr0=training.lr0,
             warmup_epochs=training.warmup_epochs, close_mosaic=training.close_mosaic,
+            freeze=training.freeze,
             serve_imgsz=parent_bundle.manifest.input.height, parent_version=parent.version,
             work_dir=run_dir / "ultralytics", device=training.device)
         say(f"fine-tuning {parent.ref} on {resolved.ref} into {parent.name}@{version}; "

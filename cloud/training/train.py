@@ -75,6 +75,10 @@ class TrainConfig:
     warmup_epochs: float = 3.0
     close_mosaic: int = 10
     """Train the last N epochs without mosaic augmentation."""
+    freeze: int = 0
+    """Keep the first N layers of the model as they are (0: train every layer). When
+    fine-tuning, freezing the backbone keeps what the parent learned (less forgetting
+    of the original product) and makes each epoch cheaper."""
     serve_imgsz: int | None = None
     """Input size of the bundle (default `imgsz`). A detector trained with scale
     augmentation often finds thin defects better served a little larger than it trained;
@@ -184,7 +188,8 @@ def _check_numbers(cfg: TrainConfig) -> None:
     minimum = {"--epochs": (cfg.epochs, 1), "--imgsz": (cfg.imgsz, 32),
                "--batch": (cfg.batch, 1), "--version": (cfg.version, 1),
                "--workers": (cfg.workers, 0), "--patience": (cfg.patience, 0),
-               "--close-mosaic": (cfg.close_mosaic, 0), "golden_count": (cfg.golden_count, 1),
+               "--close-mosaic": (cfg.close_mosaic, 0), "--freeze": (cfg.freeze, 0),
+               "golden_count": (cfg.golden_count, 1),
                "--serve-imgsz": (cfg.serve_imgsz, 32), "--threads": (cfg.torch_threads, 1),
                "--parent-version": (cfg.parent_version, 1)}
     for flag, (value, low) in minimum.items():
@@ -239,7 +244,8 @@ def train_args(cfg: TrainConfig) -> dict[str, object]:
         "project": str(cfg.work_dir.resolve()), "name": cfg.name, "exist_ok": True,
         "patience": cfg.patience, "verbose": True, "optimizer": cfg.optimizer,
         "warmup_epochs": cfg.warmup_epochs, "close_mosaic": cfg.close_mosaic,
-    } | ({"lr0": cfg.lr0} if cfg.lr0 is not None else {})
+    } | ({"lr0": cfg.lr0} if cfg.lr0 is not None else {}) | (
+        {"freeze": cfg.freeze} if cfg.freeze else {})
 
 
 def train_detector(
