@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from cloud.retrain.data import IndexSource
 
 
+TRAINING_FLAGS = ("epochs", "imgsz", "batch", "device", "seed", "freeze", "lr0")
+
+
 def add_retrain_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `retrain` and `retrain-worker` on the `lineguard cloud` parser."""
     from cloud.cli_models import model_ref_arg
@@ -75,8 +78,7 @@ def run_retrain(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(args.config)
-        overrides = {k: getattr(args, k) for k in ("epochs", "imgsz", "batch", "device", "seed", "freeze", "lr0")
-                     if getattr(args, k) is not None}
+        overrides = {k: getattr(args, k) for k in TRAINING_FLAGS if getattr(args, k) is not None}
         try:
             training = cfg.retrain.training.model_validate(
                 cfg.retrain.training.model_dump() | overrides)
