@@ -37,6 +37,7 @@ DEMO_WEIGHTS = ROOT / "models" / "demo" / "bundle-weights.pt"
 SITE = "demo"
 PARENT = "demo@1"
 PARENT_DATASET = "parts"
+HOLDOUT_DATASET = "parts-holdout"
 ACCOUNTS = (("operator", "operator"), ("engineer", "engineer"))
 
 
@@ -57,8 +58,12 @@ class FleetOptions:
     database_url: str | None = None
     lines: tuple[LineSpec, ...] = (LineSpec("line-1", 11), LineSpec("line-2", 22))
     parts_per_minute: float = 300.0
-    parent_train_images: int = 120
+    parent_train_images: int = 300
     parent_val_images: int = 60
+    # the parent's holdout, which the gate holds every candidate to on the original
+    # product: its own linesim seed, large enough that one box more or less found is
+    # not a verdict
+    holdout_images: int = 200
     drift_window_frames: int = 40
     drift_sample_frames: int = 32
     reference_frames: int = 240
@@ -239,8 +244,14 @@ class Fleet:
         for spec in o.lines:  # each line's fine-tuning data starts as the parent's
             self.cloud("dataset union", "dataset", "union", f"{PARENT_DATASET}@1",
                        "--name", f"{spec.line}-parts")
+        holdout = self.cloud_dir / "parent-holdout"
+        self.sup.run("linesim export holdout", lineguard_argv(
+            "linesim", "export", str(holdout), "--train", "1", "--val",
+            str(o.holdout_images), "--seed", "2"))
+        self.cloud("dataset import holdout", "dataset", "import", str(holdout), "--name",
+                   HOLDOUT_DATASET, "--split", "keep")
         self.cloud("models import", "models", "import", str(DEMO_BUNDLE), "--weights",
-                   str(DEMO_WEIGHTS), "--holdout", f"{PARENT_DATASET}@1", "--state",
+                   str(DEMO_WEIGHTS), "--holdout", f"{HOLDOUT_DATASET}@1", "--state",
                    "approved")
         self.cloud("release publish", "release", "publish", PARENT)
         for spec in o.lines:

@@ -246,17 +246,22 @@ def _figure_png(report: dict[str, Any]) -> bytes:
         axes[2][col].bar(ts, [p["uninspected"] for p in tl], width=BUCKET_S / 60,
                          color="tab:red")
         axes[2][col].set_ylabel("uninspected")
+        axes[2][col].set_ylim(0, max([1, *(p["uninspected"] for p in tl)]) * 1.1)
         axes[3][col].step(ts, [p["model_version"] for p in tl], where="post")
         axes[3][col].set_ylabel("model version")
         axes[3][col].set_xlabel("minutes")
+        last_x, level = -1e9, 0
         for m in report["steps"]:
             if m["line"] not in (None, ln):
                 continue
             x = (m["at_s"] - t0) / 60
             for r in range(4):
                 axes[r][col].axvline(x, color="grey", lw=0.7, ls="--")
-            axes[0][col].annotate(m["step"], (x, 0.02), rotation=90, fontsize=7,
-                                  va="bottom")
+            # steps seconds apart: their labels climb instead of overprinting
+            level = level + 1 if x - last_x < 0.25 else 0
+            last_x = x
+            axes[0][col].annotate(m["step"], (x, 0.02 + 0.33 * (level % 3)), rotation=90,
+                                  fontsize=7, va="bottom")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
