@@ -158,6 +158,7 @@ class App:
             self._event("appliance_start", "info", "app",
                         f"appliance {cfg.site}/{cfg.line} starting", site=cfg.site,
                         line=cfg.line, stations=len(cfg.stations))
+            self.alarms = AlarmBook(self.store, clock=self._clock)
             self.updates = open_updates(cfg.updates, cfg.updates_dir, site=cfg.site,
                                         line=cfg.line,
                                         max_unpacked_bytes=cfg.model.max_unpacked_bytes)
@@ -165,7 +166,8 @@ class App:
                                      bundles_dir=cfg.bundles_dir,
                                      max_unpacked_bytes=cfg.model.max_unpacked_bytes,
                                      verify=cfg.model.verify_golden, updates=self.updates,
-                                     events=self.events, require=self._require_model)
+                                     events=self.events, alarms=self.alarms,
+                                     require=self._require_model)
             stations = build_stations(cfg.stations, self._sources, self.store.next_sequence)
             self.pipeline = build_pipeline(cfg.pipeline, stations, self.engine, self.store,
                                            model=model, max_frames=self._max_frames,
@@ -180,7 +182,6 @@ class App:
                             providers=",".join(model.info.providers))
             for listener in self._listeners:
                 self.pipeline.add_listener(listener)
-            self.alarms = AlarmBook(self.store, clock=self._clock)
             self.uploads = start_uploads(cfg.uploads, self.store, self.alarms,
                                          site=cfg.site, line=cfg.line,
                                          data_dir=cfg.data_dir, model=self._current_model,
@@ -207,7 +208,7 @@ class App:
                                      rollback=self._panel_rollback(), clock=self._clock)
             self.pipeline.start()
             self._behind = BehindMonitor(cfg.pipeline.behind, self.pipeline.stats,
-                                         self.events, clock=self._clock)
+                                         self.alarms, clock=self._clock)
             self._behind.start()
             self._alarm_rules = AlarmMonitor(cfg.alarms, self.alarms, self._alarm_inputs)
             self._alarm_rules.start()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from appliance.alarms import AlarmBook
 from appliance.errors import EngineError, NoModelError, UpdateRejected
 from appliance.pipeline.engine import Engine, LoadedModel
 from appliance.pipeline.events import Events
@@ -32,12 +33,12 @@ def open_updates(cfg: UpdatesConfig | None, cache_dir: Path, *, site: str, line:
 
 def load_start_model(engine: Engine, path: Path, *, bundles_dir: Path,
                      max_unpacked_bytes: int, verify: bool, updates: Updates | None,
-                     events: Events, require: bool) -> LoadedModel | None:
+                     events: Events, alarms: AlarmBook, require: bool) -> LoadedModel | None:
     """The model the line starts with: through the update agent's crash-safe choice
     when `updates` is given, else the bundle at `path` (a directory or a tar unpacked
     under `bundles_dir`). A model that cannot load raises NoModelError when `require`;
-    otherwise it is logged and recorded as the `no_model` alarm event and None returned
-    (every part is then `uninspected: no_model`)."""
+    otherwise it is logged, the `no_model` alarm is raised in `alarms` (with the bundle
+    and why) and None returned (every part is then `uninspected: no_model`)."""
     try:
         if updates is not None:
             return updates.load_model(
@@ -53,8 +54,8 @@ def load_start_model(engine: Engine, path: Path, *, bundles_dir: Path,
                 "true to start and wait for the first update") from e
         logger.error("starting without a model (model.allow_start_without_model): "
                      "cannot load %s: %s; every part is uninspected: no_model", path, e)
-        events.record("alarm", "alarm", "engine",
-                      f"cannot load model bundle {path}: {e}; started without a model "
-                      "(model.allow_start_without_model), parts are recorded as "
-                      "uninspected: no_model", alarm="no_model", bundle=str(path))
+        alarms.raise_alarm("no_model", f"cannot load model bundle {path}: {e}; started "
+                           "without a model (model.allow_start_without_model), parts are "
+                           "recorded as uninspected: no_model", severity="critical",
+                           data={"bundle": str(path)})
         return None
