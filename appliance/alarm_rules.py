@@ -27,9 +27,10 @@ active now, `{(code, station): (severity, message)}`; the table (codes as in the
                                                 grew within `outbox_window_s`
 
 Invariants of `AlarmMonitor`: it raises an alarm when its condition appears and clears
-it when the condition is gone (never once a second while it lasts); at its first poll it
-adopts the active alarms of its codes left by a previous run, so one whose condition is
-over is cleared. It never raises into the caller: a store error is logged and the next
+it when the condition is gone (never once a second while it lasts); an alarm another
+component already raised is left as it is (no second event, no count bump); at its
+first poll it adopts the active alarms of its codes left by a previous run, so one whose
+condition is over is cleared. It never raises into the caller: a store error is logged and the next
 poll tries again.
 """
 
@@ -60,7 +61,17 @@ logger = logging.getLogger(__name__)
 EVALUATED_CODES = ("camera_lost", "no_model", "engine_cpu_fallback", "uninspected_parts",
                    "disk_low", "disk_near_quota", "store_unwritable", "store_reserve_used",
                    "falling_behind", "broker_offline")
-"""The codes `evaluate` owns (others, e.g. drift, are raised by their own components)."""
+"""The codes `evaluate` owns (others, e.g. drift, are raised by their own components).
+Some of them are also raised by the component that sees the condition first (the store:
+`disk_low`, `store_reserve_used`, `store_unwritable`; the falling-behind monitor; a
+model that cannot load at start): the monitor then finds the alarm active and leaves it
+as it is (one alarm, one event)."""
+
+RAISED_BY_THE_STORE_ONLY = frozenset({"store_unwritable"})
+"""Codes the monitor ends (left over by a previous run) but never raises: while the store
+cannot commit, no alarm can be written, and the store raises this one itself, dated
+when the outage began, in the first batch it commits again (appliance/store/outage.py);
+a raise queued by the monitor would land after that and open a second occurrence."""
 
 AlarmKey = tuple[str, str | None]
 Condition = tuple[AlarmSeverity, str]
@@ -266,8 +277,12 @@ class AlarmMonitor:
                 self._raised = {(a.code, a.station) for a in self._book.active()
                                 if a.code in EVALUATED_CODES}
             for key in sorted(set(wanted) - self._raised, key=str):
+                if key[0] in RAISED_BY_THE_STORE_ONLY:
+                    continue
                 severity, message = wanted[key]
-                self._book.raise_alarm(key[0], message, station=key[1], severity=severity)
+                # bump=False: its owner may have raised it already (with more facts)
+                self._book.raise_alarm(key[0], message, station=key[1], severity=severity,
+                                       bump=False)
                 self._raised.add(key)
             for key in sorted(self._raised - set(wanted), key=str):
                 self._book.clear(key[0], key[1])

@@ -13,8 +13,12 @@ Invariants:
   row), written in the same transaction as the row: the two never disagree.
 - Writes go through the store's single writer (`Store.transact`); reads use their own
   read-only connection. Every method waits for its commit (at most WRITE_TIMEOUT_S).
-- The book is generic: the rules evaluator (alarm_rules.py), drift alerts and update or
-  rollback events all raise through `raise_alarm`.
+- One alarm, one event each way: raising an active alarm writes no event. The rows and
+  their events are written by appliance/store/alarm_rows.py, which the store's writer
+  also runs for the alarms it raises itself (full disk, free-disk floor).
+- The book is generic: the rules evaluator (alarm_rules.py), the falling-behind monitor,
+  a model that cannot load at start, drift alerts and update or rollback events all
+  raise through `raise_alarm`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,14 @@ from typing import Any, Literal, get_args
 
 from appliance.errors import StoreError, UnknownAlarm
 from appliance.store import Store
+from appliance.store.alarm_rows import (
+    COLUMNS,
+    AlarmData,
+    clear_row,
+    raise_row,
+    row_by_id,
+    row_by_id_or_none,
+)
 from appliance.store.batch import INSERT_EVENT, event_row
 from appliance.store.queries import open_reader
 
@@ -41,8 +53,7 @@ MAX_MESSAGE_CHARS = 1000
 MAX_ACTOR_CHARS = 64
 WRITE_TIMEOUT_S = 10.0
 
-_COLUMNS = ("id, code, severity, station, message, raised_at, cleared_at, acked_at, acked_by,"
-            " count, last_raised_at")
+_COLUMNS = COLUMNS
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +150,12 @@ class AlarmBook:
 
     # ------------------------------------------------------------------ writes
     def raise_alarm(self, code: str, message: str, station: str | None = None,
-                    severity: str = "warning") -> Alarm:
+                    severity: str = "warning", *, data: AlarmData | None = None,
+                    bump: bool = True) -> Alarm:
         """Open an alarm, or bump the count (and take the new message and severity) of
-        the active one with this code and station. Raises ValueError (bad code or
+        the active one with this code and station; `bump=False` leaves an active one as
+        it is (a second component seeing a condition its owner already raised). `data`:
+        more facts for the `alarm_raised` event. Raises ValueError (bad code or
         severity), StoreError."""
         check_code(code)
         station = station or None
@@ -151,46 +165,27 @@ class AlarmBook:
         message = message[:MAX_MESSAGE_CHARS]
         now = self._clock()
 
-        def work(conn: sqlite3.Connection) -> tuple[Any, ...]:
-            row = _active_row(conn, code, station)
-            if row is not None:
-                conn.execute("UPDATE alarms SET count = count + 1, last_raised_at = ?,"
-                             " message = ?, severity = ? WHERE id = ?",
-                             (now, message, severity, row[0]))
-                return _row_by_id(conn, int(row[0]))
-            new_id = conn.execute(
-                "INSERT INTO alarms (code, station, severity, message, raised_at,"
-                " last_raised_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (code, station, severity, message, now, now)).lastrowid
-            conn.execute(INSERT_EVENT, event_row(
-                now, "alarm_raised", "alarm" if severity == "critical" else "warning",
-                station or "alarms", message,
-                {"alarm": code, "alarm_id": new_id, "station": station}))
-            return _row_by_id(conn, new_id)
+        def work(conn: sqlite3.Connection) -> tuple[tuple[Any, ...], bool]:
+            return raise_row(conn, now, code, message, station=station, severity=severity,
+                             data=data, bump=bump)
 
-        alarm = _alarm(self._commit(work))
-        if alarm.count == 1:
+        row, opened = self._commit(work)
+        alarm = _alarm(row)
+        if opened:
             logger.warning("alarm %s%s raised: %s", code,
                            f" ({station})" if station else "", message)
         return alarm
 
-    def clear(self, code: str, station: str | None = None) -> Alarm | None:
+    def clear(self, code: str, station: str | None = None, *, message: str | None = None,
+              data: AlarmData | None = None) -> Alarm | None:
         """End the active alarm with this code and station (it stays on the panel until
-        acknowledged); None if none was active. Raises StoreError."""
+        acknowledged); None if none was active. `message` and `data`: what the
+        `alarm_resolved` event says. Raises StoreError."""
         station = station or None
         now = self._clock()
 
         def work(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
-            row = _active_row(conn, code, station)
-            if row is None:
-                return None
-            conn.execute("UPDATE alarms SET cleared_at = ? WHERE id = ?", (now, row[0]))
-            conn.execute(INSERT_EVENT, event_row(
-                now, "alarm_resolved", "info", station or "alarms",
-                f"{code}{f' ({station})' if station else ''} is over",
-                {"alarm": code, "alarm_id": int(row[0]), "station": station,
-                 "duration_s": round(now - float(row[5]), 3)}))
-            return _row_by_id(conn, int(row[0]))
+            return clear_row(conn, now, code, station, message=message, data=data)
 
         row = self._commit(work)
         if row is None:
@@ -207,7 +202,7 @@ class AlarmBook:
         now = self._clock()
 
         def work(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
-            row = _row_by_id_or_none(conn, int(alarm_id))
+            row = row_by_id_or_none(conn, int(alarm_id))
             if row is None or row[7] is not None:
                 return row
             conn.execute("UPDATE alarms SET acked_at = ?, acked_by = ? WHERE id = ?",
@@ -216,7 +211,7 @@ class AlarmBook:
                 now, "alarm_acknowledged", "info", row[3] or "alarms",
                 f"{row[1]} acknowledged by {by}",
                 {"alarm": str(row[1]), "alarm_id": int(alarm_id), "by": by}))
-            return _row_by_id(conn, int(alarm_id))
+            return row_by_id(conn, int(alarm_id))
 
         row = self._commit(work)
         if row is None:
@@ -225,23 +220,3 @@ class AlarmBook:
 
     def _commit(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
         return self._store.transact(work, urgent=True).result(WRITE_TIMEOUT_S)
-
-
-def _active_row(conn: sqlite3.Connection, code: str,
-                station: str | None) -> tuple[Any, ...] | None:
-    row = conn.execute(
-        f"SELECT {_COLUMNS} FROM alarms WHERE code = ? AND coalesce(station, '') = ?"
-        " AND cleared_at IS NULL", (code, station or "")).fetchone()
-    return None if row is None else tuple(row)
-
-
-def _row_by_id_or_none(conn: sqlite3.Connection, alarm_id: int) -> tuple[Any, ...] | None:
-    row = conn.execute(f"SELECT {_COLUMNS} FROM alarms WHERE id = ?", (alarm_id,)).fetchone()
-    return None if row is None else tuple(row)
-
-
-def _row_by_id(conn: sqlite3.Connection, alarm_id: int | None) -> tuple[Any, ...]:
-    row = _row_by_id_or_none(conn, int(alarm_id or 0))
-    if row is None:  # written in this very transaction: cannot happen
-        raise StoreError(f"alarm {alarm_id} vanished inside its transaction")
-    return row

@@ -12,12 +12,12 @@ thresholds from the shared yolo11n model and dataset. Prints the CPU and threads
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.machine import machine_header
 from calibration.errors import ThresholdError
 from calibration.threshold_run import choose_all, score_parts
 from calibration.thresholds import evaluate_threshold, required_defects
@@ -29,16 +29,6 @@ from models.evaluate import load_data_yaml
 DEMO = Path(__file__).resolve().parent.parent / "models" / "demo" / "bundle"
 NEU_DATA = Path("/work/shared/datasets/neu-det/data.yaml")
 NEU_ONNX = Path("/work/shared/models/neu-det-yolo11n/model.onnx")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def _dataset(root: Path, seed: int, parts: int) -> Path:
@@ -111,7 +101,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--neu-target", type=float, nargs="*", default=[0.05, 0.01])
     parser.add_argument("--skip-linesim", action="store_true")
     args = parser.parse_args(argv)
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} threads")
+    print(machine_header())
     if not args.skip_linesim:
         holdout(args.work, args.parts, args.target)
     if args.neu_det and NEU_DATA.exists():

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import sqlite3
 import statistics
 import sys
@@ -43,20 +41,11 @@ from appliance.store import ImageKeepConfig, Store, StoreConfig
 from appliance.store.transaction import Pending, T, Work
 from appliance.telemetry.errors import OutboxUnavailable
 from appliance.telemetry.outbox import NewMessage, Outbox, OutboxDatabase
+from bench.machine import cpu_model, cpu_threads
 from bench.store import synthetic_records
 
 LAYOUTS = ("store-writer", "own-file", "2nd-conn")
 PAYLOAD = b'{"schema": "lineguard.defect/1", "frame_id": "top:123456", ' + b'"x": 0, ' * 40 + b"}"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 class SecondConnection:
@@ -226,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                             r.setdefault("locked_errors", []).append(float(f))
                         r.setdefault(f"verdicts_{case}_per_s", []).append(v)
                         r.setdefault(f"verdicts_{case}_cpu_us", []).append(us)
-    cpu = f"{cpu_model()}, {os.cpu_count()} threads, SQLite {sqlite3.sqlite_version}"
+    cpu = f"{cpu_model()}, {cpu_threads()} threads, SQLite {sqlite3.sqlite_version}"
     print(f"outbox layouts on {cpu}; best of {args.repeat} (median in the JSON)")
     cols = ["enqueue_per_s", "delete_per_s", "verdicts_alone_per_s",
             "verdicts_rate_per_s", "verdicts_max_per_s", "outbox_max_msgs_per_s",

@@ -24,24 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_model, cpu_threads
+
 DEFAULT_DATA = Path("/work/shared/datasets/neu-det")
 DEFAULT_MODEL = Path("/work/shared/models/neu-det-yolo11n")
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 def subset(data: Path, out: Path, train_per_class: int, val_per_class: int) -> Path:
     """A YOLO folder of symlinks: the first N images per class prefix (`crazing_1.jpg`)."""
@@ -97,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     data_yaml = subset(args.data, work / "data", args.train_per_class, args.val_per_class)
     n_train = len(list((work / "data" / "images" / "train").iterdir()))
     n_val = len(list((work / "data" / "images" / "val").iterdir()))
-    threads = os.cpu_count() or 1
+    threads = cpu_threads()
     print(f"CPU: {cpu_model()}, {threads} threads (torch); NEU-DET subset {n_train} train / "
           f"{n_val} val images; {args.epochs} epoch(s) at {args.imgsz} px, batch "
           f"{args.batch}, seed {args.seed}", flush=True)

@@ -37,7 +37,6 @@ Prints a table and one JSON line (`{"bench": "telemetry", ...}`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import getpass
 import json
 import multiprocessing as mp
@@ -53,6 +52,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from machine import cpu_model
 from sqlalchemy import NullPool, create_engine, text
 from sqlalchemy.exc import DBAPIError
 from telemetry_load import DEFECT, HOST, METRICS, plain_subscriber, publish_schedule, templates
@@ -104,15 +104,6 @@ def cpu_s(pid: int) -> float:
     except OSError:
         return total
     return total + sum(cpu_s(child) for child in children)
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), for the report: ratios move between CPUs."""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def free_port() -> int:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,16 +30,7 @@ from appliance.records import DefectRecord, InspectionRecord
 from appliance.store import ImageKeepConfig, Store, StoreConfig
 from appliance.uploads.config import UploadsConfig
 from appliance.uploads.service import Uploads
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from bench.machine import cpu_model, cpu_threads, machine_header
 
 
 def records(n: int) -> list[InspectionRecord]:
@@ -96,13 +85,12 @@ def main(argv: list[str]) -> int:
         result = {name: per_call_us(fn, rs, args.repeat) for name, (fn, rs) in cases.items()}
         store.stop()
     base = result["histogram (yardstick)"]
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} threads; {args.n} verdicts, best of "
-          f"{args.repeat}")
+    print(f"{machine_header()}; {args.n} verdicts, best of {args.repeat}")
     print(f"{'case':<24} {'us/verdict':>10} {'x yardstick':>12}")
     for name, us in result.items():
         print(f"{name:<24} {us:>10.2f} {us / base:>12.2f}")
     print(json.dumps({"bench": "uploads_listener", "cpu": cpu_model(),
-                      "threads": os.cpu_count(), "n": args.n,
+                      "threads": cpu_threads(), "n": args.n,
                       "us_per_verdict": {k: round(v, 3) for k, v in result.items()}}))
     return 0
 

@@ -85,7 +85,8 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
     from cloud.api import create_app
     from cloud.api.releases import ReleaseApi
     from cloud.config import load_config
-    from cloud.datasets.service import open_database, upload_router
+    from cloud.datasets.service import upload_router
+    from cloud.db import open_database
     from cloud.drift.store import DriftStore
     from cloud.errors import CloudError, ConfigError
     from cloud.fleet import FleetStore
@@ -97,12 +98,19 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
         if cfg.api is None:
             raise ConfigError(f"{config_path}: no `api` section")
         token = cfg.api.secret()
-        store = FleetStore(cfg.database, cfg.store)
-        engine = open_database(cfg)
-        registry = open_registry(cfg.database, cfg.registry)
-        side = open_release(cfg.database, cfg.release)
+        # One engine (one pool, one schema check) for every component served here;
+        # each component leaves it open and it is disposed of below.
+        engine = open_database(cfg.database)
+    except CloudError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        store = FleetStore(cfg.database, cfg.store, engine=engine)
+        registry = open_registry(cfg.database, cfg.registry, engine=engine)
+        side = open_release(cfg.database, cfg.release, engine=engine)
         release = ReleaseApi(side.store, cfg.release.repository_dir)
     except CloudError as e:
+        engine.dispose()
         print(f"error: {e}", file=sys.stderr)
         return 2
     # uvicorn handles SIGTERM / SIGINT itself (finishes requests, then returns), and
@@ -120,9 +128,7 @@ def _serve(config_path: Path, host: str | None, port: int | None) -> int:
         uvicorn.run(app, host=host or cfg.api.host, port=port or cfg.api.port,
                     log_config=None, access_log=False)
     finally:
-        store.close()
         engine.dispose()
-        side.close()
     return 0
 
 

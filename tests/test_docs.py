@@ -92,7 +92,8 @@ def test_cloud_check_config_names_a_bad_key(tmp_path: Path,
 def _recorded_events_and_alarms() -> tuple[set[str], set[str]]:
     """Event kinds and alarm codes the appliance's code records, read from its source:
     `_event("kind", ...)`, `events.record("kind", ...)`, `event_row(at, "kind", ...)`,
-    `alarm="code"` and `alarms.append("code")`."""
+    `alarm="code"`, `alarms.append("code")`, `raise_alarm("code", ...)` and
+    `AlarmChange(at, "code", ...)`."""
     kinds: set[str] = set()
     alarms: set[str] = set()
     for path in sorted((REPO / "appliance").rglob("*.py")):
@@ -107,6 +108,10 @@ def _recorded_events_and_alarms() -> tuple[set[str], set[str]]:
                 kinds.add(strings[0])
             if name == "event_row" and len(strings) > 1 and strings[1]:
                 kinds.add(strings[1])
+            if name == "raise_alarm" and strings and strings[0]:
+                alarms.add(strings[0])
+            if name == "AlarmChange" and len(strings) > 1 and strings[1]:
+                alarms.add(strings[1])
             if (name == "append" and isinstance(func, ast.Attribute)
                     and getattr(func.value, "id", "") == "alarms" and strings and strings[0]):
                 alarms.add(strings[0])
@@ -120,7 +125,8 @@ def test_operations_page_explains_every_event_and_alarm() -> None:
     text = (DOCS / "operations.md").read_text(encoding="utf-8")
     kinds, alarms = _recorded_events_and_alarms()
     assert {"alarm", "source_state", "image_skipped"} <= kinds  # the scan finds them
-    assert {"camera_lost", "no_model", "engine_failure"} <= alarms
+    assert {"camera_lost", "no_model", "engine_failure", "falling_behind", "disk_low",
+            "store_unwritable"} <= alarms
     reasons = {r.value for r in UninspectedReason}
     missing = sorted(n for n in kinds | alarms | reasons if f"`{n}`" not in text)
     assert not missing, f"docs/operations.md does not explain: {missing}"

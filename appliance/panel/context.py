@@ -1,4 +1,4 @@
-"""Everything the panel's routes use, built once by appliance/app.py and passed in
+"""Everything the panel's routes use, built once at start (panel/wiring.py) and passed in
 (no collaborator is hung on the FastAPI app or read back from `request.app`)."""
 
 from __future__ import annotations

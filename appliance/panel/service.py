@@ -1,8 +1,9 @@
 """The panel as one startable thing: the live tap, the context and the HTTP server.
 
-appliance/app.py builds the collaborators (user, alarm and label books over the store,
-the metrics exporter, the rollback control) and passes them here; `start` attaches the
-live tap to the pipeline's verdicts and serves; `stop` stops serving.
+appliance/panel/wiring.py (called by appliance/app.py) builds the collaborators (user,
+alarm and label books over the store, the metrics exporter, the rollback control) and
+passes them here; `start` attaches the live tap to the pipeline's verdicts and serves;
+`stop` stops serving.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@
     stats.py             live counters and latency percentiles
     pipeline.py          Pipeline: runs, supervises, drains and reports the stages
 
-`appliance.app.build_pipeline` composes the stages; nothing else builds them.
+`appliance.pipeline.wiring.build_pipeline` composes the stages (the App calls it);
+nothing else builds them.
 """
 
 from appliance.pipeline.job import BatchInfo

@@ -13,9 +13,10 @@ a burst does not raise it and a single good second does not clear it.
 - `BehindDetector` turns `Rates` into a `BehindState` and says when the alarm is raised
   or cleared. Pure (time comes with each call).
 - `BehindMonitor` runs both on a thread over the pipeline's statistics, logs each
-  change and records it as an event (`alarm` / `alarm_cleared`, alarm `falling_behind`,
-  with the rates); its `state` goes into `PipelineStats.behind`, from where the status
-  line and telemetry (status alarm `falling_behind`, `metrics.input_fps`) report it.
+  change and raises or ends the `falling_behind` alarm in the alarm book (one
+  `alarm_raised` / `alarm_resolved` event each, with the rates); its `state` goes into
+  `PipelineStats.behind`, from where the status line and telemetry (status alarm
+  `falling_behind`, `metrics.input_fps`) report it.
 
 "Judged" counts every verdict except the ones that capacity cost: `uninspected` with
 reason `dropped` or `deadline`. A line with no model judges nothing but is not behind.
@@ -29,14 +30,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from appliance.records import UninspectedReason
 
 if TYPE_CHECKING:
     from appliance.config import BehindConfig
-    from appliance.pipeline.events import Events
     from appliance.pipeline.stats import PipelineStats
+    from appliance.store.alarm_rows import AlarmData
 
 logger = logging.getLogger(__name__)
 
@@ -157,15 +158,27 @@ def judged_parts(stats: PipelineStats) -> int:
     return sum(stats.verdicts.values()) - lost
 
 
+class Alarms(Protocol):
+    """Where the monitor raises and ends its alarm (appliance.alarms.AlarmBook fits)."""
+
+    def raise_alarm(self, code: str, message: str, station: str | None = None,
+                    severity: str = "warning", *, data: AlarmData | None = None,
+                    bump: bool = True) -> object: ...
+
+    def clear(self, code: str, station: str | None = None, *, message: str | None = None,
+              data: AlarmData | None = None) -> object: ...
+
+
 class BehindMonitor:
     """Reads `stats()` every `poll_s` on a thread ("behind-monitor"), runs the sampler and
-    the detector, logs and records each change. `state` is the latest BehindState."""
+    the detector, logs each change and raises or ends the alarm in `alarms`. `state` is
+    the latest BehindState."""
 
     def __init__(self, cfg: BehindConfig, stats: Callable[[], PipelineStats],
-                 events: Events, *, clock: Callable[[], float] = time.time) -> None:
+                 alarms: Alarms, *, clock: Callable[[], float] = time.time) -> None:
         self._cfg = cfg
         self._stats = stats
-        self._events = events
+        self._alarms = alarms
         self._clock = clock
         self._sampler = RateSampler(cfg.window_s)
         self._detector = BehindDetector(cfg)
@@ -204,16 +217,14 @@ class BehindMonitor:
         if rates is None:
             return self.state
         state, change = self._detector.update(now, rates)
+        facts: AlarmData = {"input_fps": state.input_fps, "judged_fps": state.judged_fps,
+                            "backlog_frames": state.backlog_frames}
         if change == "raised":
             logger.warning("ALARM %s (for %.1f s)", state.describe(), self._cfg.after_s)
-            self._events.record("alarm", "alarm", "pipeline", state.describe(), alarm=ALARM,
-                                input_fps=state.input_fps, judged_fps=state.judged_fps,
-                                backlog_frames=state.backlog_frames)
+            self._alarms.raise_alarm(ALARM, state.describe(), data=facts, bump=False)
         elif change == "cleared":
             message = (f"caught up: {state.input_fps:.1f} frames/s captured, "
                        f"{state.judged_fps:.1f} parts/s judged")
             logger.info("alarm cleared: %s", message)
-            self._events.record("alarm_cleared", "info", "pipeline", message, alarm=ALARM,
-                                input_fps=state.input_fps, judged_fps=state.judged_fps,
-                                backlog_frames=state.backlog_frames)
+            self._alarms.clear(ALARM, message=message, data=facts)
         return state

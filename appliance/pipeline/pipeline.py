@@ -1,4 +1,4 @@
-"""The running frame path: the stages `appliance.app.build_pipeline` composed, started in
+"""The running frame path: the stages `pipeline.wiring.build_pipeline` composed, started in
 order, supervised, drained on stop, and read for statistics.
 
     SourceStage (one per station) -> [PreprocessStage (worker mode)] -> DynamicBatcher
@@ -63,7 +63,7 @@ class Stage(Protocol):
 
 
 class Pipeline:
-    """See the module docstring. Built by `appliance.app.build_pipeline`."""
+    """See the module docstring. Built by `appliance.pipeline.wiring.build_pipeline`."""
 
     def __init__(
         self,

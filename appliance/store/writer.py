@@ -44,6 +44,8 @@ from typing import Any
 from sqlite_utils import Database
 
 from appliance.errors import StoreError
+from appliance.store import alarm_rows
+from appliance.store.alarm_rows import AlarmChange
 from appliance.store.batch import (
     DELETE_IMAGE,
     EVENT,
@@ -345,7 +347,8 @@ class BatchWriter:
     def _commit(self, batch: Batch, *, rowwise: bool) -> None:
         conn = self._db.conn
         ids = range(batch.first_id, batch.first_id + len(batch.inspections))
-        events = list(batch.events) + self.outage.pending_events
+        events = list(batch.events)
+        alarms = list(self.outage.pending_alarms)
         with self._db.atomic():
             if not rowwise:
                 pairs = list(zip(ids, batch.inspections, strict=True))
@@ -357,8 +360,11 @@ class BatchWriter:
             conn.executemany(
                 DELETE_IMAGE, [(d.deleted_at, d.reason, d.frame_id, d.path) for d in batch.deleted]
             )
-            events += self._image_events(batch)
+            image_events, disk_low = self._image_events(batch)
+            events += image_events
             conn.executemany(INSERT_EVENT, events)
+            for change in alarms + disk_low:
+                alarm_rows.apply(conn, change)
             marks = self._marks.changed()
             conn.executemany(UPSERT_MARK, marks)
             batch.outcomes = [self._run_txn(txn) for txn in batch.txns]
@@ -417,9 +423,11 @@ class BatchWriter:
             ))
         return rows
 
-    def _image_events(self, batch: Batch) -> list[Row]:
+    def _image_events(self, batch: Batch) -> tuple[list[Row], list[AlarmChange]]:
+        """The batch's image events, and the `disk_low` alarm raised or ended by it."""
         now = self._clock()
         rows: list[Row] = []
+        alarms: list[AlarmChange] = []
         deleted: dict[str, list[ImageDeleted]] = defaultdict(list)
         for d in batch.deleted:
             deleted[d.reason].append(d)
@@ -435,16 +443,14 @@ class BatchWriter:
         self._disk_low_next = self._disk_low
         if floor_hit and not self._disk_low:
             self._disk_low_next = True
-            rows.append(event_row(
-                now, "alarm", "alarm", "store.images",
+            alarms.append(AlarmChange(
+                now, "disk_low", True,
                 "free disk under store.images.min_free_disk_bytes: no images are written "
-                "(verdicts still are) until space returns",
-                {"alarm": "disk_low"}))
+                "(verdicts still are) until space returns"))
         elif batch.added and self._disk_low:
             self._disk_low_next = False
-            rows.append(event_row(now, "alarm_cleared", "info", "store.images",
-                                  "images are written again (free disk above the floor)",
-                                  {"alarm": "disk_low"}))
+            alarms.append(AlarmChange(now, "disk_low", False,
+                                      "images are written again (free disk above the floor)"))
         skipped = Counter(s.why for s in batch.skipped)
         for why, count in sorted(skipped.items()):
             fails = sum(s.verdict == "fail" for s in batch.skipped if s.why == why)
@@ -454,4 +460,4 @@ class BatchWriter:
                 f"did not keep {count} images ({fails} fail): {why}",
                 {"count": count, "fail_count": fails, "why": why, "first_frame_id": first},
             ))
-        return rows
+        return rows, alarms

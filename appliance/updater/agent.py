@@ -2,7 +2,8 @@
 assignment (on a poll, on a `cmd/update` / `cmd/rollback` hint, at start), and stages a
 newly assigned bundle: download and unpack (verified), golden set, shadow run, hot swap,
 health window, then commit or automatic rollback. A second thread serves local rollback
-requests (`lineguard appliance rollback`, the panel's control) within 0.1 s.
+requests (`lineguard appliance rollback`, the panel's control) within 0.1 s. The swaps
+and rollbacks themselves are the `ModelSwitch`'s (switch.py).
 
 Invariants:
 - a hint only wakes the check: what runs is decided by the TUF-verified assignment;
@@ -10,8 +11,8 @@ Invariants:
   sequence than one already handled is refused as a replay;
 - the state file says what runs before the pipeline runs it (staging trial before the
   candidate's first load, `activated` before the swap, commit after the health window);
-- swaps go through `Pipeline.activate` (between two batches): no frame is lost or judged
-  twice; the replaced model stays loaded as the standby for a rollback in milliseconds;
+- swaps go through `Pipeline.activate` (between two batches, switch.py): no frame is lost
+  or judged twice; the replaced model stays loaded as the standby for a fast rollback;
 - the line never waits for the agent: the repository being down only backs the checks
   off (protocol/backoff.py).
 """
@@ -37,18 +38,16 @@ from appliance.updater.repository import Repository
 from appliance.updater.state import (
     BundleRef,
     StateFile,
-    activated,
     begin_staging,
     commit,
-    now_utc,
     refuse,
-    roll_back,
 )
+from appliance.updater.switch import ModelSwitch
 from appliance.updater.taps import RecentVerdicts, Roi, ShadowTap
 from appliance.updater.verified import BundleCache
 from protocol.backoff import Backoff
-from protocol.fields import ModelRef, new_msg_id
-from protocol.model_report import UpdateProgress, UpdateStep, UpdateTrigger
+from protocol.fields import ModelRef
+from protocol.model_report import UpdateStep, UpdateTrigger
 
 logger = logging.getLogger(__name__)
 
@@ -82,15 +81,16 @@ class UpdateAgent:
         self._state = state_file
         self._roi_of = dict(roi_of)
         self._progress = StepReporter(events, state_file, report)
+        self._switch = ModelSwitch(pipeline=pipeline, engine=engine, events=events,
+                                   bundles=bundles, state_file=state_file,
+                                   progress=self._progress)
+        self._interrupted = self._switch.interrupted
         self._recent = RecentVerdicts(max(cfg.health_frames, 200))
         self._taps: list[ShadowTap] = []
         self._taps_lock = threading.Lock()
-        self._swap_lock = threading.Lock()
         self._busy = threading.Lock()
-        self._standby: LoadedModel | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._interrupted = threading.Event()
         self._hint: tuple[UpdateTrigger, str | None] = ("poll", None)
         self._threads: list[threading.Thread] = []
         self.checks = 0
@@ -157,18 +157,7 @@ class UpdateAgent:
             delay = self.cfg.poll_interval_s
 
     def _control(self) -> None:
-        while not self._stop.wait(0.1):
-            request = control.take_request(self._cache_dir)
-            if request is None:
-                continue
-            try:
-                result = self.request_rollback(request.to, who=request.who,
-                                               source=request.source,
-                                               request_id=request.request_id)
-            except (UpdateStateError, OSError) as e:
-                result = control.RollbackResult(request_id=request.request_id, ok=False,
-                                                message=str(e), at=now_utc())
-            control.write_result(self._cache_dir, result)
+        self._switch.serve_requests(self._cache_dir, self._stop)
 
     def _refused(self, attempt: Attempt, step: UpdateStep, reason: str,
                  sequence: int | None = None, *, done: bool = True) -> None:
@@ -294,10 +283,7 @@ class UpdateAgent:
         baseline = self._recent.figures(active.version_id) \
             if active is not None and rollback_by is None else None
         seen_before = self._recent.count(candidate.version_id)
-        with self._swap_lock:
-            self._state.save(activated(self._state.load()))
-            self._pipeline.activate(candidate, reason="update")
-            self._standby = active
+        self._switch.swap_in(candidate, active)
         self._progress.step(attempt, "swap", "succeeded",
                             f"{active.version_id if active else None} -> "
                             f"{candidate.version_id}")
@@ -352,7 +338,7 @@ class UpdateAgent:
         if failures:
             reason = "; ".join(failures)
             self._progress.step(attempt, "health", "failed", reason)
-            self._automatic_rollback(attempt, reason)
+            self._switch.automatic(attempt, reason)
             return
         self._progress.step(attempt, "health", "succeeded")
         self._state.save(commit(self._state.load()))
@@ -369,79 +355,7 @@ class UpdateAgent:
             self._health(attempt, model.version_id, None, self._recent.count(model.version_id))
 
     # ------------------------------------------------------------------ rollback
-    def _automatic_rollback(self, attempt: Attempt, reason: str) -> None:
-        with self._swap_lock:
-            state = roll_back(self._state.load())
-            target = state.active
-            try:
-                model = self._model_for(target) if target else None
-            except (UpdateRejected, EngineError) as e:
-                model, reason = None, f"{reason}; the previous bundle cannot load: {e}"
-            if model is None or target is None:
-                self._progress.step(attempt, "rollback", "failed", reason)
-                self._events.record("update_refused", "alarm", "updater",
-                                    f"automatic rollback impossible: {reason}",
-                                    alarm="update_refused", step="rollback", reason=reason)
-                return
-            self._state.save(state)
-            self._pipeline.activate(model, reason="rollback")
-        self._events.record("model_rollback", "warning", "updater",
-                            f"rolled back to {model.version_id}: {reason}",
-                            to=model.version_id, who="update agent", via="health",
-                            reason=reason)
-        self._progress.step(attempt, "rollback", "succeeded",
-                            f"back to {model.version_id}: {reason}")
-
-    def _model_for(self, ref: BundleRef) -> LoadedModel:
-        standby = self._standby
-        if standby is not None and standby.version_id == ref.version_id:
-            return standby
-        return self._engine.load(self._bundles.open(ref), verify=True)
-
     def request_rollback(self, to: str | None, *, who: str, source: str,
                          request_id: str | None = None) -> control.RollbackResult:
-        """Go back to a cached verified bundle (`to`: `"<name>:<version>"` or
-        `"<version>"`; None: the previous one) now, without the network. Returns the
-        outcome (also recorded as a `model_rollback` event naming `who` and `source`)."""
-        rid = request_id or new_msg_id()[:16]
-
-        def result(ok: bool, message: str, active: str | None = None) -> control.RollbackResult:
-            return control.RollbackResult(request_id=rid, ok=ok, message=message,
-                                          active=active, at=now_utc())
-
-        with self._swap_lock:
-            state = self._state.load()
-            ref = state.previous if to is None else self._find(to, state.previous,
-                                                                state.active)
-            if ref is None:
-                why = ("no previous bundle" if to is None else
-                       f"no verified bundle {to} on this machine (a bundle copied in by "
-                       "hand is never activated)")
-                self._events.record("update_refused", "warning", "updater",
-                                    f"rollback refused: {why}", alarm="update_refused",
-                                    step="rollback", who=who, via=source)
-                return result(False, why)
-            current = self._pipeline.model
-            if current is not None and current.version_id == ref.version_id:
-                return result(True, f"{ref.version_id} is already active", ref.version_id)
-            try:
-                model = self._model_for(ref)
-            except (UpdateRejected, EngineError) as e:
-                return result(False, f"{ref.version_id}: {e}")
-            self._state.save(roll_back(state, ref, abandon=False))
-            self._pipeline.activate(model, reason="rollback")
-            self._standby = current
-            self._interrupted.set()
-        self._events.record("model_rollback", "warning", "updater",
-                            f"rolled back to {model.version_id} (asked by {who} via {source})",
-                            to=model.version_id, who=who, via=source, reason="manual")
-        self._progress.publish(UpdateProgress(
-            update_id=rid, trigger="manual", step="rollback", state="succeeded",
-            target=model_ref(model.version_id), detail=f"asked by {who} via {source}"))
-        return result(True, f"{model.version_id} active", model.version_id)
-
-    def _find(self, to: str, *known: BundleRef | None) -> BundleRef | None:
-        for ref in known:
-            if ref is not None and to in (ref.version_id, ref.version_id.rsplit(":", 1)[1]):
-                return ref
-        return self._bundles.find(to)
+        """Go back to a cached verified bundle now (see `ModelSwitch.request`)."""
+        return self._switch.request(to, who=who, source=source, request_id=request_id)

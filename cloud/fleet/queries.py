@@ -130,10 +130,12 @@ def defect_events(
     detections: dict[str, list[DetectionView]] = defaultdict(list)
     ids = [row[0] for row in rows]
     if ids:  # limits are far below SQLite's 32766 bound parameters
-        for msg_id, _idx, class_id, name, score, x1, y1, x2, y2 in conn.execute(
-                sql.select_defects_of(ids)):
+        for (msg_id, _idx, class_id, name, score, x1, y1, x2, y2, width_mm,
+             height_mm) in conn.execute(sql.select_defects_of(ids)):
             detections[msg_id].append(DetectionView(
-                class_id=class_id, class_name=name, score=score, box_xyxy=(x1, y1, x2, y2)
+                class_id=class_id, class_name=name, score=score, box_xyxy=(x1, y1, x2, y2),
+                size_mm_wh=None if width_mm is None or height_mm is None
+                else (width_mm, height_mm),
             ))
     events = []
     for row in rows:

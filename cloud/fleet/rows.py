@@ -18,6 +18,7 @@ from typing import Final, cast
 from protocol import (
     DefectEvent,
     DefectEventV1,
+    Detection,
     DriftSketch,
     DriftSketchV2,
     LatencyStage,
@@ -26,6 +27,7 @@ from protocol import (
     MetricsMessageV1,
     ModelRef,
     ModelReport,
+    SizedDetection,
     StatusMessage,
 )
 
@@ -108,6 +110,13 @@ def _model_cols(model: ModelRef | None) -> tuple[str | None, int | None, str | N
     return model.name, model.version, model.label
 
 
+def _size_mm(d: Detection) -> tuple[float | None, float | None]:
+    """(width, height) on the part plane in mm: `events/defect/2` sends them where the
+    station has a scale; (None, None) otherwise."""
+    size = d.size_mm_wh if isinstance(d, SizedDetection) else None
+    return (None, None) if size is None else size
+
+
 def rows_for(item: Received, stored_at_ms: int) -> MessageRows:
     """The rows of one valid message (pure; the caller writes them in one transaction)."""
     m = item.message
@@ -139,7 +148,7 @@ def rows_for(item: Received, stored_at_ms: int) -> MessageRows:
             m.latency_ms, len(m.defects),
         )
         rows.defects = [
-            (m.msg_id, i, d.class_id, d.class_name, d.score, *d.box_xyxy)
+            (m.msg_id, i, d.class_id, d.class_name, d.score, *d.box_xyxy, *_size_mm(d))
             for i, d in enumerate(m.defects)
         ]
     elif isinstance(m, DriftSketch | DriftSketchV2):

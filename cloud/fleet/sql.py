@@ -294,7 +294,7 @@ def select_defect_events(
 def select_defects_of(ids: Sequence[str]) -> AnySelect:
     d = defects.c
     return (select(d.msg_id, d.idx, d.class_id, d.class_name, d.score, d.x1, d.y1, d.x2,
-                   d.y2)
+                   d.y2, d.width_mm, d.height_mm)
             .where(d.msg_id.in_(ids)).order_by(d.msg_id, d.idx))
 
 

@@ -109,18 +109,30 @@ class FleetStore:
         cfg: FleetStoreConfig | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        engine: Engine | None = None,
     ) -> None:
+        """The store on `database`, its schema brought up to date (`ensure_schema`).
+        With `engine` (the process's one engine, from `cloud.db.open_database`, which
+        already brought the schema up to date) the store uses it and leaves it open on
+        `close`: its owner disposes of it. Raises FleetStoreError."""
         self._cfg = cfg or FleetStoreConfig()
         self._clock = clock
         self._lock = threading.Lock()
         self.url = database.url
         self._where = make_url(database.url).render_as_string(hide_password=True)
+        self._owns_engine = engine is None
+        if engine is not None:
+            self._engine: Engine = engine
+            self._writes = sql.Writes(engine.dialect)
+            self._dbapi: Any = engine.dialect.loaded_dbapi
+            self.migrations_applied: list[str] = []
+            return
         try:
-            self._engine: Engine = open_engine(database)
+            self._engine = open_engine(database)
         except (OSError, sa_exc.SQLAlchemyError) as e:
             raise FleetStoreError(f"{self._where}: cannot open the fleet store: {e}") from e
         self._writes = sql.Writes(self._engine.dialect)
-        self._dbapi: Any = self._engine.dialect.loaded_dbapi  # PEP 249 errors of writes
+        self._dbapi = self._engine.dialect.loaded_dbapi  # PEP 249 errors of writes
         try:
             self.migrations_applied = ensure_schema(self._engine, database)
         except sa_exc.SQLAlchemyError as e:
@@ -306,7 +318,10 @@ class FleetStore:
         return {name: value for name, value in counts.items() if value}
 
     def close(self) -> None:
-        """Close the database connections (idempotent)."""
+        """Close the database connections (idempotent); a borrowed engine (see
+        `__init__`) is left to its owner."""
+        if not self._owns_engine:
+            return
         with self._lock:
             self._engine.dispose()
 

@@ -126,7 +126,8 @@ defect_events = Table(
     Index("defect_events_captured", "captured_at_ms"),
 )
 
-# The detections of a defect event, one row each; box in original image pixels.
+# The detections of a defect event, one row each; box in original image pixels, size on
+# the part plane in mm (`events/defect/2`; NULL: the station has no scale, or a v1 event).
 defects = Table(
     "defects", metadata,
     Column("msg_id", Text, nullable=False),
@@ -138,6 +139,8 @@ defects = Table(
     Column("y1", Double, nullable=False),
     Column("x2", Double, nullable=False),
     Column("y2", Double, nullable=False),
+    Column("width_mm", Double),
+    Column("height_mm", Double),
     PrimaryKeyConstraint("msg_id", "idx"),
     Index("defects_class", "class_name", "msg_id"),
 )

@@ -79,12 +79,15 @@ class MetricsPoint(_View):
 
 
 class DetectionView(_View):
-    """One detected defect; `box_xyxy` in pixels of the original image."""
+    """One detected defect; `box_xyxy` in pixels of the original image, `size_mm_wh`
+    its (width, height) on the part plane in millimetres (None: the line's station has
+    no calibrated scale, or the line sent `events/defect/1`)."""
 
     class_id: int
     class_name: str
     score: float
     box_xyxy: tuple[float, float, float, float]
+    size_mm_wh: tuple[float, float] | None = None
 
 
 class DefectEventView(_View):

@@ -44,13 +44,21 @@ class ReleaseSide:
     engine: Engine
     repo: Repository
     store: ReleaseStore
+    owns_engine: bool = True
+    """False: the engine was lent (`open_release(..., engine=...)`); its owner disposes."""
 
     def close(self) -> None:
-        self.engine.dispose()
+        if self.owns_engine:
+            self.engine.dispose()
 
 
-def open_release(database: DatabaseConfig, config: ReleaseConfig) -> ReleaseSide:
-    """Database, repository and release records together. Raises ReleaseError."""
+def open_release(database: DatabaseConfig, config: ReleaseConfig, *,
+                 engine: Engine | None = None) -> ReleaseSide:
+    """Database, repository and release records together; on `engine` when given (the
+    process's one engine, left open by `close`), else on a newly opened one. Raises
+    ReleaseError."""
     repo = open_repository(config)
+    if engine is not None:
+        return ReleaseSide(engine, repo, ReleaseStore(engine), owns_engine=False)
     engine = open_database(database)
     return ReleaseSide(engine, repo, ReleaseStore(engine))

@@ -269,14 +269,33 @@ def train_detector(
     args = train_args(cfg)
     best = trained_weights or _train(ultralytics, cfg, args, say, callbacks or {})
 
-    say(f"exporting {best} to ONNX with a dynamic batch axis")
+    onnx_path = _export_onnx(ultralytics, best, cfg, say)
+    return _bundle(cfg, plan, onnx_path, best, args, say)
+
+
+def export_dir(cfg: TrainConfig) -> Path:
+    """Where a run exports its ONNX model: a folder of the run's own."""
+    return cfg.work_dir.resolve() / cfg.name / "export"
+
+
+def _export_onnx(ultralytics: ModuleType, weights: Path, cfg: TrainConfig,
+                 say: Callable[[str], None]) -> Path:
+    """Export `weights` to ONNX with a dynamic batch axis, in `export_dir(cfg)`.
+    Ultralytics writes the export next to the weights it reads, so it reads a copy
+    there: `--trained-weights` may lie in a shared or read-only folder, which is never
+    written to. Raises TrainingError."""
+    folder = export_dir(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / weights.name
+    if source.resolve() != weights.resolve():
+        shutil.copyfile(weights, source)
+    say(f"exporting {weights} to ONNX with a dynamic batch axis (in {folder})")
     try:
         with ultralytics_output():
-            onnx_path = Path(ultralytics.YOLO(str(best)).export(
+            return Path(ultralytics.YOLO(str(source)).export(
                 format="onnx", imgsz=cfg.imgsz, dynamic=True, simplify=False, device="cpu"))
     except Exception as e:
         raise TrainingError(f"ONNX export failed: {e}") from e
-    return _bundle(cfg, plan, onnx_path, best, args, say)
 
 
 def _train(ultralytics: ModuleType, cfg: TrainConfig, args: dict[str, object],

@@ -26,7 +26,8 @@ from appliance.app import App
 from appliance.capture.source import SourceRead
 from appliance.config import load_config
 from appliance.errors import SourceLost, UnknownAlarm
-from appliance.store import Store
+from appliance.store import Store, alarm_rows
+from appliance.store.alarm_rows import AlarmChange
 from tests.appliance.pipeline_helpers import tiny_bundle
 from tests.appliance.store_rig import open_store
 
@@ -269,6 +270,51 @@ def test_monitor_adopts_and_clears_alarms_left_by_a_previous_run(book: AlarmBook
     AlarmMonitor(CFG, book, r.read, monotonic=lambda: r.now).poll()
     assert [a.id for a in book.active()] == [foreign.id]
     assert not book.get(stale.id).active
+
+
+def test_one_alarm_is_one_event_whoever_raises_or_ends_it(store: Store,
+                                                           book: AlarmBook) -> None:
+    # The falling-behind monitor, the store's writer and a failed model load raise their
+    # alarm themselves, and the rules see the same conditions: each opening and each
+    # ending is still one event (they used to be two: `alarm` and `alarm_raised`).
+    r = Readings()
+    monitor = AlarmMonitor(CFG, book, r.read, monotonic=lambda: r.now)
+    monitor.poll()
+
+    def by_the_store(change: AlarmChange) -> None:
+        store.transact(lambda conn: alarm_rows.apply(conn, change), urgent=True).result(5.0)
+
+    # its owner first (with its facts), then the rules
+    owned = book.raise_alarm("falling_behind", "30 frames/s captured, 10 judged",
+                             data={"input_fps": 30.0}, bump=False)
+    r.set(falling_behind="falling behind: 30 frames/s captured")
+    r.now += 1
+    monitor.poll()
+    # the rules first, then the store's writer
+    r.set(falling_behind="falling behind: 30 frames/s captured",
+          free_disk_bytes=50 * MiB)
+    r.now += 1
+    monitor.poll()
+    by_the_store(AlarmChange(1.0, "disk_low", True, "images stop at the floor"))
+    # the store's outage: never raised by the rules (the store raises it once it can)
+    r.set(falling_behind="falling behind: 30 frames/s captured",
+          free_disk_bytes=50 * MiB, store_unwritable=True)
+    r.now += 1
+    monitor.poll()
+    assert "store_unwritable" not in [a.code for a in book.active()]
+    # all over: each ended by its owner and by the rules
+    book.clear("falling_behind", message="caught up")
+    by_the_store(AlarmChange(2.0, "disk_low", False, "images again"))
+    r.set()
+    r.now += 1
+    monitor.poll()
+    assert book.active() == []
+    assert book.get(owned.id).count == 1 and book.get(owned.id).message.startswith("30 ")
+    for code in ("falling_behind", "disk_low"):
+        kinds = [k for k, _, d in events(store) if d.get("alarm") == code]
+        assert kinds == ["alarm_raised", "alarm_resolved"], (code, kinds)
+    assert [d.get("input_fps") for k, _, d in events(store)
+            if d.get("alarm") == "falling_behind" and k == "alarm_raised"] == [30.0]
 
 
 def test_monitor_survives_a_stopped_store(tmp_path: Path) -> None:

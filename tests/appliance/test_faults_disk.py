@@ -173,9 +173,16 @@ def test_a_full_data_disk_loses_no_verdict_and_recovers_by_itself(
     finally:
         conn.close()
     for alarm in ("disk_low", "store_reserve_used", "store_unwritable"):
-        assert ("alarm", alarm) in events, events
-    assert ("alarm_cleared", "store_unwritable") in events
-    assert ("alarm_cleared", "store_reserve_used") in events
+        assert ("alarm_raised", alarm) in events, events
+    assert ("alarm_resolved", "store_unwritable") in events
+    assert ("alarm_resolved", "store_reserve_used") in events
+    # one alarm, one event: the store and the alarm rules see the same conditions, and
+    # the second to raise an active alarm writes nothing
+    for alarm in ("store_reserve_used", "store_unwritable"):
+        raised = [k for k, a in events if a == alarm and k == "alarm_raised"]
+        resolved = [k for k, a in events if a == alarm and k == "alarm_resolved"]
+        assert len(raised) == len(resolved) == 1, events
+    assert not [k for k, a in events if a is not None and k in ("alarm", "alarm_cleared")]
     assert reasons.get("store_full", 0) >= 20
     assert state == "clean"
 

@@ -191,7 +191,7 @@ def test_free_disk_floor_with_injected_disk_usage(tmp_path: Path) -> None:
         store.flush()
         assert store.stats().images_skipped_fail == 1
         skipped = store.events(kinds=["image_skipped"])
-        alarms = [e["data"]["alarm"] for e in store.events(kinds=["alarm"])]
+        alarms = [e["data"]["alarm"] for e in store.events(kinds=["alarm_raised"])]
     assert disk.min_free is not None and disk.min_free >= 0
     assert live_files(cfg.images.dir) == kept_before  # no pointless deletions
     assert skipped[0]["data"]["why"] == "disk_floor" and skipped[0]["severity"] == "warning"

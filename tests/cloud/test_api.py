@@ -13,7 +13,7 @@ from cloud.api import create_app
 from cloud.collector.validate import Delivery, classify
 from cloud.db import DatabaseConfig
 from cloud.fleet import FleetStore, Received, to_ms
-from protocol import encode
+from protocol import SizedDetection, encode
 from tests.cloud import fleet_helpers as h
 
 with warnings.catch_warnings():
@@ -36,7 +36,11 @@ def store(module_database_url):
         h.status(line="line-2", sent_at=T, online=False),
         h.model_report(sent_at=T + timedelta(seconds=1), version=8),
         *[h.metrics(sent_at=T + timedelta(seconds=10 * i)) for i in range(12)],
-        h.defect(captured_at=T, classes=("scratches", "inclusion")),
+        h.defect(captured_at=T).model_copy(update={"defects": [  # sizes in mm (v2)
+            SizedDetection(class_id=0, class_name="scratches", score=0.9,
+                           box_xyxy=(1.0, 2.0, 30.0, 40.0), size_mm_wh=(1.25, 0.5)),
+            SizedDetection(class_id=1, class_name="inclusion", score=0.9,
+                           box_xyxy=(1.0, 2.0, 30.0, 40.0))]}),
         h.defect(captured_at=T + timedelta(seconds=5), classes=("patches",)),
         h.defect(line="line-2", captured_at=T + timedelta(seconds=9)),
     ]
@@ -115,6 +119,8 @@ def test_defect_events_with_filters(client):
     assert len(inclusion) == 1
     assert [d["class_name"] for d in inclusion[0]["defects"]] == ["scratches", "inclusion"]
     assert inclusion[0]["defects"][0]["box_xyxy"] == [1.0, 2.0, 30.0, 40.0]
+    # each detection's size on the part plane, mm (None: the station has no scale)
+    assert [d["size_mm_wh"] for d in inclusion[0]["defects"]] == [[1.25, 0.5], None]
     assert len(events(since=(T + timedelta(seconds=1)).isoformat(), site="plant1")) == 2
     assert len(events(limit=1)) == 1
 

@@ -27,12 +27,14 @@ from cloud.db import (
 from cloud.db import migrate as db_migrate
 from cloud.fleet import tables as fleet_tables
 
-EXTRA_REVISION = '''
+FLEET_HEAD = next(r for r in head_revisions() if r.startswith("fleet_"))
+
+EXTRA_REVISION = f'''
 import sqlalchemy as sa
 from alembic import op
 
 revision = "fleet_9001"
-down_revision = "fleet_0001"
+down_revision = "{FLEET_HEAD}"
 branch_labels = None
 depends_on = None
 
@@ -124,7 +126,7 @@ def test_sqlite_is_backed_up_before_a_migration_and_a_newer_revision_is_refused(
         assert list(tmp_path.glob("cloud.db.bak-*")) == []  # a new file: nothing to keep
         monkeypatch.setattr(db_migrate, "SCRIPT_LOCATION", newer_build)
         assert upgrade(engine, cfg) == ["fleet_9001"]  # the newer build
-        (backup,) = tmp_path.glob("cloud.db.bak-*fleet_0001-*")
+        (backup,) = tmp_path.glob(f"cloud.db.bak-*{FLEET_HEAD}-*")
         tables = {row[0] for row in sqlite3.connect(backup).execute(
             "SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert "messages" in tables and "test_extra" not in tables
@@ -134,7 +136,7 @@ def test_sqlite_is_backed_up_before_a_migration_and_a_newer_revision_is_refused(
         with pytest.raises(MigrationError, match="fleet_9001"):
             pending_revisions(engine)
         # untouched: the fleet branch at the newer revision, the others at their heads
-        assert current_revisions(engine) == head_revisions() - {"fleet_0001"} | {"fleet_9001"}
+        assert current_revisions(engine) == head_revisions() - {FLEET_HEAD} | {"fleet_9001"}
     finally:
         engine.dispose()
 

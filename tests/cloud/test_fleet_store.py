@@ -10,6 +10,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import text
 
 from cloud.collector.validate import Delivery, classify
 from cloud.config import FleetStoreConfig
@@ -18,7 +19,8 @@ from cloud.db import migrate as db_migrate
 from cloud.db.migrate import head_revisions
 from cloud.errors import FleetStoreError, StoreRejected
 from cloud.fleet import FleetStore, Received, Rejected, to_ms
-from protocol import Message, decode, encode
+from protocol import DefectEventV1, Message, SizedDetection, decode, encode
+from protocol.fields import new_msg_id
 from tests.cloud import fleet_helpers as h
 
 NOW_MS = to_ms(h.T0 + timedelta(hours=1))
@@ -100,7 +102,7 @@ def _fleet_branch_only(path) -> None:
         with engine.begin() as conn:
             cfg = db_migrate._alembic_config()
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "fleet@head")
+            command.upgrade(cfg, "fleet_0001")  # what 0.1's schema was
     finally:
         engine.dispose()
 
@@ -225,6 +227,53 @@ def test_defect_event_filters(store):
     assert len(store.defect_events(limit=1)) == 1
 
 
+def test_defect_sizes_in_mm_are_stored_and_served(store):
+    # events/defect/2 carries each detection's size on the part plane (None: no scale);
+    # events/defect/1 has none
+    t = h.T0
+    sized = h.defect(captured_at=t).model_copy(update={"defects": [
+        SizedDetection(class_id=0, class_name="scratches", score=0.9,
+                       box_xyxy=(1.0, 2.0, 30.0, 40.0), size_mm_wh=(1.25, 0.5)),
+        SizedDetection(class_id=1, class_name="inclusion", score=0.8,
+                       box_xyxy=(5.0, 6.0, 7.0, 8.0))]})
+    v1 = DefectEventV1.model_validate(
+        {**h.defect(captured_at=t + timedelta(seconds=1)).model_dump(by_alias=True),
+         "msg_id": new_msg_id(), "schema": "lineguard.events.defect/1",
+         "defects": [{"class_id": 0, "class_name": "pits", "score": 0.8,
+                      "box_xyxy": (1.0, 2.0, 3.0, 4.0)}]})
+    assert store.ingest([rec(sized), rec(v1)], collector_id="c1").stored == 2
+    v1_event, v2_event = store.defect_events()  # newest first
+    assert [d.size_mm_wh for d in v1_event.defects] == [None]  # v1: no sizes
+    assert [d.size_mm_wh for d in v2_event.defects] == [(1.25, 0.5), None]
+    assert sorted(h.query(store.url, "SELECT width_mm, height_mm FROM defects"),
+                  key=str) == sorted([(1.25, 0.5), (None, None), (None, None)], key=str)
+
+
+def test_a_fleet_0001_database_gains_the_size_columns_and_keeps_its_rows(database_url):
+    # a database migrated before the sizes existed: its detections are kept, size None
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            cfg = db_migrate._alembic_config()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "fleet_0001")
+            conn.execute(text(
+                "INSERT INTO defects (msg_id, idx, class_id, class_name, score, x1, y1, x2,"
+                " y2) VALUES ('m1', 0, 0, 'pits', 0.9, 1, 2, 3, 4)"))
+    finally:
+        engine.dispose()
+    store = open_store(database_url)
+    try:
+        assert "fleet_0002" in store.migrations_applied
+        assert h.query(database_url, "SELECT msg_id, width_mm, height_mm FROM defects") == \
+            [("m1", None, None)]
+    finally:
+        store.close()
+
+
 def test_quarantine_keeps_reason_counts_and_a_bounded_head(database_url):
     store = open_store(database_url, quarantine_keep_bytes=8)
     try:
@@ -322,7 +371,7 @@ def test_a_database_migrated_by_a_newer_build_is_refused(database_url):
     if url.startswith("sqlite:///"):
         conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
         conn.execute("UPDATE alembic_version SET version_num = 'fleet_9999' "
-                     "WHERE version_num = 'fleet_0001'")
+                     "WHERE version_num LIKE 'fleet_%'")
         conn.close()
     else:
         import psycopg
@@ -330,7 +379,7 @@ def test_a_database_migrated_by_a_newer_build_is_refused(database_url):
         with psycopg.connect(url.replace("postgresql+psycopg", "postgresql"),
                              autocommit=True) as pg:
             pg.execute("UPDATE alembic_version SET version_num = 'fleet_9999' "
-                       "WHERE version_num = 'fleet_0001'")
+                       "WHERE version_num LIKE 'fleet_%'")
     with pytest.raises(FleetStoreError, match=r"fleet_9999.*newer lineguard"):
         open_store(database_url)
 

@@ -115,3 +115,43 @@ def test_numbers_below_one_are_usage_errors(
     with pytest.raises(SystemExit) as exc:
         cloud_main(_train(data, tmp_path, flag, "0"))
     assert exc.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+
+
+def test_the_onnx_export_is_written_in_the_run_not_beside_the_weights(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --trained-weights may lie in a shared, read-only folder: Ultralytics writes its
+    # export next to the weights it reads, so it must read a copy in the run's folder
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    weights = shared / "best.pt"
+    weights.write_bytes(b"weights")
+    exported: list[Path] = []
+
+    class FakeYolo:
+        def __init__(self, path: str) -> None:
+            self.path = Path(path)
+
+        def export(self, **_: object) -> str:
+            onnx = self.path.with_suffix(".onnx")
+            onnx.write_bytes(b"onnx")
+            exported.append(onnx)
+            return str(onnx)
+
+    class Bundled(Exception):
+        pass
+
+    def bundle(_cfg: object, _plan: object, onnx_path: Path, used: Path, *_: object) -> None:
+        assert onnx_path == exported[0] and used == weights
+        raise Bundled
+
+    fake = type("FakeUltralytics", (), {"YOLO": FakeYolo})
+    monkeypatch.setattr(cloud.training.train, "import_ultralytics", lambda *_: fake)
+    monkeypatch.setattr(cloud.training.train, "_bundle", bundle)
+    cfg = TrainConfig(data, tmp_path / "bundle", name="tiny", version=1,
+                      work_dir=tmp_path / "runs")
+    with pytest.raises(Bundled):
+        cloud.training.train.train_detector(cfg, trained_weights=weights)
+    assert sorted(p.name for p in shared.iterdir()) == ["best.pt"]
+    assert exported[0].parent == cloud.training.train.export_dir(cfg)
+    assert exported[0].is_relative_to((tmp_path / "runs").resolve())
