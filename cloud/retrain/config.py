@@ -38,6 +38,14 @@ class GateConfig(_Section):
     # Classes with fewer ground-truth boxes than this in a set are not held to the
     # recall rule there (their recall moves in steps too coarse to judge).
     min_instances_for_recall: int = Field(10, ge=1, le=1_000_000)
+    # Refuse when the candidate does not beat its parent's mAP50 by at least this on
+    # the new data's held-out split: the val images of the dataset version that none
+    # of its parent versions held (e.g. the operators' labelled drift samples). A
+    # retraining that did not learn what it was asked to learn is not shipped, however
+    # harmless elsewhere. Not judged for a version without parent versions, or with
+    # fewer than `min_new_data_images` such images.
+    min_new_data_gain: float = Field(0.02, ge=0.0, le=1.0)
+    min_new_data_images: int = Field(5, ge=1, le=1_000_000)
     # Refuse when the median batch-1 latency of the candidate on this machine (ONNX
     # Runtime, CPU) exceeds this.
     latency_budget_ms: float = Field(100.0, gt=0.0, le=60_000.0)

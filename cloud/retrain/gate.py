@@ -1,9 +1,12 @@
 """The validation gate's decision: a pure function of the measurements and the
 settings (no IO; `cloud.retrain.gate_run` measures). Rules, each a `Check`:
 
-- mAP50 on each held-out set is at least the parent's minus `map50_tolerance`;
-- no class's recall on any set falls by more than `max_recall_drop` (classes with
-  fewer than `min_instances_for_recall` boxes in that set are not judged);
+- mAP50 on each held-out set is at least the parent's minus `map50_tolerance`; on the
+  new data's held-out split (a set with `improve`) at least the parent's plus
+  `min_new_data_gain`: there the candidate must have learned something;
+- no class's recall on any set but the new data's falls by more than
+  `max_recall_drop` (classes with fewer than `min_instances_for_recall` boxes in that
+  set are not judged);
 - the candidate's batch-1 latency is within `latency_budget_ms`.
 
 A candidate without a parent is judged on latency only (nothing to compare with).
@@ -26,6 +29,8 @@ class SetMeasurement:
     title: str
     candidate: Metrics
     parent: Metrics | None
+    improve: bool = False
+    """The new data: the candidate must beat the parent here, not only keep up."""
 
 
 @dataclass(frozen=True)
@@ -44,13 +49,20 @@ def decide(settings: GateConfig, sets: Sequence[SetMeasurement],
     for s in sets:
         if s.parent is None:
             continue
-        floor = s.parent.map50 - settings.map50_tolerance
+        if s.improve:
+            floor = s.parent.map50 + settings.min_new_data_gain
+            rule = f"at least +{settings.min_new_data_gain:g} over the parent"
+        else:
+            floor = s.parent.map50 - settings.map50_tolerance
+            rule = f"tolerance {settings.map50_tolerance:g}"
         checks.append(Check(
             rule=f"mAP50 on {s.title}",
             passed=s.candidate.map50 >= floor - 1e-12,
             detail=f"mAP50 on {s.title} ({s.candidate.dataset}): candidate "
                    f"{s.candidate.map50:.3f}, parent {s.parent.map50:.3f}, floor {floor:.3f} "
-                   f"(tolerance {settings.map50_tolerance:g})"))
+                   f"({rule})"))
+        if s.improve:
+            continue  # a few dozen new images: per-class recall is too coarse to judge
         for name, parent_cls in sorted(s.parent.per_class.items()):
             if parent_cls.instances < settings.min_instances_for_recall:
                 continue

@@ -30,6 +30,8 @@ class HeldOutSet:
 
     title: str
     dataset: YoloDataset
+    improve: bool = False
+    """The new data: the candidate must beat its parent here (gate.decide)."""
 
 
 def machine_description(threads: int) -> str:
@@ -107,7 +109,8 @@ def run_gate(
             par = evaluate_report(parent, s.dataset, "val", providers=["cpu"])
         say(f"gate: mAP50 on {s.title}: candidate {cand.metrics.map50:.3f}"
             + (f", parent {par.metrics.map50:.3f}" if par else ""))
-        measured.append(SetMeasurement(s.title, cand.metrics, par.metrics if par else None))
+        measured.append(SetMeasurement(s.title, cand.metrics, par.metrics if par else None,
+                                       improve=s.improve))
         results.append(_set_result(s.title, cand, par))
     say(f"gate: timing batch-1 latency ({settings.latency_threads} threads)")
     latency = batch1_latency_ms(candidate, sets[0].dataset, settings)
@@ -121,5 +124,6 @@ def run_gate(
         settings={"map50_tolerance": settings.map50_tolerance,
                   "max_recall_drop": settings.max_recall_drop,
                   "min_instances_for_recall": float(settings.min_instances_for_recall),
+                  "min_new_data_gain": settings.min_new_data_gain,
                   "latency_budget_ms": settings.latency_budget_ms},
         created_at=datetime.now(UTC))

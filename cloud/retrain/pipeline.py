@@ -4,8 +4,9 @@ Steps: resolve the parent (registry; its `.pt`) and the data -> fine-tune with
 Ultralytics from the parent's weights (cloud/training/train.py: offline, export to
 ONNX, bundle with its golden set and lineage) with a progress line per epoch and a log
 file -> register the bundle and weights as a candidate -> run the validation gate on
-the dataset's held-out split and the parent's holdout -> record the report (the
-candidate becomes approved or refused).
+the dataset's held-out split, the parent's holdout, and the new data's held-out split
+(the val images no parent version of the dataset held: there the candidate must beat
+its parent) -> record the report (the candidate becomes approved or refused).
 
 The candidate keeps the parent's name, takes the next free version, and is served at
 the parent's input size whatever size it trained at.
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloud.errors import CloudError
 from cloud.registry import (
     DatasetUse,
     GateReport,
@@ -31,7 +33,7 @@ from cloud.registry import (
     RegistryLineage,
 )
 from cloud.retrain.config import GateConfig, TrainingDefaults
-from cloud.retrain.data import DatasetSource, ResolvedData, resolve_data
+from cloud.retrain.data import DatasetSource, ResolvedData, resolve_data, val_subset
 from cloud.retrain.errors import RetrainError
 from cloud.retrain.gate_run import HeldOutSet, run_gate
 from cloud.retrain.progress import epoch_callback
@@ -128,7 +130,9 @@ def retrain(
                                     dataset=DatasetUse(resolved.ref, fingerprint),
                                     holdout=resolved.ref))
         say(f"registered {entry.ref} as {entry.state}")
-        report = gate_candidate(registry, entry, parent, resolved, holdout, gate, say)
+        new_data = _new_data(resolved, datasets, run_dir / "new-data", gate, say)
+        report = gate_candidate(registry, entry, parent, resolved, holdout, gate, say,
+                                new_data=new_data)
         entry = registry.record_gate(entry.name, entry.version, report,
                                      approve=gate.approve_on_pass)
         say(f"gate {'passed' if report.passed else 'REFUSED'}: {entry.ref} is {entry.state}"
@@ -139,12 +143,16 @@ def retrain(
 def gate_candidate(
     registry: ModelRegistry, candidate: ModelEntry, parent: ModelEntry | None,
     data: ResolvedData, parent_holdout: ResolvedData | None, gate: GateConfig,
-    say: Callable[[str], None],
+    say: Callable[[str], None], *, new_data: Path | None = None,
 ) -> GateReport:
     """Run the gate on the candidate against its parent: on `data`'s held-out (val)
-    split, and on the parent's holdout when it has one. Raises RetrainError."""
+    split, on the parent's holdout when it has one, and on the new data's held-out
+    split (`new_data`, a data.yaml; see `_new_data`). Raises RetrainError."""
     try:
         sets = [HeldOutSet("the dataset's held-out split", load_data_yaml(data.data_yaml))]
+        if new_data is not None:
+            sets.append(HeldOutSet("the new data's held-out split", load_data_yaml(new_data),
+                                   improve=True))
         if parent_holdout is not None and parent_holdout.data_yaml != data.data_yaml:
             sets.append(HeldOutSet("the parent's holdout",
                                    load_data_yaml(parent_holdout.data_yaml)))
@@ -155,6 +163,31 @@ def gate_candidate(
                         parent_name=str(parent.ref) if parent else None, progress=say)
     except (ModelError, RegistryError) as e:
         raise RetrainError(f"the gate could not evaluate {candidate.ref}: {e}") from e
+
+
+def _new_data(data: ResolvedData, datasets: DatasetSource | None, out_dir: Path,
+              gate: GateConfig, say: Callable[[str], None]) -> Path | None:
+    """The val images of dataset version `data` that none of its parent versions held,
+    as a YOLO folder under `out_dir` (its data.yaml); None when there is nothing to
+    judge there (a path, a version without parents, too few such images)."""
+    if datasets is None or data.fingerprint is None:
+        return None
+    try:
+        new = datasets.new_images(data.ref)
+    except (CloudError, LookupError) as e:
+        raise RetrainError(f"the new images of {data.ref}: {e}") from e
+    if new is None:
+        return None
+    try:
+        yaml_path, count = val_subset(data.data_yaml, new, out_dir)
+    except (ModelError, OSError) as e:
+        raise RetrainError(f"the new data of {data.ref}: {e}") from e
+    if count < gate.min_new_data_images:
+        say(f"gate: {count} of {data.ref}'s val images are new (fewer than "
+            f"{gate.min_new_data_images}): the new data is not judged on its own")
+        return None
+    say(f"gate: {count} of {data.ref}'s val images are new since its parent versions")
+    return yaml_path
 
 
 def _sayer(progress: Callable[[str], None] | None,

@@ -107,5 +107,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
-        codes = fleet.stop()
-        print("stopped: " + ", ".join(f"{k} ({v})" for k, v in codes.items()), flush=True)
+        codes = fleet.stop()  # the scenario stops the fleet before its report
+        if codes:
+            print("stopped: " + ", ".join(f"{k} ({v})" for k, v in codes.items()),
+                  flush=True)

@@ -109,6 +109,7 @@ def label_frames(client: PanelClient, frame_ids: list[str], line_cfg: LineConfig
             best = max(((iou(box, (t.x1, t.y1, t.x2, t.y2)), j) for j, t in enumerate(truth)
                         if t.class_name == name and j not in matched), default=(0.0, -1))
             ok = best[0] >= MATCH_IOU and not sabotage
+            stats.wrong += sabotage and best[0] >= MATCH_IOU  # a real defect rejected
             if ok:
                 matched.add(best[1])
             if ok and rnd.random() < error_rate:
@@ -128,6 +129,7 @@ def label_frames(client: PanelClient, frame_ids: list[str], line_cfg: LineConfig
                 bw, bh = t.x2 - t.x1, t.y2 - t.y1
                 x, y = rnd.uniform(0, w - bw - 1), rnd.uniform(0, h - bh - 1)
                 box, cls = (x, y, x + bw, y + bh), rnd.choice(CLASSES)
+                stats.wrong += 1  # a box where nothing is
             elif rnd.random() < error_rate:
                 stats.wrong += 1
                 continue

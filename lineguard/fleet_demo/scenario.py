@@ -134,6 +134,7 @@ def run_variant(fleet: Fleet, opts: ScenarioOptions, stop: threading.Event) -> i
         _snapshot_cloud(fleet, result, (l1, l2))
         stop_codes = fleet.stop()
         result["stop_codes"] = stop_codes
+        say("stopped: " + ", ".join(f"{k} ({v})" for k, v in stop_codes.items()))
     # interrupted (Ctrl-C): the report, but without the minutes of evaluation
     report = collect_report(fleet, steps.marks, result, opts, evaluate_models=not stop.is_set())
     html, js = write_report(fleet.dir, report)
@@ -184,7 +185,8 @@ def _story(fleet: Fleet, opts: ScenarioOptions, steps: Steps, dl: Deadline, l1: 
     steps.mark("training", f"request {running['id']} ({running['reason'][:60]}): "
                f"fine-tuning {running.get('parent') or PARENT} on "
                f"{running.get('dataset') or f'{l1}-parts'}",
-               _iso_s(running.get("started_at")), l1)
+               # the worker may start before the accept command has returned
+               max(_iso_s(running.get("started_at")) or 0.0, steps.marks[-1]["at_s"]), l1)
     request = dl.wait_for(f"{l1}'s retraining to finish",
                           lambda: _retrain_request(fleet, l1, ("done", "failed")), poll_s=5.0)
     result["retrain_request"] = request

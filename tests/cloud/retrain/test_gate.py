@@ -88,3 +88,23 @@ def test_report_html_is_self_contained_with_curves() -> None:
     assert 'src="data:image/png;base64,' in page
     assert "http://" not in page and "https://" not in page
     assert GateReport.model_validate_json(report.model_dump_json(by_alias=True)) == report
+
+
+def test_the_new_data_must_improve_and_is_not_held_to_recall() -> None:
+    holdout = SetMeasurement("the parent's holdout", metrics(0.80, scratch=0.70),
+                             metrics(0.80, scratch=0.70))
+
+    def new(candidate: float, parent: float, recall: float = 0.9) -> SetMeasurement:
+        return SetMeasurement("the new data's held-out split",
+                              metrics(candidate, stain=recall), metrics(parent, stain=1.0),
+                              improve=True)
+
+    learned = decide(SETTINGS, [holdout, new(0.69, 0.30)], 5.0)
+    assert learned.passed, learned.reasons  # stain recall 1.0 -> 0.9 not judged here
+    sabotaged = decide(SETTINGS, [holdout, new(0.0, 0.0)], 5.0)
+    assert not sabotaged.passed
+    assert sabotaged.reasons == [
+        "mAP50 on the new data's held-out split (d:val): candidate 0.000, parent 0.000, "
+        "floor 0.020 (at least +0.02 over the parent)"]
+    assert not decide(SETTINGS, [holdout, new(0.31, 0.30)], 5.0).passed  # below the gain
+    assert decide(SETTINGS, [holdout, new(0.32, 0.30)], 5.0).passed

@@ -127,6 +127,12 @@ def test_plan_uses_the_line_model_and_the_configured_data(tmp_path: Path) -> Non
         def resolve(self, ref: str) -> tuple[str, str]:
             return f"{ref}@7", "ab" * 32
 
+        def created_at(self, ref: str) -> datetime:
+            raise AssertionError
+
+        def new_images(self, ref: str) -> frozenset[str] | None:
+            raise AssertionError
+
     config = RetrainConfig(lines={"p/a": LineRetrain(dataset="parts"),
                                   "p/b": LineRetrain(dataset=str(tmp_path))})
     lines = [_line("p", "a", ("demo", 3)), _line("p", "b", ("demo", 4))]
@@ -160,6 +166,9 @@ class _Versions:
 
     def created_at(self, ref: str) -> datetime:
         return self.made
+
+    def new_images(self, ref: str) -> frozenset[str] | None:
+        raise AssertionError("not planned this far")
 
 
 def test_a_drift_request_waits_for_newer_data_then_runs(
