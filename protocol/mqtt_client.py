@@ -282,8 +282,7 @@ class PahoClient:
             if publish_will else None
         client.disconnect(reasoncode=reason)
         self._disconnected.wait(timeout_s)
-        client.loop_stop()
-        self._connected = False
+        self._drop()  # paho's loop_stop leaves a socket it did not close (e.g. refused)
 
     def abort(self) -> None:
         """End the connection without a DISCONNECT, as a crash or a cut cable would: the
@@ -297,6 +296,13 @@ class PahoClient:
         sock = self._client.socket()
         if sock is not None:
             sock.close()
+        # paho wakes its loop through a TCP socket pair it closes only in Client.__del__;
+        # our callbacks make the client part of a reference cycle, so the garbage
+        # collector finalises those sockets first, unclosed (a ResourceWarning in
+        # whatever runs then). Close them now; paho makes new ones on the next start.
+        reset = getattr(self._client, "_reset_sockets", None)
+        if reset is not None:
+            reset()
         self._connected = False
 
     # ------------------------------------------------------------------ requests

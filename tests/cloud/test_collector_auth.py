@@ -54,14 +54,10 @@ def secured(tmp_path):
     finally:
         store.close()
         broker.stop()
-        # A client socket of these tests (most likely paho's after the broker refused
-        # the wrong password) is dropped unclosed; when a garbage collection found it in
-        # a later test it failed that one (an unraisable ResourceWarning). It used to be
-        # found only at interpreter exit; the store's SQLAlchemy/Alembic objects moved the
-        # collections. Collect here, with that warning off, until the leak is fixed.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()
+        # No client socket may be left unclosed (paho used to keep the one the broker
+        # refused the wrong password on): collect here, so that a leak fails this test
+        # (an unraisable ResourceWarning) rather than whichever test collects next.
+        gc.collect()
 
 
 def config(port: int, user: str, password_file=None) -> CollectorConfig:
