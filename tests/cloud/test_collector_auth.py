@@ -6,7 +6,6 @@ import gc
 import shutil
 import subprocess
 import threading
-import warnings
 
 import pytest
 from pydantic import SecretStr
