@@ -503,6 +503,11 @@ class App:
                         "uninspected: no_model", alarm="no_model", bundle=str(path))
             return None
 
+    @property
+    def drift_recorder(self) -> DriftRecorder | None:
+        """The running drift recorder (its counters), None when drift is off."""
+        return self._drift
+
     def stop(self, timeout_s: float | None = None) -> None:
         """Stop the pipeline (drain), then flush and close the store. Idempotent."""
         if self._alarm_rules is not None:

@@ -19,6 +19,9 @@ bundled at each size), so (a)-(d) run the model that fits the data:
   a subscriber in another process, metrics every second, one `events/defect` message per
   failed part: about 3/4 of linesim parts and nearly every NEU-DET image fail, so this is
   far above a real line's fail rate); e/b is what telemetry costs the pipeline;
+- (g) with `--drift`: (e) with the drift signals off (`drift.enabled: false`; (e) has
+  them on, the default); e/g is what the drift signals cost the pipeline (target >=
+  0.97), with the frames the drift thread counted and skipped (queue full) in (e);
 - (f) with `--panel`: the operator panel on (appliance/panel, uvicorn in the appliance
   process) and five clients in another process (bench/panel_clients.py) following the
   live view's event stream (up to 10 frames/s each) and polling the counters and the
@@ -39,7 +42,7 @@ reported). Prints a table and one JSON line (`{"bench": "pipeline", ...}`).
 
     .venv/bin/python bench/pipeline.py [--sizes 320,640] [--batches 1,4,8] [--frames N]
         [--datasets linesim,neu-det] [--threads T] [--repeat R] [--no-int8] [--quick]
-        [--telemetry] [--panel] [--json-out FILE]
+        [--telemetry] [--drift] [--panel] [--json-out FILE]
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ NEU_DET_CLASSES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-
                    "scratches")
 STATION = "bench"
 ImageBGR = npt.NDArray[np.uint8]
-TARGETS = {"b/a": 0.92, "b/c": 1.2, "e/b": 0.97, "f/b_img": 0.95, "p99_over_a1": 2.0,
+TARGETS = {"b/a": 0.92, "b/c": 1.2, "e/b": 0.97, "e/g": 0.97, "f/b_img": 0.95, "p99_over_a1": 2.0,
            "int8_map50_drop": 0.01}
 
 
@@ -207,6 +210,9 @@ class PipelineRun:
     stage_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     cpu_ms_per_frame: dict[str, float] = field(default_factory=dict)
     panel_clients: dict[str, Any] | None = None
+    # Frames the drift thread counted and skipped (its queue full); None: drift off.
+    drift_counted: int | None = None
+    drift_skipped: int | None = None
 
 
 class GatedSource:
@@ -270,11 +276,12 @@ class PanelClients:
 def bench_pipeline(bundle_dir: Path, frames: list[ImageBGR], batch: int, threads: int,
                    work: Path, rate_fps: float | None = None,
                    mqtt_port: int | None = None, keep_images: bool = False,
-                   panel_clients: int = 0) -> PipelineRun:
+                   panel_clients: int = 0, drift: bool = True) -> PipelineRun:
     """(b)/(d)/(e)/(f): the real appliance over a ReplaySource of `frames` (paced at
     `rate_fps` if given; with telemetry to 127.0.0.1:`mqtt_port` if given; with the panel
     and `panel_clients` clients following it if > 0); frames/s from the first capture to
-    the last verdict committed. Frames start once the clients are logged in."""
+    the last verdict committed. Frames start once the clients are logged in. `drift`:
+    the drift signals on (they run only with telemetry)."""
     data_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work))
     raw: dict[str, Any] = {
         "data_dir": str(data_dir),
@@ -283,6 +290,7 @@ def bench_pipeline(bundle_dir: Path, frames: list[ImageBGR], batch: int, threads
         "engine": {"providers": ["cpu"], "intra_op_threads": threads},
         "pipeline": {"max_batch": batch, "overflow": "block", "keep_images": keep_images,
                      "queue_frames": max(32, 4 * batch)},
+        "drift": {"enabled": drift},
     }
     if panel_clients:
         raw["panel"] = {"port": 0}
@@ -321,6 +329,9 @@ def bench_pipeline(bundle_dir: Path, frames: list[ImageBGR], batch: int, threads
         store.flush()
         t_end = time.time()
         stats = pipeline.stats()
+        recorder = app.drift_recorder
+        drift_counts = (None, None) if recorder is None else (recorder.counted,
+                                                              recorder.skipped_busy)
         threads_after = _python_thread_cpu_s()
         usage_after = resource.getrusage(resource.RUSAGE_SELF)
     finally:
@@ -339,7 +350,8 @@ def bench_pipeline(bundle_dir: Path, frames: list[ImageBGR], batch: int, threads
                        latencies_ms=lat, mean_batch=stats.mean_batch,
                        stage_ms=stats.latency_ms,
                        cpu_ms_per_frame={k: round(v, 3) for k, v in cpu.items()},
-                       panel_clients=clients.summary if clients is not None else None)
+                       panel_clients=clients.summary if clients is not None else None,
+                       drift_counted=drift_counts[0], drift_skipped=drift_counts[1])
 
 
 # ---------------------------------------------------------------------------- (e)
@@ -448,6 +460,7 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
     b_runs: list[PipelineRun] = []
     d_runs: list[PipelineRun] = []
     e_runs: list[PipelineRun] = []
+    g_runs: list[PipelineRun] = []
     bi_runs: list[PipelineRun] = []
     f_runs: list[PipelineRun] = []
     for _ in range(args.repeat):  # interleaved: a, b, d, e, b_img, f, a, b, ...
@@ -459,6 +472,9 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
         if mqtt_port is not None:
             e_runs.append(bench_pipeline(fp32.root, frames, batch, args.threads, work,
                                          mqtt_port=mqtt_port))
+            if args.drift:
+                g_runs.append(bench_pipeline(fp32.root, frames, batch, args.threads, work,
+                                             mqtt_port=mqtt_port, drift=False))
         if args.panel:
             bi_runs.append(bench_pipeline(fp32.root, frames, batch, args.threads, work,
                                           keep_images=True))
@@ -471,7 +487,9 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
     best_b = max(b_runs, key=lambda r: r.fps)
     b = best_b.fps
     d = max(r.fps for r in d_runs) if d_runs else None
-    e = max(r.fps for r in e_runs) if e_runs else None
+    best_e = max(e_runs, key=lambda r: r.fps) if e_runs else None
+    e = best_e.fps if best_e else None
+    g = max(r.fps for r in g_runs) if g_runs else None
     best_bi = max(bi_runs, key=lambda r: r.fps) if bi_runs else None
     b_img = best_bi.fps if best_bi else None
     best_f = max(f_runs, key=lambda r: r.fps) if f_runs else None
@@ -490,6 +508,10 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
         "d_fps_median": round(statistics.median(r.fps for r in d_runs), 1) if d_runs else None,
         "e_fps": round(e, 1) if e else None,
         "e_fps_median": round(statistics.median(r.fps for r in e_runs), 1) if e_runs else None,
+        "g_fps": round(g, 1) if g else None,
+        "g_fps_median": round(statistics.median(r.fps for r in g_runs), 1) if g_runs else None,
+        "e_drift_counted": best_e.drift_counted if best_e else None,
+        "e_drift_skipped": best_e.drift_skipped if best_e else None,
         "b_img_fps": round(b_img, 1) if b_img else None,
         "f_fps": round(f, 1) if f else None,
         "f_fps_median": round(statistics.median(r.fps for r in f_runs), 1) if f_runs else None,
@@ -501,6 +523,9 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
         "b_img_process_cpu_ms": best_bi.cpu_ms_per_frame["process"] if best_bi else None,
         "f_process_cpu_ms": best_f.cpu_ms_per_frame["process"] if best_f else None,
         "b/a": _ratio(b, a), "b/c": _ratio(b, c), "d/c": _ratio(d, c), "e/b": _ratio(e, b),
+        "e/g": _ratio(e, g), "e/g_median": _ratio(
+            statistics.median(r.fps for r in e_runs) if e_runs else None,
+            statistics.median(r.fps for r in g_runs) if g_runs else None),
         "f/b_img": _ratio(f, b_img),
         "b_mean_batch": round(best_b.mean_batch, 2), "b_verdicts": best_b.verdicts,
         "b_stage_ms": best_b.stage_ms, "b_cpu_ms_per_frame": best_b.cpu_ms_per_frame,
@@ -512,8 +537,8 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    cols = ["dataset", "size", "batch", "a_fps", "b_fps", "c_fps", "d_fps", "e_fps",
-            "b_img_fps", "f_fps", "b/a", "b/c", "d/c", "e/b", "f/b_img", "b_mean_batch",
+    cols = ["dataset", "size", "batch", "a_fps", "b_fps", "c_fps", "d_fps", "e_fps", "g_fps",
+            "b_img_fps", "f_fps", "b/a", "b/c", "d/c", "e/b", "e/g", "f/b_img", "b_mean_batch",
             "half_load_fps", "latency_p50_ms", "latency_p99_ms", "a_batch1_ms", "p99_over_a1"]
     print(" | ".join(f"{c:>8}" for c in cols))
     for r in rows:
@@ -536,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="linesim val images for the FP32 vs INT8 mAP50 check (0: skip)")
     p.add_argument("--telemetry", action="store_true",
                    help="add column (e): the pipeline with MQTT telemetry to a local mosquitto")
+    p.add_argument("--drift", action="store_true",
+                   help="(g): telemetry with drift signals off, e/g (implies --telemetry)")
     p.add_argument("--panel", action="store_true",
                    help="add columns (b_img) and (f): the pipeline with images kept, without "
                         "and with the operator panel and clients following it")
@@ -543,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny smoke run")
     p.add_argument("--json-out", type=Path)
     args = p.parse_args(argv)
+    args.telemetry = args.telemetry or args.drift
     if args.quick:
         args.sizes, args.batches, args.frames, args.datasets = "320", "1,4", 16, "linesim"
         args.repeat, args.latency_s, args.eval_images = 1, 1.0, 0

@@ -22,6 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -56,6 +57,18 @@ class DetectorConfig:
     channel_z: float = 4.0
     max_channels: int = 8
     history_windows: int = 64
+    # Per-channel two-sided CUSUMs on the whitened coordinates, beside the MCUSUM: their
+    # allowance (whitened units per window); None: the MCUSUM alone.
+    channel_allowance: float | None = 1.0
+    # Whether the MCUSUM runs at all (False: the per-channel CUSUMs alone).
+    multivariate: bool = True
+    # Floor on every direction's standard deviation (signal units): a signal that never
+    # varies in the reference (chroma of a grey camera) is compared at the resolution it
+    # is measured with, not at zero.
+    sd_floor: float = 0.002
+    # Space of the MMD confirmation: "standardised" (per-signal SD, floored) or
+    # "whitened" (the detector's own coordinates).
+    mmd_space: str = "standardised"
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,9 @@ class Baseline:
     # beta * (detections - det_mean) before they are compared. None: not adjusted.
     beta: F64 | None = None
     det_mean: float = 0.0
+    # Threshold of the per-channel CUSUMs (inf: not used); calibrated jointly with
+    # `threshold` so that the pair meets the target false-alarm rate.
+    channel_threshold: float = float("inf")
 
     def adjust(self, mean: F64, detections: float | None) -> F64:
         """A window's mean signals as if its defect rate were the reference's."""
@@ -122,11 +138,14 @@ class Alert:
     mmd_p_value: float
 
 
-def _shrunk_cov(x: F64, shrinkage: float) -> F64:
+def _shrunk_cov(x: F64, shrinkage: float, sd_floor: float) -> F64:
+    """The covariance shrunk toward its own diagonal (never toward a scaled identity,
+    which would drown a signal with a tiny spread in the others' variance), plus
+    `sd_floor`**2 in every direction."""
     cov = np.cov(x, rowvar=False)
     diag = np.diag(np.diag(cov))
-    floor = np.maximum(np.diag(cov), 1e-8)
-    return (1 - shrinkage) * cov + shrinkage * diag + np.diag(floor * 1e-3)
+    return np.asarray((1 - shrinkage) * cov + shrinkage * diag
+                      + np.eye(len(cov)) * max(sd_floor, 1e-6) ** 2, np.float64)
 
 
 def _inv_sqrt(cov: F64) -> F64:
@@ -148,16 +167,41 @@ def _block_means(ref: F64, n_windows: int, window_frames: int, block: int,
 
 
 def mcusum_path(z: F64, allowance: float, start: F64 | None = None) -> tuple[F64, F64]:
-    """Crosier's MCUSUM over whitened window means z [T, D]: the statistic after each
-    window [T] and the final accumulator [D]."""
-    s = np.zeros(z.shape[1]) if start is None else start.copy()
-    stats = np.empty(len(z))
+    """Crosier's MCUSUM over whitened window means z [T, D] (or [T, R, D]: R streams at
+    once): the statistic after each window [T] ([T, R]) and the final accumulator."""
+    s = np.zeros(z.shape[1:]) if start is None else start.copy()
+    stats = np.empty(z.shape[:-1])
     for t, zt in enumerate(z):
         c = s + zt
-        norm = float(np.sqrt(c @ c))
-        s = np.zeros_like(s) if norm <= allowance else c * (1.0 - allowance / norm)
-        stats[t] = float(np.sqrt(s @ s))
+        norm = np.sqrt(np.sum(c * c, axis=-1, keepdims=True))
+        s = c * np.maximum(1.0 - allowance / np.maximum(norm, 1e-12), 0.0)
+        stats[t] = np.sqrt(np.sum(s * s, axis=-1))
     return stats, s
+
+
+def channel_cusum_path(z: F64, allowance: float, start: F64 | None = None
+                       ) -> tuple[F64, F64]:
+    """Two-sided CUSUMs per whitened channel over z [T, D] (or [T, R, D]): the largest
+    of them after each window [T] ([T, R]) and the final accumulators [2, D] (upper,
+    lower; [2, R, D])."""
+    s = np.zeros((2, *z.shape[1:])) if start is None else start.copy()
+    stats = np.empty(z.shape[:-1])
+    for t, zt in enumerate(z):
+        s[0] = np.maximum(s[0] + zt - allowance, 0.0)
+        s[1] = np.maximum(s[1] - zt - allowance, 0.0)
+        stats[t] = np.max(s, axis=(0, -1))
+    return stats, s
+
+
+def _joint_thresholds(maxima: F64, rate: float) -> tuple[float, ...]:
+    """Thresholds [K] for K statistics whose per-replicate maxima are `maxima` [R, K],
+    such that a replicate in which any statistic passes its threshold has probability
+    `rate`: the same level of each statistic's own null distribution (the min of their
+    p-values, calibrated jointly)."""
+    r, k = maxima.shape
+    ranks = np.argsort(np.argsort(maxima, axis=0), axis=0) / max(r - 1, 1)  # ECDF level
+    level = float(np.quantile(ranks.max(axis=1), 1.0 - rate))
+    return tuple(float(np.quantile(maxima[:, j], level)) for j in range(k))
 
 
 def build_baseline(reference: npt.NDArray[np.floating], names: tuple[str, ...],
@@ -191,19 +235,28 @@ def build_baseline(reference: npt.NDArray[np.floating], names: tuple[str, ...],
             beta = ((ref - ref.mean(axis=0)).T @ (d - det_mean)) / spread
             ref = ref - np.outer(d - det_mean, beta)
     mu = ref.mean(axis=0)
-    w = _inv_sqrt(_shrunk_cov(ref, config.shrinkage))
+    w = _inv_sqrt(_shrunk_cov(ref, config.shrinkage, config.sd_floor))
     n_windows = -(-FRAMES_PER_RATE // window_frames)
-    maxima = np.empty(config.bootstrap_replicates)
-    for r in range(config.bootstrap_replicates):
+    reps = config.bootstrap_replicates
+    z = np.empty((n_windows, reps, len(mu)))
+    for r in range(reps):
         # Phase-I error: the mean the detector will use is itself an estimate.
         mu_star = _block_means(ref, 1, len(ref), config.block_frames, rng)[0]
         means = _block_means(ref, n_windows, window_frames, config.block_frames, rng)
-        z = (means - mu_star) @ w.T * np.sqrt(window_frames)
-        maxima[r] = mcusum_path(z, config.allowance)[0].max()
-    h = float(np.quantile(maxima, 1.0 - config.false_alarms_per_10k))
+        z[:, r] = (means - mu_star) @ w.T * np.sqrt(window_frames)
+    columns = []
+    if config.multivariate:
+        columns.append(mcusum_path(z, config.allowance)[0].max(axis=0))
+    if config.channel_allowance is not None:
+        columns.append(channel_cusum_path(z, config.channel_allowance)[0].max(axis=0))
+    if not columns:
+        raise DetectorError("the detector needs the MCUSUM, the channel CUSUMs or both")
+    found = list(_joint_thresholds(np.stack(columns, axis=1), config.false_alarms_per_10k))
+    h = found.pop(0) if config.multivariate else float("inf")
+    h_channel = found.pop(0) if config.channel_allowance is not None else float("inf")
     pick = rng.choice(len(ref), size=min(config.mmd_reference_frames, len(ref)), replace=False)
-    return Baseline(names, mu, ref.std(axis=0) + 1e-6, w, h, window_frames, ref[np.sort(pick)],
-                    beta, det_mean)
+    return Baseline(names, mu, np.maximum(ref.std(axis=0), config.sd_floor), w, h,
+                    window_frames, ref[np.sort(pick)], beta, det_mean, h_channel)
 
 
 def mmd_test(x: F64, y: F64, permutations: int, rng: np.random.Generator) -> tuple[float, float]:
@@ -252,10 +305,13 @@ class DetectorState:
 
     accumulator: F64
     frames_seen: int = 0
+    # The per-channel CUSUMs [2, D] (upper, lower); None: all zero.
+    channel_accumulator: F64 | None = None
     history: list[WindowRecord] = field(default_factory=list)
     pending_windows: int = 0
     latched: bool = False
     last_statistic: float = 0.0
+    last_channel_statistic: float = 0.0
 
 
 def change_point(z: F64) -> int:
@@ -295,6 +351,15 @@ class DriftDetector:
         z = (mean - b.mean) @ b.whitener.T * np.sqrt(window.frames)
         stats, st.accumulator = mcusum_path(z[None, :], cfg.allowance, st.accumulator)
         st.last_statistic = float(stats[0])
+        alarm = st.last_statistic > b.threshold
+        if math.isfinite(b.channel_threshold) and cfg.channel_allowance is not None:
+            start = st.channel_accumulator
+            if start is None:
+                start = np.zeros((2, len(z)))
+            cstats, st.channel_accumulator = channel_cusum_path(
+                z[None, :], cfg.channel_allowance, start)
+            st.last_channel_statistic = float(cstats[0])
+            alarm |= st.last_channel_statistic > b.channel_threshold
         samples = np.asarray(window.samples, np.float64)
         if len(samples):
             samples = samples + (mean - window.mean)
@@ -304,7 +369,7 @@ class DriftDetector:
         if len(st.history) > _SAMPLED_WINDOWS:  # the MMD test uses the latest samples only
             old = st.history[-_SAMPLED_WINDOWS - 1]
             old.samples = old.samples[:0]
-        if st.latched or st.last_statistic <= b.threshold:
+        if st.latched or not alarm:
             st.pending_windows = 0
             return None
         return self._confirm()
@@ -317,8 +382,12 @@ class DriftDetector:
         recent = np.vstack(samples) if samples else np.zeros((0, len(b.names)))
         p = 1.0
         if len(recent) >= 8:
-            x = (b.reference - b.mean) / b.std
-            y = (recent[-256:] - b.mean) / b.std
+            if cfg.mmd_space == "whitened":
+                x = (b.reference - b.mean) @ b.whitener.T
+                y = (recent[-256:] - b.mean) @ b.whitener.T
+            else:
+                x = (b.reference - b.mean) / b.std
+                y = (recent[-256:] - b.mean) / b.std
             _, p = mmd_test(x, y, cfg.mmd_permutations, self._rng)
         if p > cfg.mmd_alpha:
             st.pending_windows += 1
@@ -328,8 +397,11 @@ class DriftDetector:
         st.latched = True
         frames = sum(w.frames for w in since)
         sums = np.sum([w.sums for w in since], axis=0)
+        statistic, threshold = st.last_statistic, b.threshold
+        if st.last_channel_statistic / b.channel_threshold > statistic / threshold:
+            statistic, threshold = st.last_channel_statistic, b.channel_threshold
         return Alert(since[0].first_frame, since[-1].end_frame,
-                     self.moved_channels(sums, frames), st.last_statistic, b.threshold, p)
+                     self.moved_channels(sums, frames), statistic, threshold, p)
 
     def moved_channels(self, sums: F64, frames: int) -> tuple[tuple[str, float], ...]:
         """Signals whose mean over `frames` frames (`sums`) is more than `channel_z`

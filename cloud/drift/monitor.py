@@ -216,9 +216,12 @@ class DriftMonitor:
         # The window that raised it is unique (msg_id is the windows' primary key).
         digest = hashlib.sha256(f"{key}|{msg_id}".encode()).hexdigest()
         return AlertRow(
-            f"drift-{digest[:16]}", key.site, key.line, key.station, key.model_name,
-            key.model_version, list(fired.channels), fired.onset_frame, onset_ms, now_ms,
-            fired.statistic, fired.threshold, fired.mmd_p_value, False, False, None, None)
+            alert_id=f"drift-{digest[:16]}", site=key.site, line=key.line,
+            station=key.station, model_name=key.model_name, model_version=key.model_version,
+            channels=list(fired.channels), onset_frame_id=fired.onset_frame,
+            onset_at_ms=onset_ms, raised_at_ms=now_ms, statistic=fired.statistic,
+            threshold=fired.threshold, mmd_p_value=fired.mmd_p_value, published=False,
+            retrain_requested=False, acknowledged_at_ms=None, acknowledged_by=None)
 
     def _announce(self, alert: AlertRow) -> None:
         """Publish the alert to the line and ask for retraining, once each."""

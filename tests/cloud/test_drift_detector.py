@@ -44,20 +44,20 @@ def test_no_drift_stream_raises_no_alert(baseline):
 
 def test_clear_drift_raises_one_alert_naming_the_channels(baseline):
     x = np.vstack([frames(400, seed=4),
-                   frames(800, seed=5, shift={"roi.mean_g": 1.5, "roi.sharpness": -1.5})])
+                   frames(800, seed=5, shift={"roi.luma": 1.5, "roi.sharpness": -1.5})])
     alerts = run(DriftDetector(baseline, CFG, seed=6), x)
     assert len(alerts) == 1  # latched: one alert for a lasting drift
     a = alerts[0]
     names = [n for n, _ in a.channels]
-    assert set(names[:2]) == {"roi.mean_g", "roi.sharpness"}
-    assert dict(a.channels)["roi.mean_g"] > 0 > dict(a.channels)["roi.sharpness"]
+    assert set(names[:2]) == {"roi.luma", "roi.sharpness"}
+    assert dict(a.channels)["roi.luma"] > 0 > dict(a.channels)["roi.sharpness"]
     assert 400 - 5 * N <= a.onset_frame <= a.detected_frame <= 400 + 10 * N
     assert a.statistic > a.threshold and a.mmd_p_value <= CFG.mmd_alpha
 
 
 def test_reset_unlatches(baseline):
     det = DriftDetector(baseline, CFG, seed=7)
-    x = frames(600, seed=8, shift={"bg.mean_b": 2.0})
+    x = frames(600, seed=8, shift={"bg.luma": 2.0})
     assert len(run(det, x)) == 1
     det.reset()
     assert len(run(det, x, seed=1)) == 1
@@ -127,7 +127,7 @@ def test_a_defect_rate_change_alone_raises_no_image_drift_alert():
     assert len(alerts(naive, False)) == 1  # without the output channel it would be drift
     # A real image drift at the new defect rate is still found.
     y = x.copy()
-    y[1000:, SIGNAL_NAMES.index("bg.mean_g")] += 0.1
+    y[1000:, SIGNAL_NAMES.index("bg.luma")] += 0.1
     x[:] = y
     found = alerts(adjusted, True)
-    assert len(found) == 1 and found[0].channels[0][0] == "bg.mean_g"
+    assert len(found) == 1 and found[0].channels[0][0] == "bg.luma"

@@ -99,13 +99,13 @@ def test_bundle_reference_and_acknowledge(engine: Engine) -> None:
     rec = Recorder()
     ref = reference_from_signals(frames(800, seed=4), "bundle")
     mon = monitor(engine, rec, references=lambda model: ref)
-    drifted = sketches(frames(600, seed=5, shift={"bg.mean_r": 3.0}), window=WINDOW)
+    drifted = sketches(frames(600, seed=5, shift={"bg.luma": 3.0}), window=WINDOW)
     raised = [a for a in (mon.ingest(m) for m in drifted) if a is not None]
-    assert len(raised) == 1 and raised[0].channels[0][0] == "bg.mean_r"
+    assert len(raised) == 1 and raised[0].channels[0][0] == "bg.luma"
     acked = mon.acknowledge(raised[0].alert_id, "alice")
     assert acked is not None and acked.acknowledged_by == "alice"
     # The drift goes on: after the acknowledgement it is a new alert.
-    more = sketches(frames(600, seed=6, shift={"bg.mean_r": 3.0}), window=WINDOW, first_seq=600)
+    more = sketches(frames(600, seed=6, shift={"bg.luma": 3.0}), window=WINDOW, first_seq=600)
     assert len([a for a in (mon.ingest(m) for m in more) if a is not None]) == 1
     assert len(rec.retrains) == 2
 
