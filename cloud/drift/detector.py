@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -46,12 +46,12 @@ class DetectorConfig:
     """Tuning of the detector (the cloud's `drift:` config section holds the same keys)."""
 
     false_alarms_per_10k: float = 0.1
-    allowance: float = 2.0
+    allowance: float = 2.5
     bootstrap_replicates: int = 200
     block_frames: int = 10
     shrinkage: float = 0.02
-    mmd_alpha: float = 0.01
-    mmd_permutations: int = 300
+    mmd_alpha: float = 0.002
+    mmd_permutations: int = 1000
     mmd_reference_frames: int = 200
     confirm_windows: int = 4
     channel_z: float = 4.0
@@ -66,9 +66,15 @@ class DetectorConfig:
     # varies in the reference (chroma of a grey camera) is compared at the resolution it
     # is measured with, not at zero.
     sd_floor: float = 0.002
-    # Space of the MMD confirmation: "standardised" (per-signal SD, floored) or
-    # "whitened" (the detector's own coordinates).
-    mmd_space: str = "standardised"
+    # Space of the MMD confirmation: "whitened" (the detector's own coordinates, so the
+    # test sees what the CUSUMs saw: a colour cast on a grey camera, a shift against
+    # the correlation of two signals) or "standardised" (per-signal SD, floored).
+    mmd_space: Literal["whitened", "standardised"] = "whitened"
+
+    def __post_init__(self) -> None:
+        if self.mmd_alpha * (1 + self.mmd_permutations) < 1.0:
+            raise DetectorError(f"mmd_alpha {self.mmd_alpha} is below the smallest p-value "
+                                f"{self.mmd_permutations} permutations can give")
 
 
 @dataclass(frozen=True)

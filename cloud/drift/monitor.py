@@ -67,6 +67,7 @@ NO_STATION = "-"
 def detector_config(cfg: DriftConfig) -> DetectorConfig:
     return DetectorConfig(
         false_alarms_per_10k=cfg.false_alarms_per_10k, allowance=cfg.allowance,
+        channel_allowance=cfg.channel_allowance,
         bootstrap_replicates=cfg.bootstrap_replicates, block_frames=cfg.block_frames,
         mmd_alpha=cfg.mmd_alpha, mmd_permutations=cfg.mmd_permutations,
         confirm_windows=cfg.confirm_windows, channel_z=cfg.channel_z)
@@ -138,6 +139,11 @@ class DriftMonitor:
     def _new_detector(self, model: ModelRef, sketch: DriftSketchV2) -> DetectorRow:
         line_ref = sketch.reference is not None and sketch.reference.source == "line"
         ref = None if line_ref else self._references(model)
+        if ref is not None and ref.signals_version != sketch.signals_version:
+            logger.warning("drift: bundle reference of %s v%d has signals %s, the line sends "
+                           "%s; using the line's first frames", model.name, model.version,
+                           ref.signals_version, sketch.signals_version)
+            ref = None
         if ref is not None and sketch.image is not None and ref.names == sketch.image.names:
             try:
                 base = build_baseline(ref.matrix(), tuple(ref.names), sketch.frame_count,

@@ -28,7 +28,7 @@ with warnings.catch_warnings():
 
 pytestmark = pytest.mark.slow  # a few hundred windows through the database, twice
 
-CFG = DriftConfig(bootstrap_replicates=60, mmd_permutations=200, line_reference_frames=400)
+CFG = DriftConfig(bootstrap_replicates=60, mmd_permutations=500, line_reference_frames=400)
 WINDOW = 20
 
 
@@ -65,18 +65,18 @@ def test_drift_from_line_reference_raises_one_alert(engine: Engine) -> None:
     mon = monitor(engine, rec)
     # 25 windows x 16 samples = 400 sampled frames make the line's reference.
     quiet = frames(1000, seed=1)
-    drifted = frames(1000, seed=2, shift={"roi.std": 2.0, "roi.hist3": -2.0})
+    drifted = frames(1000, seed=2, shift={"roi.log_std": 2.0, "roi.hist3": -2.0})
     alerts = [mon.ingest(m) for m in sketches(np.vstack([quiet, drifted]), window=WINDOW)]
     raised = [a for a in alerts if a is not None]
     assert len(raised) == 1
     alert = raised[0]
-    assert {n for n, _ in alert.channels[:2]} == {"roi.std", "roi.hist3"}
+    assert {n for n, _ in alert.channels[:2]} == {"roi.log_std", "roi.hist3"}
     assert 900 <= alert.onset_frame_id <= 1100
     # Published to the line once, retraining asked once, both recorded.
     assert [c.alert_id for c in rec.published] == [alert.alert_id]
     cmd = rec.published[0]
     assert (cmd.site, cmd.line, cmd.code, cmd.station) == ("plant1", "line-3", "drift", "cam")
-    assert cmd.channels[:2] and set(cmd.channels[:2]) == {"roi.std", "roi.hist3"}
+    assert cmd.channels[:2] and set(cmd.channels[:2]) == {"roi.log_std", "roi.hist3"}
     assert len(rec.retrains) == 1 and rec.retrains[0][0] == "plant1/line-3"
     stored = DriftStore(mon.store.engine).alerts("plant1", "line-3")
     assert len(stored) == 1 and stored[0].published and stored[0].retrain_requested
