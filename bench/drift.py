@@ -97,12 +97,12 @@ def adwin(delta: float, n: int) -> Runner:
     from river.drift import ADWIN
 
     def run(stream: F64) -> int | None:
-        dets = [ADWIN(delta=delta) for _ in range(D)]
+        dets = [ADWIN(delta=delta) for _ in range(D)]  # type: ignore[no-untyped-call]
         for end, frames in windows_of(stream, n):
             m = frames[:, :D].mean(axis=0)
             hit = False
             for d, v in zip(dets, m, strict=True):
-                d.update(float(v))
+                d.update(float(v))  # type: ignore[no-untyped-call]
                 hit |= d.drift_detected
             if hit:
                 return end
@@ -120,7 +120,7 @@ def page_hinkley(threshold: float, n: int, mu: F64, sd: F64) -> Runner:
             m = (frames[:, :D].mean(axis=0) - mu) / sd
             hit = False
             for d, v in zip(dets, m, strict=True):
-                d.update(float(v))
+                d.update(float(v))  # type: ignore[no-untyped-call]
                 hit |= d.drift_detected
             if hit:
                 return end
@@ -338,13 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     per_ds: dict[str, dict[str, dict[str, Any]]] = {}
     for name in args.datasets.split(","):
         t0 = time.perf_counter()
-        ds = neu_dataset(pool, spec, args.seed, normal_pool) if name == "neu-det" else \
+        data = neu_dataset(pool, spec, args.seed, normal_pool) if name == "neu-det" else \
             linesim_dataset(pool, spec, args.seed, normal_pool)
-        if ds is None:
+        if data is None:
             log(f"  {name}: dataset absent, skipped")
             continue
         log(f"  {name}: pools ready in {time.perf_counter() - t0:.1f} s")
-        per_ds[name] = evaluate(ds, args, log)
+        per_ds[name] = evaluate(data, args, log)
     print(f"{'dataset/method':24} {'FA/10k':>7} " + " ".join(f"{s:>14}" for s in SEVERITIES))
     for ds, res in per_ds.items():
         for name, r in res.items():

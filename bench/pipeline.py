@@ -373,8 +373,10 @@ class TelemetryRig:
     """A local mosquitto and a subscriber process for column (e); a context manager."""
 
     def __init__(self, work: Path) -> None:
+        # bench/telemetry.py imports its sibling telemetry_load by plain name: run it from
+        # the bench directory on the path, as its own script does.
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from telemetry import start_broker  # bench/telemetry.py
+        from telemetry import start_broker  # type: ignore[import-not-found]
 
         self.broker, self.port = start_broker(work)
         self.subscriber = subprocess.Popen([sys.executable, "-c", _SUBSCRIBER_SCRIPT,

@@ -30,7 +30,7 @@ class DriftConfig(BaseModel):
     # MCUSUM allowance (in whitened units per window): larger ignores smaller shifts.
     allowance: float = Field(2.5, gt=0.0, le=50.0)
     # Allowance of the per-signal CUSUMs on the whitened signals (whitened units per
-    # window), which catch a shift of one or two signals sooner than the MCUSUM; None:
+    # window), which catch a shift of one or two signals sooner than the MCUSUM; null:
     # the MCUSUM alone. Both share the false-alarm target (one bootstrap calibrates both).
     channel_allowance: float | None = Field(1.0, gt=0.0, le=50.0)
     # Block bootstrap: replicates and block length (frames) for the threshold.

@@ -9,14 +9,14 @@ region (`roi`) and a fixed background region (`bg`): the grey mean (luma), two c
 means (R - G, B - G: exactly zero for a grey camera, so a colour cast stands out), the
 log grey spread (a contrast change moves it by the same amount on every image), the 5th
 and 95th grey percentiles (a contrast change pulls them together; clipped-pixel
-fractions were tried and dropped: too few frames have any, so their window means jump
-with a handful of frames) and sharpness (log variance of the Laplacian); for the inspected region also an
-8-bin grey histogram, two structure-tensor orientation terms (rotation, anisotropy) and
-an 8-dimensional fixed random projection of an 8 x 8 grey thumbnail (the embedding);
-and the sharpness of the frame's outer border band (`edge.sharpness`: a camera that
-moves or turns changes what the frame's edges show). `SIGNAL_NAMES` names every entry of the
-vector; `SIGNALS_VERSION` changes whenever a signal's definition does (a reference is
-only comparable with signals of its own version).
+fractions were tried and dropped: few frames have any, so a window's mean jumps with a
+handful of frames) and sharpness (log variance of the Laplacian); for the inspected
+region also an 8-bin grey histogram, two structure-tensor orientation terms (rotation,
+anisotropy) and an 8-dimensional fixed random projection of an 8 x 8 grey thumbnail
+(the embedding); and the sharpness of the frame's outer border band (`edge.sharpness`:
+a camera that moves or turns changes what the frame's edges show). `SIGNAL_NAMES` names
+every entry of the vector; `SIGNALS_VERSION` changes whenever a signal's definition
+does (a reference is only comparable with signals of its own version).
 
 The detector-output channel (detections per frame, score statistics, per-class counts)
 is kept apart in `output_signals`: a real change in the defect rate is not image drift.
