@@ -348,6 +348,10 @@ class App:
                 self.telemetry.attach(self.pipeline)
                 self._count_crash_gaps(self.telemetry, self.store)
                 pipeline = self.pipeline
+                if cfg.drift.enabled and not cfg.pipeline.keep_images:
+                    # The signals are computed from the frame a verdict carries.
+                    logger.warning("drift signals are on but pipeline.keep_images is off: "
+                                   "verdicts carry no frames, so no drift windows are sent")
                 self._drift = start_drift(
                     cfg.drift, site=cfg.site, line=cfg.line, store=self.store,
                     publish=self.telemetry.publish, current_model=lambda: pipeline.model,

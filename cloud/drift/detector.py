@@ -1,20 +1,24 @@
-"""The sequential drift detector: multichannel CUSUM on whitened window means, with a
-threshold calibrated by block bootstrap, confirmed by an MMD permutation test.
+"""The sequential drift detector: a multivariate CUSUM and per-signal CUSUMs on
+whitened window means, with thresholds calibrated jointly by block bootstrap, confirmed
+by an MMD permutation test.
 
 Pure numpy/scipy, no IO: the cloud's monitor feeds it windows and stores its state;
 the benchmark feeds it the same windows.
 
 Invariants:
 - a `Baseline` is built from reference frames (signal vectors in capture order) alone,
-  deterministically for a given seed: mean, a shrunk covariance and its inverse square
-  root (the whitener), and the threshold `h` calibrated so that no-drift streams
-  bootstrapped from the reference raise an alarm within `10_000` frames with
-  probability `false_alarms_per_10k` (a reference mean re-estimated from a bootstrap
-  sample in every replicate, so the estimation error of the reference is in `h`);
-- the CUSUM (Crosier's MCUSUM) sees one whitened window mean at a time,
-  z = sqrt(n) W (mean - mu); on an alarm the onset is the most likely change point
-  over the last `history_windows` windows (`change_point`), and the alarm is only an
-  alert once the MMD test between reference frames and the frames sampled since that
+  deterministically for a given seed: mean, a covariance shrunk toward its diagonal
+  with a floor `sd_floor` in every direction, its inverse square root (the whitener),
+  and the thresholds `h` (MCUSUM) and `h_channel` (per-signal CUSUMs) calibrated
+  jointly so that no-drift streams bootstrapped from the reference raise an alarm of
+  either within `10_000` frames with probability `false_alarms_per_10k` (a reference
+  mean re-estimated from a bootstrap sample in every replicate, so the estimation
+  error of the reference is in the thresholds);
+- the CUSUMs (Crosier's MCUSUM; a two-sided CUSUM per whitened signal) see one
+  whitened window mean at a time, z = sqrt(n) W (mean - mu); on an alarm of either the
+  onset is the most likely change point over the last `history_windows` windows
+  (`change_point`), and the alarm is only an alert once the MMD test (in the same
+  whitened coordinates) between reference frames and the frames sampled since that
   onset gives p <= `mmd_alpha` (p counts the observed statistic:
   (1 + #{perm >= obs}) / (1 + P));
 - after an alert the detector is latched: it raises nothing more until `reset()`.
