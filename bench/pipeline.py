@@ -476,8 +476,9 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
             d_runs.append(bench_pipeline(bundles["int8"].root, frames, batch, args.threads,
                                          work))
         if mqtt_port is not None:
+            # (e) keeps no images, so its drift signals would see no frames: off.
             e_runs.append(bench_pipeline(fp32.root, frames, batch, args.threads, work,
-                                         mqtt_port=mqtt_port))
+                                         mqtt_port=mqtt_port, drift=False))
             if args.drift:
                 g_runs.append(bench_pipeline(fp32.root, frames, batch, args.threads, work,
                                              mqtt_port=mqtt_port, keep_images=True,
