@@ -44,7 +44,8 @@ class DriftConfig(BaseModel):
     # A signal "moved" when its mean since the onset is this many standard errors away.
     channel_z: float = Field(4.0, gt=0.0, le=100.0)
     # Without a bundle reference: build the reference from the first frames (sampled
-    # per window) a line runs a model on; this many sampled frames.
+    # per window) a line runs a model on; this many sampled frames (never fewer than
+    # four windows' worth, the detector's minimum).
     line_reference_frames: int = Field(400, ge=50, le=100_000)
     # Where bundle references are found: `<dir>/<name>/<version>/drift_reference.json`
     # (a bundle directory per version); None: references always come from the line.

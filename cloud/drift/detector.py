@@ -214,6 +214,12 @@ def _joint_thresholds(maxima: F64, rate: float) -> tuple[float, ...]:
     return tuple(float(np.quantile(maxima[:, j], level)) for j in range(k))
 
 
+def min_reference_frames(window_frames: int) -> int:
+    """The fewest reference frames a baseline for windows of `window_frames` is built
+    from (four windows' worth, and at least 50)."""
+    return max(50, 4 * window_frames)
+
+
 def build_baseline(reference: npt.NDArray[np.floating], names: tuple[str, ...],
                    window_frames: int, config: DetectorConfig, seed: int = 0,
                    detections: npt.NDArray[np.floating] | None = None) -> Baseline:
@@ -226,9 +232,9 @@ def build_baseline(reference: npt.NDArray[np.floating], names: tuple[str, ...],
     ref = np.asarray(reference, np.float64)
     if ref.ndim != 2 or ref.shape[1] != len(names):
         raise DetectorError(f"reference has shape {ref.shape}; expected [m, {len(names)}]")
-    if len(ref) < max(50, 4 * window_frames):
+    if len(ref) < min_reference_frames(window_frames):
         raise DetectorError(f"reference has {len(ref)} frames; at least "
-                            f"{max(50, 4 * window_frames)} are needed")
+                            f"{min_reference_frames(window_frames)} are needed")
     if not np.isfinite(ref).all():
         raise DetectorError("reference holds non-finite values")
     if window_frames < 1:

@@ -37,6 +37,7 @@ from cloud.drift.detector import (
     DriftDetector,
     Window,
     build_baseline,
+    min_reference_frames,
 )
 from cloud.drift.store import (
     AlertRow,
@@ -199,11 +200,15 @@ class DriftMonitor:
         data["window_frames"].append(sketch.frame_count)
         data["names"] = list(sketch.image.names)
         target = int(data.get("target_frames") or 0)
-        enough = (sum(data["window_frames"]) >= target and len(data["samples"]) >= 50) \
-            if target else len(data["samples"]) >= self._cfg.line_reference_frames
+        n = int(np.median(data["window_frames"]))
+        # Never fewer than the detector needs for this window size (four windows' worth:
+        # 1,200 sampled frames for the line's default 300-frame windows), so a baseline is
+        # not attempted, refused and logged on every window until then.
+        least = min_reference_frames(n)
+        enough = (sum(data["window_frames"]) >= target and len(data["samples"]) >= least) \
+            if target else len(data["samples"]) >= max(self._cfg.line_reference_frames, least)
         if not enough:
             return DetectorRow("line", len(data["samples"]), None, json.dumps(data))
-        n = int(np.median(data["window_frames"]))
         try:
             base: Baseline = build_baseline(np.asarray(data["samples"]), tuple(data["names"]),
                                             n, self._detector_cfg)

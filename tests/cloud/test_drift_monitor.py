@@ -4,6 +4,7 @@ asked once), acknowledgement, the API routes."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterator
 
@@ -15,11 +16,11 @@ from starlette.exceptions import StarletteDeprecationWarning
 from cloud.db import DatabaseConfig, open_engine, upgrade
 from cloud.drift.config import DriftConfig
 from cloud.drift.monitor import DriftMonitor
-from cloud.drift.store import DriftStore
+from cloud.drift.store import DetectorKey, DriftStore, load_detector
 from cloud.fleet import FleetStore
 from models.drift.reference import reference_from_signals
 from protocol.alerts import AlertCommand
-from tests.cloud.drift_helpers import T0, frames, sketches
+from tests.cloud.drift_helpers import MODEL, T0, frames, sketches
 
 with warnings.catch_warnings():
     # As in test_api.py: Starlette prefers httpx2 for its TestClient and warns at import.
@@ -136,3 +137,37 @@ def test_api_lists_and_acknowledges(engine: Engine) -> None:
         assert TestClient(app).get("/drift/alerts").status_code == 401
     finally:
         fleet.close()
+
+
+def _detector_row(mon: DriftMonitor):
+    key = DetectorKey("plant1", "line-3", "cam", MODEL.name, MODEL.version)
+    with mon.store.engine.connect() as conn:
+        return load_detector(conn, key, for_update=False)
+
+
+def test_a_line_reference_waits_for_what_the_detector_needs(
+        engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    """200-frame windows need 800 reference frames (four windows' worth), more than the
+    configured 400: the monitor waits for them instead of failing on every window."""
+    mon = monitor(engine, Recorder())
+    msgs = sketches(frames(52 * 200, seed=7), window=200)  # 16 sampled frames a window
+    with caplog.at_level(logging.WARNING, logger="cloud.drift.monitor"):
+        for m in msgs[:49]:  # 784 sampled frames
+            assert mon.ingest(m) is None
+    assert "unusable" not in caplog.text
+    row = _detector_row(mon)
+    assert row is not None and row.baseline_json is None and row.reference_frames == 784
+    for m in msgs[49:]:
+        assert mon.ingest(m) is None
+    row = _detector_row(mon)
+    assert row is not None and row.baseline_json is not None
+    assert (row.reference_source, row.reference_frames) == ("line", 800)
+
+
+def test_a_bundle_reference_of_other_signals_is_not_used(engine: Engine) -> None:
+    ref = reference_from_signals(frames(800, seed=4), "bundle").model_copy(
+        update={"signals_version": "lineguard.drift-signals/1"})
+    mon = monitor(engine, Recorder(), references=lambda model: ref)
+    assert mon.ingest(sketches(frames(20, seed=8), window=WINDOW)[0]) is None
+    row = _detector_row(mon)
+    assert row is not None and row.reference_source == "line" and row.baseline_json is None
