@@ -192,6 +192,10 @@ class App:
                                              line=cfg.line, clock=self._clock)
             if self.telemetry is not None:
                 pipeline = self.pipeline
+                if cfg.drift.enabled and not cfg.pipeline.keep_images:
+                    # The signals are computed from the frame a verdict carries.
+                    logger.warning("drift signals are on but pipeline.keep_images is off: "
+                                   "verdicts carry no frames, so no drift windows are sent")
                 self._drift = start_drift(
                     cfg.drift, site=cfg.site, line=cfg.line, store=self.store,
                     publish=self.telemetry.publish, current_model=lambda: pipeline.model,

@@ -108,11 +108,11 @@ def neu_dataset(pool: int, spec: SignalSpec, seed: int, normal_pool: int = 0
             grey = cv2.imread(str(paths[i]), cv2.IMREAD_GRAYSCALE)
             if grey is None:
                 raise OSError(f"cannot read {paths[i]}")
-            img = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+            img: U8 = np.asarray(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR), np.uint8)
             h, w = grey.shape
             label = NEU_DIR / "labels" / split / (paths[i].stem + ".txt")
             rows = np.loadtxt(label, ndmin=2) if label.exists() else np.zeros((0, 5))
-            boxes = np.zeros((0, 4)) if rows.size == 0 else np.stack([
+            boxes: F64 = np.zeros((0, 4)) if rows.size == 0 else np.stack([
                 (rows[:, 1] - rows[:, 3] / 2) * w, (rows[:, 2] - rows[:, 4] / 2) * h,
                 (rows[:, 1] + rows[:, 3] / 2) * w, (rows[:, 2] + rows[:, 4] / 2) * h], axis=1)
             if rng.random() < flip:  # position variation: the strip runs the other way

@@ -19,6 +19,12 @@ bundled at each size), so (a)-(d) run the model that fits the data:
   a subscriber in another process, metrics every second, one `events/defect` message per
   failed part: about 3/4 of linesim parts and nearly every NEU-DET image fail, so this is
   far above a real line's fail rate); e/b is what telemetry costs the pipeline;
+- (g), (h) with `--drift`: (e) with images kept (the drift signals are computed from
+  the frame a verdict carries, which it carries only with `keep_images` on), drift
+  signals off (g, `drift.enabled: false`) and on (h, the default); h/g is what the
+  drift signals cost the pipeline (target >= 0.97), g/h_cpu the same from the
+  process's CPU per frame (median of the repeats; steadier on a shared machine), with
+  the frames the drift thread counted and skipped (its queue full) in (h);
 - (f) with `--panel`: the operator panel on (appliance/panel, uvicorn in the appliance
   process) and five clients in another process (bench/panel_clients.py) following the
   live view's event stream (up to 10 frames/s each) and polling the counters and the
@@ -39,7 +45,7 @@ reported). Prints a table and one JSON line (`{"bench": "pipeline", ...}`).
 
     .venv/bin/python bench/pipeline.py [--sizes 320,640] [--batches 1,4,8] [--frames N]
         [--datasets linesim,neu-det] [--threads T] [--repeat R] [--no-int8] [--quick]
-        [--telemetry] [--panel] [--json-out FILE]
+        [--telemetry] [--drift] [--panel] [--json-out FILE]
 """
 
 from __future__ import annotations
@@ -82,7 +88,7 @@ NEU_DET_CLASSES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-
                    "scratches")
 STATION = "bench"
 ImageBGR = npt.NDArray[np.uint8]
-TARGETS = {"b/a": 0.92, "b/c": 1.2, "e/b": 0.97, "f/b_img": 0.95, "p99_over_a1": 2.0,
+TARGETS = {"b/a": 0.92, "b/c": 1.2, "e/b": 0.97, "h/g": 0.97, "f/b_img": 0.95, "p99_over_a1": 2.0,
            "int8_map50_drop": 0.01}
 
 
@@ -207,6 +213,9 @@ class PipelineRun:
     stage_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     cpu_ms_per_frame: dict[str, float] = field(default_factory=dict)
     panel_clients: dict[str, Any] | None = None
+    # Frames the drift thread counted and skipped (its queue full); None: drift off.
+    drift_counted: int | None = None
+    drift_skipped: int | None = None
 
 
 class GatedSource:
@@ -270,11 +279,12 @@ class PanelClients:
 def bench_pipeline(bundle_dir: Path, frames: list[ImageBGR], batch: int, threads: int,
                    work: Path, rate_fps: float | None = None,
                    mqtt_port: int | None = None, keep_images: bool = False,
-                   panel_clients: int = 0) -> PipelineRun:
+                   panel_clients: int = 0, drift: bool = True) -> PipelineRun:
     """(b)/(d)/(e)/(f): the real appliance over a ReplaySource of `frames` (paced at
     `rate_fps` if given; with telemetry to 127.0.0.1:`mqtt_port` if given; with the panel
     and `panel_clients` clients following it if > 0); frames/s from the first capture to
-    the last verdict committed. Frames start once the clients are logged in."""
+    the last verdict committed. Frames start once the clients are logged in. `drift`:
+    the drift signals on (they run only with telemetry)."""
     data_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work))
     raw: dict[str, Any] = {
         "data_dir": str(data_dir),
@@ -283,6 +293,7 @@ def bench_pipeline(bundle_dir: Path, frames: list[ImageBGR], batch: int, threads
         "engine": {"providers": ["cpu"], "intra_op_threads": threads},
         "pipeline": {"max_batch": batch, "overflow": "block", "keep_images": keep_images,
                      "queue_frames": max(32, 4 * batch)},
+        "drift": {"enabled": drift},
     }
     if panel_clients:
         raw["panel"] = {"port": 0}
@@ -321,6 +332,9 @@ def bench_pipeline(bundle_dir: Path, frames: list[ImageBGR], batch: int, threads
         store.flush()
         t_end = time.time()
         stats = pipeline.stats()
+        recorder = app.drift_recorder
+        drift_counts = (None, None) if recorder is None else (recorder.counted,
+                                                              recorder.skipped_busy)
         threads_after = _python_thread_cpu_s()
         usage_after = resource.getrusage(resource.RUSAGE_SELF)
     finally:
@@ -339,7 +353,8 @@ def bench_pipeline(bundle_dir: Path, frames: list[ImageBGR], batch: int, threads
                        latencies_ms=lat, mean_batch=stats.mean_batch,
                        stage_ms=stats.latency_ms,
                        cpu_ms_per_frame={k: round(v, 3) for k, v in cpu.items()},
-                       panel_clients=clients.summary if clients is not None else None)
+                       panel_clients=clients.summary if clients is not None else None,
+                       drift_counted=drift_counts[0], drift_skipped=drift_counts[1])
 
 
 # ---------------------------------------------------------------------------- (e)
@@ -361,8 +376,10 @@ class TelemetryRig:
     """A local mosquitto and a subscriber process for column (e); a context manager."""
 
     def __init__(self, work: Path) -> None:
+        # bench/telemetry.py imports its sibling telemetry_load by plain name: run it from
+        # the bench directory on the path, as its own script does.
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from telemetry import start_broker  # bench/telemetry.py
+        from telemetry import start_broker  # type: ignore[import-not-found]
 
         self.broker, self.port = start_broker(work)
         self.subscriber = subprocess.Popen([sys.executable, "-c", _SUBSCRIBER_SCRIPT,
@@ -448,6 +465,8 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
     b_runs: list[PipelineRun] = []
     d_runs: list[PipelineRun] = []
     e_runs: list[PipelineRun] = []
+    g_runs: list[PipelineRun] = []
+    h_runs: list[PipelineRun] = []
     bi_runs: list[PipelineRun] = []
     f_runs: list[PipelineRun] = []
     for _ in range(args.repeat):  # interleaved: a, b, d, e, b_img, f, a, b, ...
@@ -457,8 +476,15 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
             d_runs.append(bench_pipeline(bundles["int8"].root, frames, batch, args.threads,
                                          work))
         if mqtt_port is not None:
+            # (e) keeps no images, so its drift signals would see no frames: off.
             e_runs.append(bench_pipeline(fp32.root, frames, batch, args.threads, work,
-                                         mqtt_port=mqtt_port))
+                                         mqtt_port=mqtt_port, drift=False))
+            if args.drift:
+                g_runs.append(bench_pipeline(fp32.root, frames, batch, args.threads, work,
+                                             mqtt_port=mqtt_port, keep_images=True,
+                                             drift=False))
+                h_runs.append(bench_pipeline(fp32.root, frames, batch, args.threads, work,
+                                             mqtt_port=mqtt_port, keep_images=True))
         if args.panel:
             bi_runs.append(bench_pipeline(fp32.root, frames, batch, args.threads, work,
                                           keep_images=True))
@@ -472,6 +498,14 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
     b = best_b.fps
     d = max(r.fps for r in d_runs) if d_runs else None
     e = max(r.fps for r in e_runs) if e_runs else None
+    g = max(r.fps for r in g_runs) if g_runs else None
+    # CPU per frame of the whole process, median over the repeats: on a shared machine a
+    # steadier measure of what drift costs than frames/s (its ratio is the throughput
+    # ratio of a CPU-bound appliance).
+    g_cpu = statistics.median(r.cpu_ms_per_frame["process"] for r in g_runs) if g_runs else None
+    h_cpu = statistics.median(r.cpu_ms_per_frame["process"] for r in h_runs) if h_runs else None
+    best_h = max(h_runs, key=lambda r: r.fps) if h_runs else None
+    h = best_h.fps if best_h else None
     best_bi = max(bi_runs, key=lambda r: r.fps) if bi_runs else None
     b_img = best_bi.fps if best_bi else None
     best_f = max(f_runs, key=lambda r: r.fps) if f_runs else None
@@ -490,6 +524,14 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
         "d_fps_median": round(statistics.median(r.fps for r in d_runs), 1) if d_runs else None,
         "e_fps": round(e, 1) if e else None,
         "e_fps_median": round(statistics.median(r.fps for r in e_runs), 1) if e_runs else None,
+        "g_fps": round(g, 1) if g else None,
+        "g_fps_median": round(statistics.median(r.fps for r in g_runs), 1) if g_runs else None,
+        "h_fps": round(h, 1) if h else None,
+        "h_fps_median": round(statistics.median(r.fps for r in h_runs), 1) if h_runs else None,
+        "g_process_cpu_ms": round(g_cpu, 3) if g_cpu else None,
+        "h_process_cpu_ms": round(h_cpu, 3) if h_cpu else None,
+        "h_drift_counted": best_h.drift_counted if best_h else None,
+        "h_drift_skipped": best_h.drift_skipped if best_h else None,
         "b_img_fps": round(b_img, 1) if b_img else None,
         "f_fps": round(f, 1) if f else None,
         "f_fps_median": round(statistics.median(r.fps for r in f_runs), 1) if f_runs else None,
@@ -501,6 +543,10 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
         "b_img_process_cpu_ms": best_bi.cpu_ms_per_frame["process"] if best_bi else None,
         "f_process_cpu_ms": best_f.cpu_ms_per_frame["process"] if best_f else None,
         "b/a": _ratio(b, a), "b/c": _ratio(b, c), "d/c": _ratio(d, c), "e/b": _ratio(e, b),
+        "h/g": _ratio(h, g), "h/g_median": _ratio(
+            statistics.median(r.fps for r in h_runs) if h_runs else None,
+            statistics.median(r.fps for r in g_runs) if g_runs else None),
+        "g/h_cpu": _ratio(g_cpu, h_cpu),
         "f/b_img": _ratio(f, b_img),
         "b_mean_batch": round(best_b.mean_batch, 2), "b_verdicts": best_b.verdicts,
         "b_stage_ms": best_b.stage_ms, "b_cpu_ms_per_frame": best_b.cpu_ms_per_frame,
@@ -513,8 +559,9 @@ def run_config(ds: str, size: int, batch: int, frames: list[ImageBGR], bundles: 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     cols = ["dataset", "size", "batch", "a_fps", "b_fps", "c_fps", "d_fps", "e_fps",
-            "b_img_fps", "f_fps", "b/a", "b/c", "d/c", "e/b", "f/b_img", "b_mean_batch",
-            "half_load_fps", "latency_p50_ms", "latency_p99_ms", "a_batch1_ms", "p99_over_a1"]
+            "g_fps", "h_fps", "b_img_fps", "f_fps", "b/a", "b/c", "d/c", "e/b", "h/g", "g/h_cpu",
+            "f/b_img", "b_mean_batch", "half_load_fps", "latency_p50_ms", "latency_p99_ms",
+            "a_batch1_ms", "p99_over_a1"]
     print(" | ".join(f"{c:>8}" for c in cols))
     for r in rows:
         print(" | ".join(f"{'-' if r[c] is None else r[c]!s:>8}" for c in cols))
@@ -536,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="linesim val images for the FP32 vs INT8 mAP50 check (0: skip)")
     p.add_argument("--telemetry", action="store_true",
                    help="add column (e): the pipeline with MQTT telemetry to a local mosquitto")
+    p.add_argument("--drift", action="store_true",
+                   help="(g), (h): drift signals off and on, h/g (implies --telemetry)")
     p.add_argument("--panel", action="store_true",
                    help="add columns (b_img) and (f): the pipeline with images kept, without "
                         "and with the operator panel and clients following it")
@@ -543,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny smoke run")
     p.add_argument("--json-out", type=Path)
     args = p.parse_args(argv)
+    args.telemetry = args.telemetry or args.drift
     if args.quick:
         args.sizes, args.batches, args.frames, args.datasets = "320", "1,4", 16, "linesim"
         args.repeat, args.latency_s, args.eval_images = 1, 1.0, 0

@@ -130,7 +130,7 @@ def _defect_example(current: ModelRef) -> DefectEvent:
 
 
 def _drift_example(current: ModelRef) -> DriftSketchV2:
-    names = ["roi.mean_g", "roi.std", "roi.sharpness", "bg.mean_g", "emb0"]
+    names = ["roi.luma", "roi.log_std", "roi.sharpness", "bg.luma", "emb0"]
     return DriftSketchV2(
         msg_id="a1b2c3d4e5f60718293a4b5c6d7e8f90",
         site=SITE,
@@ -143,7 +143,7 @@ def _drift_example(current: ModelRef) -> DriftSketchV2:
         first_frame_id=120_400,
         last_frame_id=120_699,
         frame_count=300,
-        signals_version="lineguard.drift-signals/1",
+        signals_version="lineguard.drift-signals/2",
         reference=ReferenceInfo(source="bundle", frames=1200, sha256="9f" * 32),
         image=SignalMoments(
             names=names,
@@ -208,9 +208,9 @@ def _command_examples(current: ModelRef, previous: ModelRef) -> list[tuple[str, 
         alert_id="drift-8c41e07d2b",
         code="drift",
         severity="warning",
-        message="image drift on line-3 (model neu-det-yolo11n v7): roi.sharpness, bg.mean_g",
+        message="image drift on line-3 (model neu-det-yolo11n v7): roi.sharpness, bg.luma",
         model=current,
-        channels=["roi.sharpness", "bg.mean_g"],
+        channels=["roi.sharpness", "bg.luma"],
         began_at=_T0 - timedelta(minutes=4),
         raised_at=_T0,
         issued_by="drift-monitor",

@@ -26,6 +26,10 @@ class DriftConfig(BaseModel):
     work_width_px: int = Field(320, ge=32, le=4096)
     # Frames waiting for the signal thread; beyond it frames are skipped (counted).
     queue_max_frames: int = Field(64, ge=1, le=10_000)
+    # The signal thread's niceness (Linux; added to the process's): it is background
+    # work, so on a busy machine the pipeline's threads go first and drift frames are
+    # skipped (counted) rather than the line slowed. 0: the same priority as the rest.
+    thread_nice: int = Field(10, ge=0, le=19)
     # The partial window is saved in the store every this many frames (and at stop),
     # so a restart resumes it instead of losing it.
     persist_every_frames: int = Field(50, ge=1, le=100_000)

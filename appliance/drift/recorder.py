@@ -15,7 +15,9 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import sys
 import threading
 import time
 import zlib
@@ -118,6 +120,7 @@ class DriftRecorder:
             self._persist(station, window)
 
     def _run(self) -> None:
+        _lower_priority(self._cfg.thread_nice)
         while True:
             try:
                 record = self._queue.get(timeout=POLL_S)
@@ -197,6 +200,18 @@ class DriftRecorder:
             self._save(station, window.to_json())
         except Exception:  # the store is another component: log, keep counting
             logger.exception("drift window of %s not saved", station)
+
+
+def _lower_priority(nice: int) -> None:
+    """Raise the calling thread's niceness by `nice` (Linux: a thread id is a process id
+    to setpriority; raising it needs no privilege). Elsewhere nothing happens."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError as e:
+        logger.warning("drift thread keeps its priority: %s", e)
 
 
 def _seq(frame_id: str) -> int | None:

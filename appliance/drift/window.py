@@ -60,11 +60,18 @@ class DriftWindow:
         self.sample_frames = sample_frames
         self._rng = random.Random(seed)
         self.state = state or WindowState(station)
+        self._model_cache: tuple[object, ModelRef] | None = None
 
     @property
     def model(self) -> ModelRef | None:
         m = self.state.model
-        return None if m is None else ModelRef.model_validate(m)
+        if m is None:
+            return None
+        # Parsed once per window (asked for on every frame): the state's dict is replaced,
+        # never changed in place, when the window starts.
+        if self._model_cache is None or self._model_cache[0] is not m:
+            self._model_cache = (m, ModelRef.model_validate(m))
+        return self._model_cache[1]
 
     def add(self, seq: int, at: float, model: ModelRef, image: F32 | None,
             image_names: tuple[str, ...], output: F32, output_names: tuple[str, ...]) -> bool:
@@ -92,13 +99,12 @@ class DriftWindow:
             st.image_sq = (np.asarray(st.image_sq) + x * x).tolist()
             st.seen_for_sample += 1
             # Reservoir sampling: every frame of the window is equally likely to be kept.
-            row = [round(float(v), 5) for v in x]
             if len(st.samples) < self.sample_frames:
-                st.samples.append(row)
+                st.samples.append(_row(x))
             else:
                 j = self._rng.randrange(st.seen_for_sample)
                 if j < self.sample_frames:
-                    st.samples[j] = row
+                    st.samples[j] = _row(x)
         y = output.astype(np.float64)
         st.output_sums = (np.asarray(st.output_sums) + y).tolist()
         st.output_sq = (np.asarray(st.output_sq) + y * y).tolist()
@@ -156,3 +162,8 @@ class DriftWindow:
             return WindowState(**json.loads(text))
         except (TypeError, json.JSONDecodeError) as e:
             raise ValueError(f"not a saved drift window: {e}") from e
+
+
+def _row(x: npt.NDArray[np.float64]) -> list[float]:
+    """A sampled frame's signals as the message carries them (5 decimals)."""
+    return [round(float(v), 5) for v in x]

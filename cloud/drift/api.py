@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, HTTPException, Path, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud.drift.store import AlertRow, DriftStore
+from cloud.drift.store import AlertFields, AlertRow, DriftStore
 from protocol.fields import ID_PATTERN
 
 ALERT_ID = r"^drift-[0-9a-f]{16}$"
@@ -27,28 +27,11 @@ class MovedChannel(BaseModel):
     shift_sd: float = Field(description="mean shift since the onset, in reference SDs")
 
 
-class DriftAlertView(BaseModel):
+class DriftAlertView(AlertFields):
     """A drift alert: which line and model, the signals that moved, when it began."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    alert_id: str
-    site: str
-    line: str
     station: str | None
-    model_name: str
-    model_version: int
     channels: list[MovedChannel]
-    onset_frame_id: int
-    onset_at_ms: int
-    raised_at_ms: int
-    statistic: float
-    threshold: float
-    mmd_p_value: float
-    published: bool
-    retrain_requested: bool
-    acknowledged_at_ms: int | None
-    acknowledged_by: str | None
 
 
 class DriftWindowView(BaseModel):
@@ -74,15 +57,9 @@ class Acknowledge(BaseModel):
 
 def _view(a: AlertRow) -> DriftAlertView:
     return DriftAlertView(
-        alert_id=a.alert_id, site=a.site, line=a.line,
-        station=None if a.station == "-" else a.station, model_name=a.model_name,
-        model_version=a.model_version,
-        channels=[MovedChannel(name=n, shift_sd=v) for n, v in a.channels],
-        onset_frame_id=a.onset_frame_id, onset_at_ms=a.onset_at_ms,
-        raised_at_ms=a.raised_at_ms, statistic=a.statistic, threshold=a.threshold,
-        mmd_p_value=a.mmd_p_value, published=a.published,
-        retrain_requested=a.retrain_requested, acknowledged_at_ms=a.acknowledged_at_ms,
-        acknowledged_by=a.acknowledged_by)
+        **a.model_dump(exclude={"station", "channels"}),
+        station=None if a.station == "-" else a.station,
+        channels=[MovedChannel(name=n, shift_sd=v) for n, v in a.channels])
 
 
 def drift_router(store: DriftStore) -> APIRouter:

@@ -1,26 +1,31 @@
-"""The sequential drift detector: multichannel CUSUM on whitened window means, with a
-threshold calibrated by block bootstrap, confirmed by an MMD permutation test.
+"""The sequential drift detector: a multivariate CUSUM and per-signal CUSUMs on
+whitened window means, with thresholds calibrated jointly by block bootstrap, confirmed
+by an MMD permutation test.
 
 Pure numpy/scipy, no IO: the cloud's monitor feeds it windows and stores its state;
 the benchmark feeds it the same windows.
 
 Invariants:
 - a `Baseline` is built from reference frames (signal vectors in capture order) alone,
-  deterministically for a given seed: mean, a shrunk covariance and its inverse square
-  root (the whitener), and the threshold `h` calibrated so that no-drift streams
-  bootstrapped from the reference raise an alarm within `10_000` frames with
-  probability `false_alarms_per_10k` (a reference mean re-estimated from a bootstrap
-  sample in every replicate, so the estimation error of the reference is in `h`);
-- the CUSUM's allowance is the configured one plus the `phase1_quantile` of the
+  deterministically for a given seed: mean, a covariance shrunk toward its diagonal
+  with a floor `sd_floor` in every direction, its inverse square root (the whitener),
+  and the thresholds `h` (MCUSUM) and `h_channel` (per-signal CUSUMs) calibrated
+  jointly so that no-drift streams bootstrapped from the reference raise an alarm of
+  either within `10_000` frames with probability `false_alarms_per_10k` (a reference
+  mean re-estimated from a bootstrap sample in every replicate, so the estimation
+  error of the reference is in the thresholds);
+- the CUSUMs' allowances are the configured ones plus the `phase1_quantile` of the
   reference mean's own estimation error (whitened, at the window size, from the same
-  bootstrap): a reference mean that is off by its typical error would otherwise make
-  the statistic grow by a little every window on a line that never drifts, and a line
-  that runs for days would then alarm for certain; with the margin the statistic stays
-  bounded and the 10,000-frame rate holds for every 10,000 frames, not only the first;
-- the CUSUM (Crosier's MCUSUM) sees one whitened window mean at a time,
-  z = sqrt(n) W (mean - mu); on an alarm the onset is the most likely change point
-  over the last `history_windows` windows (`change_point`), and the alarm is only an
-  alert once the MMD test between reference frames and the frames sampled since that
+  bootstrap; its norm for the MCUSUM, each coordinate for the per-signal CUSUMs): a
+  reference mean that is off by its typical error would otherwise make a statistic
+  grow by a little every window on a line that never drifts, and a line that runs for
+  days would then alarm for certain; with the margin the statistics stay bounded and
+  the 10,000-frame rate holds for every 10,000 frames, not only the first;
+- the CUSUMs (Crosier's MCUSUM; a two-sided CUSUM per whitened signal) see one
+  whitened window mean at a time, z = sqrt(n) W (mean - mu); on an alarm of either the
+  onset is the most likely change point over the last `history_windows` windows
+  (`change_point`), and the alarm is only an alert once the MMD test (in the same
+  whitened coordinates) between reference frames and the frames sampled since that
   onset gives p <= `mmd_alpha` (p counts the observed statistic:
   (1 + #{perm >= obs}) / (1 + P));
 - after an alert the detector is latched: it raises nothing more until `reset()`.
@@ -28,8 +33,9 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -51,18 +57,36 @@ class DetectorConfig:
     """Tuning of the detector (the cloud's `drift:` config section holds the same keys)."""
 
     false_alarms_per_10k: float = 0.1
-    allowance: float = 2.0
+    allowance: float = 2.5
     phase1_quantile: float = 0.95
     bootstrap_replicates: int = 200
     block_frames: int = 10
     shrinkage: float = 0.02
-    mmd_alpha: float = 0.01
-    mmd_permutations: int = 300
+    mmd_alpha: float = 0.002
+    mmd_permutations: int = 1000
     mmd_reference_frames: int = 200
     confirm_windows: int = 4
     channel_z: float = 4.0
     max_channels: int = 8
     history_windows: int = 64
+    # Per-channel two-sided CUSUMs on the whitened coordinates, beside the MCUSUM: their
+    # allowance (whitened units per window); None: the MCUSUM alone.
+    channel_allowance: float | None = 1.0
+    # Whether the MCUSUM runs at all (False: the per-channel CUSUMs alone).
+    multivariate: bool = True
+    # Floor on every direction's standard deviation (signal units): a signal that never
+    # varies in the reference (chroma of a grey camera) is compared at the resolution it
+    # is measured with, not at zero.
+    sd_floor: float = 0.002
+    # Space of the MMD confirmation: "whitened" (the detector's own coordinates, so the
+    # test sees what the CUSUMs saw: a colour cast on a grey camera, a shift against
+    # the correlation of two signals) or "standardised" (per-signal SD, floored).
+    mmd_space: Literal["whitened", "standardised"] = "whitened"
+
+    def __post_init__(self) -> None:
+        if self.mmd_alpha * (1 + self.mmd_permutations) < 1.0:
+            raise DetectorError(f"mmd_alpha {self.mmd_alpha} is below the smallest p-value "
+                                f"{self.mmd_permutations} permutations can give")
 
 
 @dataclass(frozen=True)
@@ -108,10 +132,14 @@ class Baseline:
     # beta * (detections - det_mean) before they are compared. None: not adjusted.
     beta: F64 | None = None
     det_mean: float = 0.0
-    # The MCUSUM allowance calibrated with this baseline (the configured allowance plus
-    # the reference's estimation margin). None (a baseline stored before it existed):
-    # the configured allowance.
+    # Threshold of the per-channel CUSUMs (inf: not used); calibrated jointly with
+    # `threshold` so that the pair meets the target false-alarm rate.
+    channel_threshold: float = float("inf")
+    # The allowances calibrated with this baseline: the configured ones plus the
+    # reference's estimation margin (MCUSUM: a number; channel CUSUMs: one per whitened
+    # signal). None (a baseline stored before they existed): the configured allowance.
     allowance: float | None = None
+    channel_allowance: F64 | None = None
 
     def adjust(self, mean: F64, detections: float | None) -> F64:
         """A window's mean signals as if its defect rate were the reference's."""
@@ -133,11 +161,14 @@ class Alert:
     mmd_p_value: float
 
 
-def _shrunk_cov(x: F64, shrinkage: float) -> F64:
+def _shrunk_cov(x: F64, shrinkage: float, sd_floor: float) -> F64:
+    """The covariance shrunk toward its own diagonal (never toward a scaled identity,
+    which would drown a signal with a tiny spread in the others' variance), plus
+    `sd_floor`**2 in every direction."""
     cov = np.cov(x, rowvar=False)
     diag = np.diag(np.diag(cov))
-    floor = np.maximum(np.diag(cov), 1e-8)
-    return (1 - shrinkage) * cov + shrinkage * diag + np.diag(floor * 1e-3)
+    return np.asarray((1 - shrinkage) * cov + shrinkage * diag
+                      + np.eye(len(cov)) * max(sd_floor, 1e-6) ** 2, np.float64)
 
 
 def _inv_sqrt(cov: F64) -> F64:
@@ -159,16 +190,47 @@ def _block_means(ref: F64, n_windows: int, window_frames: int, block: int,
 
 
 def mcusum_path(z: F64, allowance: float, start: F64 | None = None) -> tuple[F64, F64]:
-    """Crosier's MCUSUM over whitened window means z [T, D]: the statistic after each
-    window [T] and the final accumulator [D]."""
-    s = np.zeros(z.shape[1]) if start is None else start.copy()
-    stats = np.empty(len(z))
+    """Crosier's MCUSUM over whitened window means z [T, D] (or [T, R, D]: R streams at
+    once): the statistic after each window [T] ([T, R]) and the final accumulator."""
+    s = np.zeros(z.shape[1:]) if start is None else start.copy()
+    stats = np.empty(z.shape[:-1])
     for t, zt in enumerate(z):
         c = s + zt
-        norm = float(np.sqrt(c @ c))
-        s = np.zeros_like(s) if norm <= allowance else c * (1.0 - allowance / norm)
-        stats[t] = float(np.sqrt(s @ s))
+        norm = np.sqrt(np.sum(c * c, axis=-1, keepdims=True))
+        s = c * np.maximum(1.0 - allowance / np.maximum(norm, 1e-12), 0.0)
+        stats[t] = np.sqrt(np.sum(s * s, axis=-1))
     return stats, s
+
+
+def channel_cusum_path(z: F64, allowance: float | F64, start: F64 | None = None
+                       ) -> tuple[F64, F64]:
+    """Two-sided CUSUMs per whitened channel over z [T, D] (or [T, R, D]): the largest
+    of them after each window [T] ([T, R]) and the final accumulators [2, D] (upper,
+    lower; [2, R, D])."""
+    s = np.zeros((2, *z.shape[1:])) if start is None else start.copy()
+    stats = np.empty(z.shape[:-1])
+    for t, zt in enumerate(z):
+        s[0] = np.maximum(s[0] + zt - allowance, 0.0)
+        s[1] = np.maximum(s[1] - zt - allowance, 0.0)
+        stats[t] = np.max(s, axis=(0, -1))
+    return stats, s
+
+
+def _joint_thresholds(maxima: F64, rate: float) -> tuple[float, ...]:
+    """Thresholds [K] for K statistics whose per-replicate maxima are `maxima` [R, K],
+    such that a replicate in which any statistic passes its threshold has probability
+    `rate`: the same level of each statistic's own null distribution (the min of their
+    p-values, calibrated jointly)."""
+    r, k = maxima.shape
+    ranks = np.argsort(np.argsort(maxima, axis=0), axis=0) / max(r - 1, 1)  # ECDF level
+    level = float(np.quantile(ranks.max(axis=1), 1.0 - rate))
+    return tuple(float(np.quantile(maxima[:, j], level)) for j in range(k))
+
+
+def min_reference_frames(window_frames: int) -> int:
+    """The fewest reference frames a baseline for windows of `window_frames` is built
+    from (four windows' worth, and at least 50)."""
+    return max(50, 4 * window_frames)
 
 
 def build_baseline(reference: npt.NDArray[np.floating], names: tuple[str, ...],
@@ -183,9 +245,9 @@ def build_baseline(reference: npt.NDArray[np.floating], names: tuple[str, ...],
     ref = np.asarray(reference, np.float64)
     if ref.ndim != 2 or ref.shape[1] != len(names):
         raise DetectorError(f"reference has shape {ref.shape}; expected [m, {len(names)}]")
-    if len(ref) < max(50, 4 * window_frames):
+    if len(ref) < min_reference_frames(window_frames):
         raise DetectorError(f"reference has {len(ref)} frames; at least "
-                            f"{max(50, 4 * window_frames)} are needed")
+                            f"{min_reference_frames(window_frames)} are needed")
     if not np.isfinite(ref).all():
         raise DetectorError("reference holds non-finite values")
     if window_frames < 1:
@@ -202,23 +264,37 @@ def build_baseline(reference: npt.NDArray[np.floating], names: tuple[str, ...],
             beta = ((ref - ref.mean(axis=0)).T @ (d - det_mean)) / spread
             ref = ref - np.outer(d - det_mean, beta)
     mu = ref.mean(axis=0)
-    w = _inv_sqrt(_shrunk_cov(ref, config.shrinkage))
+    w = _inv_sqrt(_shrunk_cov(ref, config.shrinkage, config.sd_floor))
     n_windows = -(-FRAMES_PER_RATE // window_frames)
+    reps = config.bootstrap_replicates
     # Phase-I error: the mean the detector will use is itself an estimate; its error,
-    # whitened at the window size, widens the allowance (module docstring).
+    # whitened at the window size, widens the allowances (module docstring).
     mu_stars = np.vstack([_block_means(ref, 1, len(ref), config.block_frames, rng)[0]
-                          for _ in range(config.bootstrap_replicates)])
-    errors = np.linalg.norm((mu_stars - mu) @ w.T, axis=1) * np.sqrt(window_frames)
-    allowance = config.allowance + float(np.quantile(errors, config.phase1_quantile))
-    maxima = np.empty(config.bootstrap_replicates)
-    for r in range(config.bootstrap_replicates):
+                          for _ in range(reps)])
+    errors = (mu_stars - mu) @ w.T * np.sqrt(window_frames)  # [R, D]
+    allowance = config.allowance + float(np.quantile(np.linalg.norm(errors, axis=1),
+                                                     config.phase1_quantile))
+    channel_allowance = None if config.channel_allowance is None else np.asarray(
+        config.channel_allowance + np.quantile(np.abs(errors), config.phase1_quantile,
+                                               axis=0), np.float64)
+    z = np.empty((n_windows, reps, len(mu)))
+    for r in range(reps):
         means = _block_means(ref, n_windows, window_frames, config.block_frames, rng)
-        z = (means - mu_stars[r]) @ w.T * np.sqrt(window_frames)
-        maxima[r] = mcusum_path(z, allowance)[0].max()
-    h = float(np.quantile(maxima, 1.0 - config.false_alarms_per_10k))
+        z[:, r] = (means - mu_stars[r]) @ w.T * np.sqrt(window_frames)
+    columns = []
+    if config.multivariate:
+        columns.append(mcusum_path(z, allowance)[0].max(axis=0))
+    if channel_allowance is not None:
+        columns.append(channel_cusum_path(z, channel_allowance)[0].max(axis=0))
+    if not columns:
+        raise DetectorError("the detector needs the MCUSUM, the channel CUSUMs or both")
+    found = list(_joint_thresholds(np.stack(columns, axis=1), config.false_alarms_per_10k))
+    h = found.pop(0) if config.multivariate else float("inf")
+    h_channel = found.pop(0) if channel_allowance is not None else float("inf")
     pick = rng.choice(len(ref), size=min(config.mmd_reference_frames, len(ref)), replace=False)
-    return Baseline(names, mu, ref.std(axis=0) + 1e-6, w, h, window_frames, ref[np.sort(pick)],
-                    beta, det_mean, allowance)
+    return Baseline(names, mu, np.maximum(ref.std(axis=0), config.sd_floor), w, h,
+                    window_frames, ref[np.sort(pick)], beta, det_mean, h_channel,
+                    allowance, channel_allowance)
 
 
 def mmd_test(x: F64, y: F64, permutations: int, rng: np.random.Generator) -> tuple[float, float]:
@@ -267,10 +343,13 @@ class DetectorState:
 
     accumulator: F64
     frames_seen: int = 0
+    # The per-channel CUSUMs [2, D] (upper, lower); None: all zero.
+    channel_accumulator: F64 | None = None
     history: list[WindowRecord] = field(default_factory=list)
     pending_windows: int = 0
     latched: bool = False
     last_statistic: float = 0.0
+    last_channel_statistic: float = 0.0
 
 
 def change_point(z: F64) -> int:
@@ -311,6 +390,17 @@ class DriftDetector:
         allowance = cfg.allowance if b.allowance is None else b.allowance
         stats, st.accumulator = mcusum_path(z[None, :], allowance, st.accumulator)
         st.last_statistic = float(stats[0])
+        alarm = st.last_statistic > b.threshold
+        if math.isfinite(b.channel_threshold) and cfg.channel_allowance is not None:
+            start = st.channel_accumulator
+            if start is None:
+                start = np.zeros((2, len(z)))
+            channel_allowance = (cfg.channel_allowance if b.channel_allowance is None
+                                 else b.channel_allowance)
+            cstats, st.channel_accumulator = channel_cusum_path(
+                z[None, :], channel_allowance, start)
+            st.last_channel_statistic = float(cstats[0])
+            alarm |= st.last_channel_statistic > b.channel_threshold
         samples = np.asarray(window.samples, np.float64)
         if len(samples):
             samples = samples + (mean - window.mean)
@@ -320,7 +410,7 @@ class DriftDetector:
         if len(st.history) > _SAMPLED_WINDOWS:  # the MMD test uses the latest samples only
             old = st.history[-_SAMPLED_WINDOWS - 1]
             old.samples = old.samples[:0]
-        if st.latched or st.last_statistic <= b.threshold:
+        if st.latched or not alarm:
             st.pending_windows = 0
             return None
         return self._confirm()
@@ -333,8 +423,12 @@ class DriftDetector:
         recent = np.vstack(samples) if samples else np.zeros((0, len(b.names)))
         p = 1.0
         if len(recent) >= 8:
-            x = (b.reference - b.mean) / b.std
-            y = (recent[-256:] - b.mean) / b.std
+            if cfg.mmd_space == "whitened":
+                x = (b.reference - b.mean) @ b.whitener.T
+                y = (recent[-256:] - b.mean) @ b.whitener.T
+            else:
+                x = (b.reference - b.mean) / b.std
+                y = (recent[-256:] - b.mean) / b.std
             _, p = mmd_test(x, y, cfg.mmd_permutations, self._rng)
         if p > cfg.mmd_alpha:
             st.pending_windows += 1
@@ -344,8 +438,11 @@ class DriftDetector:
         st.latched = True
         frames = sum(w.frames for w in since)
         sums = np.sum([w.sums for w in since], axis=0)
+        statistic, threshold = st.last_statistic, b.threshold
+        if st.last_channel_statistic / b.channel_threshold > statistic / threshold:
+            statistic, threshold = st.last_channel_statistic, b.channel_threshold
         return Alert(since[0].first_frame, since[-1].end_frame,
-                     self.moved_channels(sums, frames), st.last_statistic, b.threshold, p)
+                     self.moved_channels(sums, frames), statistic, threshold, p)
 
     def moved_channels(self, sums: F64, frames: int) -> tuple[tuple[str, float], ...]:
         """Signals whose mean over `frames` frames (`sums`) is more than `channel_z`

@@ -37,6 +37,7 @@ from cloud.drift.detector import (
     DriftDetector,
     Window,
     build_baseline,
+    min_reference_frames,
 )
 from cloud.drift.store import (
     AlertRow,
@@ -67,7 +68,7 @@ NO_STATION = "-"
 def detector_config(cfg: DriftConfig) -> DetectorConfig:
     return DetectorConfig(
         false_alarms_per_10k=cfg.false_alarms_per_10k, allowance=cfg.allowance,
-        phase1_quantile=cfg.phase1_quantile,
+        phase1_quantile=cfg.phase1_quantile, channel_allowance=cfg.channel_allowance,
         bootstrap_replicates=cfg.bootstrap_replicates, block_frames=cfg.block_frames,
         mmd_alpha=cfg.mmd_alpha, mmd_permutations=cfg.mmd_permutations,
         confirm_windows=cfg.confirm_windows, channel_z=cfg.channel_z)
@@ -139,6 +140,11 @@ class DriftMonitor:
     def _new_detector(self, model: ModelRef, sketch: DriftSketchV2) -> DetectorRow:
         line_ref = sketch.reference is not None and sketch.reference.source == "line"
         ref = None if line_ref else self._references(model)
+        if ref is not None and ref.signals_version != sketch.signals_version:
+            logger.warning("drift: bundle reference of %s v%d has signals %s, the line sends "
+                           "%s; using the line's first frames", model.name, model.version,
+                           ref.signals_version, sketch.signals_version)
+            ref = None
         if ref is not None and sketch.image is not None and ref.names == sketch.image.names:
             try:
                 base = build_baseline(ref.matrix(), tuple(ref.names), sketch.frame_count,
@@ -194,11 +200,15 @@ class DriftMonitor:
         data["window_frames"].append(sketch.frame_count)
         data["names"] = list(sketch.image.names)
         target = int(data.get("target_frames") or 0)
-        enough = (sum(data["window_frames"]) >= target and len(data["samples"]) >= 50) \
-            if target else len(data["samples"]) >= self._cfg.line_reference_frames
+        n = int(np.median(data["window_frames"]))
+        # Never fewer than the detector needs for this window size (four windows' worth:
+        # 1,200 sampled frames for the line's default 300-frame windows), so a baseline is
+        # not attempted, refused and logged on every window until then.
+        least = min_reference_frames(n)
+        enough = (sum(data["window_frames"]) >= target and len(data["samples"]) >= least) \
+            if target else len(data["samples"]) >= max(self._cfg.line_reference_frames, least)
         if not enough:
             return DetectorRow("line", len(data["samples"]), None, json.dumps(data))
-        n = int(np.median(data["window_frames"]))
         try:
             base: Baseline = build_baseline(np.asarray(data["samples"]), tuple(data["names"]),
                                             n, self._detector_cfg)
@@ -217,9 +227,12 @@ class DriftMonitor:
         # The window that raised it is unique (msg_id is the windows' primary key).
         digest = hashlib.sha256(f"{key}|{msg_id}".encode()).hexdigest()
         return AlertRow(
-            f"drift-{digest[:16]}", key.site, key.line, key.station, key.model_name,
-            key.model_version, list(fired.channels), fired.onset_frame, onset_ms, now_ms,
-            fired.statistic, fired.threshold, fired.mmd_p_value, False, False, None, None)
+            alert_id=f"drift-{digest[:16]}", site=key.site, line=key.line,
+            station=key.station, model_name=key.model_name, model_version=key.model_version,
+            channels=list(fired.channels), onset_frame_id=fired.onset_frame,
+            onset_at_ms=onset_ms, raised_at_ms=now_ms, statistic=fired.statistic,
+            threshold=fired.threshold, mmd_p_value=fired.mmd_p_value, published=False,
+            retrain_requested=False, acknowledged_at_ms=None, acknowledged_by=None)
 
     def _announce(self, alert: AlertRow) -> None:
         """Publish the alert to the line and ask for retraining, once each."""

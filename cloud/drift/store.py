@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Connection, Engine, and_, insert, select, update
 
 from cloud.drift.detector import DetectorState
@@ -41,17 +42,18 @@ class DetectorRow:
     state_json: str
 
 
-@dataclass(frozen=True)
-class AlertRow:
-    """A stored drift alert, as the fleet API shows it."""
+class AlertFields(BaseModel):
+    """What a drift alert holds besides where it was raised (station) and the channels
+    that moved: shared by the stored row and the fleet API's view of it, so the two
+    cannot drift apart."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     alert_id: str
     site: str
     line: str
-    station: str
     model_name: str
     model_version: int
-    channels: list[tuple[str, float]]
     onset_frame_id: int
     onset_at_ms: int
     raised_at_ms: int
@@ -62,6 +64,14 @@ class AlertRow:
     retrain_requested: bool
     acknowledged_at_ms: int | None
     acknowledged_by: str | None
+
+
+class AlertRow(AlertFields):
+    """A stored drift alert: its station ("-" for none) and the channels that moved
+    (name, mean shift in reference SDs)."""
+
+    station: str
+    channels: list[tuple[str, float]]
 
 
 def add_window(conn: Connection, key: DetectorKey, row: dict[str, Any]) -> bool:
@@ -114,20 +124,15 @@ def save_detector(conn: Connection, key: DetectorKey, row: DetectorRow, now_ms: 
 
 
 def insert_alert(conn: Connection, alert: AlertRow) -> None:
-    values = {k: v for k, v in alert.__dict__.items() if k != "channels"}
+    values = alert.model_dump(exclude={"channels"})
     values["channels_json"] = json.dumps([list(c) for c in alert.channels])
     conn.execute(insert(drift_alerts).values(**values))
 
 
 def _alert(row: Any) -> AlertRow:
-    m = row._mapping
-    return AlertRow(
-        m["alert_id"], m["site"], m["line"], m["station"], m["model_name"],
-        int(m["model_version"]), [(str(n), float(v)) for n, v in json.loads(m["channels_json"])],
-        int(m["onset_frame_id"]), int(m["onset_at_ms"]), int(m["raised_at_ms"]),
-        float(m["statistic"]), float(m["threshold"]), float(m["mmd_p_value"]),
-        bool(m["published"]), bool(m["retrain_requested"]), m["acknowledged_at_ms"],
-        m["acknowledged_by"])
+    m = dict(row._mapping)
+    channels = [(str(n), float(v)) for n, v in json.loads(m.pop("channels_json"))]
+    return AlertRow.model_validate({**m, "channels": channels})
 
 
 class DriftStore:

@@ -5,13 +5,18 @@ bundle builder (the reference from training and validation frames) and the bench
 so the three can never compute a signal two ways.
 
 A frame is first brought to `work_width_px` wide (INTER_AREA); then, for the inspected
-region (`roi`) and a fixed background region (`bg`): channel means (B, G, R), the grey
-spread, clipped fractions (grey <= 2, >= 253) and sharpness (log variance of the
-Laplacian); for the inspected region also an 8-bin grey histogram, two structure-tensor
-orientation terms (rotation, anisotropy) and an 8-dimensional fixed random projection
-of an 8 x 8 grey thumbnail (the embedding). `SIGNAL_NAMES` names every entry of the
-vector; `SIGNALS_VERSION` changes whenever a signal's definition does (a reference is
-only comparable with signals of its own version).
+region (`roi`) and a fixed background region (`bg`): the grey mean (luma), two chroma
+means (R - G, B - G: exactly zero for a grey camera, so a colour cast stands out), the
+log grey spread (a contrast change moves it by the same amount on every image), the 5th
+and 95th grey percentiles (a contrast change pulls them together; clipped-pixel
+fractions were tried and dropped: few frames have any, so a window's mean jumps with a
+handful of frames) and sharpness (log variance of the Laplacian); for the inspected
+region also an 8-bin grey histogram, two structure-tensor orientation terms (rotation,
+anisotropy) and an 8-dimensional fixed random projection of an 8 x 8 grey thumbnail
+(the embedding); and the sharpness of the frame's outer border band (`edge.sharpness`:
+a camera that moves or turns changes what the frame's edges show). `SIGNAL_NAMES` names
+every entry of the vector; `SIGNALS_VERSION` changes whenever a signal's definition
+does (a reference is only comparable with signals of its own version).
 
 The detector-output channel (detections per frame, score statistics, per-class counts)
 is kept apart in `output_signals`: a real change in the defect rate is not image drift.
@@ -29,7 +34,7 @@ import numpy.typing as npt
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
 
-SIGNALS_VERSION: Final = "lineguard.drift-signals/1"
+SIGNALS_VERSION: Final = "lineguard.drift-signals/2"
 HIST_BINS: Final = 8
 THUMB_PX: Final = 8
 EMBED_DIMS: Final = 8
@@ -38,7 +43,9 @@ EMBED_SEED: Final = 20260101
 # little would be left to compare).
 MAX_EXCLUDED: Final = 0.6
 
-_REGION_STATS: Final = ("mean_b", "mean_g", "mean_r", "std", "clip_lo", "clip_hi", "sharpness")
+# Width of the border band, as a fraction of the frame's shorter side.
+EDGE_FRAC: Final = 0.03
+_REGION_STATS: Final = ("luma", "chroma_rg", "chroma_bg", "log_std", "p05", "p95", "sharpness")
 SIGNAL_NAMES: Final[tuple[str, ...]] = (
     *(f"roi.{s}" for s in _REGION_STATS),
     *(f"roi.hist{i}" for i in range(HIST_BINS)),
@@ -46,6 +53,7 @@ SIGNAL_NAMES: Final[tuple[str, ...]] = (
     "roi.orient_s",
     *(f"bg.{s}" for s in _REGION_STATS),
     *(f"emb{i}" for i in range(EMBED_DIMS)),
+    "edge.sharpness",
 )
 N_SIGNALS: Final = len(SIGNAL_NAMES)
 
@@ -115,22 +123,26 @@ def _keep_mask(bounds: tuple[int, int, int, int], boxes: npt.NDArray[np.float64]
     return keep
 
 
-def _region_stats(bgr: U8, grey: U8, keep: U8 | None, out: F32, at: int) -> None:
+def _region_stats(bgr: U8, grey: U8, keep: U8 | None, out: F32, at: int
+                  ) -> npt.NDArray[np.float32]:
+    """Write the region's stats at out[at:at + 7]; returns its 256-bin grey histogram."""
     # OpenCV's masked reductions: a boolean-indexed copy of the pixels costs more.
     lap = cv2.Laplacian(grey, cv2.CV_32F, ksize=1)
     colour = bgr if bgr.ndim == 3 else cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
-    means = cv2.mean(colour, mask=keep)
-    out[at:at + 3] = np.asarray(means[:3], np.float32) / 255.0
-    _, grey_sd = cv2.meanStdDev(grey, mask=keep)
-    out[at + 3] = float(grey_sd[0, 0]) / 64.0
-    n = float(cv2.countNonZero(keep)) if keep is not None else float(grey.size)
-    low, high = grey <= 2, grey >= 253
-    if keep is not None:
-        low, high = low & (keep > 0), high & (keep > 0)
-    out[at + 4] = float(np.count_nonzero(low)) / n
-    out[at + 5] = float(np.count_nonzero(high)) / n
+    b, g, r = cv2.mean(colour, mask=keep)[:3]
+    grey_mean, grey_sd = cv2.meanStdDev(grey, mask=keep)
+    out[at] = float(grey_mean[0, 0]) / 255.0
+    out[at + 1] = (r - g) / 255.0
+    out[at + 2] = (b - g) / 255.0
+    out[at + 3] = float(np.log(float(grey_sd[0, 0]) + 1.0)) / 4.0
+    hist = np.asarray(cv2.calcHist([grey], [0], keep, [256], [0, 256]).ravel(), np.float32)
+    cdf = np.cumsum(hist)
+    total = max(float(cdf[-1]), 1.0)
+    out[at + 4] = float(np.searchsorted(cdf, 0.05 * total)) / 255.0
+    out[at + 5] = float(np.searchsorted(cdf, 0.95 * total)) / 255.0
     _, lap_sd = cv2.meanStdDev(lap, mask=keep)
     out[at + 6] = float(np.log(float(lap_sd[0, 0]) ** 2 + 1.0)) / 4.0
+    return hist
 
 
 def _downsample(grey: U8, keep: U8 | None, size_wh: tuple[int, int]) -> F32:
@@ -176,8 +188,7 @@ def frame_signals(image: U8, spec: SignalSpec,
     rb = _bounds(image.shape, spec.roi_frac)
     roi, roi_grey = image[rb[1]:rb[3], rb[0]:rb[2]], grey[rb[1]:rb[3], rb[0]:rb[2]]
     keep = _keep_mask(rb, boxes)
-    _region_stats(roi, roi_grey, keep, out, 0)
-    hist = cv2.calcHist([roi_grey], [0], keep, [HIST_BINS], [0, 256]).ravel()
+    hist = _region_stats(roi, roi_grey, keep, out, 0).reshape(HIST_BINS, -1).sum(axis=1)
     out[7:7 + HIST_BINS] = hist / max(float(hist.sum()), 1.0)
     small = _downsample(roi_grey, keep, (64, 48))
     gx = small[:, 1:] - small[:, :-1]
@@ -192,8 +203,28 @@ def frame_signals(image: U8, spec: SignalSpec,
     _region_stats(image[bb[1]:bb[3], bb[0]:bb[2]], grey[bb[1]:bb[3], bb[0]:bb[2]],
                   _keep_mask(bb, boxes), out, at + 2)
     thumb = _downsample(roi_grey, keep, (THUMB_PX, THUMB_PX))
-    out[at + 9:] = ((thumb.ravel() - 128.0) / 64.0) @ _PROJECTION
+    out[at + 9:at + 9 + EMBED_DIMS] = ((thumb.ravel() - 128.0) / 64.0) @ _PROJECTION
+    out[-1] = _edge_sharpness(grey)
     return out
+
+
+def _edge_sharpness(grey: U8) -> float:
+    """Log variance of the Laplacian over the frame's outer band (all four sides,
+    EDGE_FRAC of the shorter side wide), scaled like the regions' sharpness."""
+    h, w = grey.shape
+    band = max(2, round(EDGE_FRAC * min(h, w)))
+    strips = (grey[:band + 2], grey[h - band - 2:], grey[:, :band + 2].T, grey[:, w - band - 2:].T)
+    # Each strip keeps one pixel of context either side, so the Laplacian at its border
+    # rows is the frame's own; only the band's rows are counted.
+    acc = sq = 0.0
+    count = 0
+    for strip in strips:
+        lap = cv2.Laplacian(np.ascontiguousarray(strip), cv2.CV_32F, ksize=1)[1:band + 1]
+        acc += float(lap.sum())
+        sq += float((lap * lap).sum())
+        count += lap.size
+    var = max(sq / count - (acc / count) ** 2, 0.0)
+    return float(np.log(var + 1.0)) / 4.0
 
 
 def output_names(classes: tuple[str, ...] | list[str]) -> tuple[str, ...]:

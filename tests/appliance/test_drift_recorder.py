@@ -4,6 +4,9 @@ cloud's `cmd/alert` shown as an alarm once."""
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -128,6 +131,27 @@ def test_the_recorder_thread_keeps_up_and_is_bounded() -> None:
     rec.start()
     rec.stop()
     assert rec.counted == 4
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness")
+def test_the_signal_thread_runs_at_a_lower_priority() -> None:
+    """Drift is background work: its thread yields the CPU to the pipeline's."""
+    rec = DriftRecorder(DriftConfig(thread_nice=5), site="plant1", line="line-3",
+                        publish=Sent(), models=lambda vid: FACTS)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    if base + 5 > 19:
+        pytest.skip("the tests already run at the lowest priority")
+    rec.start()
+    try:
+        thread = rec._thread
+        assert thread is not None and thread.native_id is not None
+        deadline = time.monotonic() + 5.0
+        while os.getpriority(os.PRIO_PROCESS, thread.native_id) != base + 5:
+            assert time.monotonic() < deadline, "the drift thread kept its priority"
+            time.sleep(0.01)
+        assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the process's is unchanged
+    finally:
+        rec.stop()
 
 
 def alert(alert_id: str = "drift-0123456789abcdef", **kw: object) -> AlertCommand:

@@ -53,7 +53,7 @@ def test_alert_reaches_the_store_and_the_line(tmp_path: Path, engine: Engine) ->
     line = MqttProbe(broker.port, "line.plant1.line-3")
     try:
         cfg = DriftConfig(broker=DriftBrokerConfig(port=broker.port),
-                          bootstrap_replicates=100, mmd_permutations=200)
+                          bootstrap_replicates=100, mmd_permutations=500)
         ref = reference_from_signals(frames(800, seed=1), "bundle")
         service = DriftService(cfg, lambda publish: DriftMonitor(
             engine, cfg, references=lambda model: ref, publish=publish,
@@ -73,14 +73,14 @@ def test_alert_reaches_the_store_and_the_line(tmp_path: Path, engine: Engine) ->
         assert line.publish(topic, json.dumps(bad).encode()) is not None
         assert line.publish(topic, b'{"schema": "lineguard.drift/2", "msg_id": 5}') is not None
         # Then a drifting line: one alert, however long the drift lasts.
-        x = frames(600, seed=3, shift={"roi.mean_b": 3.0, "bg.std": -3.0})
+        x = frames(600, seed=3, shift={"roi.luma": 3.0, "bg.log_std": -3.0})
         for m in sketches(x, window=20, first_seq=100):
             assert not line.publish(topic, encode(m)).is_failure
         wait_for(lambda: service.counts["processed"] + service.counts["invalid"] >= 32)
         store = DriftStore(engine)
         wait_for(lambda: len(store.alerts("plant1", "line-3")) == 1)
         stored = store.alerts("plant1", "line-3")[0]
-        assert {n for n, _ in stored.channels[:2]} == {"roi.mean_b", "bg.std"}
+        assert {n for n, _ in stored.channels[:2]} == {"roi.luma", "bg.log_std"}
         inbound = line.get(20)
         assert inbound is not None and inbound.topic == "lineguard/plant1/line-3/cmd/alert"
         command = decode(inbound.topic, inbound.payload)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -19,7 +20,14 @@ from models.drift.reference import (
     reference_from_signals,
     write_reference,
 )
-from models.drift.signals import N_SIGNALS, SignalError, SignalSpec, frame_signals, output_signals
+from models.drift.signals import (
+    N_SIGNALS,
+    SIGNAL_NAMES,
+    SignalError,
+    SignalSpec,
+    frame_signals,
+    output_signals,
+)
 from models.yolo_dataset import load_data_yaml
 from protocol.fields import ModelRef
 
@@ -40,7 +48,31 @@ def test_signals_are_finite_and_leave_detections_out() -> None:
     big = np.repeat(np.repeat(PART.image_bgr, 2, axis=0), 2, axis=1)
     assert np.allclose(frame_signals(big, spec)[:7], plain[:7], atol=0.05)
     grey = frame_signals(PART.image_bgr[:, :, 1].copy(), spec)
-    assert grey[0] == grey[1] == grey[2]
+    chroma = [SIGNAL_NAMES.index(n) for n in SIGNAL_NAMES if "chroma" in n]
+    assert len(chroma) == 4 and (grey[chroma] == 0.0).all()  # a grey camera: exactly 0
+    cast = PART.image_bgr.astype(np.float32) * np.array([0.9, 1.0, 1.1], np.float32)
+    warm = frame_signals(np.clip(cast, 0, 255).astype(np.uint8), spec)
+    at = SIGNAL_NAMES.index
+    assert warm[at("roi.chroma_rg")] > plain[at("roi.chroma_rg")] + 0.01
+    assert warm[at("roi.chroma_bg")] < plain[at("roi.chroma_bg")] - 0.01
+
+
+def test_contrast_and_a_shifted_frame_move_their_signals() -> None:
+    """A contrast cut pulls the grey percentiles together and lowers the log spread;
+    a frame shifted with replicated edges (a moved camera) loses border sharpness."""
+    spec, at = SignalSpec(), SIGNAL_NAMES.index
+    plain = frame_signals(PART.image_bgr, spec)
+    flat = ((PART.image_bgr.astype(np.float32) - 128.0) * 0.8 + 128.0).astype(np.uint8)
+    low = frame_signals(flat, spec)
+    assert low[at("roi.p95")] - low[at("roi.p05")] < plain[at("roi.p95")] - plain[at("roi.p05")]
+    assert low[at("roi.log_std")] < plain[at("roi.log_std")]
+    # A textured surface filling the frame (as a steel strip does).
+    texture = np.random.default_rng(0).integers(60, 200, (240, 320, 3)).astype(np.uint8)
+    texture = cv2.GaussianBlur(texture, (0, 0), 1.0)
+    m = np.float32([[1, 0, 12], [0, 1, 8]])
+    moved = cv2.warpAffine(texture, m, (320, 240), borderMode=cv2.BORDER_REPLICATE)
+    assert frame_signals(moved, spec)[at("edge.sharpness")] < \
+        frame_signals(texture, spec)[at("edge.sharpness")] - 0.02
 
 
 @pytest.mark.parametrize(("image", "message"), [
