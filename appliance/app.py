@@ -281,6 +281,11 @@ class App:
             return AgentRollback(lambda: self.updates, RollbackUnavailable)
         return NoRollback()
 
+    @property
+    def drift_recorder(self) -> DriftRecorder | None:
+        """The running drift recorder (its counters), None when drift is off."""
+        return self._drift
+
     def stop(self, timeout_s: float | None = None) -> None:
         """Stop the pipeline (drain), then flush and close the store. Idempotent."""
         if self._alarm_rules is not None:

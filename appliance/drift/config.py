@@ -24,6 +24,11 @@ class DriftConfig(BaseModel):
     background_frac: FracBox = (0.0, 0.0, 1.0, 0.1)
     # The image is brought to this width before the signals are computed.
     work_width_px: int = Field(320, ge=32, le=4096)
+    # At most this many frames per second and station are measured (by capture time;
+    # the others are skipped, counted): window statistics need no more, and the
+    # signals' cost stays bounded when a station runs far faster than a line's parts
+    # arrive (a benchmark at full speed, a fast camera). null: every frame.
+    max_frames_per_s: float | None = Field(30.0, gt=0.0, le=100_000.0)
     # Frames waiting for the signal thread; beyond it frames are skipped (counted).
     queue_max_frames: int = Field(64, ge=1, le=10_000)
     # The signal thread's niceness (Linux; added to the process's): it is background

@@ -83,6 +83,8 @@ class DriftRecorder:
         self._thread: threading.Thread | None = None
         self.counted = 0
         self.skipped_busy = 0
+        self.skipped_rate = 0
+        self._last_taken: dict[str, float] = {}  # station -> capture time of its last frame
         self.skipped_no_image = 0
         self.published = 0
         self.refused = 0
@@ -101,6 +103,13 @@ class DriftRecorder:
         if record.image_bgr is None:
             self.skipped_no_image += 1
             return
+        if self._cfg.max_frames_per_s is not None:
+            last = self._last_taken.get(record.station)
+            if last is not None and 0.0 <= record.captured_at - last \
+                    < 1.0 / self._cfg.max_frames_per_s:
+                self.skipped_rate += 1
+                return
+            self._last_taken[record.station] = record.captured_at
         try:
             self._queue.put_nowait(record)
         except queue.Full:

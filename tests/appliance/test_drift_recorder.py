@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -131,6 +132,25 @@ def test_the_recorder_thread_keeps_up_and_is_bounded() -> None:
     rec.start()
     rec.stop()
     assert rec.counted == 4
+
+
+def test_a_fast_station_is_measured_at_most_max_frames_per_s() -> None:
+    """At 100 frames/s (by capture time) and a 30 frames/s cap, one frame in four is
+    measured (the first at least 1/30 s after the last taken), per station."""
+    rec = DriftRecorder(DriftConfig(window_frames=10, queue_max_frames=1000,
+                                    max_frames_per_s=30.0),
+                        site="plant1", line="line-3", publish=Sent(), models=lambda vid: FACTS)
+    for seq in range(40):
+        for station in ("a", "b"):
+            r = record(seq, station)
+            rec.on_verdict(replace(r, captured_at=1e9 + seq * 0.01))
+    assert (rec.skipped_rate, rec.skipped_busy) == (60, 0)
+    assert rec._queue.qsize() == 20
+    slow = DriftRecorder(DriftConfig(queue_max_frames=1000, max_frames_per_s=30.0),
+                         site="plant1", line="line-3", publish=Sent(), models=lambda vid: FACTS)
+    for seq in range(40):  # one frame a second: every one is measured
+        slow.on_verdict(record(seq))
+    assert slow.skipped_rate == 0 and slow._queue.qsize() == 40
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness")
