@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -53,6 +52,7 @@ from bench.drift_streams import (
     neu_dataset,
     no_drift_stream,
 )
+from bench.machine import cpu_model
 from cloud.drift.detector import (
     Baseline,
     DetectorConfig,
@@ -66,16 +66,6 @@ F64 = npt.NDArray[np.float64]
 D = len(SIGNAL_NAMES)  # stream columns: D signals, then defects per frame
 # A method run over one stream: the frame index of its first alarm, or None.
 Runner = Callable[[F64], int | None]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def windows_of(stream: F64, n: int) -> list[tuple[int, F64]]:
