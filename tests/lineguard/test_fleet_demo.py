@@ -148,7 +148,7 @@ def test_ctrl_c_stops_every_child(tmp_path: Path) -> None:
 
 SCENARIO = pytest.mark.skipif(
     os.environ.get("LINEGUARD_FLEET_SCENARIO") != "1",
-    reason="the whole variant scenario takes 13-15 min on 2 cores: set "
+    reason="the whole variant scenario takes 7-15 min on 2 cores: set "
            "LINEGUARD_FLEET_SCENARIO=1 to run it (docs/fleet-demo.md)")
 
 
