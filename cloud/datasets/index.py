@@ -350,6 +350,26 @@ class DatasetIndex:
             self.root / "holdout" / version.fingerprint)
         return self._write_yolo(ref, Path(where), holdout=True)
 
+    def new_holdout(self, ref: str | DatasetRef, out_dir: Path) -> tuple[Path, int] | None:
+        """The val images of `ref` that none of its parent versions held (after an inbox
+        acceptance: the operators' labelled samples) as a holdout folder at `out_dir`:
+        (its data.yaml, how many images). None for a version without parent versions
+        (an import: all of it is new) or without such images. Same rules as
+        `materialize`."""
+        version_id, version = self._resolve(ref)
+        if not version.parents:
+            return None
+        parent_ids = [self._resolve(parent)[0] for parent in version.parents]
+        with self.connection("read dataset items") as conn:
+            items = self._items(conn, version_id)
+            held = {item.image_sha256 for parent_id in parent_ids
+                    for item in self._items(conn, parent_id)}
+        new = [item for item in items if item.split == "val" and item.image_sha256 not in held]
+        if not new:
+            return None
+        return write_yolo_folder(self.objects, version, new, Path(out_dir), holdout=True,
+                                 part="new since " + ",".join(version.parents)), len(new)
+
     def _write_yolo(self, ref: str | DatasetRef, out_dir: Path, *, holdout: bool) -> Path:
         version_id, version = self._resolve(ref)
         with self.connection("read dataset items") as conn:

@@ -29,13 +29,15 @@ MARKER = ".lineguard-dataset"
 
 
 def write_yolo_folder(objects: ObjectStore, version: DatasetVersion, items: Sequence[Item],
-                      out_dir: Path, *, holdout: bool) -> Path:
+                      out_dir: Path, *, holdout: bool, part: str = "") -> Path:
     """Write `items` of `version` at `out_dir` (`images/<split>/<sha256>.<ext>`,
     `labels/<split>/<sha256>.txt`, `data.yaml` with an absolute `path`); only the val
-    split when `holdout` (then the data.yaml's train and val both name it). Returns the
-    data.yaml. Raises DatasetError (not empty, a split without images, I/O)."""
+    split when `holdout` (then the data.yaml's train and val both name it). `part` names
+    a subset of the version's items (in the folder's marker, so that it is never taken
+    for the whole). Returns the data.yaml. Raises DatasetError (not empty, a split
+    without images, I/O)."""
     out_dir = Path(out_dir).resolve()
-    stamp = f"{version.fingerprint}{' holdout' if holdout else ''}"
+    stamp = f"{version.fingerprint}{' holdout' if holdout else ''}{f' {part}' if part else ''}"
     if out_dir.exists():
         marker = out_dir / MARKER
         if marker.is_file() and marker.read_text("utf-8").strip() == stamp:

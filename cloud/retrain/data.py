@@ -33,10 +33,10 @@ class DatasetSource(Protocol):
         """When version `ref` (`NAME`: the newest version) was made (UTC)."""
         ...
 
-    def new_images(self, ref: str) -> frozenset[str] | None:
-        """sha256 of the images of version `ref` that none of its parent versions held
-        (e.g. the operators' labelled samples an inbox acceptance added); None for a
-        version without parent versions (an import: all of it is new)."""
+    def new_holdout(self, ref: str, out_dir: Path) -> tuple[Path, int] | None:
+        """The val images of version `ref` that none of its parent versions held, as a
+        YOLO folder at `out_dir`: (its data.yaml, how many images); None when there
+        are none or the version has no parent versions."""
         ...
 
 
@@ -56,13 +56,8 @@ class IndexSource:
     def created_at(self, ref: str) -> datetime:
         return self._index.get(ref).created_at
 
-    def new_images(self, ref: str) -> frozenset[str] | None:
-        version = self._index.get(ref)
-        if not version.parents:
-            return None
-        held = {item.image_sha256 for p in version.parents for item in self._index.items(p)}
-        return frozenset(item.image_sha256 for item in self._index.items(ref)
-                         if item.image_sha256 not in held)
+    def new_holdout(self, ref: str, out_dir: Path) -> tuple[Path, int] | None:
+        return self._index.new_holdout(ref, out_dir)
 
 
 @dataclass(frozen=True)
@@ -99,38 +94,3 @@ def resolve_data(text: str, work_dir: Path, index: DatasetSource | None,
             raise RetrainError(f"{what} {text}: {e}") from e
     raise RetrainError(f"{what} {text}: neither an existing path nor DATASET@VERSION")
 
-
-def val_subset(data_yaml: Path, keep: frozenset[str], out_dir: Path) -> tuple[Path, int]:
-    """A YOLO folder under `out_dir` holding the val images of `data_yaml` whose file
-    name (without extension) is in `keep` (a materialized version names its images by
-    sha256), with their labels (links, or copies where links are refused). Returns its
-    data.yaml and how many images it holds (0: no data.yaml is written)."""
-    import os
-    import shutil
-
-    import yaml
-
-    from models.yolo_dataset import label_path_for, load_data_yaml
-
-    dataset = load_data_yaml(data_yaml)
-    chosen = [p for p in dataset.images("val") if p.stem in keep]
-    if not chosen:
-        return out_dir / "data.yaml", 0
-    for kind in ("images", "labels"):
-        (out_dir / kind / "val").mkdir(parents=True, exist_ok=True)
-    for image in chosen:
-        for src, dst in ((image, out_dir / "images" / "val" / image.name),
-                         (label_path_for(image),
-                          out_dir / "labels" / "val" / (image.stem + ".txt"))):
-            if not src.exists():
-                continue  # an image without a label file: no boxes
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copyfile(src, dst)
-    names = dict(enumerate(dataset.names))
-    out = out_dir / "data.yaml"
-    out.write_text(yaml.safe_dump({"path": str(out_dir.resolve()), "train": "images/val",
-                                   "val": "images/val", "names": names}, sort_keys=False),
-                   "utf-8")
-    return out, len(chosen)

@@ -33,7 +33,7 @@ from cloud.registry import (
     RegistryLineage,
 )
 from cloud.retrain.config import GateConfig, TrainingDefaults
-from cloud.retrain.data import DatasetSource, ResolvedData, resolve_data, val_subset
+from cloud.retrain.data import DatasetSource, ResolvedData, resolve_data
 from cloud.retrain.errors import RetrainError
 from cloud.retrain.gate_run import HeldOutSet, run_gate
 from cloud.retrain.progress import epoch_callback
@@ -168,26 +168,23 @@ def gate_candidate(
 def _new_data(data: ResolvedData, datasets: DatasetSource | None, out_dir: Path,
               gate: GateConfig, say: Callable[[str], None]) -> Path | None:
     """The val images of dataset version `data` that none of its parent versions held,
-    as a YOLO folder under `out_dir` (its data.yaml); None when there is nothing to
+    as a holdout folder at `out_dir` (its data.yaml); None when there is nothing to
     judge there (a path, a version without parents, too few such images)."""
     if datasets is None or data.fingerprint is None:
         return None
     try:
-        new = datasets.new_images(data.ref)
-    except (CloudError, LookupError) as e:
-        raise RetrainError(f"the new images of {data.ref}: {e}") from e
-    if new is None:
-        return None
-    try:
-        yaml_path, count = val_subset(data.data_yaml, new, out_dir)
-    except (ModelError, OSError) as e:
+        found = datasets.new_holdout(data.ref, out_dir)
+    except (CloudError, LookupError, OSError) as e:
         raise RetrainError(f"the new data of {data.ref}: {e}") from e
+    if found is None:
+        return None  # an import, or nothing new in val
+    data_yaml, count = found
     if count < gate.min_new_data_images:
         say(f"gate: {count} of {data.ref}'s val images are new (fewer than "
             f"{gate.min_new_data_images}): the new data is not judged on its own")
         return None
     say(f"gate: {count} of {data.ref}'s val images are new since its parent versions")
-    return yaml_path
+    return data_yaml
 
 
 def _sayer(progress: Callable[[str], None] | None,

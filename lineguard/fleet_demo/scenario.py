@@ -196,7 +196,7 @@ def _story(fleet: Fleet, opts: ScenarioOptions, steps: Steps, dl: Deadline, l1: 
     result["candidate"] = f"demo@{version}" if version else None
     gate = _gate_report(fleet, version)
     result["gate"] = gate
-    passed = bool(gate.get("passed", gate.get("decision") == "approved")) if gate else False
+    passed = bool(gate.get("passed"))
     steps.mark("gate", ("passed" if passed else "REFUSED: " + "; ".join(
         gate.get("reasons", []) or [str(request.get("outcome"))])),
                _iso_s(request.get("finished_at")), l1)
@@ -259,17 +259,11 @@ def _candidate_version(request: dict[str, Any]) -> int | None:
 
 
 def _gate_report(fleet: Fleet, version: int | None) -> dict[str, Any]:
+    """The candidate's gate report (cloud.registry's GateReport), {} when there is none."""
     if version is None:
         return {}
     path = fleet.cloud_dir / "registry" / "demo" / str(version) / "gate" / "report.json"
-    if not path.exists():
-        return {}
-    report: dict[str, Any] = json.loads(path.read_text("utf-8"))
-    reasons = report.get("reasons")
-    if reasons is None:
-        reasons = [c.get("reason") or c.get("detail") or c.get("name")
-                   for c in report.get("checks", []) if not c.get("passed", True)]
-        report["reasons"] = [str(r) for r in reasons if r]
+    report: dict[str, Any] = json.loads(path.read_text("utf-8")) if path.exists() else {}
     return report
 
 

@@ -130,7 +130,7 @@ def test_plan_uses_the_line_model_and_the_configured_data(tmp_path: Path) -> Non
         def created_at(self, ref: str) -> datetime:
             raise AssertionError
 
-        def new_images(self, ref: str) -> frozenset[str] | None:
+        def new_holdout(self, ref: str, out_dir: Path) -> tuple[Path, int] | None:
             raise AssertionError
 
     config = RetrainConfig(lines={"p/a": LineRetrain(dataset="parts"),
@@ -167,7 +167,7 @@ class _Versions:
     def created_at(self, ref: str) -> datetime:
         return self.made
 
-    def new_images(self, ref: str) -> frozenset[str] | None:
+    def new_holdout(self, ref: str, out_dir: Path) -> tuple[Path, int] | None:
         raise AssertionError("not planned this far")
 
 
